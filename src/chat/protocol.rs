@@ -1,0 +1,213 @@
+//! The WebSocket protocol: client actions in, HTML fragments out.
+//!
+//! Client frames are `{"action": "...", "data": {...}}`; the action names are the tutorial's
+//! ("Change group", "New message") plus wirechat's own. Server frames are
+//! `{"selector": "#id", "html": "...", "swap": "..."}`, telling the page where to put a
+//! fragment the server rendered.
+
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::names::InputError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Enter a group (`is_group`) or the direct room with a user. `is_group` is only a hint
+    /// about which kind of name this is; the server decides who may enter what.
+    ChangeGroup {
+        name: String,
+        is_group: bool,
+    },
+    NewMessage {
+        text: String,
+    },
+    /// One page of history before `before_seq` in the active room.
+    LoadOlder {
+        before_seq: i64,
+    },
+    /// Everything in the active room after `after_seq` (gap repair, reconnect).
+    CatchUp {
+        after_seq: i64,
+    },
+    /// Create a public group and enter it.
+    CreateGroup {
+        name: String,
+    },
+    /// The user is typing in the active room.
+    Typing,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    action: String,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeGroupData {
+    #[serde(rename = "groupName")]
+    group_name: String,
+    #[serde(rename = "isGroup", default = "default_true")]
+    is_group: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct NewMessageData {
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct LoadOlderData {
+    #[serde(rename = "beforeSeq")]
+    before_seq: i64,
+}
+
+#[derive(Deserialize)]
+struct CatchUpData {
+    #[serde(rename = "afterSeq")]
+    after_seq: i64,
+}
+
+#[derive(Deserialize)]
+struct CreateGroupData {
+    #[serde(rename = "groupName")]
+    group_name: String,
+}
+
+fn data<T: serde::de::DeserializeOwned>(
+    action: &str,
+    value: serde_json::Value,
+) -> Result<T, InputError> {
+    serde_json::from_value(value)
+        .map_err(|e| InputError(format!("Invalid data for \"{action}\": {e}.")))
+}
+
+impl Action {
+    pub fn parse(text: &str) -> Result<Action, InputError> {
+        let envelope: Envelope = serde_json::from_str(text).map_err(|_| {
+            InputError(
+                "Frames must be JSON like {\"action\": \"New message\", \"data\": {\"message\": \"hi\"}}."
+                    .into(),
+            )
+        })?;
+        let action = envelope.action.as_str();
+        Ok(match action {
+            "Change group" => {
+                let d: ChangeGroupData = data(action, envelope.data)?;
+                Action::ChangeGroup {
+                    name: d.group_name,
+                    is_group: d.is_group,
+                }
+            }
+            "New message" => Action::NewMessage {
+                text: data::<NewMessageData>(action, envelope.data)?.message,
+            },
+            "Load older" => Action::LoadOlder {
+                before_seq: data::<LoadOlderData>(action, envelope.data)?.before_seq,
+            },
+            "Catch up" => Action::CatchUp {
+                after_seq: data::<CatchUpData>(action, envelope.data)?.after_seq,
+            },
+            "Create group" => Action::CreateGroup {
+                name: data::<CreateGroupData>(action, envelope.data)?.group_name,
+            },
+            "Typing" => Action::Typing,
+            _ => {
+                let shown: String = action.chars().take(40).collect();
+                return Err(InputError(format!("Unknown action \"{shown}\".")));
+            }
+        })
+    }
+}
+
+/// Where a fragment goes relative to the element the selector names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Swap {
+    #[serde(rename = "innerHTML")]
+    Inner,
+    #[serde(rename = "beforeend")]
+    BeforeEnd,
+    #[serde(rename = "afterbegin")]
+    AfterBegin,
+    #[serde(rename = "outerHTML")]
+    Outer,
+    #[serde(rename = "remove")]
+    Remove,
+}
+
+#[derive(Serialize)]
+struct FrameJson<'a> {
+    selector: &'a str,
+    html: &'a str,
+    swap: Swap,
+}
+
+/// Serialises one server frame. The result is shared, not copied, by every recipient.
+pub fn frame(selector: &str, swap: Swap, html: &str) -> Utf8Bytes {
+    let json = serde_json::to_string(&FrameJson {
+        selector,
+        html,
+        swap,
+    })
+    .unwrap_or_default();
+    Utf8Bytes::from(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tutorial_actions_parse() {
+        assert_eq!(
+            Action::parse(
+                r#"{"action":"Change group","data":{"groupName":"python","isGroup":true}}"#
+            ),
+            Ok(Action::ChangeGroup {
+                name: "python".into(),
+                is_group: true
+            })
+        );
+        assert_eq!(
+            Action::parse(r#"{"action":"New message","data":{"message":"hi"}}"#),
+            Ok(Action::NewMessage { text: "hi".into() })
+        );
+    }
+
+    #[test]
+    fn bad_frames_say_why() {
+        for (input, says) in [
+            ("not json", "JSON"),
+            (r#"{"action":"Dance"}"#, "Unknown action"),
+            (r#"{"action":"New message","data":{}}"#, "missing field"),
+            (
+                r#"{"action":"New message","data":{"message":5}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"action":"Load older","data":{"beforeSeq":1e400}}"#,
+                "JSON",
+            ),
+            ("[]", "JSON"),
+        ] {
+            let err = Action::parse(input).unwrap_err();
+            assert!(err.0.contains(says), "{input}: {err}");
+        }
+        let deep = "[".repeat(10_000);
+        assert!(Action::parse(&deep).is_err());
+    }
+
+    #[test]
+    fn frames_are_json() {
+        let f = frame("#x", Swap::BeforeEnd, "<b>\"</b>");
+        let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+        assert_eq!(v["swap"], "beforeend");
+        assert_eq!(v["html"], "<b>\"</b>");
+    }
+}

@@ -1,0 +1,121 @@
+//! Command line and environment: every setting is a flag with an environment fallback.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "wirechat",
+    version,
+    about = "Real-time chat rendered on the server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the chat server (the default).
+    Serve,
+    /// Fill the database with generated users, like the tutorial's Faker script.
+    SeedUsers {
+        /// How many users to create.
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+        /// The password every generated user gets.
+        #[arg(long, default_value = "password")]
+        password: String,
+    },
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "WIRECHAT_ADDR",
+        default_value = "127.0.0.1:8000",
+        global = true
+    )]
+    pub addr: SocketAddr,
+
+    /// `sqlite:<file>` (embedded, the default) or `postgres://…`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://wirechat.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Redis for running several nodes as one chat; unset, this node works alone.
+    #[arg(long, env = "REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+
+    /// This node's name in logs and metrics (default: generated).
+    #[arg(long, env = "WIRECHAT_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
+    /// Key for signing session cookies, at least 32 characters (default: generated once
+    /// and kept in the database, so every node on that database agrees).
+    #[arg(long, env = "WIRECHAT_SECRET", hide_env_values = true, global = true)]
+    pub secret: Option<String>,
+
+    /// Longest message, in characters.
+    #[arg(
+        long,
+        env = "WIRECHAT_MAX_MESSAGE_CHARS",
+        default_value_t = 4000,
+        global = true
+    )]
+    pub max_message_chars: usize,
+
+    /// Messages per second a user may sustain.
+    #[arg(
+        long,
+        env = "WIRECHAT_RATE_PER_SECOND",
+        default_value_t = 20.0,
+        global = true
+    )]
+    pub rate_per_second: f64,
+
+    /// Messages a user may send in one burst.
+    #[arg(
+        long,
+        env = "WIRECHAT_RATE_BURST",
+        default_value_t = 40.0,
+        global = true
+    )]
+    pub rate_burst: f64,
+
+    /// Frames queued for one socket before it counts as too slow and is closed (code 1013).
+    #[arg(
+        long,
+        env = "WIRECHAT_OUTBOUND_QUEUE",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub outbound_queue: usize,
+
+    /// How long a login lasts, in hours.
+    #[arg(
+        long,
+        env = "WIRECHAT_SESSION_HOURS",
+        default_value_t = 720,
+        global = true
+    )]
+    pub session_hours: i64,
+
+    /// Mark the session cookie `Secure` (set this when users reach wirechat over HTTPS).
+    #[arg(
+        long,
+        env = "WIRECHAT_SECURE_COOKIES",
+        default_value_t = false,
+        global = true
+    )]
+    pub secure_cookies: bool,
+}

@@ -1,0 +1,62 @@
+//! The channel layer: publish an event to a group, and deliver each group's events to the
+//! sockets on this node that joined it.
+//!
+//! A group is named by an internal id (`room:<uuid>`, `user:<uuid>`, `lobby`), never by
+//! text a client chose. Events carry frames already serialised by the node that produced
+//! them; delivering one is a reference-count increment and a queue push per socket.
+
+mod local;
+mod registry;
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::future::BoxFuture;
+
+pub use local::LocalLayer;
+pub use registry::{Member, Registry, SocketId};
+
+/// Something that happened in a group, with the frame to show for it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A stored message. Sockets with `room` active show `frame`; the room's other members
+    /// count it as unread.
+    Message {
+        room: Arc<str>,
+        seq: i64,
+        frame: Utf8Bytes,
+    },
+    /// A change only the sockets with `room` active show (who is here, typing).
+    Viewers { room: Arc<str>, frame: Utf8Bytes },
+    /// A change every socket in the group shows (presence, new groups).
+    All { frame: Utf8Bytes },
+    /// The user was added to `room` (a new direct conversation): start following it.
+    RoomAdded { room: Arc<str>, frame: Utf8Bytes },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("publish failed: {0}")]
+pub struct PublishError(pub String);
+
+pub trait ChannelLayer: Send + Sync {
+    /// Sends `event` to every socket, on every node, that joined `group`.
+    fn publish<'a>(
+        &'a self,
+        group: &'a str,
+        event: Event,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
+
+    /// The sockets on this node and the groups they joined.
+    fn registry(&self) -> &Registry;
+}
+
+/// The group every socket joins: presence and new public groups.
+pub const LOBBY: &str = "lobby";
+
+pub fn room_group(room_id: &str) -> String {
+    format!("room:{room_id}")
+}
+
+pub fn user_group(user_id: &str) -> String {
+    format!("user:{user_id}")
+}

@@ -1,0 +1,110 @@
+//! This node's sockets, by group: the local half of every channel layer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Event;
+use crate::session::Outbound;
+
+pub type SocketId = u64;
+
+/// A socket's inbox, as the registry sees it.
+#[derive(Clone)]
+pub struct Member {
+    pub id: SocketId,
+    pub outbox: mpsc::Sender<Outbound>,
+    /// Cancelled when the socket's queue overflows: the session closes it with 1013.
+    pub lagging: CancellationToken,
+}
+
+#[derive(Default)]
+struct Groups {
+    members: HashMap<String, HashMap<SocketId, Member>>,
+    /// socket → its groups, so a closing socket leaves them all at once.
+    joined: HashMap<SocketId, HashSet<String>>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    groups: RwLock<Groups>,
+    next_id: AtomicU64,
+    slow_consumers: AtomicU64,
+}
+
+impl Registry {
+    pub fn next_socket_id(&self) -> SocketId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds the socket to `group`; true when it is the group's first socket on this node.
+    pub fn join(&self, group: &str, member: &Member) -> bool {
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        groups
+            .joined
+            .entry(member.id)
+            .or_default()
+            .insert(group.to_owned());
+        let sockets = groups.members.entry(group.to_owned()).or_default();
+        let first = sockets.is_empty();
+        sockets.insert(member.id, member.clone());
+        first
+    }
+
+    /// Removes the socket from every group; returns the groups it left empty on this node.
+    pub fn leave_all(&self, socket: SocketId) -> Vec<String> {
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        let Some(joined) = groups.joined.remove(&socket) else {
+            return Vec::new();
+        };
+        let mut emptied = Vec::new();
+        for group in joined {
+            if let Some(sockets) = groups.members.get_mut(&group) {
+                sockets.remove(&socket);
+                if sockets.is_empty() {
+                    groups.members.remove(&group);
+                    emptied.push(group);
+                }
+            }
+        }
+        emptied
+    }
+
+    /// Groups with at least one socket on this node.
+    pub fn groups(&self) -> Vec<String> {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups.members.keys().cloned().collect()
+    }
+
+    pub fn socket_count(&self) -> usize {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups.joined.len()
+    }
+
+    /// How many sockets were cut off for falling behind, since start.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    /// Queues `event` for every local socket in `group`. Never waits: a socket whose queue
+    /// is full is marked lagging and will be closed, so one slow reader cannot hold up a room.
+    pub fn deliver(&self, group: &str, event: Arc<Event>) {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let Some(sockets) = groups.members.get(group) else {
+            return;
+        };
+        for member in sockets.values() {
+            let full = matches!(
+                member.outbox.try_send(Outbound::Event(event.clone())),
+                Err(mpsc::error::TrySendError::Full(_))
+            );
+            if full && !member.lagging.is_cancelled() {
+                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                member.lagging.cancel();
+            }
+        }
+    }
+}

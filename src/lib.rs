@@ -1,0 +1,34 @@
+//! wirechat: a real-time chat service that renders on the server and pushes HTML fragments
+//! over WebSockets.
+//!
+//! # Layout
+//!
+//! - [`app`]: start-up and graceful shutdown; `Application::build` binds (port 0 in tests)
+//!   and `run_until_stopped` serves.
+//! - [`config`]: flags with environment fallbacks, and the subcommands.
+//! - [`web`]: HTTP routes — pages, sign-in forms and sessions, the WebSocket handshake,
+//!   static assets, health checks — and the security headers on every response.
+//! - [`session`]: one chat socket — a reader turning actions into stores and publications,
+//!   a writer draining a bounded queue onto the wire.
+//! - [`hub`]: what every socket on a node shares (store, layer, presence, limits).
+//! - [`chat`]: the rules, free of I/O: valid names and messages, the wire protocol, rate
+//!   limiting, presence.
+//! - [`views`]: maud components; the page and the live fragments come from the same ones.
+//! - [`layer`]: the `ChannelLayer` trait (publish to a group, deliver to local sockets)
+//!   and its in-process backend.
+//! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, rooms,
+//!   memberships, messages.
+//! - [`accounts`]: password hashing, generated names, `seed-users`.
+//! - [`error`]: the HTTP error type.
+
+pub mod accounts;
+pub mod app;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod layer;
+pub mod session;
+pub mod store;
+pub mod views;
+pub mod web;

@@ -1,0 +1,76 @@
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use wirechat::app::Application;
+use wirechat::config::{Cli, Command};
+use wirechat::store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("wirechat=info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            raise_file_limit();
+            let app = Application::build(cli.config).await?;
+            let shutdown = app.shutdown_token();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down: closing sockets so clients reconnect elsewhere");
+                shutdown.cancel();
+            });
+            app.run_until_stopped().await
+        }
+        Command::SeedUsers { count, password } => {
+            let store = Store::connect(&cli.config.database_url).await?;
+            let created = wirechat::accounts::seed_users(&store, count, &password).await?;
+            println!("created {created} users with password {password:?}");
+            Ok(())
+        }
+    }
+}
+
+/// Every socket is a file descriptor: lift the soft limit to the hard one.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            tracing::info!(
+                from = before,
+                to = limit.rlim_max,
+                "raised the open-file limit"
+            );
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}

@@ -1,0 +1,690 @@
+//! One chat socket: a reader that turns client actions into store writes and publications,
+//! and a writer that drains the socket's bounded queue onto the wire.
+//!
+//! The writer owns the socket's view (which room is active, unread counts) so that it can
+//! decide per event, in queue order, whether to show a message or bump a badge. The reader
+//! changes rooms by queueing an `Outbound::Enter`, which carries the new room's fragments
+//! and the newest seq they contain: live messages up to that seq are already on screen and
+//! are dropped, so switching rooms neither loses nor repeats a message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::chat::names::{GroupName, InputError, MessageText, Username};
+use crate::chat::protocol::{Action, Swap, frame};
+use crate::hub::Hub;
+use crate::layer::{Event, LOBBY, Member, room_group, user_group};
+use crate::store::{Room, StoreError, StoredMessage, User};
+use crate::views;
+
+/// What a socket's writer receives.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame for this socket alone.
+    Frame(Utf8Bytes),
+    /// Something published to a group the socket joined.
+    Event(Arc<Event>),
+    /// The socket's unread counts, as stored when it connected.
+    Unread(HashMap<String, i64>),
+    /// The socket now has `room` active: show `frames`, then drop live messages up to
+    /// `floor`, which those frames already contain.
+    Enter {
+        room: Arc<str>,
+        floor: i64,
+        frames: Vec<Utf8Bytes>,
+    },
+}
+
+/// Where a reconnecting client left off.
+#[derive(Debug, Default, Clone)]
+pub struct Resume {
+    pub room: Option<String>,
+    pub after_seq: Option<i64>,
+}
+
+/// WebSocket close codes the client acts on.
+pub mod close_code {
+    /// The server is going away; reconnect (to another node) and catch up.
+    pub const RESTARTING: u16 = 1012;
+    /// The socket fell behind its queue; reconnect and catch up.
+    pub const TRY_AGAIN: u16 = 1013;
+}
+
+/// Catch-up is read in pages of this many messages.
+const CATCH_UP_PAGE: i64 = 500;
+/// Frames the writer sends before it flushes, at most.
+const WRITE_BATCH: usize = 256;
+/// A socket announces typing at most this often.
+const TYPING_EVERY: Duration = Duration::from_secs(2);
+
+pub async fn run(hub: Arc<Hub>, user: User, socket: WebSocket, resume: Resume) {
+    let (outbox, inbox) = mpsc::channel(hub.limits.outbound_queue);
+    let member = Member {
+        id: hub.layer.registry().next_socket_id(),
+        outbox,
+        lagging: CancellationToken::new(),
+    };
+    let (sink, stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(hub.clone(), member.clone(), inbox, sink));
+    let mut session = Session {
+        hub,
+        user,
+        member,
+        active: None,
+        last_typing: None,
+    };
+    tracing::debug!(user = %session.user.username, socket = session.member.id, "socket open");
+    {
+        let reader = async {
+            match session.start(resume).await {
+                Ok(()) => session.read_loop(stream).await,
+                Err(e) => tracing::error!(error = %e, "could not start chat session"),
+            }
+        };
+        tokio::select! {
+            _ = &mut writer => {}
+            _ = reader => {}
+        }
+    }
+    writer.abort();
+    session.finish().await;
+}
+
+struct ActiveRoom {
+    room: Room,
+    group: String,
+}
+
+struct Session {
+    hub: Arc<Hub>,
+    user: User,
+    member: Member,
+    active: Option<ActiveRoom>,
+    last_typing: Option<Instant>,
+}
+
+/// A failed action: either the user's input (shown to them) or a server fault (logged, and
+/// shown as a generic apology).
+enum ActionError {
+    Input(InputError),
+    Store(StoreError),
+}
+
+impl From<InputError> for ActionError {
+    fn from(e: InputError) -> Self {
+        ActionError::Input(e)
+    }
+}
+
+impl From<StoreError> for ActionError {
+    fn from(e: StoreError) -> Self {
+        ActionError::Store(e)
+    }
+}
+
+fn refuse<T>(text: impl Into<String>) -> Result<T, ActionError> {
+    Err(ActionError::Input(InputError(text.into())))
+}
+
+impl Session {
+    async fn send(&self, outbound: Outbound) {
+        // A send fails only when the writer has ended, and then so does this session.
+        let _ = self.member.outbox.send(outbound).await;
+    }
+
+    async fn send_error(&self, text: &str) {
+        self.send(Outbound::Frame(frame(
+            "#errors",
+            Swap::Inner,
+            &views::error(text).into_string(),
+        )))
+        .await;
+    }
+
+    /// Joins the socket's groups, announces the user, and shows the first room.
+    async fn start(&mut self, resume: Resume) -> Result<(), StoreError> {
+        let registry = self.hub.layer.registry();
+        registry.join(LOBBY, &self.member);
+        registry.join(&user_group(&self.user.id), &self.member);
+        let rooms = self.hub.store.rooms_of(&self.user.id).await?;
+        for summary in &rooms {
+            registry.join(&room_group(&summary.room.id), &self.member);
+        }
+        self.send(Outbound::Unread(
+            rooms
+                .iter()
+                .map(|s| (s.room.id.clone(), s.unread))
+                .collect(),
+        ))
+        .await;
+
+        if self.hub.presence.connect(&self.user).await {
+            self.publish(
+                LOBBY,
+                Event::All {
+                    frame: frame(
+                        "#people",
+                        Swap::BeforeEnd,
+                        &views::person(&self.user).into_string(),
+                    ),
+                },
+            )
+            .await;
+        }
+
+        let groups = self.hub.store.groups().await?;
+        let online = self.hub.presence.online().await;
+        let sidebar = views::sidebar(&views::ChatView {
+            me: &self.user,
+            groups: &groups,
+            rooms: &rooms,
+            online: &online,
+        });
+        self.send(Outbound::Frame(frame(
+            "#logged-user",
+            Swap::Inner,
+            &maud::html! { (self.user.username) }.into_string(),
+        )))
+        .await;
+        self.send(Outbound::Frame(frame(
+            "#aside",
+            Swap::Inner,
+            &sidebar.into_string(),
+        )))
+        .await;
+
+        let resumed = match &resume.room {
+            Some(room_id) => self
+                .hub
+                .store
+                .room_for_member(room_id, &self.user.id)
+                .await?
+                .map(|room| {
+                    let peer = rooms
+                        .iter()
+                        .find(|s| s.room.id == room.id)
+                        .and_then(|s| s.peer.clone());
+                    (room, peer)
+                }),
+            None => None,
+        };
+        match resumed {
+            Some((room, peer)) => self.enter(room, peer, resume.after_seq).await,
+            None => {
+                let first = match self.hub.store.group_by_name("hi").await? {
+                    Some(room) => Some(room),
+                    None => groups.into_iter().next(),
+                };
+                if let Some(room) = first {
+                    self.hub.store.join_group(&room.id, &self.user.id).await?;
+                    self.enter(room, None, None).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Text(text) => self.handle(text.as_str()).await,
+                Message::Binary(_) => self.send_error("Send text frames holding JSON.").await,
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let result = match Action::parse(text) {
+            Ok(action) => self.act(action).await,
+            Err(e) => Err(ActionError::Input(e)),
+        };
+        match result {
+            Ok(()) => {}
+            Err(ActionError::Input(e)) => self.send_error(&e.0).await,
+            Err(ActionError::Store(e)) => {
+                tracing::error!(error = %e, user = %self.user.username, "action failed");
+                self.send_error(
+                    "Something went wrong on our side; nothing was changed. Please try again.",
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action) -> Result<(), ActionError> {
+        match action {
+            Action::ChangeGroup { name, is_group } if is_group => self.enter_group(&name).await,
+            Action::CreateGroup { name } => self.enter_group(&name).await,
+            Action::ChangeGroup { name, .. } => self.enter_direct(&name).await,
+            Action::NewMessage { text } => self.post(&text).await,
+            Action::LoadOlder { before_seq } => self.load_older(before_seq).await,
+            Action::CatchUp { after_seq } => {
+                let Some(active) = &self.active else {
+                    return Ok(());
+                };
+                let (frames, _) = self.catch_up(&active.room.id, after_seq).await?;
+                for f in frames {
+                    self.send(Outbound::Frame(f)).await;
+                }
+                Ok(())
+            }
+            Action::Typing => {
+                self.typing().await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn enter_group(&mut self, raw_name: &str) -> Result<(), ActionError> {
+        let name = GroupName::parse(raw_name)?;
+        let (room, created) = self.hub.store.find_or_create_group(name.as_str()).await?;
+        if created {
+            tracing::info!(group = name.as_str(), by = %self.user.username, "group created");
+            self.publish(
+                LOBBY,
+                Event::All {
+                    frame: frame(
+                        "#groups",
+                        Swap::BeforeEnd,
+                        &views::group_item(&room, 0).into_string(),
+                    ),
+                },
+            )
+            .await;
+        }
+        self.hub.store.join_group(&room.id, &self.user.id).await?;
+        self.enter(room, None, None).await?;
+        Ok(())
+    }
+
+    async fn enter_direct(&mut self, raw_name: &str) -> Result<(), ActionError> {
+        let shown: String = raw_name.chars().take(32).collect();
+        let no_such_user = || format!("There is no user named \"{shown}\".");
+        let Ok(name) = Username::parse(raw_name) else {
+            return refuse(no_such_user());
+        };
+        let Some(peer) = self.hub.store.user_by_name(name.as_str()).await? else {
+            return refuse(no_such_user());
+        };
+        if peer.id == self.user.id {
+            return refuse("That is you: pick someone else to talk to.");
+        }
+        let (room, created) = self
+            .hub
+            .store
+            .find_or_create_direct(&self.user, &peer)
+            .await?;
+        if created {
+            // Both people's sockets, on every node, start following the new room.
+            for (owner, other) in [(&peer, &self.user), (&self.user, &peer)] {
+                let item = views::direct_item(&room, other, 0).into_string();
+                self.publish(
+                    &user_group(&owner.id),
+                    Event::RoomAdded {
+                        room: Arc::from(room.id.as_str()),
+                        frame: frame("#directs", Swap::BeforeEnd, &item),
+                    },
+                )
+                .await;
+            }
+        }
+        self.enter(room, Some(peer), None).await?;
+        Ok(())
+    }
+
+    /// Makes `room` the active one: presence moves, and the room's header, members and
+    /// history (or, when resuming, what was missed) replace the old room's.
+    async fn enter(
+        &mut self,
+        room: Room,
+        peer: Option<User>,
+        resume_after: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let group = room_group(&room.id);
+        self.hub.layer.registry().join(&group, &self.member);
+        let previous = self.active.take();
+        let same_room = previous.as_ref().is_some_and(|p| p.room.id == room.id);
+        if let Some(previous) = previous.filter(|_| !same_room) {
+            self.leave(&previous).await;
+        }
+        if !same_room && self.hub.presence.enter(&room.id, &self.user).await {
+            self.publish(
+                &group,
+                Event::Viewers {
+                    room: Arc::from(room.id.as_str()),
+                    frame: frame(
+                        "#room-members",
+                        Swap::BeforeEnd,
+                        &views::member(&self.user).into_string(),
+                    ),
+                },
+            )
+            .await;
+        }
+        self.hub.store.mark_read(&room.id, &self.user.id).await?;
+
+        let title = views::room_title(&room, peer.as_ref());
+        let members = self.hub.presence.in_room(&room.id).await;
+        let mut frames = vec![
+            frame(
+                "#group-name",
+                Swap::Inner,
+                &views::room_title_markup(&room, &title).into_string(),
+            ),
+            frame(
+                "#room-members",
+                Swap::Inner,
+                &views::members(&members).into_string(),
+            ),
+            frame(&format!("#unread-{}", room.id), Swap::Inner, ""),
+            frame("#typing", Swap::Inner, ""),
+        ];
+        let floor = match resume_after {
+            Some(after) => {
+                let (missed, newest) = self.catch_up(&room.id, after).await?;
+                frames.extend(missed);
+                newest
+            }
+            None => {
+                let history = self
+                    .hub
+                    .store
+                    .latest_messages(&room.id, views::PAGE_SIZE)
+                    .await?;
+                frames.push(frame(
+                    "#history-controls",
+                    Swap::Inner,
+                    &views::load_older(views::older_after_page(&history)).into_string(),
+                ));
+                frames.push(frame(
+                    "#messages-list",
+                    Swap::Inner,
+                    &views::messages(&history).into_string(),
+                ));
+                history.last().map_or(0, |m| m.seq)
+            }
+        };
+        self.send(Outbound::Enter {
+            room: Arc::from(room.id.as_str()),
+            floor,
+            frames,
+        })
+        .await;
+        self.active = Some(ActiveRoom { room, group });
+        Ok(())
+    }
+
+    /// Presence and read position when the socket leaves a room (or closes).
+    async fn leave(&self, previous: &ActiveRoom) {
+        if self.hub.presence.leave(&previous.room.id, &self.user).await {
+            self.publish(
+                &previous.group,
+                Event::Viewers {
+                    room: Arc::from(previous.room.id.as_str()),
+                    frame: frame(&format!("#member-{}", self.user.id), Swap::Remove, ""),
+                },
+            )
+            .await;
+        }
+        if let Err(e) = self
+            .hub
+            .store
+            .mark_read(&previous.room.id, &self.user.id)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record read position");
+        }
+    }
+
+    /// Frames holding every message in `room` after `after_seq`, one per page, and the
+    /// newest seq they reach (`after_seq` when nothing was missed).
+    async fn catch_up(
+        &self,
+        room_id: &str,
+        after_seq: i64,
+    ) -> Result<(Vec<Utf8Bytes>, i64), StoreError> {
+        let mut frames = Vec::new();
+        let mut after = after_seq;
+        loop {
+            let page = self
+                .hub
+                .store
+                .messages_after(room_id, after, CATCH_UP_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            frames.push(messages_frame(&page, Swap::BeforeEnd));
+            if (page.len() as i64) < CATCH_UP_PAGE {
+                break;
+            }
+        }
+        Ok((frames, after))
+    }
+
+    async fn post(&mut self, raw: &str) -> Result<(), ActionError> {
+        let Some(active) = &self.active else {
+            return refuse("Enter a room before posting.");
+        };
+        if !self.hub.rate.allow(&self.user.id) {
+            return refuse("You are sending messages too fast; wait a moment and try again.");
+        }
+        let text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
+        // Store before send: nothing is published (or acknowledged) until the row commits.
+        let message = match self
+            .hub
+            .store
+            .post_message(&active.room.id, &self.user, text.as_str())
+            .await
+        {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::error!(error = %e, "message not stored");
+                return refuse(
+                    "Your message could not be stored, so it was not sent. Please try again.",
+                );
+            }
+        };
+        let event = Event::Message {
+            room: Arc::from(active.room.id.as_str()),
+            seq: message.seq,
+            frame: messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd),
+        };
+        let group = active.group.clone();
+        self.publish(&group, event).await;
+        Ok(())
+    }
+
+    async fn load_older(&self, before_seq: i64) -> Result<(), ActionError> {
+        let Some(active) = &self.active else {
+            return Ok(());
+        };
+        let page = self
+            .hub
+            .store
+            .messages_before(&active.room.id, before_seq, views::PAGE_SIZE)
+            .await?;
+        self.send(Outbound::Frame(messages_frame(&page, Swap::AfterBegin)))
+            .await;
+        self.send(Outbound::Frame(frame(
+            "#load-older",
+            Swap::Outer,
+            &views::load_older(views::older_after_page(&page)).into_string(),
+        )))
+        .await;
+        Ok(())
+    }
+
+    async fn typing(&mut self) {
+        let Some(active) = &self.active else { return };
+        if self
+            .last_typing
+            .is_some_and(|at| at.elapsed() < TYPING_EVERY)
+        {
+            return;
+        }
+        self.last_typing = Some(Instant::now());
+        let event = Event::Viewers {
+            room: Arc::from(active.room.id.as_str()),
+            frame: frame(
+                "#typing",
+                Swap::Inner,
+                &views::typing(&self.user).into_string(),
+            ),
+        };
+        let group = active.group.clone();
+        self.publish(&group, event).await;
+    }
+
+    async fn publish(&self, group: &str, event: Event) {
+        if let Err(e) = self.hub.layer.publish(group, event).await {
+            tracing::warn!(error = %e, group, "publish failed");
+        }
+    }
+
+    /// Leaves every group and tells others the user left, if this was their last socket.
+    async fn finish(&mut self) {
+        self.hub.layer.registry().leave_all(self.member.id);
+        if let Some(active) = self.active.take() {
+            self.leave(&active).await;
+        }
+        if self.hub.presence.disconnect(&self.user).await {
+            self.publish(
+                LOBBY,
+                Event::All {
+                    frame: frame(&format!("#person-{}", self.user.id), Swap::Remove, ""),
+                },
+            )
+            .await;
+        }
+        tracing::debug!(user = %self.user.username, socket = self.member.id, "socket closed");
+    }
+}
+
+fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Bytes {
+    frame(
+        "#messages-list",
+        swap,
+        &views::messages(messages).into_string(),
+    )
+}
+
+/// The socket's view, owned by its writer.
+#[derive(Default)]
+struct View {
+    active: Option<Arc<str>>,
+    floor: i64,
+    unread: HashMap<String, i64>,
+}
+
+impl View {
+    /// The frames `outbound` puts on the wire for this socket, in order.
+    fn frames(&mut self, outbound: Outbound, hub: &Hub, member: &Member, out: &mut Vec<Utf8Bytes>) {
+        match outbound {
+            Outbound::Frame(f) => out.push(f),
+            Outbound::Unread(unread) => self.unread = unread,
+            Outbound::Enter {
+                room,
+                floor,
+                frames,
+            } => {
+                out.extend(frames);
+                self.unread.insert(room.to_string(), 0);
+                self.active = Some(room);
+                self.floor = floor;
+            }
+            Outbound::Event(event) => match &*event {
+                Event::Message {
+                    room,
+                    seq,
+                    frame: f,
+                } => {
+                    if self.active.as_ref() == Some(room) {
+                        if *seq > self.floor {
+                            out.push(f.clone());
+                        }
+                    } else {
+                        let count = self.unread.entry(room.to_string()).or_insert(0);
+                        *count += 1;
+                        out.push(frame(
+                            &format!("#unread-{room}"),
+                            Swap::Inner,
+                            &views::badge_count(*count),
+                        ));
+                    }
+                }
+                Event::Viewers { room, frame: f } => {
+                    if self.active.as_ref() == Some(room) {
+                        out.push(f.clone());
+                    }
+                }
+                Event::All { frame: f } => out.push(f.clone()),
+                Event::RoomAdded { room, frame: f } => {
+                    hub.layer.registry().join(&room_group(room), member);
+                    self.unread.entry(room.to_string()).or_insert(0);
+                    out.push(f.clone());
+                }
+            },
+        }
+    }
+}
+
+async fn write_loop(
+    hub: Arc<Hub>,
+    member: Member,
+    mut inbox: mpsc::Receiver<Outbound>,
+    mut sink: SplitSink<WebSocket, Message>,
+) {
+    let mut view = View::default();
+    let mut frames = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = member.lagging.cancelled() => {
+                close(&mut sink, close_code::TRY_AGAIN, "You fell behind; reconnect to catch up.").await;
+                return;
+            }
+            _ = hub.shutdown.cancelled() => {
+                close(&mut sink, close_code::RESTARTING, "Server restarting; reconnect.").await;
+                return;
+            }
+            next = inbox.recv() => match next {
+                Some(outbound) => outbound,
+                None => return,
+            },
+        };
+        view.frames(first, &hub, &member, &mut frames);
+        // Drain whatever else is queued and flush once: one syscall for many frames.
+        while frames.len() < WRITE_BATCH {
+            match inbox.try_recv() {
+                Ok(outbound) => view.frames(outbound, &hub, &member, &mut frames),
+                Err(_) => break,
+            }
+        }
+        for f in frames.drain(..) {
+            if sink.feed(Message::Text(f)).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })))
+        .await;
+}

@@ -1,0 +1,128 @@
+//! Message history. A message's position in its room is `seq`, assigned in the transaction
+//! that stores it; every page and catch-up query walks `(room_id, seq)` on its unique index.
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreResult, User, now_ms};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// UUIDv7, the message's identity (and its DOM id).
+    pub id: String,
+    pub room_id: String,
+    pub seq: i64,
+    pub author: User,
+    pub body: String,
+    pub created_at_ms: i64,
+}
+
+fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
+    Ok(StoredMessage {
+        id: row.try_get("id")?,
+        room_id: row.try_get("room_id")?,
+        seq: row.try_get("seq")?,
+        author: User {
+            id: row.try_get("author_id")?,
+            username: row.try_get("username")?,
+        },
+        body: row.try_get("body")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+const SELECT_MESSAGES: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, m.body, m.created_at \
+     FROM messages m JOIN users u ON u.id = m.author_id";
+
+impl Store {
+    /// Stores a message and returns it with its sequence number. Only after this returns
+    /// may the message be acknowledged or published.
+    pub async fn post_message(
+        &self,
+        room_id: &str,
+        author: &User,
+        body: &str,
+    ) -> StoreResult<StoredMessage> {
+        let mut tx = self.pool.begin().await?;
+        let (seq,): (i64,) = sqlx::query_as(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+        )
+        .bind(room_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let message = StoredMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            room_id: room_id.to_owned(),
+            seq,
+            author: author.clone(),
+            body: body.to_owned(),
+            created_at_ms: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO messages (id, room_id, seq, author_id, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&message.id)
+        .bind(&message.room_id)
+        .bind(message.seq)
+        .bind(&message.author.id)
+        .bind(&message.body)
+        .bind(message.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(message)
+    }
+
+    /// The newest `limit` messages, oldest first.
+    pub async fn latest_messages(
+        &self,
+        room_id: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        self.messages_before(room_id, i64::MAX, limit).await
+    }
+
+    /// Up to `limit` messages just before `seq`, oldest first (one page of older history).
+    pub async fn messages_before(
+        &self,
+        room_id: &str,
+        seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_MESSAGES} WHERE m.room_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
+        ))
+        .bind(room_id)
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut page = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        page.reverse();
+        Ok(page)
+    }
+
+    /// Up to `limit` messages just after `seq`, oldest first (catch-up after a reconnect).
+    pub async fn messages_after(
+        &self,
+        room_id: &str,
+        seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_MESSAGES} WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3"
+        ))
+        .bind(room_id)
+        .bind(seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+}

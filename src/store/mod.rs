@@ -1,0 +1,184 @@
+//! Persistence: users, sessions, rooms, memberships and messages, on SQLite (the embedded
+//! default) or PostgreSQL, through one `sqlx::AnyPool`.
+//!
+//! Every statement here is written once, in the SQL both dialects share (`$1` placeholders,
+//! `ON CONFLICT`, `RETURNING`); only the migrations are kept per dialect. Ids are stored as
+//! text and times as milliseconds since the epoch, the types the Any driver carries faithfully.
+
+mod messages;
+mod rooms;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use messages::StoredMessage;
+pub use rooms::{Room, RoomKind, RoomSummary};
+pub use users::User;
+
+/// Which database the pool talks to; decides the migration folder and connection set-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the row (taken username, existing room).
+    #[error("already exists")]
+    Conflict,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Maps a unique-constraint violation to `Conflict`, leaving every other error as it is.
+fn conflict_or(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Database(err),
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite:…` or `postgres://…`) and applies the dialect's migrations.
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = normalise_url(url);
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = match dialect {
+            Dialect::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets readers proceed while one writer commits; the busy
+                            // timeout turns writer contention into a short wait, not an error.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Dialect::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        let store = Store { pool, dialect };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
+            Dialect::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The cookie-signing secret shared by every node on this database: the first node to
+    /// start generates it, everyone else (and every restart) reads the same value.
+    pub async fn shared_secret(&self) -> StoreResult<String> {
+        let candidate = hex::encode(rand::random::<[u8; 32]>());
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ('cookie_secret', $1) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&candidate)
+        .execute(&self.pool)
+        .await?;
+        let (value,): (String,) =
+            sqlx::query_as("SELECT value FROM settings WHERE key = 'cookie_secret'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(value)
+    }
+}
+
+/// Tells the dialect from the URL, and lets SQLite create its file when it is missing.
+fn normalise_url(url: &str) -> (Dialect, String) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return (Dialect::Postgres, url.to_owned());
+    }
+    let url = if url.starts_with("sqlite:") {
+        url.to_owned()
+    } else {
+        // A bare path is the friendliest way to name a file.
+        format!("sqlite://{url}")
+    };
+    let url = if url.contains('?') || url.contains(":memory:") {
+        url
+    } else {
+        format!("{url}?mode=rwc")
+    };
+    (Dialect::Sqlite, url)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_dialect() {
+        assert_eq!(
+            normalise_url("postgres://u@h/db"),
+            (Dialect::Postgres, "postgres://u@h/db".into())
+        );
+        assert_eq!(
+            normalise_url("wirechat.db"),
+            (Dialect::Sqlite, "sqlite://wirechat.db?mode=rwc".into())
+        );
+        assert_eq!(
+            normalise_url("sqlite:x.db?mode=ro"),
+            (Dialect::Sqlite, "sqlite:x.db?mode=ro".into())
+        );
+    }
+}

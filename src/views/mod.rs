@@ -1,0 +1,265 @@
+//! HTML components (maud). The page and the live fragments are built from the same
+//! functions, so a first page load and a live update cannot drift apart.
+//!
+//! Per-viewer differences are left to CSS and data attributes (`data-author` on a message,
+//! `data-me` on the body), so one rendering serves every recipient.
+
+use maud::{DOCTYPE, Markup, html};
+
+use crate::store::{Room, RoomKind, RoomSummary, StoredMessage, User};
+
+/// How many messages a page of history holds.
+pub const PAGE_SIZE: i64 = 50;
+
+fn layout(title: &str, body_attrs_me: Option<&str>, content: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href="/static/chat.css";
+                script defer src="/static/chat.js" {}
+            }
+            body data-me=[body_attrs_me] { (content) }
+        }
+    }
+}
+
+/// The sign-in page: log in, sign up, or continue as a guest.
+pub fn login_page(error: Option<&str>, username: &str) -> Markup {
+    layout(
+        "wirechat — sign in",
+        None,
+        html! {
+            main.auth {
+                h1.title { "wirechat" }
+                @if let Some(error) = error {
+                    p.error role="alert" { (error) }
+                }
+                form.card method="post" action="/login" {
+                    h2 { "Log in" }
+                    label { "Username" input name="username" autocomplete="username" required value=(username); }
+                    label { "Password" input name="password" type="password" autocomplete="current-password" required; }
+                    button type="submit" { "Log in" }
+                }
+                form.card method="post" action="/signup" {
+                    h2 { "Sign up" }
+                    label { "Username" input name="username" autocomplete="username" required minlength="3" maxlength="32"; }
+                    label { "Password" input name="password" type="password" autocomplete="new-password" required minlength="8"; }
+                    button type="submit" { "Create account" }
+                }
+                form.card method="post" action="/guest" {
+                    button.secondary type="submit" { "Continue as guest" }
+                }
+            }
+        },
+    )
+}
+
+/// Everything the chat page shows, gathered by the caller.
+pub struct ChatView<'a> {
+    pub me: &'a User,
+    pub groups: &'a [Room],
+    pub rooms: &'a [RoomSummary],
+    pub online: &'a [User],
+}
+
+pub fn chat_page(view: &ChatView<'_>) -> Markup {
+    layout(
+        "wirechat",
+        Some(&view.me.id),
+        html! {
+            header.topbar {
+                h1.title { "wirechat" }
+                p.subtitle { "I'm " span #logged-user { (view.me.username) } }
+                span #connection role="status" {}
+                form method="post" action="/logout" { button.link type="submit" { "Log out" } }
+            }
+            div.chat {
+                aside #aside aria-label="Rooms and people" { (sidebar(view)) }
+                main #main {
+                    header.room-header {
+                        h2 #group-name {}
+                        ul #room-members aria-label="In this room" {}
+                    }
+                    div #history-controls {}
+                    section #messages-list aria-live="polite" aria-label="Messages" {}
+                    p #typing aria-live="polite" {}
+                    div #errors {}
+                    form #message-form autocomplete="off" {
+                        label.visually-hidden for="message-text" { "Message" }
+                        textarea #message-text name="message" rows="1" maxlength="4000"
+                            placeholder="Write a message — Enter sends, Shift+Enter for a new line" {}
+                        button type="submit" { "Send" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn sidebar(view: &ChatView<'_>) -> Markup {
+    let unread_of = |room_id: &str| {
+        view.rooms
+            .iter()
+            .find(|s| s.room.id == room_id)
+            .map(|s| s.unread)
+    };
+    html! {
+        nav {
+            h2 { "Groups" }
+            ul #groups {
+                @for room in view.groups {
+                    (group_item(room, unread_of(&room.id).unwrap_or(0)))
+                }
+            }
+            form #new-group.inline-form {
+                label.visually-hidden for="new-group-name" { "New group name" }
+                input #new-group-name name="groupName" placeholder="new-group" maxlength="32";
+                button type="submit" { "Create" }
+            }
+            h2 { "Direct messages" }
+            ul #directs {
+                @for summary in view.rooms {
+                    @if let Some(peer) = &summary.peer {
+                        (direct_item(&summary.room, peer, summary.unread))
+                    }
+                }
+            }
+            form #new-direct.inline-form {
+                label.visually-hidden for="new-direct-name" { "Username to message" }
+                input #new-direct-name name="username" placeholder="username" maxlength="32";
+                button type="submit" { "Message" }
+            }
+            h2 { "Online" }
+            ul #people {
+                @for user in view.online { (person(user)) }
+            }
+        }
+    }
+}
+
+fn badge(room_id: &str, unread: i64) -> Markup {
+    html! {
+        span.badge id={ "unread-" (room_id) } aria-label="unread" {
+            @if unread > 0 { (unread) }
+        }
+    }
+}
+
+pub fn badge_count(unread: i64) -> String {
+    if unread > 0 {
+        unread.to_string()
+    } else {
+        String::new()
+    }
+}
+
+pub fn group_item(room: &Room, unread: i64) -> Markup {
+    let name = room.name.as_deref().unwrap_or_default();
+    html! {
+        li id={ "room-" (room.id) } {
+            a.room-link href="#" data-group-name=(name) data-is-group="true" data-room-id=(room.id) {
+                span.room-name { "#" (name) } (badge(&room.id, unread))
+            }
+        }
+    }
+}
+
+pub fn direct_item(room: &Room, peer: &User, unread: i64) -> Markup {
+    html! {
+        li id={ "room-" (room.id) } {
+            a.room-link href="#" data-group-name=(peer.username) data-is-group="false" data-room-id=(room.id) {
+                span.dot data-user=(peer.id) {}
+                span.room-name { (peer.username) } (badge(&room.id, unread))
+            }
+        }
+    }
+}
+
+/// An online user in the sidebar; clicking opens the direct conversation.
+pub fn person(user: &User) -> Markup {
+    html! {
+        li id={ "person-" (user.id) } {
+            a.room-link href="#" data-group-name=(user.username) data-is-group="false" {
+                span.dot.online data-user=(user.id) {} span.room-name { (user.username) }
+            }
+        }
+    }
+}
+
+/// The active room's title: `#name` for a group, the other user's name for a direct room.
+pub fn room_title(room: &Room, peer: Option<&User>) -> String {
+    match (room.kind, peer) {
+        (RoomKind::Direct, Some(peer)) => peer.username.clone(),
+        _ => format!("#{}", room.name.as_deref().unwrap_or_default()),
+    }
+}
+
+pub fn room_title_markup(room: &Room, title: &str) -> Markup {
+    html! { span data-room-id=(room.id) { (title) } }
+}
+
+pub fn member(user: &User) -> Markup {
+    html! { li id={ "member-" (user.id) } { span.dot.online data-user=(user.id) {} (user.username) } }
+}
+
+pub fn members(users: &[User]) -> Markup {
+    html! { @for user in users { (member(user)) } }
+}
+
+pub fn message(m: &StoredMessage) -> Markup {
+    let at =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.created_at_ms) * 1_000_000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let iso = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let hhmm = at
+        .format(time::macros::format_description!("[hour]:[minute]"))
+        .unwrap_or_default();
+    html! {
+        article.message id={ "msg-" (m.id) } data-seq=(m.seq) data-author=(m.author.id) {
+            header {
+                strong.author { (m.author.username) }
+                time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
+            }
+            p.body { (m.body) }
+        }
+    }
+}
+
+pub fn messages(list: &[StoredMessage]) -> Markup {
+    html! { @for m in list { (message(m)) } }
+}
+
+/// The "load older" control: present while older messages may exist.
+pub fn load_older(oldest_seq: Option<i64>) -> Markup {
+    html! {
+        @if let Some(seq) = oldest_seq.filter(|s| *s > 1) {
+            button #load-older type="button" data-before-seq=(seq) { "Load older messages" }
+        } @else {
+            p #load-older.muted { "This is the beginning of the conversation." }
+        }
+    }
+}
+
+/// A page of older history is the oldest seq or None; whether to offer more depends on
+/// whether the page was full.
+pub fn older_after_page(page: &[StoredMessage]) -> Option<i64> {
+    if page.len() as i64 >= PAGE_SIZE {
+        page.first().map(|m| m.seq)
+    } else {
+        None
+    }
+}
+
+pub fn error(text: &str) -> Markup {
+    html! { p.error role="alert" { (text) } }
+}
+
+pub fn typing(user: &User) -> Markup {
+    html! { span data-user=(user.id) { (user.username) " is typing…" } }
+}

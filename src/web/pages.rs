@@ -1,0 +1,44 @@
+//! The two pages: the chat, and the sign-in forms.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum_extra::extract::SignedCookieJar;
+
+use super::AppState;
+use super::auth::current_user;
+use crate::error::AppError;
+use crate::views;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/", get(chat))
+}
+
+/// The chat page for a signed-in user. The socket fills in the active room once it opens.
+async fn chat(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Response, AppError> {
+    let Some(me) = current_user(&state, &jar).await? else {
+        return Ok(Redirect::to("/login").into_response());
+    };
+    let store = &state.hub.store;
+    let groups = store.groups().await?;
+    let rooms = store.rooms_of(&me.id).await?;
+    let online = state.hub.presence.online().await;
+    let page = views::chat_page(&views::ChatView {
+        me: &me,
+        groups: &groups,
+        rooms: &rooms,
+        online: &online,
+    });
+    Ok(Html(page.into_string()).into_response())
+}
+
+pub async fn login_form(
+    State(state): State<AppState>,
+    jar: SignedCookieJar,
+) -> Result<Response, AppError> {
+    if current_user(&state, &jar).await?.is_some() {
+        return Ok(Redirect::to("/").into_response());
+    }
+    Ok(Html(views::login_page(None, "").into_string()).into_response())
+}

@@ -1,0 +1,64 @@
+//! The chat socket's handshake: a live session and a same-origin page, or no upgrade.
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum_extra::extract::SignedCookieJar;
+use serde::Deserialize;
+
+use super::auth::current_user;
+use super::{AppState, origin_matches_host};
+use crate::error::AppError;
+use crate::session::{self, Resume};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws/chat/", get(upgrade))
+}
+
+/// A reconnecting client names the room it had open and the newest seq it holds there.
+#[derive(Deserialize)]
+struct ResumeQuery {
+    room: Option<String>,
+    after: Option<i64>,
+}
+
+/// Read buffer per socket. Chat frames are small; the default (128 KiB) would dominate the
+/// memory of an idle connection.
+const READ_BUFFER: usize = 4 * 1024;
+/// Frames are gathered up to this size before a write; it costs nothing while idle.
+const WRITE_BUFFER: usize = 32 * 1024;
+/// A socket whose unsent data passes this is broken or hostile.
+const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+async fn upgrade(
+    State(state): State<AppState>,
+    jar: SignedCookieJar,
+    headers: HeaderMap,
+    Query(resume): Query<ResumeQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, AppError> {
+    let Some(user) = current_user(&state, &jar).await? else {
+        return Ok((StatusCode::UNAUTHORIZED, "Log in first.").into_response());
+    };
+    if origin_matches_host(&headers) != Some(true) {
+        return Ok((StatusCode::FORBIDDEN, "The Origin must be this site.").into_response());
+    }
+    let limit = state.hub.limits.max_frame_bytes;
+    let hub = state.hub.clone();
+    let tracker = state.sockets.clone();
+    let resume = Resume {
+        room: resume.room,
+        after_seq: resume.after,
+    };
+    Ok(ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| tracker.track_future(session::run(hub, user, socket, resume)))
+        .into_response())
+}
