@@ -150,13 +150,16 @@ impl Session {
 
     /// Joins the socket's groups, announces the user, and shows the first room.
     async fn start(&mut self, resume: Resume) -> Result<(), StoreError> {
-        let registry = self.hub.layer.registry();
-        registry.join(LOBBY, &self.member);
-        registry.join(&user_group(&self.user.id), &self.member);
+        let layer = &self.hub.layer;
+        let mut joins = vec![
+            layer.join(LOBBY, &self.member),
+            layer.join(&user_group(&self.user.id), &self.member),
+        ];
         let rooms = self.hub.store.rooms_of(&self.user.id).await?;
         for summary in &rooms {
-            registry.join(&room_group(&summary.room.id), &self.member);
+            joins.push(layer.join(&room_group(&summary.room.id), &self.member));
         }
+        futures_util::future::join_all(joins).await;
         self.send(Outbound::Unread(
             rooms
                 .iter()
@@ -350,7 +353,7 @@ impl Session {
         resume_after: Option<i64>,
     ) -> Result<(), StoreError> {
         let group = room_group(&room.id);
-        self.hub.layer.registry().join(&group, &self.member);
+        self.hub.layer.join(&group, &self.member).await;
         let previous = self.active.take();
         let same_room = previous.as_ref().is_some_and(|p| p.room.id == room.id);
         if let Some(previous) = previous.filter(|_| !same_room) {
@@ -552,7 +555,7 @@ impl Session {
 
     /// Leaves every group and tells others the user left, if this was their last socket.
     async fn finish(&mut self) {
-        self.hub.layer.registry().leave_all(self.member.id);
+        self.hub.layer.leave_all(self.member.id);
         if let Some(active) = self.active.take() {
             self.leave(&active).await;
         }
@@ -581,8 +584,13 @@ fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Bytes {
 #[derive(Default)]
 struct View {
     active: Option<Arc<str>>,
+    /// Live messages at or below this seq were in the room's first frames.
     floor: i64,
+    /// The newest seq shown in the active room, where a resync continues from.
+    newest: i64,
     unread: HashMap<String, i64>,
+    /// Set by `Event::Resync`; the writer then reads what was missed from the store.
+    resync: bool,
 }
 
 impl View {
@@ -600,6 +608,7 @@ impl View {
                 self.unread.insert(room.to_string(), 0);
                 self.active = Some(room);
                 self.floor = floor;
+                self.newest = floor;
             }
             Outbound::Event(event) => match &*event {
                 Event::Message {
@@ -609,6 +618,7 @@ impl View {
                 } => {
                     if self.active.as_ref() == Some(room) {
                         if *seq > self.floor {
+                            self.newest = self.newest.max(*seq);
                             out.push(f.clone());
                         }
                     } else {
@@ -627,12 +637,36 @@ impl View {
                     }
                 }
                 Event::All { frame: f } => out.push(f.clone()),
+                Event::Resync => self.resync = true,
                 Event::RoomAdded { room, frame: f } => {
-                    hub.layer.registry().join(&room_group(room), member);
+                    // Registered now; confirmation is not awaited, as the room is new.
+                    drop(hub.layer.join(&room_group(room), member));
                     self.unread.entry(room.to_string()).or_insert(0);
                     out.push(f.clone());
                 }
             },
+        }
+    }
+}
+
+impl View {
+    /// After a gap in delivery: the active room's messages newer than any shown.
+    async fn missed_frames(&mut self, hub: &Hub, out: &mut Vec<Utf8Bytes>) {
+        let Some(room) = &self.active else { return };
+        match hub
+            .store
+            .messages_after(room, self.newest, CATCH_UP_PAGE)
+            .await
+        {
+            Ok(missed) => {
+                if let Some(last) = missed.last() {
+                    // Live copies of these may still be queued: they are below the floor now.
+                    self.newest = last.seq;
+                    self.floor = last.seq;
+                    out.push(messages_frame(&missed, Swap::BeforeEnd));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not fetch missed messages"),
         }
     }
 }
@@ -668,6 +702,10 @@ async fn write_loop(
                 Ok(outbound) => view.frames(outbound, &hub, &member, &mut frames),
                 Err(_) => break,
             }
+        }
+        if view.resync {
+            view.resync = false;
+            view.missed_frames(&hub, &mut frames).await;
         }
         for f in frames.drain(..) {
             if sink.feed(Message::Text(f)).await.is_err() {

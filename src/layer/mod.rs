@@ -30,6 +30,9 @@ pub enum Event {
     Viewers { room: Arc<str>, frame: Utf8Bytes },
     /// A change every socket in the group shows (presence, new groups).
     All { frame: Utf8Bytes },
+    /// Delivery to this node may have had a gap (the layer lost and regained its
+    /// connection): each socket fetches what it missed from the store.
+    Resync,
     /// The user was added to `room` (a new direct conversation): start following it.
     RoomAdded { room: Arc<str>, frame: Utf8Bytes },
 }
@@ -48,6 +51,20 @@ pub trait ChannelLayer: Send + Sync {
 
     /// The sockets on this node and the groups they joined.
     fn registry(&self) -> &Registry;
+
+    /// Adds a local socket to `group`. The socket is registered before this returns; the
+    /// future resolves once events published to the group from now on will reach it (for
+    /// a distributed layer, once the node's subscription is confirmed), so a caller that
+    /// then reads history cannot miss a message between the two.
+    fn join(&self, group: &str, member: &Member) -> BoxFuture<'static, ()> {
+        self.registry().join(group, member);
+        Box::pin(async {})
+    }
+
+    /// Removes a local socket from all its groups.
+    fn leave_all(&self, socket: SocketId) {
+        self.registry().leave_all(socket);
+    }
 }
 
 /// The group every socket joins: presence and new public groups.
