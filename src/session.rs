@@ -707,13 +707,19 @@ async fn write_loop(
             view.resync = false;
             view.missed_frames(&hub, &mut frames).await;
         }
-        for f in frames.drain(..) {
-            if sink.feed(Message::Text(f)).await.is_err() {
-                return;
+        let write = async {
+            for f in frames.drain(..) {
+                sink.feed(Message::Text(f)).await?;
             }
-        }
-        if sink.flush().await.is_err() {
-            return;
+            sink.flush().await
+        };
+        // A client that stops reading blocks the write; if it is meanwhile marked lagging (or
+        // the node stops), the connection is dropped, as no close frame could reach it.
+        tokio::select! {
+            biased;
+            written = write => if written.is_err() { return },
+            _ = member.lagging.cancelled() => return,
+            _ = hub.shutdown.cancelled() => return,
         }
     }
 }

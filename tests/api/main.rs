@@ -1,1 +1,8 @@
-fn main() {}
+//! Integration tests: the real app on port 0, over HTTP and WebSocket, against a fresh
+//! SQLite file and a fresh PostgreSQL database.
+
+mod auth;
+mod chat;
+mod helpers;
+mod input;
+mod operations;

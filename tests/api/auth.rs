@@ -1,0 +1,235 @@
+//! Sign up, log in, guests, log out, and who may open the chat socket.
+
+use crate::helpers::{Backend, TestApp, session_cookie};
+use crate::on_both_databases;
+
+on_both_databases!(
+    signup_login_logout,
+    bad_signups_say_why,
+    guests_get_a_generated_name,
+    socket_needs_session_and_origin,
+    sessions_survive_restart,
+);
+
+async fn signup_login_logout(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let http = app.http();
+
+    let anonymous = http.get(app.url("/")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 303);
+    assert_eq!(anonymous.headers()["location"], "/login");
+
+    let signup = app
+        .post_form(
+            "/signup",
+            &[("username", "ann"), ("password", "password123")],
+        )
+        .await;
+    assert_eq!(signup.status(), 303);
+    assert_eq!(signup.headers()["location"], "/");
+    let set_cookie = signup.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+
+    let taken = app
+        .post_form(
+            "/signup",
+            &[("username", "ann"), ("password", "password123")],
+        )
+        .await;
+    assert_eq!(taken.status(), 409);
+    assert!(session_cookie(&taken).is_none());
+
+    let wrong = app
+        .post_form(
+            "/login",
+            &[("username", "ann"), ("password", "wrong-password")],
+        )
+        .await;
+    assert_eq!(wrong.status(), 401);
+    assert!(session_cookie(&wrong).is_none());
+    let unknown = app
+        .post_form(
+            "/login",
+            &[("username", "nobody"), ("password", "password123")],
+        )
+        .await;
+    assert_eq!(unknown.status(), 401);
+
+    let login = app
+        .post_form(
+            "/login",
+            &[("username", "ann"), ("password", "password123")],
+        )
+        .await;
+    assert_eq!(login.status(), 303);
+    let cookie = session_cookie(&login).unwrap();
+    let first_cookie = session_cookie(&signup).unwrap();
+    assert_ne!(cookie, first_cookie, "each login starts a new session");
+
+    let page = http
+        .get(app.url("/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<span id="logged-user">ann</span>"#),
+        "{html}"
+    );
+    for group in ["#hi", "#python", "#events", "#off-topic"] {
+        assert!(html.contains(group), "{group} missing from the sidebar");
+    }
+
+    let logout = app
+        .http()
+        .post(app.url("/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 303);
+    let after = http
+        .get(app.url("/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        after.status(),
+        303,
+        "a logged-out session is dead everywhere"
+    );
+    // The other session (from sign-up) is still alive.
+    let other = http
+        .get(app.url("/"))
+        .header("cookie", &first_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+}
+
+async fn bad_signups_say_why(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    for (username, password, reason) in [
+        ("ab", "password123", "3 to 32 characters"),
+        ("<script>", "password123", "letters, digits"),
+        ("ann lee", "password123", "letters, digits"),
+        ("ann", "short", "at least 8"),
+        ("", "", "3 to 32 characters"),
+    ] {
+        let response = app
+            .post_form("/signup", &[("username", username), ("password", password)])
+            .await;
+        assert_eq!(response.status(), 422, "{username:?}/{password:?}");
+        assert!(session_cookie(&response).is_none());
+        let body = response.text().await.unwrap();
+        assert!(body.contains(reason), "{username:?}: {body}");
+        assert!(!body.contains("<script>"), "input is escaped");
+    }
+    // Cross-site form posts are refused outright.
+    let forged = app
+        .http()
+        .post(app.url("/signup"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "http://evil.example")
+        .body("username=mallory&password=password123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+}
+
+async fn guests_get_a_generated_name(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let guest = app.post_form("/guest", &[]).await;
+    assert_eq!(guest.status(), 303);
+    let cookie = session_cookie(&guest).expect("guest session");
+    let html = app
+        .http()
+        .get(app.url("/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let start = html.find(r#"<span id="logged-user">"#).unwrap() + 23;
+    let name = &html[start..start + html[start..].find('<').unwrap()];
+    assert!(name.len() >= 3, "generated name {name:?}");
+}
+
+async fn socket_needs_session_and_origin(backend: Backend) {
+    use tokio_tungstenite::tungstenite::Error;
+    let app = TestApp::spawn(backend).await;
+    let ann = app.signup("ann").await;
+
+    let nobody = crate::helpers::TestUser {
+        username: "nobody".into(),
+        cookie: "wirechat_session=forged".into(),
+    };
+    match app.open_socket(&nobody, "/ws/chat/").await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/ws/chat/",
+            app.addr
+        ))
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", ann.cookie.parse().unwrap());
+    request
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+
+    // With both, the socket opens and fills the tutorial's landmarks.
+    let mut client = app.open_socket(&ann, "/ws/chat/").await.unwrap();
+    let user = client.wait_for(|f| f.selector == "#logged-user").await;
+    assert_eq!(user.html, "ann");
+    let room = client.wait_for(|f| f.selector == "#group-name").await;
+    assert!(room.html.contains("#hi"), "{}", room.html);
+    let list = client.wait_for(|f| f.selector == "#messages-list").await;
+    assert_eq!(list.swap, "innerHTML");
+}
+
+async fn sessions_survive_restart(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ann = app.signup("ann").await;
+    let mut client = app.connect(&ann).await;
+    client.say("before the restart").await;
+    client.wait_for_message("before the restart").await;
+    client.close().await;
+
+    let app = app.restart().await;
+    let page = app
+        .http()
+        .get(app.url("/"))
+        .header("cookie", &ann.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.status(),
+        200,
+        "the cookie key and session outlive a restart"
+    );
+    let mut client = app.connect(&ann).await;
+    let history = client.wait_for(|f| f.selector == "#messages-list").await;
+    assert!(
+        history.html.contains("before the restart"),
+        "{}",
+        history.html
+    );
+}

@@ -1,0 +1,366 @@
+//! Rooms, messages, history, privacy, presence, unread badges and catch-up.
+
+use serde_json::json;
+
+use crate::helpers::{Backend, Received, TestApp, attr, message_ids, seqs};
+use crate::on_both_databases;
+
+on_both_databases!(
+    group_message_is_one_fragment_for_everyone,
+    private_rooms_are_private,
+    history_pages_backwards,
+    html_in_messages_is_text,
+    unread_badges_follow_other_rooms,
+    presence_is_live_and_counts_users_not_tabs,
+    reconnect_catches_up_without_duplicates,
+    new_groups_appear_for_everyone,
+    slow_reader_is_cut_off,
+);
+
+async fn group_message_is_one_fragment_for_everyone(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    a.enter_group("python").await;
+    b.enter_group("python").await;
+    assert_eq!(a.room_id, b.room_id);
+
+    a.say("hello python").await;
+    for client in [&mut a, &mut b] {
+        let frame = client.wait_for_message("hello python").await;
+        assert_eq!(frame.selector, "#messages-list");
+        assert_eq!(frame.swap, "beforeend");
+        let ids = message_ids(&frame.html);
+        assert_eq!(ids.len(), 1, "one article per frame: {}", frame.html);
+        let uuid = uuid::Uuid::parse_str(ids[0].trim_start_matches("msg-")).unwrap();
+        assert_eq!(uuid.get_version_num(), 7);
+        assert_eq!(seqs(&frame.html), vec![1]);
+        assert!(frame.html.contains("<strong class=\"author\">ann</strong>"));
+    }
+    // Exactly once: nothing else about it arrives before the next message.
+    b.say("second").await;
+    let (_, skipped) = a.wait_for_with_skipped(|f| f.html.contains("second")).await;
+    assert!(skipped.iter().all(|f| !f.html.contains("hello python")));
+}
+
+async fn private_rooms_are_private(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob, eve) = (
+        app.signup("ann").await,
+        app.signup("bob").await,
+        app.signup("eve").await,
+    );
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    let mut e = app.connect(&eve).await;
+
+    a.enter_direct("bob").await;
+    let title = a.wait_for(|f| f.selector == "#messages-list").await;
+    assert_eq!(title.html, "", "a new conversation is empty");
+    // Bob learns about the conversation live, then opens it: the same room, whoever starts.
+    let added = b.wait_for(|f| f.selector == "#directs").await;
+    assert!(added.html.contains("ann"));
+    b.enter_direct("ann").await;
+    assert_eq!(a.room_id, b.room_id);
+    let private_room = a.room_id.clone();
+
+    a.say("secret for bob").await;
+    b.wait_for_message("secret for bob").await;
+    a.wait_for_message("secret for bob").await;
+
+    // Eve tries every door. By name, with each isGroup value:
+    e.enter_direct("bob").await;
+    assert_ne!(e.room_id, private_room, "eve gets her own room with bob");
+    let eve_and_bob = e.room_id.clone();
+    let history = e.wait_for(|f| f.selector == "#messages-list").await;
+    assert!(!history.html.contains("secret"));
+    e.enter_direct("ann").await;
+    assert_ne!(e.room_id, private_room);
+    e.enter_group("bob").await;
+    assert_ne!(e.room_id, private_room, "a group named bob is just a group");
+    // By the room's id, as a reconnecting client would:
+    let mut resumed = app
+        .connect_at(&eve, &format!("/ws/chat/?room={private_room}&after=0"))
+        .await;
+    assert_ne!(resumed.room_id, private_room);
+    let frames = resumed.frames_until_own_marker().await;
+    assert!(frames.iter().all(|f| !f.html.contains("secret")));
+    // And she never receives their messages live.
+    a.say("second secret").await;
+    b.wait_for_message("second secret").await;
+    let seen = e.frames_until_own_marker().await;
+    assert!(
+        seen.iter().all(|f| !f.html.contains("secret")),
+        "eve saw: {seen:?}"
+    );
+    // Her own room with bob is also unique per pair.
+    let mut b2 = app.connect(&bob).await;
+    b2.enter_direct("eve").await;
+    assert_eq!(b2.room_id, eve_and_bob);
+}
+
+async fn history_pages_backwards(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-burst", "1000"]).await;
+    let ann = app.signup("ann").await;
+    let mut a = app.connect(&ann).await;
+    a.enter_group("events").await;
+    for i in 1..=120 {
+        a.say(&format!("event number {i}")).await;
+    }
+    a.wait_for_message("event number 120").await;
+
+    a.enter_group("events").await;
+    let list = a.wait_for(|f| f.selector == "#messages-list").await;
+    assert_eq!(seqs(&list.html), (71..=120).collect::<Vec<_>>());
+
+    a.act("Load older", json!({ "beforeSeq": 71 })).await;
+    let older = a
+        .wait_for(|f| f.selector == "#messages-list" && f.swap == "afterbegin")
+        .await;
+    assert_eq!(seqs(&older.html), (21..=70).collect::<Vec<_>>());
+    let more = a.wait_for(|f| f.selector == "#load-older").await;
+    assert_eq!(attr(&more.html, "data-before-seq").as_deref(), Some("21"));
+
+    a.act("Load older", json!({ "beforeSeq": 21 })).await;
+    let oldest = a
+        .wait_for(|f| f.selector == "#messages-list" && f.swap == "afterbegin")
+        .await;
+    assert_eq!(seqs(&oldest.html), (1..=20).collect::<Vec<_>>());
+    let end = a.wait_for(|f| f.selector == "#load-older").await;
+    assert!(end.html.contains("beginning"), "{}", end.html);
+}
+
+async fn html_in_messages_is_text(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let ann = app.signup("ann").await;
+    let mut a = app.connect(&ann).await;
+    a.say("<script>alert(1)</script> <img src=x onerror=alert(2)>")
+        .await;
+    let frame = a.wait_for_message("alert(1)").await;
+    assert!(
+        frame
+            .html
+            .contains("&lt;script&gt;alert(1)&lt;/script&gt; &lt;img src=x onerror=alert(2)&gt;"),
+        "{}",
+        frame.html
+    );
+    assert!(!frame.html.contains("<script"));
+    assert!(!frame.html.contains("<img"));
+}
+
+async fn unread_badges_follow_other_rooms(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    a.enter_group("python").await;
+    let python = a.room_id.clone();
+    assert_ne!(b.room_id, python, "bob stays in #hi");
+
+    a.say("first").await;
+    a.say("second").await;
+    let badge = format!("#unread-{python}");
+    let one = b.wait_for(|f| f.selector == badge).await;
+    assert_eq!(one.html, "1");
+    let two = b.wait_for(|f| f.selector == badge).await;
+    assert_eq!(two.html, "2");
+
+    // A fresh page shows the stored count; entering the room clears it.
+    let page = app
+        .http()
+        .get(app.url("/"))
+        .header("cookie", &bob.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(
+            r#"id="unread-{python}" aria-label="unread">2</span>"#
+        )),
+        "{page}"
+    );
+    b.enter_group("python").await;
+    let cleared = b.wait_for(|f| f.selector == badge).await;
+    assert_eq!(cleared.html, "");
+    let later = app.connect(&bob).await;
+    drop(later);
+    let page = app
+        .http()
+        .get(app.url("/"))
+        .header("cookie", &bob.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!(
+        r#"id="unread-{python}" aria-label="unread"></span>"#
+    )));
+}
+
+async fn presence_is_live_and_counts_users_not_tabs(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let bob_tab1 = app.connect(&bob).await;
+    let online = a
+        .wait_for(|f| f.selector == "#people" && f.html.contains("bob"))
+        .await;
+    assert_eq!(online.swap, "beforeend");
+    let bob_id = attr(&online.html, "id").unwrap().replace("person-", "");
+    // Bob is also in #hi with ann: the room's member list grows.
+    let member = a.wait_for(|f| f.selector == "#room-members").await;
+    assert!(member.html.contains("bob"));
+
+    let mut bob_tab2 = app.connect(&bob).await;
+    bob_tab1.close().await;
+    // Still online through the second tab: no "gone" frame before ann's marker.
+    let frames = a.frames_until_own_marker().await;
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.selector != format!("#person-{bob_id}")),
+        "{frames:?}"
+    );
+    // A room change moves bob out of #hi's member list.
+    bob_tab2.enter_group("python").await;
+    let left = a
+        .wait_for(|f| f.selector == format!("#member-{bob_id}"))
+        .await;
+    assert_eq!(left.swap, "remove");
+    bob_tab2.close().await;
+    let gone = a
+        .wait_for(|f| f.selector == format!("#person-{bob_id}"))
+        .await;
+    assert_eq!(gone.swap, "remove");
+}
+
+async fn reconnect_catches_up_without_duplicates(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    a.say("seen by both").await;
+    let seen = b.wait_for_message("seen by both").await;
+    let last_seq = seqs(&seen.html)[0];
+    let room = b.room_id.clone();
+    b.abandon();
+
+    for text in ["missed one", "missed two", "missed three"] {
+        a.say(text).await;
+        a.wait_for_message(text).await;
+    }
+
+    let mut b = app
+        .connect_at(&bob, &format!("/ws/chat/?room={room}&after={last_seq}"))
+        .await;
+    assert_eq!(b.room_id, room);
+    let catch_up = b.wait_for(|f| f.selector == "#messages-list").await;
+    assert_eq!(
+        catch_up.swap, "beforeend",
+        "resuming never replaces the list"
+    );
+    assert_eq!(
+        seqs(&catch_up.html),
+        vec![last_seq + 1, last_seq + 2, last_seq + 3]
+    );
+    assert!(catch_up.html.contains("missed one") && catch_up.html.contains("missed three"));
+
+    // Live delivery continues, with nothing repeated.
+    a.say("after the return").await;
+    let (live, skipped) = b
+        .wait_for_with_skipped(|f| f.html.contains("after the return"))
+        .await;
+    assert_eq!(seqs(&live.html), vec![last_seq + 4]);
+    assert!(skipped.iter().all(|f| !f.html.contains("missed")));
+}
+
+async fn new_groups_appear_for_everyone(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    a.act("Create group", json!({ "groupName": "#Rust-Lang" }))
+        .await;
+    let title = a.wait_for(|f| f.selector == "#group-name").await;
+    assert!(title.html.contains("#rust-lang"));
+    let listed = b.wait_for(|f| f.selector == "#groups").await;
+    assert_eq!(listed.swap, "beforeend");
+    assert!(listed.html.contains("#rust-lang"));
+    let page = app
+        .http()
+        .get(app.url("/"))
+        .header("cookie", &bob.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("#rust-lang"), "groups come from the database");
+}
+
+async fn slow_reader_is_cut_off(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            "--outbound-queue",
+            "2",
+            "--rate-burst",
+            "100000",
+            "--rate-per-second",
+            "100000",
+        ],
+    )
+    .await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut sender = app.connect(&ann).await;
+    let mut slow = app.connect(&bob).await;
+    let room = slow.room_id.clone();
+    // Bob stops reading. Ann sends far more than the socket buffers hold; her own copies keep
+    // arriving throughout, so the room is never held up by bob.
+    let big = "x".repeat(3900);
+    let total = 5000;
+    for i in 1..=total {
+        sender.say(&format!("n{i} {big}")).await;
+        if i % 100 == 0 {
+            sender.wait_for_message(&format!("n{i} x")).await;
+        }
+    }
+    // Now bob reads what reached him: the server gave up on him part-way.
+    let mut last_seq = 0;
+    let mut delivered = 0;
+    let close = loop {
+        match slow.receive().await {
+            Received::Frame(f) if f.selector == "#messages-list" && f.swap == "beforeend" => {
+                delivered += 1;
+                last_seq = *seqs(&f.html).last().unwrap();
+            }
+            Received::Frame(_) => {}
+            Received::Closed(close) => break close,
+        }
+    };
+    assert!(delivered < total, "bob was cut off (got {delivered})");
+    if let Some(close) = close {
+        assert_eq!(u16::from(close.code), 1013);
+    }
+    // He comes back and catches up: everything after what he saw, once.
+    let mut back = app
+        .connect_at(&bob, &format!("/ws/chat/?room={room}&after={last_seq}"))
+        .await;
+    let mut expected = last_seq + 1;
+    while expected <= total as i64 {
+        let f = back
+            .wait_for(|f| f.selector == "#messages-list" && f.swap == "beforeend")
+            .await;
+        for seq in seqs(&f.html) {
+            assert_eq!(seq, expected, "catch-up is complete and in order");
+            expected += 1;
+        }
+    }
+}
