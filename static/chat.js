@@ -38,6 +38,8 @@
   function apply(frame) {
     const target = document.querySelector(frame.selector);
     if (!target) return;
+    // The typing notice goes to the whole room; the typist needs no notice of themself.
+    if (frame.selector === '#typing' && frame.html.includes(`data-user="${document.body.dataset.me}"`)) return;
     const messages = target === list();
     const stick = messages && nearBottom(target);
     const height = target.scrollHeight;

@@ -91,7 +91,7 @@ pub fn chat_page(view: &ChatView<'_>) -> Markup {
                     form #message-form autocomplete="off" {
                         label.visually-hidden for="message-text" { "Message" }
                         textarea #message-text name="message" rows="1" maxlength="4000"
-                            placeholder="Write a message — Enter sends, Shift+Enter for a new line" {}
+                            placeholder="Write a message…" title="Enter sends; Shift+Enter starts a new line" {}
                         button type="submit" { "Send" }
                     }
                 }

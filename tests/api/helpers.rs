@@ -107,11 +107,15 @@ impl TestApp {
     }
 
     pub async fn start(database_url: String, args: Vec<String>) -> TestApp {
+        TestApp::start_on("127.0.0.1:0", database_url, args).await
+    }
+
+    async fn start_on(addr: &str, database_url: String, args: Vec<String>) -> TestApp {
         init_logs();
         let mut argv = vec![
             "wirechat".to_string(),
             "--addr".into(),
-            "127.0.0.1:0".into(),
+            addr.into(),
             "--database-url".into(),
             database_url.clone(),
         ];
@@ -140,10 +144,20 @@ impl TestApp {
         }
     }
 
-    /// Stops this node and starts a new one on the same database (on a new port).
+    /// Stops this node and starts a new one on the same database and port.
     pub async fn restart(mut self) -> TestApp {
         self.stop().await;
-        TestApp::start(self.database_url.clone(), self.args.clone()).await
+        self.start_again().await
+    }
+
+    /// Starts a stopped node again, on the same database and port.
+    pub async fn start_again(&self) -> TestApp {
+        TestApp::start_on(
+            &self.addr.to_string(),
+            self.database_url.clone(),
+            self.args.clone(),
+        )
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -2,6 +2,7 @@
 //! SQLite file and a fresh PostgreSQL database.
 
 mod auth;
+mod browser;
 mod chat;
 mod helpers;
 mod input;

@@ -1,0 +1,274 @@
+//! The chat in a real browser: Debian's headless Chromium, driven over WebDriver
+//! (chromedriver), against the real app. Each user is a separate browser with its own
+//! profile, so cookies and sockets are as independent as two people's machines.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::key::Key;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::helpers::{Backend, PATIENCE, TestApp};
+
+/// A chromedriver process for one test; every `Browser` from it is its own Chromium.
+struct Driver {
+    process: Child,
+    port: u16,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let process = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; .ci/run installs it)");
+        // Wait until it accepts connections.
+        let deadline = Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Driver { process, port }
+    }
+
+    async fn desktop(&self) -> Browser {
+        self.browser(json!({}), &["--window-size=1280,800"]).await
+    }
+
+    /// A phone-sized screen (375 × 740 CSS pixels), as Chromium's device emulation gives it.
+    async fn phone(&self) -> Browser {
+        self.browser(
+            json!({ "deviceMetrics": { "width": 375, "height": 740, "pixelRatio": 2.0 } }),
+            &[],
+        )
+        .await
+    }
+
+    async fn browser(&self, mobile: serde_json::Value, extra: &[&str]) -> Browser {
+        let profile = std::env::temp_dir().join(format!(
+            "wirechat-chromium-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut caps = serde_json::Map::new();
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            "--disable-quic".into(),
+            "--no-first-run".into(),
+            // Without these Chromium keeps calling home, which this network refuses.
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut options = json!({ "binary": "/usr/bin/chromium", "args": args });
+        if mobile.as_object().is_some_and(|m| !m.is_empty()) {
+            options["mobileEmulation"] = mobile;
+        }
+        caps.insert("goog:chromeOptions".into(), options);
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a Chromium session");
+        Browser { client }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+struct Browser {
+    client: Client,
+}
+
+impl Browser {
+    async fn find(&self, css: &str) -> Element {
+        self.client
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
+    /// Waits until the text of `css` contains `text`.
+    async fn wait_for_text(&self, css: &str, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(el) = self.client.find(Locator::Css(css)).await {
+                if el.text().await.is_ok_and(|t| t.contains(text)) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed {text:?}; page: {}",
+                self.client.source().await.unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map(|v| v.len())
+            .unwrap_or(0)
+    }
+
+    async fn sign_up(&self, app: &TestApp, username: &str) {
+        self.client.goto(&app.url("/login")).await.unwrap();
+        let form = self.find("form[action='/signup']").await;
+        form.find(Locator::Css("input[name=username]"))
+            .await
+            .unwrap()
+            .send_keys(username)
+            .await
+            .unwrap();
+        form.find(Locator::Css("input[name=password]"))
+            .await
+            .unwrap()
+            .send_keys("password123")
+            .await
+            .unwrap();
+        form.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+        self.wait_for_text("#logged-user", username).await;
+        self.wait_for_text("#group-name", "#hi").await;
+    }
+
+    /// Types into the composer and presses Enter, as a person does.
+    async fn say(&self, text: &str) {
+        let composer = self.find("#message-text").await;
+        composer
+            .send_keys(&format!("{text}{}", char::from(Key::Enter)))
+            .await
+            .unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css).await.click().await.unwrap();
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_chat_in_a_browser_and_a_third_sees_nothing_private() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let driver = Driver::start().await;
+    let ann = driver.desktop().await;
+    let bob = driver.desktop().await;
+    let eve = driver.phone().await;
+
+    ann.sign_up(&app, "ann").await;
+    bob.sign_up(&app, "bob").await;
+    // They see each other come online.
+    ann.wait_for_text("#people", "bob").await;
+    bob.wait_for_text("#people", "ann").await;
+
+    ann.say("hello from ann").await;
+    bob.wait_for_text("#messages-list", "hello from ann").await;
+    bob.say("hi ann, bob here").await;
+    ann.wait_for_text("#messages-list", "bob here").await;
+
+    // Markup in a message is shown as text and never runs.
+    ann.say("<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">")
+        .await;
+    bob.wait_for_text("#messages-list", "<img src=x onerror=").await;
+    assert_eq!(bob.count("#messages-list img").await, 0);
+    assert_eq!(bob.count("#messages-list script").await, 0);
+    assert_ne!(bob.client.title().await.unwrap(), "pwned");
+
+    // A private conversation, started from the online list.
+    eve.sign_up(&app, "eve").await;
+    ann.click("#people a[data-group-name='bob']").await;
+    ann.wait_for_text("#group-name", "bob").await;
+    ann.say("a secret for bob").await;
+    ann.wait_for_text("#messages-list", "a secret for bob").await;
+    // Bob gets the conversation in his sidebar with an unread badge, and opens it.
+    bob.wait_for_text("#directs", "ann").await;
+    bob.wait_for_text("#directs .badge", "1").await;
+    bob.click("#directs a[data-group-name='ann']").await;
+    bob.wait_for_text("#messages-list", "a secret for bob").await;
+    assert_eq!(bob.find("#directs .badge").await.text().await.unwrap(), "");
+
+    // Eve, in #hi all along, sees the public talk but nothing private.
+    eve.say("eve was here").await;
+    ann.click("#groups a[data-group-name='hi']").await;
+    ann.wait_for_text("#messages-list", "eve was here").await;
+    eve.wait_for_text("#messages-list", "eve was here").await;
+    let eve_page = eve.client.source().await.unwrap();
+    assert!(!eve_page.contains("secret"), "eve saw a private message");
+
+    ann.screenshot("chat-desktop.png").await;
+    eve.screenshot("chat-phone.png").await;
+    for browser in [ann, bob, eve] {
+        browser.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_reconnects_after_a_restart_and_shows_what_was_missed_once() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let driver = Driver::start().await;
+    let ann = driver.desktop().await;
+    ann.sign_up(&app, "ann").await;
+    ann.say("before the restart").await;
+    ann.wait_for_text("#messages-list", "before the restart").await;
+
+    let bob = app.signup("bob").await;
+
+    // The server goes away: the page says it is reconnecting.
+    let mut app = app;
+    app.stop().await;
+    ann.wait_for_text("#connection", "Reconnecting").await;
+    // It comes back on the same address and database, and bob posts while ann's page may
+    // still be waiting to reconnect.
+    let app = app.start_again().await;
+    let mut bob_socket = app.connect(&bob).await;
+    bob_socket.say("sent meanwhile").await;
+    bob_socket.wait_for_message("sent meanwhile").await;
+
+    ann.wait_for_text("#messages-list", "sent meanwhile").await;
+    let deadline = Instant::now() + PATIENCE;
+    while !ann.find("#connection").await.text().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the banner stayed up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = ann.client.source().await.unwrap();
+    assert_eq!(page.matches("sent meanwhile").count(), 1, "shown exactly once");
+    assert_eq!(page.matches("before the restart").count(), 1, "nothing repeated");
+    ann.close().await;
+}
