@@ -11,31 +11,48 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::chat::presence::LocalPresence;
+use crate::chat::presence::{LocalPresence, Presence};
 use crate::chat::rate::{RateConfig, RateLimiter};
 use crate::config::Config;
 use crate::hub::{Hub, Limits};
-use crate::layer::LocalLayer;
+use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, RedisPresence, redis};
 use crate::store::Store;
 use crate::web::{self, AppState};
 
 /// How long shutdown waits for sockets to say goodbye.
 const SOCKET_DRAIN: Duration = Duration::from_secs(5);
+/// How long start-up waits for Redis before serving without it.
+const REDIS_START_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     node_id: String,
+    presence_every: Duration,
 }
 
 impl Application {
     /// Connects, migrates and binds; the port is known (and can be read) before serving.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        if config.redis_url.is_some() {
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
+        let presence_every = Duration::from_millis(config.presence_heartbeat_ms.max(1));
+        if config.presence_heartbeat_ms >= config.presence_ttl_ms {
             anyhow::bail!(
-                "REDIS_URL is set, but this build has only the in-process channel layer; unset it to run one node"
+                "WIRECHAT_PRESENCE_HEARTBEAT_MS must be shorter than WIRECHAT_PRESENCE_TTL_MS"
             );
         }
+        let shutdown = CancellationToken::new();
+        let (layer, presence) = match &config.redis_url {
+            None => {
+                let layer: Arc<dyn ChannelLayer> = Arc::new(LocalLayer::default());
+                let presence: Arc<dyn Presence> = Arc::new(LocalPresence::default());
+                (layer, presence)
+            }
+            Some(url) => connect_redis(&config, url, &shutdown).await?,
+        };
         let store = Store::connect(&config.database_url)
             .await
             .with_context(|| format!("opening the database at {}", redact(&config.database_url)))?;
@@ -49,8 +66,8 @@ impl Application {
         let cookie_key = Key::derive_from(secret.as_bytes());
         let hub = Arc::new(Hub {
             store,
-            layer: Arc::new(LocalLayer::default()),
-            presence: Arc::new(LocalPresence::default()),
+            layer,
+            presence,
             limits: Limits {
                 max_message_chars: config.max_message_chars,
                 outbound_queue: config.outbound_queue.max(1),
@@ -60,14 +77,11 @@ impl Application {
                 per_second: config.rate_per_second,
                 burst: config.rate_burst.max(1.0),
             }),
-            shutdown: CancellationToken::new(),
+            shutdown,
         });
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("listening on {}", config.addr))?;
-        let node_id = config
-            .node_id
-            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
         Ok(Application {
             listener,
             state: AppState {
@@ -78,6 +92,7 @@ impl Application {
                 sockets: TaskTracker::new(),
             },
             node_id,
+            presence_every,
         })
     }
 
@@ -97,6 +112,10 @@ impl Application {
         let shutdown = self.state.hub.shutdown.clone();
         let sockets = self.state.sockets.clone();
         let hub = self.state.hub.clone();
+        tokio::spawn(crate::hub::maintain_presence(
+            hub.clone(),
+            self.presence_every,
+        ));
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
         axum::serve(self.listener, web::router(self.state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -114,6 +133,40 @@ impl Application {
         tracing::info!(node = %self.node_id, "stopped");
         Ok(())
     }
+}
+
+/// The Redis channel layer and presence, sharing one connection pool. The subscriber keeps
+/// reconnecting in the background until `stop`, so a node may start while Redis is down
+/// and serve its own sockets meanwhile.
+async fn connect_redis(
+    config: &Config,
+    url: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<(Arc<dyn ChannelLayer>, Arc<dyn Presence>)> {
+    let shown = redact(url);
+    let pool = redis::pool(url).with_context(|| format!("Redis URL {shown}"))?;
+    // Unique per process, even when two nodes are given the same WIRECHAT_NODE_ID.
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let layer = RedisLayer::start(
+        url,
+        pool.clone(),
+        &config.redis_prefix,
+        &instance,
+        stop.clone(),
+    )
+    .with_context(|| format!("Redis URL {shown}"))?;
+    if layer.wait_connected(REDIS_START_WAIT).await {
+        tracing::info!(redis = %shown, prefix = %config.redis_prefix, "using the Redis channel layer");
+    } else {
+        tracing::warn!(redis = %shown, "Redis is not answering yet; serving this node's sockets and retrying");
+    }
+    let presence = RedisPresence::new(
+        pool,
+        &config.redis_prefix,
+        &instance,
+        Duration::from_millis(config.presence_ttl_ms),
+    );
+    Ok((Arc::new(layer), Arc::new(presence)))
 }
 
 /// A database URL without its password, for messages.

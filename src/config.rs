@@ -56,6 +56,36 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", global = true)]
     pub redis_url: Option<String>,
 
+    /// Prefix of every Redis key and channel this chat uses, so several chats (or test
+    /// runs) can share one Redis.
+    #[arg(
+        long,
+        env = "WIRECHAT_REDIS_PREFIX",
+        default_value = "wirechat:",
+        global = true
+    )]
+    pub redis_prefix: String,
+
+    /// With Redis: how long a socket's presence outlives its node's last heartbeat, in
+    /// milliseconds. A node that dies leaves its users shown as online this long.
+    #[arg(
+        long,
+        env = "WIRECHAT_PRESENCE_TTL_MS",
+        default_value_t = 20_000,
+        global = true
+    )]
+    pub presence_ttl_ms: u64,
+
+    /// With Redis: how often a node refreshes its sockets' presence and removes lapsed
+    /// entries, in milliseconds. Must be well under the TTL.
+    #[arg(
+        long,
+        env = "WIRECHAT_PRESENCE_HEARTBEAT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub presence_heartbeat_ms: u64,
+
     /// This node's name in logs and metrics (default: generated).
     #[arg(long, env = "WIRECHAT_NODE_ID", global = true)]
     pub node_id: Option<String>,

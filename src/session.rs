@@ -168,7 +168,7 @@ impl Session {
         ))
         .await;
 
-        if self.hub.presence.connect(&self.user).await {
+        if self.hub.presence.connect(self.member.id, &self.user).await {
             self.publish(
                 LOBBY,
                 Event::All {
@@ -359,7 +359,13 @@ impl Session {
         if let Some(previous) = previous.filter(|_| !same_room) {
             self.leave(&previous).await;
         }
-        if !same_room && self.hub.presence.enter(&room.id, &self.user).await {
+        if !same_room
+            && self
+                .hub
+                .presence
+                .enter(self.member.id, &room.id, &self.user)
+                .await
+        {
             self.publish(
                 &group,
                 Event::Viewers {
@@ -428,7 +434,12 @@ impl Session {
 
     /// Presence and read position when the socket leaves a room (or closes).
     async fn leave(&self, previous: &ActiveRoom) {
-        if self.hub.presence.leave(&previous.room.id, &self.user).await {
+        if self
+            .hub
+            .presence
+            .leave(self.member.id, &previous.room.id, &self.user)
+            .await
+        {
             self.publish(
                 &previous.group,
                 Event::Viewers {
@@ -559,7 +570,12 @@ impl Session {
         if let Some(active) = self.active.take() {
             self.leave(&active).await;
         }
-        if self.hub.presence.disconnect(&self.user).await {
+        if self
+            .hub
+            .presence
+            .disconnect(self.member.id, &self.user)
+            .await
+        {
             self.publish(
                 LOBBY,
                 Event::All {

@@ -9,21 +9,41 @@ use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 
+use crate::layer::SocketId;
 use crate::store::User;
 
 pub trait Presence: Send + Sync {
-    /// A socket of `user` connected; true when the user was offline before.
-    fn connect<'a>(&'a self, user: &'a User) -> BoxFuture<'a, bool>;
-    /// A socket of `user` went away; true when it was the user's last.
-    fn disconnect<'a>(&'a self, user: &'a User) -> BoxFuture<'a, bool>;
-    /// A socket of `user` made `room` active; true when the user was not in it before.
-    fn enter<'a>(&'a self, room: &'a str, user: &'a User) -> BoxFuture<'a, bool>;
-    /// A socket of `user` left `room`; true when no socket of the user remains in it.
-    fn leave<'a>(&'a self, room: &'a str, user: &'a User) -> BoxFuture<'a, bool>;
+    /// Socket `socket` of `user` connected; true when the user was offline before.
+    fn connect<'a>(&'a self, socket: SocketId, user: &'a User) -> BoxFuture<'a, bool>;
+    /// Socket `socket` of `user` went away; true when it was the user's last.
+    fn disconnect<'a>(&'a self, socket: SocketId, user: &'a User) -> BoxFuture<'a, bool>;
+    /// Socket `socket` of `user` made `room` active; true when the user was not in it before.
+    fn enter<'a>(&'a self, socket: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool>;
+    /// Socket `socket` of `user` left `room`; true when no socket of the user remains in it.
+    fn leave<'a>(&'a self, socket: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool>;
     /// Everyone online, by name.
     fn online(&self) -> BoxFuture<'_, Vec<User>>;
     /// Everyone in `room`, by name.
     fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<User>>;
+    /// Periodic upkeep, for presence shared between nodes: keeps this node's entries alive
+    /// and expires those of nodes that stopped without saying goodbye. Returns the changes
+    /// that no socket reported, for the caller to announce.
+    fn maintain(&self) -> BoxFuture<'_, Vec<Change>> {
+        Box::pin(async { Vec::new() })
+    }
+    /// Presence reads and writes that failed since start (shared presence only).
+    fn failures(&self) -> u64 {
+        0
+    }
+}
+
+/// A presence transition found by upkeep rather than reported by a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Online(User),
+    Offline(User),
+    Entered { room: String, user: User },
+    Left { room: String, user: User },
 }
 
 /// Socket counts per user, for one node on its own.
@@ -79,22 +99,22 @@ impl LocalPresence {
 }
 
 impl Presence for LocalPresence {
-    fn connect<'a>(&'a self, user: &'a User) -> BoxFuture<'a, bool> {
+    fn connect<'a>(&'a self, _: SocketId, user: &'a User) -> BoxFuture<'a, bool> {
         let changed = self.with(|s| increment(&mut s.online, user));
         Box::pin(async move { changed })
     }
 
-    fn disconnect<'a>(&'a self, user: &'a User) -> BoxFuture<'a, bool> {
+    fn disconnect<'a>(&'a self, _: SocketId, user: &'a User) -> BoxFuture<'a, bool> {
         let changed = self.with(|s| decrement(&mut s.online, user));
         Box::pin(async move { changed })
     }
 
-    fn enter<'a>(&'a self, room: &'a str, user: &'a User) -> BoxFuture<'a, bool> {
+    fn enter<'a>(&'a self, _: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool> {
         let changed = self.with(|s| increment(s.rooms.entry(room.to_owned()).or_default(), user));
         Box::pin(async move { changed })
     }
 
-    fn leave<'a>(&'a self, room: &'a str, user: &'a User) -> BoxFuture<'a, bool> {
+    fn leave<'a>(&'a self, _: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool> {
         let changed = self.with(|s| {
             let Some(counts) = s.rooms.get_mut(room) else {
                 return false;
@@ -134,17 +154,17 @@ mod tests {
     async fn two_tabs_are_one_user() {
         let p = LocalPresence::default();
         let ann = user("ann");
-        assert!(p.connect(&ann).await);
-        assert!(!p.connect(&ann).await);
+        assert!(p.connect(1, &ann).await);
+        assert!(!p.connect(2, &ann).await);
         assert_eq!(p.online().await, vec![ann.clone()]);
-        assert!(!p.disconnect(&ann).await);
-        assert!(p.disconnect(&ann).await);
+        assert!(!p.disconnect(1, &ann).await);
+        assert!(p.disconnect(2, &ann).await);
         assert!(p.online().await.is_empty());
 
-        assert!(p.enter("r", &ann).await);
-        assert!(!p.enter("r", &ann).await);
-        assert!(!p.leave("r", &ann).await);
-        assert!(p.leave("r", &ann).await);
+        assert!(p.enter(1, "r", &ann).await);
+        assert!(!p.enter(2, "r", &ann).await);
+        assert!(!p.leave(1, "r", &ann).await);
+        assert!(p.leave(2, "r", &ann).await);
         assert!(p.in_room("r").await.is_empty());
     }
 }

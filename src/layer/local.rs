@@ -1,6 +1,7 @@
 //! The in-process channel layer: a single node delivers straight to its own sockets.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures_util::future::BoxFuture;
 
@@ -17,6 +18,10 @@ impl ChannelLayer for LocalLayer {
         group: &'a str,
         event: Event,
     ) -> BoxFuture<'a, Result<(), PublishError>> {
+        if matches!(event, Event::Message { .. }) {
+            let metrics = self.registry.metrics();
+            metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+        }
         self.registry.deliver(group, Arc::new(event));
         Box::pin(async { Ok(()) })
     }

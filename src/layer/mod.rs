@@ -6,7 +6,11 @@
 //! them; delivering one is a reference-count increment and a queue push per socket.
 
 mod local;
+pub mod metrics;
+pub mod redis;
+mod redis_presence;
 mod registry;
+mod wire;
 
 use std::sync::Arc;
 
@@ -14,6 +18,8 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 
 pub use local::LocalLayer;
+pub use redis::RedisLayer;
+pub use redis_presence::RedisPresence;
 pub use registry::{Member, Registry, SocketId};
 
 /// Something that happened in a group, with the frame to show for it.
@@ -64,6 +70,17 @@ pub trait ChannelLayer: Send + Sync {
     /// Removes a local socket from all its groups.
     fn leave_all(&self, socket: SocketId) {
         self.registry().leave_all(socket);
+    }
+
+    /// How many groups this node currently receives events for.
+    fn subscribed(&self) -> usize {
+        self.registry().group_count()
+    }
+
+    /// The service this layer relies on, for readiness checks: its name and whether it
+    /// answers now. `None` when the layer needs nothing outside this process.
+    fn backend_status(&self) -> BoxFuture<'_, Option<(&'static str, Result<(), String>)>> {
+        Box::pin(async { None })
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Event;
+use super::metrics::LayerMetrics;
 use crate::session::Outbound;
 
 pub type SocketId = u64;
@@ -33,6 +34,7 @@ pub struct Registry {
     groups: RwLock<Groups>,
     next_id: AtomicU64,
     slow_consumers: AtomicU64,
+    metrics: LayerMetrics,
 }
 
 impl Registry {
@@ -79,6 +81,21 @@ impl Registry {
         groups.members.keys().cloned().collect()
     }
 
+    /// True when at least one socket on this node is in `group`.
+    pub fn has_group(&self, group: &str) -> bool {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups.members.contains_key(group)
+    }
+
+    pub fn group_count(&self) -> usize {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups.members.len()
+    }
+
+    pub fn metrics(&self) -> &LayerMetrics {
+        &self.metrics
+    }
+
     pub fn socket_count(&self) -> usize {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         groups.joined.len()
@@ -96,15 +113,33 @@ impl Registry {
         let Some(sockets) = groups.members.get(group) else {
             return;
         };
-        for member in sockets.values() {
-            let full = matches!(
-                member.outbox.try_send(Outbound::Event(event.clone())),
-                Err(mpsc::error::TrySendError::Full(_))
-            );
-            if full && !member.lagging.is_cancelled() {
-                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                member.lagging.cancel();
+        self.offer(sockets.values(), &event);
+    }
+
+    /// Queues `event` once for every socket on this node, whatever groups it joined.
+    pub fn deliver_all(&self, event: Arc<Event>) {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let mut seen = HashSet::new();
+        let everyone = groups
+            .members
+            .values()
+            .flat_map(|sockets| sockets.values())
+            .filter(|member| seen.insert(member.id));
+        self.offer(everyone, &event);
+    }
+
+    fn offer<'a>(&self, members: impl Iterator<Item = &'a Member>, event: &Arc<Event>) {
+        let mut queued = 0;
+        for member in members {
+            match member.outbox.try_send(Outbound::Event(event.clone())) {
+                Ok(()) => queued += 1,
+                Err(mpsc::error::TrySendError::Full(_)) if !member.lagging.is_cancelled() => {
+                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    member.lagging.cancel();
+                }
+                Err(_) => {}
             }
         }
+        self.metrics.frames_out.fetch_add(queued, Ordering::Relaxed);
     }
 }
