@@ -458,3 +458,17 @@ pub fn seqs(html: &str) -> Vec<i64> {
         })
         .collect()
 }
+
+/// Clients for an address in front of the app (a proxy, or a node in a child process):
+/// the same HTTP and socket helpers, with no server of its own to stop.
+impl TestApp {
+    pub fn at(addr: SocketAddr, database_url: &str) -> TestApp {
+        TestApp {
+            addr,
+            database_url: database_url.to_owned(),
+            args: Vec::new(),
+            shutdown: CancellationToken::new(),
+            server: None,
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! Several nodes as one chat: nodes share a fresh PostgreSQL database and Redis, each test
+//! under its own key prefix (or its own Redis server, when the test stops Redis). Nodes run
+//! in this process, or as child processes where a test kills one with SIGKILL; Caddy runs
+//! in front of them for the end-to-end tests.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use tokio::sync::oneshot;
+
+use crate::helpers::{
+    Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, message_ids, seqs,
+};
+
+const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+/// Presence settings short enough that a dead node's users lapse within a test.
+const SHORT_PRESENCE: [&str; 4] = [
+    "--presence-ttl-ms",
+    "3000",
+    "--presence-heartbeat-ms",
+    "300",
+];
+
+/// One chat's shared settings: database, Redis and key prefix.
+struct Cluster {
+    database_url: String,
+    redis_url: String,
+    prefix: String,
+    args: Vec<String>,
+}
+
+impl Cluster {
+    async fn new(redis_url: &str, extra: &[&str]) -> Cluster {
+        let database_url = fresh_database(Backend::Postgres).await;
+        let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
+        let mut args = vec![
+            "--redis-url".to_owned(),
+            redis_url.to_owned(),
+            "--redis-prefix".to_owned(),
+            prefix.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Cluster {
+            database_url,
+            redis_url: redis_url.to_owned(),
+            prefix,
+            args,
+        }
+    }
+
+    /// A node in this process.
+    async fn node(&self) -> TestApp {
+        TestApp::start(self.database_url.clone(), self.args.clone()).await
+    }
+
+    async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis on 127.0.0.1:6379 (see README: Tests)")
+    }
+
+    /// The groups some node of this chat is subscribed to, with the prefix taken off.
+    async fn channels(&self) -> BTreeSet<String> {
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(format!("{}*", self.prefix))
+            .query_async(&mut self.redis().await)
+            .await
+            .expect("PUBSUB CHANNELS");
+        channels
+            .into_iter()
+            .map(|c| c[self.prefix.len()..].to_owned())
+            .collect()
+    }
+
+    /// How many nodes are subscribed to `group`.
+    async fn subscribers(&self, group: &str) -> i64 {
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("{}{group}", self.prefix))
+            .query_async(&mut self.redis().await)
+            .await
+            .expect("PUBSUB NUMSUB");
+        count
+    }
+
+    /// Waits until the subscriptions satisfy `wanted`. Subscription changes after a socket
+    /// closes have no event a client can see, so this polls Redis, bounded by PATIENCE.
+    async fn wait_for_channels(&self, what: &str, wanted: impl Fn(&BTreeSet<String>) -> bool) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let channels = self.channels().await;
+            if wanted(&channels) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: channels are {channels:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A metric's value from a node's `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .http()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Waits until a node's metric satisfies `wanted` (it changes with no client-visible event).
+async fn wait_for_metric(app: &TestApp, name: &str, wanted: impl Fn(f64) -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let value = metric(app, name).await;
+        if wanted(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Which output of a child process says it is ready.
+#[derive(Clone, Copy)]
+enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// A child process, killed (SIGKILL) when dropped.
+struct Process {
+    child: Child,
+}
+
+impl Process {
+    /// Starts `command` and waits for the first line on `output` that `ready` accepts,
+    /// returning what it made of it. That output is read to its end, so the child never
+    /// blocks on a full pipe; the other one is discarded.
+    async fn start<T: Send + 'static>(
+        mut command: Command,
+        what: &str,
+        output: Output,
+        ready: impl Fn(&str) -> Option<T> + Send + 'static,
+    ) -> (Process, T) {
+        let (stdout, stderr) = match output {
+            Output::Stdout => (Stdio::piped(), Stdio::null()),
+            Output::Stderr => (Stdio::null(), Stdio::piped()),
+        };
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let stream: Box<dyn std::io::Read + Send> = match output {
+            Output::Stdout => Box::new(child.stdout.take().expect("stdout")),
+            Output::Stderr => Box::new(child.stderr.take().expect("stderr")),
+        };
+        let (tx, rx) = oneshot::channel();
+        let echo = std::env::var_os("TEST_LOG").is_some();
+        let name = what.to_owned();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if echo {
+                    eprintln!("[{name}] {line}");
+                }
+                if tx.is_some()
+                    && let Some(value) = ready(&line)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(value);
+                }
+            }
+        });
+        let value = tokio::time::timeout(PATIENCE, rx)
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not start"))
+            .unwrap_or_else(|_| panic!("{what} exited before it was ready"));
+        (Process { child }, value)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node in a child process, so a test can kill it without any cleanup.
+async fn child_node(cluster: &Cluster) -> (Process, TestApp) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wirechat"));
+    command
+        .args(["--addr", "127.0.0.1:0", "--database-url"])
+        .arg(&cluster.database_url)
+        .args(&cluster.args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "wirechat=info");
+    let (process, addr) = Process::start(command, "wirechat node", Output::Stdout, |line| {
+        let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
+        rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+    })
+    .await;
+    (process, TestApp::at(addr, &cluster.database_url))
+}
+
+/// A Redis server of a test's own, on a free port, so the test can stop it.
+struct OwnRedis {
+    process: Process,
+    port: u16,
+}
+
+impl OwnRedis {
+    async fn start(port: u16) -> OwnRedis {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
+        let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
+            line.contains("Ready to accept connections").then_some(())
+        })
+        .await;
+        OwnRedis { process, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts a new, empty one on the same port.
+    async fn crash(&mut self) {
+        self.process.kill();
+    }
+
+    async fn restart(&mut self) {
+        *self = OwnRedis::start(self.port).await;
+    }
+}
+
+/// Caddy in front of `upstreams`, configured as the deployment's Caddyfile is.
+async fn caddy(upstreams: &[SocketAddr]) -> (Process, SocketAddr) {
+    let port = free_port();
+    let dir: PathBuf = std::env::temp_dir()
+        .join("wirechat-tests")
+        .join(format!("caddy-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("caddy dir");
+    let upstreams: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
+    let caddyfile = format!(
+        "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
+         http://127.0.0.1:{port} {{\n\treverse_proxy {} {{\n\
+         \t\tlb_policy least_conn\n\t\tlb_try_duration 5s\n\t\tlb_try_interval 100ms\n\
+         \t\tfail_duration 10s\n\t\thealth_uri /healthz\n\t\thealth_interval 1s\n\
+         \t\thealth_timeout 1s\n\t}}\n}}\n",
+        upstreams.join(" ")
+    );
+    let path = dir.join("Caddyfile");
+    std::fs::write(&path, caddyfile).expect("write Caddyfile");
+    let mut command = Command::new("caddy");
+    command
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", &dir)
+        .env("XDG_DATA_HOME", &dir)
+        .env("XDG_CONFIG_HOME", &dir);
+    let (process, ()) = Process::start(command, "caddy", Output::Stderr, |line| {
+        line.contains("serving initial configuration").then_some(())
+    })
+    .await;
+    (process, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The articles in a messages frame: (id, seq, html) each.
+fn articles(frame: &Frame) -> Vec<(String, i64, String)> {
+    if frame.selector != "#messages-list" || frame.swap != "beforeend" {
+        return Vec::new();
+    }
+    frame
+        .html
+        .split("<article")
+        .skip(1)
+        .filter_map(|chunk| {
+            let id = message_ids(&format!("<article{chunk}"))
+                .into_iter()
+                .next()?;
+            let seq = seqs(chunk).into_iter().next()?;
+            Some((id, seq, chunk.to_owned()))
+        })
+        .collect()
+}
+
+/// Reads messages until every text in `expected` has arrived; returns them in arrival
+/// order as (text, id, seq), failing on any message id seen twice.
+async fn receive_all(
+    client: &mut crate::helpers::Client,
+    expected: &[String],
+) -> Vec<(String, String, i64)> {
+    let mut got: Vec<(String, String, i64)> = Vec::new();
+    while got.len() < expected.len() {
+        let frame = client.next_frame().await;
+        for (id, seq, html) in articles(&frame) {
+            let Some(text) = expected.iter().find(|t| html.contains(t.as_str())) else {
+                continue;
+            };
+            assert!(
+                got.iter().all(|(_, seen, _)| *seen != id),
+                "{}: {text} delivered twice",
+                client.username
+            );
+            got.push((text.clone(), id, seq));
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_cross_nodes_once_and_in_order() {
+    let cluster = Cluster::new(SHARED_REDIS, &["--rate-burst", "1000"]).await;
+    let (n1, n2) = (cluster.node().await, cluster.node().await);
+    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
+    let mut a = n1.connect(&ann).await;
+    let mut b = n2.connect(&bob).await;
+    a.enter_group("python").await;
+    b.enter_group("python").await;
+    assert_eq!(a.room_id, b.room_id);
+
+    const EACH: usize = 25;
+    let from_ann: Vec<String> = (0..EACH).map(|i| format!("ann-says-{i:03}")).collect();
+    let from_bob: Vec<String> = (0..EACH).map(|i| format!("bob-says-{i:03}")).collect();
+    for (x, y) in from_ann.iter().zip(&from_bob) {
+        a.say(x).await;
+        b.say(y).await;
+    }
+    let everything: Vec<String> = from_ann.iter().chain(&from_bob).cloned().collect();
+    for client in [&mut a, &mut b] {
+        let got = receive_all(client, &everything).await;
+        // Each sender's messages arrive in the order sent, with rising seqs.
+        for sent in [&from_ann, &from_bob] {
+            let mine: Vec<&(String, String, i64)> =
+                got.iter().filter(|(t, _, _)| sent.contains(t)).collect();
+            let texts: Vec<&String> = mine.iter().map(|(t, _, _)| t).collect();
+            assert_eq!(
+                texts,
+                sent.iter().collect::<Vec<_>>(),
+                "{}",
+                client.username
+            );
+            assert!(
+                mine.windows(2).all(|w| w[0].2 < w[1].2),
+                "{}",
+                client.username
+            );
+        }
+        // And nothing comes twice later.
+        let after = client.frames_until_own_marker().await;
+        assert!(
+            after.iter().all(|f| articles(f).is_empty()
+                || !everything.iter().any(|t| f.html.contains(t.as_str()))),
+            "{}: repeated {after:?}",
+            client.username
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_rooms_cross_nodes_and_stay_private() {
+    let cluster = Cluster::new(SHARED_REDIS, &[]).await;
+    let (n1, n2) = (cluster.node().await, cluster.node().await);
+    let (ann, bob, eve) = (
+        n1.signup("ann").await,
+        n1.signup("bob").await,
+        n1.signup("eve").await,
+    );
+    let mut a = n1.connect(&ann).await;
+    let mut b = n2.connect(&bob).await;
+    // Eve shares bob's node, so the conversation's events reach the node she is on.
+    let mut e = n2.connect(&eve).await;
+
+    a.enter_direct("bob").await;
+    let added = b.wait_for(|f| f.selector == "#directs").await;
+    assert!(added.html.contains("ann"), "bob learns of it on his node");
+    b.enter_direct("ann").await;
+    assert_eq!(a.room_id, b.room_id);
+    let direct = format!("room:{}", a.room_id);
+    assert_eq!(
+        cluster.subscribers(&direct).await,
+        2,
+        "both nodes follow it"
+    );
+
+    a.say("secret for bob").await;
+    b.wait_for_message("secret for bob").await;
+    a.wait_for_message("secret for bob").await;
+    b.say("secret for ann").await;
+    a.wait_for_message("secret for ann").await;
+
+    let seen_by_eve = e.frames_until_own_marker().await;
+    assert!(
+        seen_by_eve.iter().all(|f| !f.html.contains("secret")),
+        "{seen_by_eve:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_local_members() {
+    let cluster = Cluster::new(SHARED_REDIS, &[]).await;
+    let (n1, n2) = (cluster.node().await, cluster.node().await);
+    assert!(
+        cluster.channels().await.is_empty(),
+        "no sockets, no channels"
+    );
+    let (ann, bob) = (n1.signup("ann").await, n1.signup("bob").await);
+
+    let a = n1.connect(&ann).await;
+    let hi = format!("room:{}", a.room_id);
+    // Ann's node follows the lobby, her own channel and every room she is a member of.
+    let only_ann = cluster.channels().await;
+    let users = only_ann.iter().filter(|c| c.starts_with("user:")).count();
+    assert_eq!(users, 1, "{only_ann:?}");
+    assert!(
+        only_ann.contains("lobby") && only_ann.contains(&hi),
+        "{only_ann:?}"
+    );
+    assert!(
+        only_ann
+            .iter()
+            .all(|c| c == "lobby" || c.starts_with("user:") || c.starts_with("room:"))
+    );
+    assert_eq!(cluster.subscribers(&hi).await, 1);
+
+    let mut b = n2.connect(&bob).await;
+    assert_eq!(cluster.subscribers(&hi).await, 2, "bob's node joins #hi");
+    assert_eq!(cluster.subscribers("lobby").await, 2);
+    b.enter_group("only-bob-here").await;
+    let new_group = format!("room:{}", b.room_id);
+    assert_eq!(cluster.subscribers(&new_group).await, 1, "only bob's node");
+    assert_eq!(cluster.channels().await.len(), only_ann.len() + 2);
+
+    // One node's last socket leaving ends that node's subscriptions, and only those.
+    b.close().await;
+    cluster
+        .wait_for_channels("after bob left", |c| *c == only_ann)
+        .await;
+    assert_eq!(cluster.subscribers(&hi).await, 1);
+    assert_eq!(cluster.subscribers("lobby").await, 1);
+
+    a.close().await;
+    cluster
+        .wait_for_channels("after everyone left", BTreeSet::is_empty)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_a_killed_node_lapses() {
+    let cluster = Cluster::new(SHARED_REDIS, &SHORT_PRESENCE).await;
+    let n1 = cluster.node().await;
+    let (mut doomed, n2) = child_node(&cluster).await;
+    let (ann, bob) = (n1.signup("ann").await, n1.signup("bob").await);
+    let mut a = n1.connect(&ann).await;
+
+    let _bob_remote = n2.connect(&bob).await;
+    let online = a
+        .wait_for(|f| f.selector == "#people" && f.html.contains("bob"))
+        .await;
+    let bob_id = attr(&online.html, "id")
+        .expect("person id")
+        .replace("person-", "");
+    a.wait_for(|f| f.selector == "#room-members" && f.html.contains("bob"))
+        .await;
+
+    // A second tab, on the other node: still one user, so nothing is announced, and
+    // closing it leaves bob online through the first.
+    let bob_local = n1.connect(&bob).await;
+    bob_local.close().await;
+    let frames = a.frames_until_own_marker().await;
+    assert!(
+        frames
+            .iter()
+            .all(|f| !(f.selector == "#people" && f.html.contains("bob"))
+                && f.selector != format!("#person-{bob_id}")
+                && f.selector != format!("#member-{bob_id}")),
+        "{frames:?}"
+    );
+
+    // The node dies without a word; once bob's entries lapse, the surviving node says so.
+    doomed.kill();
+    let mut gone = BTreeSet::new();
+    while gone.len() < 2 {
+        let f = a
+            .wait_for(|f| {
+                f.selector == format!("#person-{bob_id}")
+                    || f.selector == format!("#member-{bob_id}")
+            })
+            .await;
+        assert_eq!(f.swap, "remove");
+        gone.insert(f.selector);
+    }
+    // Someone arriving now does not see him in the room.
+    let carl = n1.signup("carl").await;
+    let mut c = n1.connect(&carl).await;
+    let members = c.wait_for(|f| f.selector == "#room-members").await;
+    assert!(
+        members.html.contains("ann") && !members.html.contains("bob"),
+        "{}",
+        members.html
+    );
+}
+
+/// The ids of the connections in pub/sub mode on a Redis server.
+async fn pubsub_clients(redis: &mut redis::aio::MultiplexedConnection) -> BTreeSet<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(redis)
+        .await
+        .expect("CLIENT LIST");
+    list.lines()
+        .filter_map(|line| line.split(' ').find_map(|kv| kv.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_resumes_after_the_subscriber_connection_is_killed() {
+    let own = OwnRedis::start(free_port()).await;
+    let cluster = Cluster::new(&own.url(), &[]).await;
+    let mut admin = cluster.redis().await;
+    let n1 = cluster.node().await;
+    let (ann, bob) = (n1.signup("ann").await, n1.signup("bob").await);
+    let mut a = n1.connect(&ann).await;
+    let before = pubsub_clients(&mut admin).await;
+    let n2 = cluster.node().await;
+    let mut b = n2.connect(&bob).await;
+    let added: Vec<String> = pubsub_clients(&mut admin)
+        .await
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert_eq!(
+        added.len(),
+        1,
+        "one subscriber connection per node: {added:?}"
+    );
+
+    a.say("before the kill").await;
+    b.wait_for_message("before the kill").await;
+
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&added[0])
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT KILL");
+    // Sent while bob's node is resubscribing: it arrives live or through the resync,
+    // but once.
+    a.say("right after the kill").await;
+    b.wait_for_message("right after the kill").await;
+    wait_for_metric(&n2, "wirechat_redis_reconnects_total", |v| v >= 1.0).await;
+    assert!(metric(&n2, "wirechat_redis_resubscriptions_total").await >= 3.0);
+
+    a.say("after the reconnect").await;
+    let (_, skipped) = b
+        .wait_for_with_skipped(|f| f.html.contains("after the reconnect"))
+        .await;
+    assert!(
+        skipped
+            .iter()
+            .all(|f| !f.html.contains("right after the kill")),
+        "{skipped:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_nothing_and_the_node_keeps_chatting_meanwhile() {
+    let mut own = OwnRedis::start(free_port()).await;
+    let cluster = Cluster::new(&own.url(), &[]).await;
+    let (n1, n2) = (cluster.node().await, cluster.node().await);
+    let (ann, bob, carl) = (
+        n1.signup("ann").await,
+        n1.signup("bob").await,
+        n1.signup("carl").await,
+    );
+    let mut a = n1.connect(&ann).await;
+    let mut c = n1.connect(&carl).await;
+    let mut b = n2.connect(&bob).await;
+    a.say("before the outage").await;
+    b.wait_for_message("before the outage").await;
+    c.wait_for_message("before the outage").await;
+
+    own.crash().await;
+    // Redis is gone: people on the same node still talk.
+    a.say("during the outage").await;
+    c.wait_for_message("during the outage").await;
+    a.wait_for_message("during the outage").await;
+    assert!(metric(&n1, "wirechat_publish_failures_total").await >= 1.0);
+
+    own.restart().await;
+    // Bob's node resubscribes and his socket reads what it missed from the database.
+    let caught_up = b.wait_for_message("during the outage").await;
+    assert_eq!(articles(&caught_up).len(), 1, "{}", caught_up.html);
+    wait_for_metric(&n1, "wirechat_redis_reconnects_total", |v| v >= 1.0).await;
+
+    a.say("after the outage").await;
+    for client in [&mut a, &mut b, &mut c] {
+        let (_, skipped) = client
+            .wait_for_with_skipped(|f| f.html.contains("after the outage"))
+            .await;
+        assert!(
+            skipped
+                .iter()
+                .all(|f| !f.html.contains("during the outage")),
+            "{}: {skipped:?}",
+            client.username
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_caddy_clients_spread_chat_and_fail_over() {
+    let cluster = Cluster::new(SHARED_REDIS, &[]).await;
+    let mut nodes = vec![cluster.node().await, cluster.node().await];
+    let (_caddy, addr) = caddy(&[nodes[0].addr, nodes[1].addr]).await;
+    let gateway = TestApp::at(addr, &cluster.database_url);
+    let (ann, bob) = (gateway.signup("ann").await, gateway.signup("bob").await);
+
+    let mut a = gateway.connect(&ann).await;
+    let mut on_ann_node = Vec::new();
+    for node in &nodes {
+        on_ann_node.push(metric(node, "wirechat_open_sockets").await == 1.0);
+    }
+    let ann_node = on_ann_node
+        .iter()
+        .position(|&yes| yes)
+        .expect("ann's socket is on a node");
+    let mut b = gateway.connect(&bob).await;
+    // least_conn sends the second socket to the idle node.
+    assert_eq!(
+        metric(&nodes[1 - ann_node], "wirechat_open_sockets").await,
+        1.0
+    );
+    assert_eq!(metric(&nodes[ann_node], "wirechat_open_sockets").await, 1.0);
+
+    a.say("hello from ann").await;
+    b.wait_for_message("hello from ann").await;
+    b.say("hello from bob").await;
+    let last_seq = seqs(&a.wait_for_message("hello from bob").await.html)[0];
+    let room = a.room_id.clone();
+
+    // Ann's node goes away: her socket is told to reconnect (1012).
+    nodes[ann_node].stop().await;
+    loop {
+        match a.receive().await {
+            Received::Frame(_) => continue,
+            Received::Closed(close) => {
+                assert_eq!(close.map(|c| u16::from(c.code)), Some(1012));
+                break;
+            }
+        }
+    }
+    b.say("while ann was away 1").await;
+    b.say("while ann was away 2").await;
+
+    // She comes back through Caddy, lands on the surviving node and catches up.
+    let mut a = gateway
+        .connect_at(&ann, &format!("/ws/chat/?room={room}&after={last_seq}"))
+        .await;
+    assert_eq!(a.room_id, room);
+    assert_eq!(
+        metric(&nodes[1 - ann_node], "wirechat_open_sockets").await,
+        2.0
+    );
+    let catch_up = a.wait_for(|f| f.selector == "#messages-list").await;
+    assert!(
+        catch_up.html.contains("while ann was away 1")
+            && catch_up.html.contains("while ann was away 2"),
+        "{}",
+        catch_up.html
+    );
+    assert_eq!(catch_up.html.matches("while ann was away 1").count(), 1);
+    b.say("welcome back").await;
+    let (_, skipped) = a
+        .wait_for_with_skipped(|f| f.html.contains("welcome back"))
+        .await;
+    assert!(
+        skipped
+            .iter()
+            .all(|f| !f.html.contains("while ann was away"))
+    );
+}
