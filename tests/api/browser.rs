@@ -154,7 +154,12 @@ impl Browser {
             .send_keys("password123")
             .await
             .unwrap();
-        form.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+        form.find(Locator::Css("button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         self.wait_for_text("#logged-user", username).await;
         self.wait_for_text("#group-name", "#hi").await;
     }
@@ -204,9 +209,12 @@ async fn two_people_chat_in_a_browser_and_a_third_sees_nothing_private() {
     ann.wait_for_text("#messages-list", "bob here").await;
 
     // Markup in a message is shown as text and never runs.
-    ann.say("<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">")
+    ann.say(
+        "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">",
+    )
+    .await;
+    bob.wait_for_text("#messages-list", "<img src=x onerror=")
         .await;
-    bob.wait_for_text("#messages-list", "<img src=x onerror=").await;
     assert_eq!(bob.count("#messages-list img").await, 0);
     assert_eq!(bob.count("#messages-list script").await, 0);
     assert_ne!(bob.client.title().await.unwrap(), "pwned");
@@ -216,12 +224,14 @@ async fn two_people_chat_in_a_browser_and_a_third_sees_nothing_private() {
     ann.click("#people a[data-group-name='bob']").await;
     ann.wait_for_text("#group-name", "bob").await;
     ann.say("a secret for bob").await;
-    ann.wait_for_text("#messages-list", "a secret for bob").await;
+    ann.wait_for_text("#messages-list", "a secret for bob")
+        .await;
     // Bob gets the conversation in his sidebar with an unread badge, and opens it.
     bob.wait_for_text("#directs", "ann").await;
     bob.wait_for_text("#directs .badge", "1").await;
     bob.click("#directs a[data-group-name='ann']").await;
-    bob.wait_for_text("#messages-list", "a secret for bob").await;
+    bob.wait_for_text("#messages-list", "a secret for bob")
+        .await;
     assert_eq!(bob.find("#directs .badge").await.text().await.unwrap(), "");
 
     // Eve, in #hi all along, sees the public talk but nothing private.
@@ -246,7 +256,8 @@ async fn the_page_reconnects_after_a_restart_and_shows_what_was_missed_once() {
     let ann = driver.desktop().await;
     ann.sign_up(&app, "ann").await;
     ann.say("before the restart").await;
-    ann.wait_for_text("#messages-list", "before the restart").await;
+    ann.wait_for_text("#messages-list", "before the restart")
+        .await;
 
     let bob = app.signup("bob").await;
 
@@ -263,12 +274,27 @@ async fn the_page_reconnects_after_a_restart_and_shows_what_was_missed_once() {
 
     ann.wait_for_text("#messages-list", "sent meanwhile").await;
     let deadline = Instant::now() + PATIENCE;
-    while !ann.find("#connection").await.text().await.unwrap().is_empty() {
+    while !ann
+        .find("#connection")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(Instant::now() < deadline, "the banner stayed up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let page = ann.client.source().await.unwrap();
-    assert_eq!(page.matches("sent meanwhile").count(), 1, "shown exactly once");
-    assert_eq!(page.matches("before the restart").count(), 1, "nothing repeated");
+    assert_eq!(
+        page.matches("sent meanwhile").count(),
+        1,
+        "shown exactly once"
+    );
+    assert_eq!(
+        page.matches("before the restart").count(),
+        1,
+        "nothing repeated"
+    );
     ann.close().await;
 }
