@@ -272,24 +272,24 @@ impl OwnRedis {
     }
 }
 
-/// Caddy in front of `upstreams`, configured as the deployment's Caddyfile is.
+/// Caddy in front of `upstreams`, with the configuration deploy/cluster.sh uses.
 async fn caddy(upstreams: &[SocketAddr]) -> (Process, SocketAddr) {
     let port = free_port();
     let dir: PathBuf = std::env::temp_dir()
         .join("wirechat-tests")
         .join(format!("caddy-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("caddy dir");
-    let upstreams: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
-    let caddyfile = format!(
-        "{{\n\tadmin off\n\tauto_https off\n}}\n\n\
-         http://127.0.0.1:{port} {{\n\treverse_proxy {} {{\n\
-         \t\tlb_policy least_conn\n\t\tlb_try_duration 5s\n\t\tlb_try_interval 100ms\n\
-         \t\tfail_duration 10s\n\t\thealth_uri /healthz\n\t\thealth_interval 1s\n\
-         \t\thealth_timeout 1s\n\t}}\n}}\n",
-        upstreams.join(" ")
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .arg("caddyfile")
+        .arg(port.to_string())
+        .args(upstreams.iter().map(|a| a.to_string()))
+        .output()
+        .expect("deploy/cluster.sh caddyfile");
+    assert!(output.status.success(), "{output:?}");
     let path = dir.join("Caddyfile");
-    std::fs::write(&path, caddyfile).expect("write Caddyfile");
+    std::fs::write(&path, &output.stdout).expect("write Caddyfile");
     let mut command = Command::new("caddy");
     command
         .args(["run", "--adapter", "caddyfile", "--config"])
