@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             raise_file_limit();
+            keep_large_allocations_out_of_the_heap();
             let app = Application::build(cli.config).await?;
             let shutdown = app.shutdown_token();
             tokio::spawn(async move {
@@ -54,6 +55,18 @@ fn raise_file_limit() {
                 "raised the open-file limit"
             );
         }
+    }
+}
+
+/// Argon2 allocates ~19 MiB per hash. glibc raises its mmap threshold after such a block
+/// is freed, so later ones land in the heap and stay resident for good; a fixed threshold
+/// keeps every large block in its own mapping, returned to the system when freed.
+fn keep_large_allocations_out_of_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread starts
+    // allocating large blocks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
