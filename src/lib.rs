@@ -15,7 +15,8 @@
 //!   limiting, presence.
 //! - [`views`]: maud components; the page and the live fragments come from the same ones.
 //! - [`layer`]: the `ChannelLayer` trait (publish to a group, deliver to local sockets)
-//!   and its in-process backend.
+//!   with its in-process backend and its Redis pub/sub backend for several nodes, the
+//!   Redis-backed presence that spans nodes, and the counters behind `/metrics`.
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, rooms,
 //!   memberships, messages.
 //! - [`accounts`]: password hashing, generated names, `seed-users`.
