@@ -723,3 +723,70 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
             .all(|f| !f.html.contains("while ann was away"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
+    use wirechat::chat::presence::{Change, Presence};
+    use wirechat::layer::RedisPresence;
+    use wirechat::store::User;
+
+    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
+    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    let ttl = Duration::from_millis(800);
+    let node_a = RedisPresence::new(pool.clone(), &prefix, "node-a", ttl);
+    let node_b = RedisPresence::new(pool, &prefix, "node-b", ttl);
+    let ann = User {
+        id: "u-ann".into(),
+        username: "ann".into(),
+    };
+
+    // Socket ids repeat between nodes; the entries do not collide.
+    assert!(node_a.connect(1, &ann).await, "first socket anywhere");
+    assert!(!node_b.connect(1, &ann).await, "second socket, other node");
+    assert!(node_a.enter(1, "r", &ann).await);
+    assert!(!node_b.enter(1, "r", &ann).await);
+    assert_eq!(node_b.online().await, vec![ann.clone()]);
+    assert_eq!(node_a.in_room("r").await, vec![ann.clone()]);
+    assert!(!node_a.leave(1, "r", &ann).await, "still in r on node b");
+    assert!(!node_a.disconnect(1, &ann).await, "still online on node b");
+
+    // Node b goes silent: no heartbeat, no goodbye. Node a's upkeep reports her gone once
+    // her entries lapse, exactly once.
+    let mut reported = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while reported.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{reported:?}");
+        reported.extend(node_a.maintain().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reported.contains(&Change::Offline(ann.clone())),
+        "{reported:?}"
+    );
+    assert!(
+        reported.contains(&Change::Left {
+            room: "r".into(),
+            user: ann.clone()
+        }),
+        "{reported:?}"
+    );
+    assert_eq!(reported.len(), 2, "{reported:?}");
+    assert!(node_a.online().await.is_empty());
+    assert!(node_a.in_room("r").await.is_empty());
+    assert!(node_a.maintain().await.is_empty());
+
+    // Node b comes back: its heartbeat writes the lapsed entries again, and reports them
+    // so they can be announced.
+    let back = node_b.maintain().await;
+    assert!(back.contains(&Change::Online(ann.clone())), "{back:?}");
+    assert!(
+        back.contains(&Change::Entered {
+            room: "r".into(),
+            user: ann.clone()
+        }),
+        "{back:?}"
+    );
+    assert_eq!(node_a.online().await, vec![ann.clone()]);
+    assert!(node_b.leave(1, "r", &ann).await);
+    assert!(node_b.disconnect(1, &ann).await, "her last socket");
+}
