@@ -60,8 +60,12 @@
     if (messages) {
       if (frame.swap === 'afterbegin') target.scrollTop += target.scrollHeight - height;
       else if (stick || frame.swap === 'innerHTML') target.scrollTop = target.scrollHeight;
+      // Someone reading older messages is not yanked down; a pill offers the way back.
+      else $('#new-pill').hidden = false;
+      if (frame.swap === 'innerHTML') $('#new-pill').hidden = true;
       checkGaps();
     }
+    if (frame.selector === '#load-older') loadingOlder = false;
     if (frame.selector === '#errors' || frame.selector === '#typing') {
       clearTimeout(timers[frame.selector]);
       timers[frame.selector] = setTimeout(() => { target.innerHTML = ''; }, 5000);
@@ -99,9 +103,19 @@
     document.querySelectorAll('.dot[data-user]').forEach((d) => {
       d.classList.toggle('online', !!document.getElementById('person-' + d.dataset.user));
     });
-    document.querySelectorAll('article[data-author]:not(.mine)').forEach((a) => {
-      if (a.dataset.author === me) a.classList.add('mine');
-    });
+    // Consecutive messages by one author within five minutes share a header; a new day
+    // gets a divider.
+    let prev = null;
+    for (const a of list().children) {
+      a.classList.toggle('mine', a.dataset.author === me);
+      const ts = Number(a.querySelector('time')?.dataset.ts);
+      const day = new Date(ts).toLocaleDateString([], { weekday: 'long', month: 'long', day: 'numeric' });
+      const prevTs = prev && Number(prev.querySelector('time')?.dataset.ts);
+      a.classList.toggle('continued', !!prev && prev.dataset.author === a.dataset.author && ts - prevTs < 300000);
+      if (!prev || new Date(prevTs).toDateString() !== new Date(ts).toDateString()) a.dataset.day = day;
+      else delete a.dataset.day;
+      prev = a;
+    }
   }
 
   function markActive() {
@@ -158,6 +172,21 @@
     if (form.id === 'new-direct') send('Change group', { groupName: value, isGroup: false });
     input.value = '';
     $('#message-text').focus();
+  });
+
+  let loadingOlder = false;
+  list().addEventListener('scroll', () => {
+    const el = list();
+    if (nearBottom(el)) $('#new-pill').hidden = true;
+    const older = $('button#load-older');
+    if (el.scrollTop < 40 && older && !loadingOlder) {
+      loadingOlder = true;
+      send('Load older', { beforeSeq: Number(older.dataset.beforeSeq) });
+    }
+  });
+  $('#new-pill').addEventListener('click', () => {
+    list().scrollTop = list().scrollHeight;
+    $('#new-pill').hidden = true;
   });
 
   let lastTyping = 0;

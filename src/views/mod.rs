@@ -85,7 +85,8 @@ pub fn chat_page(view: &ChatView<'_>) -> Markup {
                         ul #room-members aria-label="In this room" {}
                     }
                     div #history-controls {}
-                    section #messages-list aria-live="polite" aria-label="Messages" {}
+                    section #messages-list aria-live="polite" aria-label="Messages" tabindex="0" {}
+                    button #new-pill type="button" hidden { "New messages ↓" }
                     p #typing aria-live="polite" {}
                     div #errors {}
                     form #message-form autocomplete="off" {
@@ -222,11 +223,13 @@ pub fn message(m: &StoredMessage) -> Markup {
         .unwrap_or_default();
     html! {
         article.message id={ "msg-" (m.id) } data-seq=(m.seq) data-author=(m.author.id) {
-            header {
-                strong.author { (m.author.username) }
-                time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
+            div.bubble {
+                header {
+                    strong.author { (m.author.username) }
+                    time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
+                }
+                p.body { (m.body) }
             }
-            p.body { (m.body) }
         }
     }
 }

@@ -17,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::Key;
 use tokio_util::task::TaskTracker;
+use tower_http::compression::CompressionLayer;
 
 use crate::hub::Hub;
 
@@ -39,11 +40,15 @@ impl FromRef<AppState> for Key {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // Pages and assets are text that compresses well; the socket handshake stays as it is.
+    let compressed = Router::new()
         .merge(pages::router())
+        .merge(assets::router())
+        .layer(CompressionLayer::new());
+    Router::new()
+        .merge(compressed)
         .merge(auth::router())
         .merge(ws::router())
-        .merge(assets::router())
         .merge(health::router())
         .layer(middleware::from_fn(same_origin_posts))
         .layer(middleware::map_response(security_headers))

@@ -117,10 +117,10 @@ impl Browser {
     async fn wait_for_text(&self, css: &str, text: &str) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Ok(el) = self.client.find(Locator::Css(css)).await {
-                if el.text().await.is_ok_and(|t| t.contains(text)) {
-                    return;
-                }
+            if let Ok(el) = self.client.find(Locator::Css(css)).await
+                && el.text().await.is_ok_and(|t| t.contains(text))
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -295,6 +295,78 @@ async fn the_page_reconnects_after_a_restart_and_shows_what_was_missed_once() {
         page.matches("before the restart").count(),
         1,
         "nothing repeated"
+    );
+    ann.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrolling_up_loads_history_and_new_messages_do_not_yank_the_view() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &["--rate-burst", "1000"]).await;
+    let bob = app.signup("bob").await;
+    let mut bob_socket = app.connect(&bob).await;
+    for i in 1..=80 {
+        bob_socket.say(&format!("history line {i}")).await;
+    }
+    bob_socket.wait_for_message("history line 80").await;
+
+    let driver = Driver::start().await;
+    let ann = driver.desktop().await;
+    ann.sign_up(&app, "ann").await;
+    ann.wait_for_text("#messages-list", "history line 80").await;
+    assert_eq!(ann.count("#messages-list article").await, 50);
+
+    // Scrolling to the top fetches the older page, keeping what the reader looked at.
+    ann.client
+        .execute(
+            "document.querySelector('#messages-list').scrollTop = 0",
+            vec![],
+        )
+        .await
+        .unwrap();
+    ann.wait_for_text("#messages-list", "history line 1\n")
+        .await;
+    assert_eq!(ann.count("#messages-list article").await, 80);
+    let scroll_top = || async {
+        ann.client
+            .execute(
+                "return document.querySelector('#messages-list').scrollTop",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap()
+    };
+    let before = scroll_top().await;
+    assert!(before > 0.0, "the view stayed on the messages it showed");
+
+    // A new message while scrolled up: the view stays put and the pill appears.
+    bob_socket.say("news while ann reads").await;
+    ann.wait_for_text("#messages-list", "news while ann reads")
+        .await;
+    assert_eq!(scroll_top().await, before);
+    let pill = ann.find("#new-pill").await;
+    assert!(
+        pill.is_displayed().await.unwrap(),
+        "the new-messages pill shows"
+    );
+    pill.click().await.unwrap();
+    assert!(!ann.find("#new-pill").await.is_displayed().await.unwrap());
+
+    // A message in another group raises its badge, bold, until the room is opened.
+    bob_socket.enter_group("python").await;
+    bob_socket.say("over in python").await;
+    ann.wait_for_text("#groups a[data-group-name='python'] .badge", "1")
+        .await;
+    ann.click("#groups a[data-group-name='python']").await;
+    ann.wait_for_text("#messages-list", "over in python").await;
+    assert_eq!(
+        ann.find("#groups a[data-group-name='python'] .badge")
+            .await
+            .text()
+            .await
+            .unwrap(),
+        ""
     );
     ann.close().await;
 }
