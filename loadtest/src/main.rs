@@ -119,8 +119,9 @@ struct Args {
     /// Reconnects after a storm are spread over this many milliseconds.
     #[arg(long, default_value_t = 1000)]
     storm_jitter_ms: u64,
-    /// Seconds to wait after sending stops for the last messages to arrive.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds to wait at most, after sending stops, for the last messages to arrive
+    /// (waiting ends earlier once no frame has arrived for a second).
+    #[arg(long, default_value_t = 30.0)]
     drain: f64,
     /// Worker processes (default: one per 18,000 sockets).
     #[arg(long)]
@@ -513,6 +514,7 @@ async fn run(args: Args) -> Result<(), String> {
             "connect_concurrency": args.connect_concurrency.div_ceil(procs),
             "connect_timeout_ms": (args.connect_timeout * 1000.0) as u64,
             "storm_jitter_ms": args.storm_jitter_ms,
+            "drain_ms": (args.drain * 1000.0) as u64,
             "clients": chunk.iter().map(ClientSpec::to_json).collect::<Vec<_>>(),
         });
         stdin
@@ -559,10 +561,10 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let sending_s = go.elapsed().as_secs_f64();
     send_all(&mut workers, "stop").await?;
-    tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
-    let after_run = sample_server(args.server_pid);
     send_all(&mut workers, "report").await?;
     let reports = gather(&mut events, count, "report").await?;
+    let after_run = sample_server(args.server_pid);
+    let drained_s = go.elapsed().as_secs_f64() - sending_s;
     for w in &mut workers {
         let _ = w.child.wait().await;
     }
@@ -574,6 +576,7 @@ async fn run(args: Args) -> Result<(), String> {
         accounts_s,
         connect_s,
         sending_s,
+        drained_s,
         go_us,
         ready: &ready,
         reports: &reports,
@@ -599,6 +602,7 @@ struct Summary<'a> {
     accounts_s: f64,
     connect_s: f64,
     sending_s: f64,
+    drained_s: f64,
     go_us: u64,
     ready: &'a [Value],
     reports: &'a [Value],
@@ -718,7 +722,7 @@ fn summarise(s: &Summary<'_>) -> Value {
             "cpu_connect_s": at_ready.cpu_s - b.cpu_s,
             "cpu_connect_pct": 100.0 * (at_ready.cpu_s - b.cpu_s) / s.connect_s.max(1e-9),
             "cpu_run_s": after.cpu_s - settled.cpu_s,
-            "cpu_run_pct": 100.0 * (after.cpu_s - settled.cpu_s) / (s.sending_s + s.args.drain).max(1e-9),
+            "cpu_run_pct": 100.0 * (after.cpu_s - settled.cpu_s) / (s.sending_s + s.drained_s).max(1e-9),
         })
     });
     let first_error = s
@@ -748,6 +752,7 @@ fn summarise(s: &Summary<'_>) -> Value {
             "server_errors": sum(s.reports, "server_errors"),
             "first_server_error": first_error,
             "sending_s": s.sending_s,
+            "drain_s": s.drained_s,
             "deliveries": deliveries,
             "deliveries_per_s": deliveries as f64 / window_s.max(1e-9),
             "expected": expected,

@@ -30,6 +30,9 @@ use crate::{SESSION_COOKIE, new_histogram};
 
 type Socket = WebSocketStream<TcpStream>;
 
+/// No frame for this long after sending stopped means delivery has finished.
+const QUIET: Duration = Duration::from_secs(1);
+
 /// Where the run is; every socket task watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -83,6 +86,9 @@ struct Ctx {
     origin: HeaderValue,
     connect_timeout: Duration,
     storm_jitter: Duration,
+    /// Before reporting, wait until no frame arrived for `QUIET`, but at most this long.
+    drain_max: Duration,
+    last_frame: Cell<Instant>,
     gate: Semaphore,
     total: usize,
     ready: Cell<usize>,
@@ -204,6 +210,7 @@ impl Track {
     }
 
     fn on_frame(&mut self, ctx: &Ctx, spec: &ClientSpec, text: &str) {
+        ctx.last_frame.set(Instant::now());
         match frames::parse(text) {
             Frame::RoomTitle { room_id, title } => {
                 self.in_room = title == spec.title;
@@ -549,6 +556,8 @@ async fn work() -> Result<(), String> {
             plan["connect_timeout_ms"].as_u64().unwrap_or(60_000),
         ),
         storm_jitter: Duration::from_millis(plan["storm_jitter_ms"].as_u64().unwrap_or(1000)),
+        drain_max: Duration::from_millis(plan["drain_ms"].as_u64().unwrap_or(10_000)),
+        last_frame: Cell::new(Instant::now()),
         gate: Semaphore::new(plan["connect_concurrency"].as_u64().unwrap_or(64).max(1) as usize),
         total: clients.len(),
         ready: Cell::new(0),
@@ -585,7 +594,14 @@ async fn work() -> Result<(), String> {
                 Phase::Storm(storms)
             }
             "stop" => Phase::Stop,
-            "report" => Phase::Report,
+            "report" => {
+                // Messages still in flight would otherwise count as missing.
+                let waiting = Instant::now();
+                while ctx.last_frame.get().elapsed() < QUIET && waiting.elapsed() < ctx.drain_max {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Phase::Report
+            }
             other => return Err(format!("unknown command {other:?}")),
         };
         let _ = phase_tx.send(next);
