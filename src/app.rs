@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, RedisPresence, redis};
 use crate::store::Store;
-use crate::web::{self, AppState};
+use crate::web::{self, AccessLimits, AppState};
 
 /// How long shutdown waits for sockets to say goodbye.
 const SOCKET_DRAIN: Duration = Duration::from_secs(5);
@@ -70,6 +70,7 @@ impl Application {
             presence,
             limits: Limits {
                 max_message_chars: config.max_message_chars,
+                max_rooms_per_user: config.max_rooms_per_user,
                 outbound_queue: config.outbound_queue.max(1),
                 ..Limits::default()
             },
@@ -90,6 +91,11 @@ impl Application {
                 session_ttl_ms: config.session_hours.saturating_mul(3_600_000),
                 secure_cookies: config.secure_cookies,
                 sockets: TaskTracker::new(),
+                access: Arc::new(AccessLimits::new(
+                    config.auth_rate_limit,
+                    config.trust_proxy,
+                    config.max_sockets_per_user,
+                )),
             },
             node_id,
             presence_every,
@@ -117,7 +123,8 @@ impl Application {
             self.presence_every,
         ));
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
-        axum::serve(self.listener, web::router(self.state))
+        let service = web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
         // Upgraded sockets outlive the HTTP server; each one saw the same token and is

@@ -148,4 +148,63 @@ pub struct Config {
         global = true
     )]
     pub secure_cookies: bool,
+
+    /// Sign-in attempts (log in, sign up, guest) allowed per minute from one address, and
+    /// log-in attempts per minute for one account; `off` for load tests.
+    #[arg(
+        long,
+        env = "WIRECHAT_AUTH_RATE_LIMIT",
+        default_value = "20",
+        global = true
+    )]
+    pub auth_rate_limit: AuthRateLimit,
+
+    /// Take the client address from the `X-Forwarded-For` header set by the proxy in front
+    /// (Caddy); only when every request comes through it.
+    #[arg(
+        long,
+        env = "WIRECHAT_TRUST_PROXY",
+        default_value_t = false,
+        global = true
+    )]
+    pub trust_proxy: bool,
+
+    /// Open chat sockets one user may hold on one node.
+    #[arg(
+        long,
+        env = "WIRECHAT_MAX_SOCKETS_PER_USER",
+        default_value_t = 20,
+        global = true
+    )]
+    pub max_sockets_per_user: usize,
+
+    /// Rooms (groups and conversations) one user may belong to.
+    #[arg(
+        long,
+        env = "WIRECHAT_MAX_ROOMS_PER_USER",
+        default_value_t = 500,
+        global = true
+    )]
+    pub max_rooms_per_user: i64,
+}
+
+/// `off`, or a number of attempts per minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AuthRateLimit {
+    Off,
+    PerMinute(u32),
+}
+
+impl std::str::FromStr for AuthRateLimit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" | "0" => Ok(AuthRateLimit::Off),
+            n => n
+                .parse::<u32>()
+                .map(AuthRateLimit::PerMinute)
+                .map_err(|_| format!("expected `off` or attempts per minute, got {n:?}")),
+        }
+    }
 }

@@ -21,6 +21,8 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Largest WebSocket message accepted at all; larger ones close the socket.
     pub max_frame_bytes: usize,
+    /// Rooms one user may belong to.
+    pub max_rooms_per_user: i64,
 }
 
 impl Default for Limits {
@@ -29,6 +31,7 @@ impl Default for Limits {
             max_message_chars: 4000,
             outbound_queue: 1024,
             max_frame_bytes: 64 * 1024,
+            max_rooms_per_user: 500,
         }
     }
 }

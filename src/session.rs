@@ -289,7 +289,19 @@ impl Session {
 
     async fn enter_group(&mut self, raw_name: &str) -> Result<(), ActionError> {
         let name = GroupName::parse(raw_name)?;
-        let (room, created) = self.hub.store.find_or_create_group(name.as_str()).await?;
+        let store = &self.hub.store;
+        let member = match store.group_by_name(name.as_str()).await? {
+            Some(room) => store
+                .room_for_member(&room.id, &self.user.id)
+                .await?
+                .is_some(),
+            None => false,
+        };
+        if !member {
+            // Checked before anything is created, so a refused request changes nothing.
+            self.check_room_limit().await?;
+        }
+        let (room, created) = store.find_or_create_group(name.as_str()).await?;
         if created {
             tracing::info!(group = name.as_str(), by = %self.user.username, "group created");
             self.publish(
@@ -304,8 +316,21 @@ impl Session {
             )
             .await;
         }
-        self.hub.store.join_group(&room.id, &self.user.id).await?;
+        if !member {
+            self.hub.store.join_group(&room.id, &self.user.id).await?;
+        }
         self.enter(room, None, None).await?;
+        Ok(())
+    }
+
+    /// Refuses a new membership once the user belongs to as many rooms as allowed.
+    async fn check_room_limit(&self) -> Result<(), ActionError> {
+        let max = self.hub.limits.max_rooms_per_user;
+        if self.hub.store.membership_count(&self.user.id).await? >= max {
+            return refuse(format!(
+                "You belong to {max} rooms, the most allowed; you can still use those."
+            ));
+        }
         Ok(())
     }
 
@@ -320,6 +345,15 @@ impl Session {
         };
         if peer.id == self.user.id {
             return refuse("That is you: pick someone else to talk to.");
+        }
+        if self
+            .hub
+            .store
+            .find_direct(&self.user, &peer)
+            .await?
+            .is_none()
+        {
+            self.check_room_limit().await?;
         }
         let (room, created) = self
             .hub

@@ -210,4 +210,72 @@ mod tests {
         assert_eq!(v["swap"], "beforeend");
         assert_eq!(v["html"], "<b>\"</b>");
     }
+
+    mod properties {
+        use super::super::*;
+        use crate::chat::names::{GroupName, MessageText};
+        use proptest::prelude::*;
+
+        /// Arbitrary JSON, nested a few levels, with awkward strings and numbers.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                ".*".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                    prop::collection::hash_map(".*", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn action_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("Change group".to_string()),
+                Just("New message".to_string()),
+                Just("Load older".to_string()),
+                Just("Catch up".to_string()),
+                Just("Create group".to_string()),
+                Just("Typing".to_string()),
+                ".*",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_parses_or_is_refused_without_panicking(text in ".*") {
+                let _ = Action::parse(&text);
+            }
+
+            #[test]
+            fn any_envelope_parses_or_is_refused_with_a_reason(action in action_name(), data in json_value()) {
+                let frame = serde_json::json!({ "action": action, "data": data }).to_string();
+                if let Err(e) = Action::parse(&frame) {
+                    prop_assert!(!e.0.is_empty());
+                }
+            }
+
+            #[test]
+            fn message_text_round_trips(text in ".*") {
+                let frame = serde_json::json!({ "action": "New message", "data": { "message": text } }).to_string();
+                prop_assert_eq!(Action::parse(&frame), Ok(Action::NewMessage { text: text.clone() }));
+                if let Ok(valid) = MessageText::parse(&text, 4000) {
+                    prop_assert!(!valid.as_str().is_empty());
+                    prop_assert!(!valid.as_str().chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
+                }
+            }
+
+            #[test]
+            fn accepted_group_names_are_safe_in_html_and_ids(raw in ".*") {
+                if let Ok(name) = GroupName::parse(&raw) {
+                    prop_assert!(name.as_str().chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+                }
+            }
+        }
+    }
 }

@@ -128,6 +128,25 @@ impl Store {
         Ok((room, created))
     }
 
+    /// The direct conversation between two users, if they have one.
+    pub async fn find_direct(&self, a: &User, b: &User) -> StoreResult<Option<Room>> {
+        let row = sqlx::query("SELECT id, kind, name FROM rooms WHERE pair_key = $1")
+            .bind(pair_key(&a.id, &b.id))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| room_from_row(&r)).transpose()?)
+    }
+
+    /// How many rooms the user belongs to.
+    pub async fn membership_count(&self, user_id: &str) -> StoreResult<i64> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
+    }
+
     /// Makes `user` a member of a group (idempotent).
     pub async fn join_group(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
         sqlx::query(

@@ -5,8 +5,10 @@
 
 use axum::Form;
 use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::post;
 use axum_extra::extract::SignedCookieJar;
@@ -57,6 +59,31 @@ fn refused(status: StatusCode, reason: &str, username: &str) -> Response {
         .into_response()
 }
 
+/// Answers a sign-in attempt past the limit, or None to let it through.
+fn throttled(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    account: Option<&str>,
+) -> Option<Response> {
+    let ip = format!("ip:{}", state.access.client_ip(peer, headers));
+    let account = account.map(|name| format!("account:{}", name.trim().to_lowercase()));
+    let mut keys = vec![ip.as_str()];
+    keys.extend(account.as_deref());
+    if state.access.allow_sign_in(&keys) {
+        return None;
+    }
+    let mut response = refused(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many attempts; wait a minute and try again.",
+        "",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    Some(response)
+}
+
 /// Starts a fresh session for `user` (a new id on every login) and sends them to the chat.
 async fn start_session(
     state: &AppState,
@@ -80,9 +107,14 @@ async fn start_session(
 
 async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     jar: SignedCookieJar,
     Form(form): Form<Credentials>,
 ) -> Result<Response, AppError> {
+    if let Some(response) = throttled(&state, peer, &headers, Some(&form.username)) {
+        return Ok(response);
+    }
     let found = state
         .hub
         .store
@@ -105,9 +137,14 @@ async fn login(
 
 async fn signup(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     jar: SignedCookieJar,
     Form(form): Form<Credentials>,
 ) -> Result<Response, AppError> {
+    if let Some(response) = throttled(&state, peer, &headers, None) {
+        return Ok(response);
+    }
     let username = match Username::parse(&form.username) {
         Ok(name) => name,
         Err(e) => return Ok(refused(StatusCode::UNPROCESSABLE_ENTITY, &e.0, "")),
@@ -136,7 +173,15 @@ async fn signup(
     }
 }
 
-async fn guest(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Response, AppError> {
+async fn guest(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    jar: SignedCookieJar,
+) -> Result<Response, AppError> {
+    if let Some(response) = throttled(&state, peer, &headers, None) {
+        return Ok(response);
+    }
     let user = accounts::create_guest(&state.hub.store).await?;
     start_session(&state, jar, &user).await
 }

@@ -5,6 +5,7 @@
 mod assets;
 mod auth;
 mod health;
+mod limits;
 mod pages;
 mod ws;
 
@@ -22,6 +23,7 @@ use tower_http::compression::CompressionLayer;
 use crate::hub::Hub;
 
 pub use auth::SESSION_COOKIE;
+pub use limits::AccessLimits;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,6 +33,7 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Every socket session, so shutdown can wait for them to close.
     pub sockets: TaskTracker,
+    pub access: Arc<AccessLimits>,
 }
 
 impl FromRef<AppState> for Key {

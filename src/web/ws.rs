@@ -46,6 +46,13 @@ async fn upgrade(
     if origin_matches_host(&headers) != Some(true) {
         return Ok((StatusCode::FORBIDDEN, "The Origin must be this site.").into_response());
     }
+    let Some(slot) = state.access.open_socket(&user.id) else {
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many open chat windows; close one and try again.",
+        )
+            .into_response());
+    };
     let limit = state.hub.limits.max_frame_bytes;
     let hub = state.hub.clone();
     let tracker = state.sockets.clone();
@@ -59,6 +66,11 @@ async fn upgrade(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| tracker.track_future(session::run(hub, user, socket, resume)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session::run(hub, user, socket, resume).await;
+                drop(slot);
+            })
+        })
         .into_response())
 }

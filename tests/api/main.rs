@@ -7,4 +7,5 @@ mod chat;
 mod cluster;
 mod helpers;
 mod input;
+mod limits;
 mod operations;
