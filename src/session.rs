@@ -33,6 +33,9 @@ pub enum Outbound {
     Event(Arc<Event>),
     /// The socket's unread counts, as stored when it connected.
     Unread(HashMap<String, i64>),
+    /// The socket is about to make `room` active: from here on the writer holds that
+    /// room's messages back until the matching `Enter` shows the history they follow.
+    Entering { room: Arc<str> },
     /// The socket now has `room` active: show `frames`, then drop live messages up to
     /// `floor`, which those frames already contain.
     Enter {
@@ -226,7 +229,9 @@ impl Session {
                     None => groups.into_iter().next(),
                 };
                 if let Some(room) = first {
-                    self.hub.store.join_group(&room.id, &self.user.id).await?;
+                    if !rooms.iter().any(|s| s.room.id == room.id) {
+                        self.hub.store.join_group(&room.id, &self.user.id).await?;
+                    }
                     self.enter(room, None, None).await?;
                 }
                 Ok(())
@@ -414,6 +419,12 @@ impl Session {
             .await;
         }
         self.hub.store.mark_read(&room.id, &self.user.id).await?;
+        // Before the history is read: a message published from now until `Enter` is
+        // queued must not be mistaken for one in another room.
+        self.send(Outbound::Entering {
+            room: Arc::from(room.id.as_str()),
+        })
+        .await;
 
         let title = views::room_title(&room, peer.as_ref());
         let members = self.hub.presence.in_room(&room.id).await;
@@ -527,28 +538,39 @@ impl Session {
         }
         let text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
         // Store before send: nothing is published (or acknowledged) until the row commits.
-        let message = match self
-            .hub
-            .store
-            .post_message(&active.room.id, &self.user, text.as_str())
-            .await
-        {
-            Ok(message) => message,
-            Err(e) => {
-                tracing::error!(error = %e, "message not stored");
-                return refuse(
-                    "Your message could not be stored, so it was not sent. Please try again.",
-                );
-            }
-        };
-        let event = Event::Message {
-            room: Arc::from(active.room.id.as_str()),
-            seq: message.seq,
-            frame: messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd),
-        };
+        // Both run in a task of their own, so a socket that dies mid-way cannot leave a
+        // stored message unpublished.
+        let hub = self.hub.clone();
+        let author = self.user.clone();
+        let room_id = active.room.id.clone();
         let group = active.group.clone();
-        self.publish(&group, event).await;
-        Ok(())
+        let stored = tokio::spawn(async move {
+            let message = hub
+                .store
+                .post_message(&room_id, &author, text.as_str())
+                .await?;
+            let event = Event::Message {
+                room: Arc::from(room_id.as_str()),
+                seq: message.seq,
+                frame: messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd),
+            };
+            if let Err(e) = hub.layer.publish(&group, event).await {
+                tracing::warn!(error = %e, group, "publish failed");
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await;
+        match stored {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "message not stored");
+                refuse("Your message could not be stored, so it was not sent. Please try again.")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "posting task failed");
+                refuse("Your message could not be stored, so it was not sent. Please try again.")
+            }
+        }
     }
 
     async fn load_older(&self, before_seq: i64) -> Result<(), ActionError> {
@@ -641,6 +663,8 @@ struct View {
     unread: HashMap<String, i64>,
     /// Set by `Event::Resync`; the writer then reads what was missed from the store.
     resync: bool,
+    /// The room being entered and its messages that arrived before its history did.
+    entering: Option<(Arc<str>, Vec<(i64, Utf8Bytes)>)>,
 }
 
 impl View {
@@ -649,6 +673,7 @@ impl View {
         match outbound {
             Outbound::Frame(f) => out.push(f),
             Outbound::Unread(unread) => self.unread = unread,
+            Outbound::Entering { room } => self.entering = Some((room, Vec::new())),
             Outbound::Enter {
                 room,
                 floor,
@@ -656,9 +681,16 @@ impl View {
             } => {
                 out.extend(frames);
                 self.unread.insert(room.to_string(), 0);
-                self.active = Some(room);
                 self.floor = floor;
                 self.newest = floor;
+                let held = match self.entering.take() {
+                    Some((entering, held)) if entering == room => held,
+                    _ => Vec::new(),
+                };
+                self.active = Some(room);
+                for (seq, f) in held {
+                    self.show(seq, f, out);
+                }
             }
             Outbound::Event(event) => match &*event {
                 Event::Message {
@@ -666,11 +698,10 @@ impl View {
                     seq,
                     frame: f,
                 } => {
-                    if self.active.as_ref() == Some(room) {
-                        if *seq > self.floor {
-                            self.newest = self.newest.max(*seq);
-                            out.push(f.clone());
-                        }
+                    if let Some((_, held)) = self.entering.as_mut().filter(|(r, _)| r == room) {
+                        held.push((*seq, f.clone()));
+                    } else if self.active.as_ref() == Some(room) {
+                        self.show(*seq, f.clone(), out);
                     } else {
                         let count = self.unread.entry(room.to_string()).or_insert(0);
                         *count += 1;
@@ -700,6 +731,14 @@ impl View {
 }
 
 impl View {
+    /// Shows a message of the active room unless its history already did.
+    fn show(&mut self, seq: i64, frame: Utf8Bytes, out: &mut Vec<Utf8Bytes>) {
+        if seq > self.floor {
+            self.newest = self.newest.max(seq);
+            out.push(frame);
+        }
+    }
+
     /// After a gap in delivery: the active room's messages newer than any shown.
     async fn missed_frames(&mut self, hub: &Hub, out: &mut Vec<Utf8Bytes>) {
         let Some(room) = &self.active else { return };
