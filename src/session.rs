@@ -664,8 +664,11 @@ struct View {
     /// Set by `Event::Resync`; the writer then reads what was missed from the store.
     resync: bool,
     /// The room being entered and its messages that arrived before its history did.
-    entering: Option<(Arc<str>, Vec<(i64, Utf8Bytes)>)>,
+    entering: Option<(Arc<str>, Vec<HeldMessage>)>,
 }
+
+/// A message's seq and frame, waiting for its room's history to be shown first.
+type HeldMessage = (i64, Utf8Bytes);
 
 impl View {
     /// The frames `outbound` puts on the wire for this socket, in order.
