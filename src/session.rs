@@ -86,7 +86,9 @@ pub async fn run(hub: Arc<Hub>, user: User, socket: WebSocket, resume: Resume) {
     tracing::debug!(user = %session.user.username, socket = session.member.id, "socket open");
     {
         let reader = async {
-            match session.start(resume).await {
+            // Boxed, like each action below: an idle socket's task then holds only the
+            // small read loop, not the state of the largest action it might run.
+            match Box::pin(session.start(resume)).await {
                 Ok(()) => session.read_loop(stream).await,
                 Err(e) => tracing::error!(error = %e, "could not start chat session"),
             }
@@ -252,7 +254,7 @@ impl Session {
 
     async fn handle(&mut self, text: &str) {
         let result = match Action::parse(text) {
-            Ok(action) => self.act(action).await,
+            Ok(action) => Box::pin(self.act(action)).await,
             Err(e) => Err(ActionError::Input(e)),
         };
         match result {
@@ -521,7 +523,11 @@ impl Session {
                 .await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            frames.push(messages_frame(&page, Swap::BeforeEnd));
+            // Frames of a history page's size, so no single frame grows past what a
+            // browser or a client library takes in one piece.
+            for chunk in page.chunks(views::PAGE_SIZE as usize) {
+                frames.push(messages_frame(chunk, Swap::BeforeEnd));
+            }
             if (page.len() as i64) < CATCH_UP_PAGE {
                 break;
             }
@@ -755,7 +761,9 @@ impl View {
                     // Live copies of these may still be queued: they are below the floor now.
                     self.newest = last.seq;
                     self.floor = last.seq;
-                    out.push(messages_frame(&missed, Swap::BeforeEnd));
+                    for chunk in missed.chunks(views::PAGE_SIZE as usize) {
+                        out.push(messages_frame(chunk, Swap::BeforeEnd));
+                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not fetch missed messages"),
@@ -797,7 +805,7 @@ async fn write_loop(
         }
         if view.resync {
             view.resync = false;
-            view.missed_frames(&hub, &mut frames).await;
+            Box::pin(view.missed_frames(&hub, &mut frames)).await;
         }
         let write = async {
             for f in frames.drain(..) {

@@ -25,9 +25,9 @@ struct ResumeQuery {
     after: Option<i64>,
 }
 
-/// Read buffer per socket. Chat frames are small; the default (128 KiB) would dominate the
-/// memory of an idle connection.
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer per socket. Client frames are small actions; the default (128 KiB) would
+/// dominate the memory of an idle connection, and a rare long message just takes more reads.
+const READ_BUFFER: usize = 2 * 1024;
 /// Frames are gathered up to this size before a write; it costs nothing while idle.
 const WRITE_BUFFER: usize = 32 * 1024;
 /// A socket whose unsent data passes this is broken or hostile.
