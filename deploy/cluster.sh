@@ -99,7 +99,7 @@ start() {
   preflight
   for ((i = 1; i <= n; i++)); do
     port=$((base_port + i - 1))
-    WIRECHAT_ADDR="127.0.0.1:$port" WIRECHAT_NODE_ID="node$i" NO_COLOR=1 \
+    WIRECHAT_ADDR="127.0.0.1:$port" WIRECHAT_NODE_ID="node$i" WIRECHAT_TRUST_PROXY="${WIRECHAT_TRUST_PROXY:-true}" NO_COLOR=1 \
       nohup "$bin" serve >"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
     upstreams+=" 127.0.0.1:$port"
