@@ -21,7 +21,7 @@ use crate::chat::names::{GroupName, InputError, MessageText, Username};
 use crate::chat::protocol::{Action, Swap, frame};
 use crate::hub::Hub;
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
-use crate::store::{Room, StoreError, StoredMessage, User};
+use crate::store::{AfterCommit, Room, StoreError, StoredMessage, User};
 use crate::views;
 
 /// What a socket's writer receives.
@@ -544,36 +544,32 @@ impl Session {
         }
         let text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
         // Store before send: nothing is published (or acknowledged) until the row commits.
-        // Both run in a task of their own, so a socket that dies mid-way cannot leave a
-        // stored message unpublished.
+        // The store's writer runs the publication once the batch holding this message has
+        // committed, in seq order, whether or not this socket is still here to hear the
+        // answer: a socket that dies mid-post cannot leave a stored message unpublished.
         let hub = self.hub.clone();
-        let author = self.user.clone();
-        let room_id = active.room.id.clone();
         let group = active.group.clone();
-        let stored = tokio::spawn(async move {
-            let message = hub
-                .store
-                .post_message(&room_id, &author, text.as_str())
-                .await?;
+        let publish: AfterCommit = Box::new(move |message: &StoredMessage| {
             let event = Event::Message {
-                room: Arc::from(room_id.as_str()),
+                room: Arc::from(message.room_id.as_str()),
                 seq: message.seq,
-                frame: messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd),
+                frame: messages_frame(std::slice::from_ref(message), Swap::BeforeEnd),
             };
-            if let Err(e) = hub.layer.publish(&group, event).await {
-                tracing::warn!(error = %e, group, "publish failed");
-            }
-            Ok::<_, StoreError>(())
-        })
-        .await;
+            Box::pin(async move {
+                if let Err(e) = hub.layer.publish(&group, event).await {
+                    tracing::warn!(error = %e, group, "publish failed");
+                }
+            })
+        });
+        let stored = self
+            .hub
+            .store
+            .post_message_then(&active.room.id, &self.user, text.as_str(), publish)
+            .await;
         match stored {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "message not stored");
-                refuse("Your message could not be stored, so it was not sent. Please try again.")
-            }
+            Ok(_) => Ok(()),
             Err(e) => {
-                tracing::error!(error = %e, "posting task failed");
+                tracing::error!(error = %e, "message not stored");
                 refuse("Your message could not be stored, so it was not sent. Please try again.")
             }
         }

@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreResult, User, now_ms};
+use super::{AfterCommit, Store, StoreResult, User};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -36,41 +36,28 @@ const SELECT_MESSAGES: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, u.use
 
 impl Store {
     /// Stores a message and returns it with its sequence number. Only after this returns
-    /// may the message be acknowledged or published.
+    /// may the message be acknowledged or published. Messages posted at the same moment
+    /// share a transaction (see `batch`).
     pub async fn post_message(
         &self,
         room_id: &str,
         author: &User,
         body: &str,
     ) -> StoreResult<StoredMessage> {
-        let mut tx = self.pool.begin().await?;
-        let (seq,): (i64,) = sqlx::query_as(
-            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
-        )
-        .bind(room_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let message = StoredMessage {
-            id: uuid::Uuid::now_v7().to_string(),
-            room_id: room_id.to_owned(),
-            seq,
-            author: author.clone(),
-            body: body.to_owned(),
-            created_at_ms: now_ms(),
-        };
-        sqlx::query(
-            "INSERT INTO messages (id, room_id, seq, author_id, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&message.id)
-        .bind(&message.room_id)
-        .bind(message.seq)
-        .bind(&message.author.id)
-        .bind(&message.body)
-        .bind(message.created_at_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(message)
+        self.batcher.post(room_id, author, body, None).await
+    }
+
+    /// Like `post_message`, and runs `then` once the message is committed, before this
+    /// returns: in seq order among the room's messages, and to completion even when the
+    /// caller stops waiting. This is how a message is published exactly when it is stored.
+    pub async fn post_message_then(
+        &self,
+        room_id: &str,
+        author: &User,
+        body: &str,
+        then: AfterCommit,
+    ) -> StoreResult<StoredMessage> {
+        self.batcher.post(room_id, author, body, Some(then)).await
     }
 
     /// The newest `limit` messages, oldest first.

@@ -5,6 +5,7 @@
 //! `ON CONFLICT`, `RETURNING`); only the migrations are kept per dialect. Ids are stored as
 //! text and times as milliseconds since the epoch, the types the Any driver carries faithfully.
 
+mod batch;
 mod messages;
 mod rooms;
 mod users;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use batch::AfterCommit;
 pub use messages::StoredMessage;
 pub use rooms::{Room, RoomKind, RoomSummary};
 pub use users::User;
@@ -35,6 +37,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The transaction storing a batch of messages failed; every message in it shares the
+    /// error, and none was stored.
+    #[error("storing a batch of messages: {0}")]
+    Batch(std::sync::Arc<sqlx::Error>),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -51,6 +57,8 @@ fn conflict_or(err: sqlx::Error) -> StoreError {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Where new messages go to be stored in batches (see `batch`).
+    batcher: batch::Batcher,
 }
 
 impl Store {
@@ -87,7 +95,12 @@ impl Store {
                     .await?
             }
         };
-        let store = Store { pool, dialect };
+        let batcher = batch::Batcher::start(&pool, dialect);
+        let store = Store {
+            pool,
+            dialect,
+            batcher,
+        };
         store.migrate().await?;
         Ok(store)
     }
