@@ -775,14 +775,21 @@ async fn write_loop(
 ) {
     let mut view = View::default();
     let mut frames = Vec::new();
+    // Made once: each `cancelled()` future registers with its token (under the token's
+    // lock, and the shutdown token is shared by every socket) the first time it is polled,
+    // so rebuilding them on every wake-up made all writers contend on one mutex.
+    let lagging = member.lagging.clone();
+    let lagging = lagging.cancelled();
+    let shutdown = hub.shutdown.cancelled();
+    tokio::pin!(lagging, shutdown);
     loop {
         let first = tokio::select! {
             biased;
-            _ = member.lagging.cancelled() => {
+            _ = &mut lagging => {
                 close(&mut sink, close_code::TRY_AGAIN, "You fell behind; reconnect to catch up.").await;
                 return;
             }
-            _ = hub.shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 close(&mut sink, close_code::RESTARTING, "Server restarting; reconnect.").await;
                 return;
             }
@@ -814,8 +821,8 @@ async fn write_loop(
         tokio::select! {
             biased;
             written = write => if written.is_err() { return },
-            _ = member.lagging.cancelled() => return,
-            _ = hub.shutdown.cancelled() => return,
+            _ = &mut lagging => return,
+            _ = &mut shutdown => return,
         }
     }
 }
