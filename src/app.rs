@@ -79,6 +79,8 @@ impl Application {
                 burst: config.rate_burst.max(1.0),
             }),
             shutdown,
+            roster: Default::default(),
+            roster_changed: Default::default(),
         });
         let listener = TcpListener::bind(config.addr)
             .await
@@ -122,6 +124,7 @@ impl Application {
             hub.clone(),
             self.presence_every,
         ));
+        tokio::spawn(crate::hub::maintain_roster(hub.clone()));
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
         let service = web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, service)

@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::presence::{Change, Presence};
 use crate::chat::protocol::{Swap, frame};
 use crate::chat::rate::RateLimiter;
-use crate::layer::{ChannelLayer, Event, LOBBY, room_group};
-use crate::store::Store;
+use crate::chat::roster::Roster;
+use crate::layer::{ChannelLayer, Event, LOBBY, room_group, user_group};
+use crate::store::{Store, User};
 use crate::views;
 
 #[derive(Debug, Clone)]
@@ -44,46 +46,113 @@ pub struct Hub {
     pub rate: RateLimiter,
     /// Cancelled when the node shuts down; every socket then closes with 1012.
     pub shutdown: CancellationToken,
+    /// The capped "Online" list new sockets are shown.
+    pub roster: Roster,
+    /// Woken when someone comes or goes, so the roster's count is announced soon.
+    pub roster_changed: Notify,
 }
 
-/// The group that sees a presence change, and the event that shows it there.
-pub fn presence_event(change: &Change) -> (String, Event) {
-    match change {
-        Change::Online(user) => (
-            LOBBY.to_owned(),
-            Event::All {
-                frame: frame(
-                    "#people",
-                    Swap::BeforeEnd,
-                    &views::person(user).into_string(),
-                ),
-            },
-        ),
-        Change::Offline(user) => (
-            LOBBY.to_owned(),
-            Event::All {
-                frame: frame(&format!("#person-{}", user.id), Swap::Remove, ""),
-            },
-        ),
-        Change::Entered { room, user } => (
-            room_group(room),
-            Event::Viewers {
-                room: Arc::from(room.as_str()),
-                frame: frame(
-                    "#room-members",
-                    Swap::BeforeEnd,
-                    &views::member(user).into_string(),
-                ),
-            },
-        ),
-        Change::Left { room, user } => (
-            room_group(room),
-            Event::Viewers {
-                room: Arc::from(room.as_str()),
-                frame: frame(&format!("#member-{}", user.id), Swap::Remove, ""),
-            },
-        ),
+/// The roster is reconciled with presence at least this often (other nodes' arrivals and
+/// departures reach it no other way)...
+const ROSTER_EVERY: Duration = Duration::from_secs(1);
+/// ...and at most this often, however many people come and go: the count goes to every
+/// socket, so a connect storm costs each socket a few frames a second, not one per arrival.
+const ROSTER_COALESCE: Duration = Duration::from_millis(250);
+
+impl Hub {
+    /// Tells everyone that `user` came online (their first socket anywhere) or went
+    /// offline (their last): the "Online" list when it shows them, and the people they
+    /// have conversations with (`peers`, by id), whose sidebars show a dot for them.
+    pub async fn announce_presence(&self, user: &User, online: bool, peers: &[String]) {
+        let mut events = Vec::with_capacity(peers.len() + 1);
+        let (listed, contact) = if online {
+            let add = frame(
+                "#people",
+                Swap::BeforeEnd,
+                &views::person(user).into_string(),
+            );
+            let mark = frame(
+                "#contacts",
+                Swap::BeforeEnd,
+                &views::contact(&user.id).into_string(),
+            );
+            (self.roster.arrived(user).then_some(add), mark)
+        } else {
+            let remove = frame(&format!("#person-{}", user.id), Swap::Remove, "");
+            let unmark = frame(&format!("#on-{}", user.id), Swap::Remove, "");
+            (self.roster.departed(user).then_some(remove), unmark)
+        };
+        if let Some(frame) = listed {
+            events.push((LOBBY.to_owned(), Event::All { frame }));
+        }
+        for peer in peers {
+            let frame = contact.clone();
+            events.push((user_group(peer), Event::All { frame }));
+        }
+        for (group, event) in events {
+            if let Err(e) = self.layer.publish(&group, event).await {
+                tracing::warn!(error = %e, group, "presence change not published");
+            }
+        }
+        self.roster_changed.notify_one();
     }
+}
+
+/// Keeps the roster in line with presence, announcing the count and what no socket did.
+pub async fn maintain_roster(hub: Arc<Hub>) {
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = hub.roster_changed.notified() => {}
+            _ = tokio::time::sleep(ROSTER_EVERY) => {}
+        }
+        let online = hub.presence.online().await;
+        let changes = hub.roster.reconcile(&online);
+        let mut frames = Vec::new();
+        for user in &changes.unlisted {
+            frames.push(frame(&format!("#person-{}", user.id), Swap::Remove, ""));
+        }
+        for user in &changes.listed {
+            let html = views::person(user).into_string();
+            frames.push(frame("#people", Swap::BeforeEnd, &html));
+        }
+        if let Some(more) = changes.more {
+            frames.push(frame(
+                "#people-more",
+                Swap::Inner,
+                &views::people_more(more),
+            ));
+        }
+        for frame in frames {
+            if let Err(e) = hub.layer.publish(LOBBY, Event::All { frame }).await {
+                tracing::warn!(error = %e, "roster change not published");
+            }
+        }
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ROSTER_COALESCE) => {}
+        }
+    }
+}
+
+/// The group that sees a change in who is in a room, and the event that shows it there.
+fn room_presence_event(room: &str, user: &User, entered: bool) -> (String, Event) {
+    let frame = if entered {
+        frame(
+            "#room-members",
+            Swap::BeforeEnd,
+            &views::member(user).into_string(),
+        )
+    } else {
+        frame(&format!("#member-{}", user.id), Swap::Remove, "")
+    };
+    (
+        room_group(room),
+        Event::Viewers {
+            room: Arc::from(room),
+            frame,
+        },
+    )
 }
 
 /// Runs presence upkeep every `every` until the node shuts down, announcing what it finds:
@@ -98,7 +167,25 @@ pub async fn maintain_presence(hub: Arc<Hub>, every: Duration) {
         }
         for change in hub.presence.maintain().await {
             tracing::debug!(?change, "presence changed without its socket saying so");
-            let (group, event) = presence_event(&change);
+            let (group, event) = match &change {
+                Change::Online(user) | Change::Offline(user) => {
+                    let online = matches!(change, Change::Online(_));
+                    let peers = match hub.store.rooms_of(&user.id).await {
+                        Ok(rooms) => rooms
+                            .into_iter()
+                            .filter_map(|r| r.peer.map(|p| p.id))
+                            .collect(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "conversation partners not found");
+                            Vec::new()
+                        }
+                    };
+                    hub.announce_presence(user, online, &peers).await;
+                    continue;
+                }
+                Change::Entered { room, user } => room_presence_event(room, user, true),
+                Change::Left { room, user } => room_presence_event(room, user, false),
+            };
             if let Err(e) = hub.layer.publish(&group, event).await {
                 tracing::warn!(error = %e, group, "presence change not published");
             }

@@ -82,6 +82,7 @@ pub async fn run(hub: Arc<Hub>, user: User, socket: WebSocket, resume: Resume) {
         member,
         active: None,
         last_typing: None,
+        peers: Vec::new(),
     };
     tracing::debug!(user = %session.user.username, socket = session.member.id, "socket open");
     {
@@ -113,6 +114,8 @@ struct Session {
     member: Member,
     active: Option<ActiveRoom>,
     last_typing: Option<Instant>,
+    /// Ids of the people the user has conversations with, told when the user comes or goes.
+    peers: Vec<String>,
 }
 
 /// A failed action: either the user's input (shown to them) or a server fault (logged, and
@@ -173,28 +176,31 @@ impl Session {
         ))
         .await;
 
+        self.peers = rooms
+            .iter()
+            .filter_map(|s| s.peer.as_ref().map(|p| p.id.clone()))
+            .collect();
         if self.hub.presence.connect(self.member.id, &self.user).await {
-            self.publish(
-                LOBBY,
-                Event::All {
-                    frame: frame(
-                        "#people",
-                        Swap::BeforeEnd,
-                        &views::person(&self.user).into_string(),
-                    ),
-                },
-            )
-            .await;
+            self.hub
+                .announce_presence(&self.user, true, &self.peers)
+                .await;
         }
 
-        let groups = self.hub.store.groups().await?;
-        let online = self.hub.presence.online().await;
-        let sidebar = views::sidebar(&views::ChatView {
-            me: &self.user,
-            groups: &groups,
-            rooms: &rooms,
-            online: &online,
-        });
+        let mut groups = self.hub.store.groups().await?;
+        // The node's capped list, not everyone online: a connect costs the same however
+        // many people are here.
+        let (listed, more) = self.hub.roster.snapshot();
+        let contacts = self.hub.roster.online_among(&self.peers);
+        let sidebar = views::sidebar_with(
+            &views::ChatView {
+                me: &self.user,
+                groups: &groups,
+                rooms: &rooms,
+                online: &listed,
+            },
+            more,
+            &contacts,
+        );
         self.send(Outbound::Frame(frame(
             "#logged-user",
             Swap::Inner,
@@ -208,33 +214,39 @@ impl Session {
         )))
         .await;
 
-        let resumed = match &resume.room {
-            Some(room_id) => self
-                .hub
-                .store
-                .room_for_member(room_id, &self.user.id)
-                .await?
-                .map(|room| {
-                    let peer = rooms
-                        .iter()
-                        .find(|s| s.room.id == room.id)
-                        .and_then(|s| s.peer.clone());
-                    (room, peer)
-                }),
-            None => None,
+        // The rooms just read are the user's memberships, the same gate `room_for_member`
+        // applies, and the groups include `#hi`: a connect needs no more queries to choose.
+        let unread_in = |room_id: &str| {
+            rooms
+                .iter()
+                .find(|s| s.room.id == room_id)
+                .map(|s| s.unread)
         };
+        let resumed = resume.room.as_deref().and_then(|room_id| {
+            rooms
+                .iter()
+                .find(|s| s.room.id == room_id)
+                .map(|s| (s.room.clone(), s.peer.clone(), s.unread))
+        });
         match resumed {
-            Some((room, peer)) => self.enter(room, peer, resume.after_seq).await,
+            Some((room, peer, unread)) => {
+                self.enter(room, peer, resume.after_seq, unread > 0).await
+            }
             None => {
-                let first = match self.hub.store.group_by_name("hi").await? {
-                    Some(room) => Some(room),
+                let first = match groups.iter().position(|g| g.name.as_deref() == Some("hi")) {
+                    Some(hi) => Some(groups.swap_remove(hi)),
                     None => groups.into_iter().next(),
                 };
                 if let Some(room) = first {
-                    if !rooms.iter().any(|s| s.room.id == room.id) {
-                        self.hub.store.join_group(&room.id, &self.user.id).await?;
-                    }
-                    self.enter(room, None, None).await?;
+                    // Marking read is a write: skipped when nothing is unread.
+                    let mark_read = match unread_in(&room.id) {
+                        Some(unread) => unread > 0,
+                        None => {
+                            self.hub.store.join_group(&room.id, &self.user.id).await?;
+                            true
+                        }
+                    };
+                    self.enter(room, None, None, mark_read).await?;
                 }
                 Ok(())
             }
@@ -326,7 +338,7 @@ impl Session {
         if !member {
             self.hub.store.join_group(&room.id, &self.user.id).await?;
         }
-        self.enter(room, None, None).await?;
+        self.enter(room, None, None, true).await?;
         Ok(())
     }
 
@@ -367,6 +379,9 @@ impl Session {
             .store
             .find_or_create_direct(&self.user, &peer)
             .await?;
+        if !self.peers.contains(&peer.id) {
+            self.peers.push(peer.id.clone());
+        }
         if created {
             // Both people's sockets, on every node, start following the new room.
             for (owner, other) in [(&peer, &self.user), (&self.user, &peer)] {
@@ -381,7 +396,7 @@ impl Session {
                 .await;
             }
         }
-        self.enter(room, Some(peer), None).await?;
+        self.enter(room, Some(peer), None, true).await?;
         Ok(())
     }
 
@@ -392,6 +407,7 @@ impl Session {
         room: Room,
         peer: Option<User>,
         resume_after: Option<i64>,
+        mark_read: bool,
     ) -> Result<(), StoreError> {
         let group = room_group(&room.id);
         self.hub.layer.join(&group, &self.member).await;
@@ -420,7 +436,9 @@ impl Session {
             )
             .await;
         }
-        self.hub.store.mark_read(&room.id, &self.user.id).await?;
+        if mark_read {
+            self.hub.store.mark_read(&room.id, &self.user.id).await?;
+        }
         // Before the history is read: a message published from now until `Enter` is
         // queued must not be mistaken for one in another room.
         self.send(Outbound::Entering {
@@ -634,13 +652,9 @@ impl Session {
             .disconnect(self.member.id, &self.user)
             .await
         {
-            self.publish(
-                LOBBY,
-                Event::All {
-                    frame: frame(&format!("#person-{}", self.user.id), Swap::Remove, ""),
-                },
-            )
-            .await;
+            self.hub
+                .announce_presence(&self.user, false, &self.peers)
+                .await;
         }
         tracing::debug!(user = %self.user.username, socket = self.member.id, "socket closed");
     }

@@ -101,7 +101,9 @@
     });
     const me = document.body.dataset.me;
     document.querySelectorAll('.dot[data-user]').forEach((d) => {
-      d.classList.toggle('online', !!document.getElementById('person-' + d.dataset.user));
+      const id = d.dataset.user;
+      // Listed under "Online", or (past the list's cap) marked as a partner who is online.
+      d.classList.toggle('online', !!(document.getElementById('person-' + id) || document.getElementById('on-' + id)));
     });
     // Consecutive messages by one author within five minutes share a header; a new day
     // gets a divider.

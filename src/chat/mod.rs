@@ -5,3 +5,4 @@ pub mod names;
 pub mod presence;
 pub mod protocol;
 pub mod rate;
+pub mod roster;

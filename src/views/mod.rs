@@ -6,6 +6,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
+use crate::chat::roster::SHOWN;
 use crate::store::{Room, RoomKind, RoomSummary, StoredMessage, User};
 
 /// How many messages a page of history holds.
@@ -59,6 +60,7 @@ pub fn login_page(error: Option<&str>, username: &str) -> Markup {
 }
 
 /// Everything the chat page shows, gathered by the caller.
+#[derive(Clone, Copy)]
 pub struct ChatView<'a> {
     pub me: &'a User,
     pub groups: &'a [Room],
@@ -101,7 +103,23 @@ pub fn chat_page(view: &ChatView<'_>) -> Markup {
     )
 }
 
+/// The sidebar, listing at most `roster::SHOWN` of `view.online` (all of them, by name).
 pub fn sidebar(view: &ChatView<'_>) -> Markup {
+    let shown = view.online.len().min(SHOWN);
+    sidebar_with(
+        &ChatView {
+            online: &view.online[..shown],
+            ..*view
+        },
+        view.online.len() - shown,
+        &[],
+    )
+}
+
+/// The sidebar for a socket: `view.online` is the listed people, `more` how many others are
+/// online, and `contacts` the ids of the user's conversation partners who are online (their
+/// dots light up even when they are not listed).
+pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Markup {
     let unread_of = |room_id: &str| {
         view.rooms
             .iter()
@@ -138,8 +156,26 @@ pub fn sidebar(view: &ChatView<'_>) -> Markup {
             ul #people {
                 @for user in view.online { (person(user)) }
             }
+            p #people-more.muted { (people_more(more)) }
+            ul #contacts hidden {
+                @for id in contacts { (contact(id)) }
+            }
         }
     }
+}
+
+/// The count of online people beyond those listed.
+pub fn people_more(more: usize) -> String {
+    if more > 0 {
+        format!("and {more} more")
+    } else {
+        String::new()
+    }
+}
+
+/// A hidden mark that a conversation partner is online, for their dot in the sidebar.
+pub fn contact(user_id: &str) -> Markup {
+    html! { li id={ "on-" (user_id) } {} }
 }
 
 fn badge(room_id: &str, unread: i64) -> Markup {
