@@ -67,12 +67,7 @@ async fn signup_login_logout(backend: Backend) {
     let first_cookie = session_cookie(&signup).unwrap();
     assert_ne!(cookie, first_cookie, "each login starts a new session");
 
-    let page = http
-        .get(app.url("/"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let page = app.get_as("/", &cookie).await;
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(
@@ -91,24 +86,14 @@ async fn signup_login_logout(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(logout.status(), 303);
-    let after = http
-        .get(app.url("/"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let after = app.get_as("/", &cookie).await;
     assert_eq!(
         after.status(),
         303,
         "a logged-out session is dead everywhere"
     );
     // The other session (from sign-up) is still alive.
-    let other = http
-        .get(app.url("/"))
-        .header("cookie", &first_cookie)
-        .send()
-        .await
-        .unwrap();
+    let other = app.get_as("/", &first_cookie).await;
     assert_eq!(other.status(), 200);
 }
 
@@ -148,16 +133,7 @@ async fn guests_get_a_generated_name(backend: Backend) {
     let guest = app.post_form("/guest", &[]).await;
     assert_eq!(guest.status(), 303);
     let cookie = session_cookie(&guest).expect("guest session");
-    let html = app
-        .http()
-        .get(app.url("/"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = app.page(&cookie).await;
     let start = html.find(r#"<span id="logged-user">"#).unwrap() + 23;
     let name = &html[start..start + html[start..].find('<').unwrap()];
     assert!(name.len() >= 3, "generated name {name:?}");
@@ -213,13 +189,7 @@ async fn sessions_survive_restart(backend: Backend) {
     client.close().await;
 
     let app = app.restart().await;
-    let page = app
-        .http()
-        .get(app.url("/"))
-        .header("cookie", &ann.cookie)
-        .send()
-        .await
-        .unwrap();
+    let page = app.get_as("/", &ann.cookie).await;
     assert_eq!(
         page.status(),
         200,

@@ -205,6 +205,26 @@ async fn two_people_chat_in_a_browser_and_a_third_sees_nothing_private() {
 
     ann.say("hello from ann").await;
     bob.wait_for_text("#messages-list", "hello from ann").await;
+    // The composer keeps focus after sending, so the next message can follow at once.
+    let focused = ann
+        .client
+        .execute("return document.activeElement.id", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, "message-text");
+    // Typing shows on the other side, and the notice goes away by itself.
+    bob.find("#message-text")
+        .await
+        .send_keys("typing a reply")
+        .await
+        .unwrap();
+    ann.wait_for_text("#typing", "bob is typing").await;
+    let deadline = Instant::now() + PATIENCE;
+    while !ann.find("#typing").await.text().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the typing notice never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bob.find("#message-text").await.clear().await.unwrap();
     bob.say("hi ann, bob here").await;
     ann.wait_for_text("#messages-list", "bob here").await;
 

@@ -167,16 +167,7 @@ async fn unread_badges_follow_other_rooms(backend: Backend) {
     assert_eq!(two.html, "2");
 
     // A fresh page shows the stored count; entering the room clears it.
-    let page = app
-        .http()
-        .get(app.url("/"))
-        .header("cookie", &bob.cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.page(&bob.cookie).await;
     assert!(
         page.contains(&format!(
             r#"id="unread-{python}" aria-label="unread">2</span>"#
@@ -188,16 +179,7 @@ async fn unread_badges_follow_other_rooms(backend: Backend) {
     assert_eq!(cleared.html, "");
     let later = app.connect(&bob).await;
     drop(later);
-    let page = app
-        .http()
-        .get(app.url("/"))
-        .header("cookie", &bob.cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.page(&bob.cookie).await;
     assert!(page.contains(&format!(
         r#"id="unread-{python}" aria-label="unread"></span>"#
     )));
@@ -292,16 +274,7 @@ async fn new_groups_appear_for_everyone(backend: Backend) {
     let listed = b.wait_for(|f| f.selector == "#groups").await;
     assert_eq!(listed.swap, "beforeend");
     assert!(listed.html.contains("#rust-lang"));
-    let page = app
-        .http()
-        .get(app.url("/"))
-        .header("cookie", &bob.cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.page(&bob.cookie).await;
     assert!(page.contains("#rust-lang"), "groups come from the database");
 }
 

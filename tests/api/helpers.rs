@@ -176,6 +176,25 @@ impl TestApp {
             .expect("http client")
     }
 
+    /// `GET path` with a session cookie, as a logged-in browser would.
+    pub async fn get_as(&self, path: &str, cookie: &str) -> reqwest::Response {
+        self.http()
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    /// The chat page's HTML as the user with `cookie` sees it.
+    pub async fn page(&self, cookie: &str) -> String {
+        self.get_as("/", cookie)
+            .await
+            .text()
+            .await
+            .expect("page body")
+    }
+
     pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let body = form
             .iter()

@@ -91,16 +91,7 @@ async fn bad_frames_get_errors_and_change_nothing(backend: Backend) {
     assert_eq!(again.room_id, hi);
     let list = again.wait_for(|f| f.selector == "#messages-list").await;
     assert_eq!(seqs(&list.html), vec![1]);
-    let page = app
-        .http()
-        .get(app.url("/"))
-        .header("cookie", &ann.cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.page(&ann.cookie).await;
     assert!(!page.contains("no spaces") && !page.contains("nobody-here"));
 }
 

@@ -83,15 +83,6 @@ async fn sockets_and_rooms_per_user_are_capped(backend: Backend) {
     assert!(error.contains("5 rooms"), "{error}");
     // Rooms she already belongs to stay open to her, and the refused group was not made.
     second.enter_group("python").await;
-    let page = app
-        .http()
-        .get(app.url("/"))
-        .header("cookie", &ann.cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.page(&ann.cookie).await;
     assert!(page.contains("#fifth") && !page.contains("#sixth"));
 }
