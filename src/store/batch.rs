@@ -157,16 +157,18 @@ async fn store(
     let created_at_ms = now_ms();
     let mut stored: Vec<Option<StoredMessage>> = posts.iter().map(|_| None).collect();
     let mut tx = conn.begin().await?;
+    // One statement for every room in the batch: each statement is a round trip (to the
+    // server, or to SQLite's worker thread), and a batch may span hundreds of rooms.
+    let sql = bump_sql(by_room.len());
+    let mut bump = sqlx::query_as::<_, (String, i64)>(&sql);
     for (room_id, indices) in &by_room {
+        bump = bump.bind(*room_id).bind(indices.len() as i64);
+    }
+    for (room_id, last) in bump.fetch_all(&mut *tx).await? {
+        let Some(indices) = by_room.get(room_id.as_str()) else {
+            continue;
+        };
         let n = indices.len() as i64;
-        let last: Option<(i64,)> = sqlx::query_as(
-            "UPDATE rooms SET last_seq = last_seq + $2 WHERE id = $1 RETURNING last_seq",
-        )
-        .bind(*room_id)
-        .bind(n)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((last,)) = last else { continue };
         // Seqs in arrival order: the room's posts were queued in this order.
         for (k, &i) in indices.iter().enumerate() {
             let post = &posts[i];
@@ -196,6 +198,26 @@ async fn store(
     }
     tx.commit().await?;
     Ok(stored)
+}
+
+/// Adds each room's count to its `last_seq` and returns the new values, for `rooms` rooms
+/// bound as (id, count) pairs. SQLite (3.33 and later) and PostgreSQL both take a CTE with
+/// named columns and `UPDATE … FROM`. The pairs come sorted by id, so that concurrent
+/// batches from several nodes tend to lock rows in the same order.
+fn bump_sql(rooms: usize) -> String {
+    let mut sql = String::with_capacity(120 + rooms * 12);
+    sql.push_str("WITH v (room, n) AS (VALUES ");
+    for i in 0..rooms {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+    }
+    sql.push_str(
+        ") UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v WHERE rooms.id = v.room \
+         RETURNING id, last_seq",
+    );
+    sql
 }
 
 /// `INSERT … VALUES (…), (…)` for `rows` messages: `$1` is the shared creation time, then
@@ -261,8 +283,17 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
-    use super::insert_sql;
+    use super::{bump_sql, insert_sql};
     use crate::store::{AfterCommit, Store, StoreError};
+
+    #[test]
+    fn rooms_are_bumped_in_one_statement() {
+        assert_eq!(
+            bump_sql(2),
+            "WITH v (room, n) AS (VALUES ($1, $2), ($3, $4)) UPDATE rooms SET last_seq = \
+             rooms.last_seq + v.n FROM v WHERE rooms.id = v.room RETURNING id, last_seq"
+        );
+    }
 
     #[test]
     fn rows_number_their_parameters_after_the_shared_time() {
