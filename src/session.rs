@@ -411,6 +411,7 @@ impl Session {
     ) -> Result<(), StoreError> {
         let group = room_group(&room.id);
         self.hub.layer.join(&group, &self.member).await;
+        self.hub.layer.registry().view(&group, &self.member);
         let previous = self.active.take();
         let same_room = previous.as_ref().is_some_and(|p| p.room.id == room.id);
         if let Some(previous) = previous.filter(|_| !same_room) {

@@ -27,6 +27,26 @@ struct Groups {
     members: HashMap<String, HashMap<SocketId, Member>>,
     /// socket → its groups, so a closing socket leaves them all at once.
     joined: HashMap<SocketId, HashSet<String>>,
+    /// The sockets showing each group's room: `Event::Viewers` goes to these alone. Every
+    /// member of a busy room would otherwise be woken for each arrival and departure in it
+    /// (everyone is a member of `#hi`, and every connect passes through it), only to drop
+    /// the event: quadratic in the room's size.
+    viewers: HashMap<String, HashMap<SocketId, Member>>,
+    /// socket → the group whose room it shows.
+    viewing: HashMap<SocketId, String>,
+}
+
+impl Groups {
+    fn stop_viewing(&mut self, socket: SocketId) {
+        if let Some(group) = self.viewing.remove(&socket)
+            && let Some(sockets) = self.viewers.get_mut(&group)
+        {
+            sockets.remove(&socket);
+            if sockets.is_empty() {
+                self.viewers.remove(&group);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -56,9 +76,22 @@ impl Registry {
         first
     }
 
+    /// The socket now shows the room of `group` (which it joined), and no other.
+    pub fn view(&self, group: &str, member: &Member) {
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        groups.stop_viewing(member.id);
+        groups.viewing.insert(member.id, group.to_owned());
+        groups
+            .viewers
+            .entry(group.to_owned())
+            .or_default()
+            .insert(member.id, member.clone());
+    }
+
     /// Removes the socket from every group; returns the groups it left empty on this node.
     pub fn leave_all(&self, socket: SocketId) -> Vec<String> {
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        groups.stop_viewing(socket);
         let Some(joined) = groups.joined.remove(&socket) else {
             return Vec::new();
         };
@@ -110,7 +143,11 @@ impl Registry {
     /// is full is marked lagging and will be closed, so one slow reader cannot hold up a room.
     pub fn deliver(&self, group: &str, event: Arc<Event>) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-        let Some(sockets) = groups.members.get(group) else {
+        let audience = match &*event {
+            Event::Viewers { .. } => &groups.viewers,
+            _ => &groups.members,
+        };
+        let Some(sockets) = audience.get(group) else {
             return;
         };
         self.offer(sockets.values(), &event);
@@ -141,5 +178,55 @@ impl Registry {
             }
         }
         self.metrics.frames_out.fetch_add(queued, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(registry: &Registry) -> (Member, mpsc::Receiver<Outbound>) {
+        let (outbox, inbox) = mpsc::channel(8);
+        let member = Member {
+            id: registry.next_socket_id(),
+            outbox,
+            lagging: CancellationToken::new(),
+        };
+        (member, inbox)
+    }
+
+    #[test]
+    fn who_is_here_goes_only_to_sockets_showing_the_room() {
+        let registry = Registry::default();
+        let (viewer, mut viewer_inbox) = member(&registry);
+        let (elsewhere, mut elsewhere_inbox) = member(&registry);
+        for m in [&viewer, &elsewhere] {
+            registry.join("room:r", m);
+            registry.join("room:s", m);
+        }
+        registry.view("room:r", &viewer);
+        registry.view("room:s", &elsewhere);
+        let viewers = Event::Viewers {
+            room: Arc::from("r"),
+            frame: Default::default(),
+        };
+        registry.deliver("room:r", Arc::new(viewers));
+        registry.deliver("room:r", Arc::new(Event::Resync));
+        assert!(
+            matches!(viewer_inbox.try_recv(), Ok(Outbound::Event(e)) if matches!(*e, Event::Viewers { .. }))
+        );
+        assert!(
+            matches!(viewer_inbox.try_recv(), Ok(Outbound::Event(e)) if matches!(*e, Event::Resync))
+        );
+        assert!(
+            matches!(elsewhere_inbox.try_recv(), Ok(Outbound::Event(e)) if matches!(*e, Event::Resync))
+        );
+        assert!(elsewhere_inbox.try_recv().is_err());
+        // Moving on, or closing, ends the showing.
+        registry.view("room:s", &viewer);
+        registry.leave_all(elsewhere.id);
+        let groups = registry.groups.read().unwrap();
+        assert_eq!(groups.viewers["room:s"].len(), 1);
+        assert!(!groups.viewers.contains_key("room:r"));
     }
 }
