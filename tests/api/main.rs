@@ -5,6 +5,7 @@ mod auth;
 mod browser;
 mod chat;
 mod cluster;
+mod faults;
 mod helpers;
 mod input;
 mod limits;
