@@ -32,8 +32,9 @@ const QUEUE: usize = 4 * MAX_BATCH;
 /// Committed batches waiting to be published, per writer.
 const PUBLISH_QUEUE: usize = 16;
 
-/// What runs once a message is committed, in seq order within its room, before its poster
-/// is answered. The returned future is awaited together with the rest of the batch's.
+/// What runs once a message is committed, before its poster is answered. The returned
+/// future is first polled in seq order within its room; whatever it then waits for, it
+/// finishes alongside the rest of its batch.
 pub type AfterCommit = Box<dyn FnOnce(&StoredMessage) -> BoxFuture<'static, ()> + Send + Sync>;
 
 struct Post {
@@ -269,11 +270,28 @@ async fn publish_loop(mut committed: mpsc::Receiver<Committed>) {
             };
             answers.push((post.reply, answer));
         }
-        // `join_all` first polls the steps in the order given, so whatever each does on its
-        // first poll (a local delivery, queueing a PUBLISH) happens in seq order.
-        futures_util::future::join_all(steps).await;
-        for (reply, answer) in answers {
-            let _ = reply.send(answer);
+        // Each step is polled once here, in seq order: what it does at once (the delivery to
+        // this node's sockets) happens in order. What it waits for (a PUBLISH to Redis)
+        // finishes in a task of its own, so a slow round trip holds up only this batch's
+        // answers, not the next batch's deliveries.
+        let mut waiting = Vec::new();
+        for mut step in steps {
+            if futures_util::poll!(&mut step).is_pending() {
+                waiting.push(step);
+            }
+        }
+        let answer_all = move || {
+            for (reply, answer) in answers {
+                let _ = reply.send(answer);
+            }
+        };
+        if waiting.is_empty() {
+            answer_all();
+        } else {
+            tokio::spawn(async move {
+                futures_util::future::join_all(waiting).await;
+                answer_all();
+            });
         }
     }
 }
