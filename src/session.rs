@@ -5,9 +5,11 @@
 //! decide per event, in queue order, whether to show a message or bump a badge. The reader
 //! changes rooms by queueing an `Outbound::Enter`, which carries the new room's fragments
 //! and the newest seq they contain: live messages up to that seq are already on screen and
-//! are dropped, so switching rooms neither loses nor repeats a message.
+//! are dropped, so switching rooms neither loses nor repeats a message. The writer records
+//! which seqs it has shown, so catch-up reads and resyncs after a delivery gap add only
+//! what is missing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,12 +38,18 @@ pub enum Outbound {
     /// The socket is about to make `room` active: from here on the writer holds that
     /// room's messages back until the matching `Enter` shows the history they follow.
     Entering { room: Arc<str> },
-    /// The socket now has `room` active: show `frames`, then drop live messages up to
-    /// `floor`, which those frames already contain.
+    /// The socket now has `room` active: show `frames`, which hold every message up to
+    /// `floor`; live messages up to there are dropped.
     Enter {
         room: Arc<str>,
         floor: i64,
         frames: Vec<Utf8Bytes>,
+    },
+    /// Messages of `room` read from the store (catch-up); the writer shows those the
+    /// socket has not shown yet.
+    Missed {
+        room: Arc<str>,
+        messages: Vec<StoredMessage>,
     },
 }
 
@@ -293,10 +301,12 @@ impl Session {
                 let Some(active) = &self.active else {
                     return Ok(());
                 };
-                let (frames, _) = self.catch_up(&active.room.id, after_seq).await?;
-                for f in frames {
-                    self.send(Outbound::Frame(f)).await;
-                }
+                let messages = self.catch_up(&active.room.id, after_seq).await?;
+                self.send(Outbound::Missed {
+                    room: Arc::from(active.room.id.as_str()),
+                    messages,
+                })
+                .await;
                 Ok(())
             }
             Action::Typing => {
@@ -463,11 +473,11 @@ impl Session {
             frame(&format!("#unread-{}", room.id), Swap::Inner, ""),
             frame("#typing", Swap::Inner, ""),
         ];
+        let mut missed = None;
         let floor = match resume_after {
             Some(after) => {
-                let (missed, newest) = self.catch_up(&room.id, after).await?;
-                frames.extend(missed);
-                newest
+                missed = Some(self.catch_up(&room.id, after).await?);
+                after
             }
             None => {
                 let history = self
@@ -488,12 +498,20 @@ impl Session {
                 history.last().map_or(0, |m| m.seq)
             }
         };
+        let room_key: Arc<str> = Arc::from(room.id.as_str());
         self.send(Outbound::Enter {
-            room: Arc::from(room.id.as_str()),
+            room: room_key.clone(),
             floor,
             frames,
         })
         .await;
+        if let Some(messages) = missed {
+            self.send(Outbound::Missed {
+                room: room_key,
+                messages,
+            })
+            .await;
+        }
         self.active = Some(ActiveRoom { room, group });
         Ok(())
     }
@@ -525,14 +543,13 @@ impl Session {
         }
     }
 
-    /// Frames holding every message in `room` after `after_seq`, one per page, and the
-    /// newest seq they reach (`after_seq` when nothing was missed).
+    /// Every message in `room` after `after_seq`.
     async fn catch_up(
         &self,
         room_id: &str,
         after_seq: i64,
-    ) -> Result<(Vec<Utf8Bytes>, i64), StoreError> {
-        let mut frames = Vec::new();
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut messages = Vec::new();
         let mut after = after_seq;
         loop {
             let page = self
@@ -542,16 +559,13 @@ impl Session {
                 .await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            // Frames of a history page's size, so no single frame grows past what a
-            // browser or a client library takes in one piece.
-            for chunk in page.chunks(views::PAGE_SIZE as usize) {
-                frames.push(messages_frame(chunk, Swap::BeforeEnd));
-            }
-            if (page.len() as i64) < CATCH_UP_PAGE {
+            let full = page.len() as i64 >= CATCH_UP_PAGE;
+            messages.extend(page);
+            if !full {
                 break;
             }
         }
-        Ok((frames, after))
+        Ok(messages)
     }
 
     async fn post(&mut self, raw: &str) -> Result<(), ActionError> {
@@ -673,10 +687,11 @@ fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Bytes {
 #[derive(Default)]
 struct View {
     active: Option<Arc<str>>,
-    /// Live messages at or below this seq were in the room's first frames.
-    floor: i64,
-    /// The newest seq shown in the active room, where a resync continues from.
-    newest: i64,
+    /// Every message of the active room up to this seq has been shown.
+    shown_through: i64,
+    /// Seqs above `shown_through` already shown (messages from one node can overtake
+    /// another's); with it, nothing is shown twice and a resync knows where the hole is.
+    shown_above: BTreeSet<i64>,
     unread: HashMap<String, i64>,
     /// Set by `Event::Resync`; the writer then reads what was missed from the store.
     resync: bool,
@@ -701,8 +716,8 @@ impl View {
             } => {
                 out.extend(frames);
                 self.unread.insert(room.to_string(), 0);
-                self.floor = floor;
-                self.newest = floor;
+                self.shown_through = floor;
+                self.shown_above.clear();
                 let held = match self.entering.take() {
                     Some((entering, held)) if entering == room => held,
                     _ => Vec::new(),
@@ -710,6 +725,11 @@ impl View {
                 self.active = Some(room);
                 for (seq, f) in held {
                     self.show(seq, f, out);
+                }
+            }
+            Outbound::Missed { room, messages } => {
+                if self.active.as_ref() == Some(&room) {
+                    self.show_missed(messages, out);
                 }
             }
             Outbound::Event(event) => match &*event {
@@ -751,33 +771,58 @@ impl View {
 }
 
 impl View {
-    /// Shows a message of the active room unless its history already did.
+    /// Records `seq` as shown; false when it already was.
+    fn mark_shown(&mut self, seq: i64) -> bool {
+        if seq <= self.shown_through || !self.shown_above.insert(seq) {
+            return false;
+        }
+        while self.shown_above.remove(&(self.shown_through + 1)) {
+            self.shown_through += 1;
+        }
+        true
+    }
+
+    /// Shows a live message of the active room unless it is already on screen.
     fn show(&mut self, seq: i64, frame: Utf8Bytes, out: &mut Vec<Utf8Bytes>) {
-        if seq > self.floor {
-            self.newest = self.newest.max(seq);
+        if self.mark_shown(seq) {
             out.push(frame);
         }
     }
 
-    /// After a gap in delivery: the active room's messages newer than any shown.
+    /// Shows the messages from a store read that are not on screen yet, in frames of a
+    /// history page's size so no frame grows past what a client takes in one piece.
+    fn show_missed(&mut self, messages: Vec<StoredMessage>, out: &mut Vec<Utf8Bytes>) {
+        let fresh: Vec<StoredMessage> = messages
+            .into_iter()
+            .filter(|m| self.mark_shown(m.seq))
+            .collect();
+        for chunk in fresh.chunks(views::PAGE_SIZE as usize) {
+            out.push(messages_frame(chunk, Swap::BeforeEnd));
+        }
+    }
+
+    /// After a gap in delivery: everything from the first hole on that is not shown yet.
     async fn missed_frames(&mut self, hub: &Hub, out: &mut Vec<Utf8Bytes>) {
-        let Some(room) = &self.active else { return };
-        match hub
-            .store
-            .messages_after(room, self.newest, CATCH_UP_PAGE)
-            .await
-        {
-            Ok(missed) => {
-                if let Some(last) = missed.last() {
-                    // Live copies of these may still be queued: they are below the floor now.
-                    self.newest = last.seq;
-                    self.floor = last.seq;
-                    for chunk in missed.chunks(views::PAGE_SIZE as usize) {
-                        out.push(messages_frame(chunk, Swap::BeforeEnd));
+        let Some(room) = self.active.clone() else {
+            return;
+        };
+        let mut after = self.shown_through;
+        loop {
+            match hub.store.messages_after(&room, after, CATCH_UP_PAGE).await {
+                Ok(page) => {
+                    let Some(last) = page.last() else { return };
+                    after = last.seq;
+                    let full = page.len() as i64 >= CATCH_UP_PAGE;
+                    self.show_missed(page, out);
+                    if !full {
+                        return;
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not fetch missed messages");
+                    return;
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "could not fetch missed messages"),
         }
     }
 }

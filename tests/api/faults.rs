@@ -1363,12 +1363,10 @@ async fn redis_stopped_and_restarted() {
 }
 
 /// The same outage with clients that never ask to `Catch up`: the nodes' own resync after
-/// Redis returns should bring every socket up to date. It does not yet: the resync reads
-/// from the newest seq a socket was shown, and during the outage each socket kept being
-/// shown its own node's messages, so other nodes' messages from the outage stay missing
-/// below that point (see tests/README.md, "Known gaps").
+/// Redis returns brings every socket up to date. During the outage each socket kept being
+/// shown its own node's messages, so the resync must start at the first hole, not after
+/// the newest message shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "resync after a Redis outage leaves gaps that only the client's Catch up fills"]
 async fn redis_outage_is_repaired_by_the_server_alone() {
     redis_outage("redis-no-client-catch-up", false).await;
 }
