@@ -99,12 +99,20 @@ async fn signup_login_logout(backend: Backend) {
 
 async fn bad_signups_say_why(backend: Backend) {
     let app = TestApp::spawn(backend).await;
+    let long_name = "a".repeat(10_000);
+    let long_password = "p".repeat(10_000);
     for (username, password, reason) in [
         ("ab", "password123", "3 to 32 characters"),
         ("<script>", "password123", "letters, digits"),
         ("ann lee", "password123", "letters, digits"),
         ("ann", "short", "at least 8"),
         ("", "", "3 to 32 characters"),
+        ("ann\0lee", "password123", "letters, digits"),
+        ("\u{202e}nna", "password123", "letters, digits"),
+        ("ännä", "password123", "letters, digits"),
+        ("🙂🙂🙂", "password123", "letters, digits"),
+        (long_name.as_str(), "password123", "3 to 32 characters"),
+        ("ann", long_password.as_str(), "at most 256"),
     ] {
         let response = app
             .post_form("/signup", &[("username", username), ("password", password)])
