@@ -76,18 +76,9 @@ impl Store {
         seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_MESSAGES} WHERE m.room_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
-        ))
-        .bind(room_id)
-        .bind(seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut page = rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut page = self
+            .messages_where(room_id, "m.seq < $2 ORDER BY m.seq DESC", seq, limit)
+            .await?;
         page.reverse();
         Ok(page)
     }
@@ -99,8 +90,20 @@ impl Store {
         seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>> {
+        self.messages_where(room_id, "m.seq > $2 ORDER BY m.seq ASC", seq, limit)
+            .await
+    }
+
+    /// One keyset page of a room's messages: `order` bounds and orders by seq against `$2`.
+    async fn messages_where(
+        &self,
+        room_id: &str,
+        order: &str,
+        seq: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<StoredMessage>> {
         let rows = sqlx::query(&format!(
-            "{SELECT_MESSAGES} WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3"
+            "{SELECT_MESSAGES} WHERE m.room_id = $1 AND {order} LIMIT $3"
         ))
         .bind(room_id)
         .bind(seq)
