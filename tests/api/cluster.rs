@@ -4,18 +4,17 @@
 //! in front of them for the end-to-end tests.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use deadpool_redis::redis;
-use tokio::sync::oneshot;
 
 use crate::helpers::{
     Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, message_ids, seqs,
 };
+use crate::process::{Output, Process};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// Presence settings short enough that a dead node's users lapse within a test.
@@ -146,79 +145,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-/// Which output of a child process says it is ready.
-#[derive(Clone, Copy)]
-enum Output {
-    Stdout,
-    Stderr,
-}
-
-/// A child process, killed (SIGKILL) when dropped.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    /// Starts `command` and waits for the first line on `output` that `ready` accepts,
-    /// returning what it made of it. That output is read to its end, so the child never
-    /// blocks on a full pipe; the other one is discarded.
-    async fn start<T: Send + 'static>(
-        mut command: Command,
-        what: &str,
-        output: Output,
-        ready: impl Fn(&str) -> Option<T> + Send + 'static,
-    ) -> (Process, T) {
-        let (stdout, stderr) = match output {
-            Output::Stdout => (Stdio::piped(), Stdio::null()),
-            Output::Stderr => (Stdio::null(), Stdio::piped()),
-        };
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        let stream: Box<dyn std::io::Read + Send> = match output {
-            Output::Stdout => Box::new(child.stdout.take().expect("stdout")),
-            Output::Stderr => Box::new(child.stderr.take().expect("stderr")),
-        };
-        let (tx, rx) = oneshot::channel();
-        let echo = std::env::var_os("TEST_LOG").is_some();
-        let name = what.to_owned();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("[{name}] {line}");
-                }
-                if tx.is_some()
-                    && let Some(value) = ready(&line)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(value);
-                }
-            }
-        });
-        let value = tokio::time::timeout(PATIENCE, rx)
-            .await
-            .unwrap_or_else(|_| panic!("{what} did not start"))
-            .unwrap_or_else(|_| panic!("{what} exited before it was ready"));
-        (Process { child }, value)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A node in a child process, so a test can kill it without any cleanup.

@@ -12,11 +12,10 @@
 //! Run with `-- --nocapture` to see each audit's figures.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database, message_ids, seqs};
+use crate::process::{Output, Process};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// How long a gap in the seqs may stay open before the client asks to catch up; the page
@@ -50,87 +50,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A child process, killed (SIGKILL) when dropped.
-struct Process {
-    child: Child,
-    name: String,
-}
-
-impl Process {
-    /// Starts `command` and waits for the first stdout line that `ready` accepts. Stdout is
-    /// read to its end so the child never blocks on a full pipe; with TEST_LOG it is echoed.
-    async fn start<T: Send + 'static>(
-        mut command: Command,
-        name: &str,
-        ready: impl Fn(&str) -> Option<T> + Send + 'static,
-    ) -> (Process, T) {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = oneshot::channel();
-        let echo = std::env::var_os("TEST_LOG").is_some();
-        let label = name.to_owned();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if echo {
-                    eprintln!("[{label}] {line}");
-                }
-                if tx.is_some()
-                    && let Some(value) = ready(&line)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(value);
-                }
-            }
-        });
-        let value = tokio::time::timeout(PATIENCE, rx)
-            .await
-            .unwrap_or_else(|_| panic!("{name} did not start"))
-            .unwrap_or_else(|_| panic!("{name} exited before it was ready"));
-        (
-            Process {
-                child,
-                name: name.to_owned(),
-            },
-            value,
-        )
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits (bounded) for the process to exit by itself.
-    async fn terminate(&mut self) {
-        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + PATIENCE;
-        while self.child.try_wait().expect("try_wait").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "{} ignored SIGTERM for {PATIENCE:?}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A wirechat node in a child process.
 struct Node {
     process: Process,
@@ -145,7 +64,7 @@ async fn start_node(addr: &str, database_url: &str, args: &[String], name: &str)
         .args(args)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "wirechat=info");
-    let (process, addr) = Process::start(command, name, |line| {
+    let (process, addr) = Process::start(command, name, Output::Stdout, |line| {
         let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
         rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
     })
@@ -166,7 +85,7 @@ impl OwnRedis {
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
-        let (process, ()) = Process::start(command, "redis-server", |line| {
+        let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
             line.contains("Ready to accept connections").then_some(())
         })
         .await;
@@ -205,7 +124,7 @@ async fn caddy(upstreams: &[SocketAddr]) -> (Process, SocketAddr) {
         .env("HOME", &dir)
         .env("XDG_DATA_HOME", &dir)
         .env("XDG_CONFIG_HOME", &dir);
-    let (process, ()) = Process::start(command, "caddy", |line| {
+    let (process, ()) = Process::start(command, "caddy", Output::Stdout, |line| {
         line.contains("serving initial configuration").then_some(())
     })
     .await;

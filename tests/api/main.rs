@@ -10,3 +10,4 @@ mod helpers;
 mod input;
 mod limits;
 mod operations;
+mod process;
