@@ -136,7 +136,7 @@ pub async fn maintain_roster(hub: Arc<Hub>) {
 }
 
 /// The group that sees a change in who is in a room, and the event that shows it there.
-fn room_presence_event(room: &str, user: &User, entered: bool) -> (String, Event) {
+pub fn room_presence_event(room: &str, user: &User, entered: bool) -> (String, Event) {
     let frame = if entered {
         frame(
             "#room-members",

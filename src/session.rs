@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chat::names::{GroupName, InputError, MessageText, Username};
 use crate::chat::protocol::{Action, Swap, frame};
-use crate::hub::Hub;
+use crate::hub::{Hub, room_presence_event};
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
 use crate::store::{AfterCommit, Room, StoreError, StoredMessage, User};
 use crate::views;
@@ -434,18 +434,8 @@ impl Session {
                 .enter(self.member.id, &room.id, &self.user)
                 .await
         {
-            self.publish(
-                &group,
-                Event::Viewers {
-                    room: Arc::from(room.id.as_str()),
-                    frame: frame(
-                        "#room-members",
-                        Swap::BeforeEnd,
-                        &views::member(&self.user).into_string(),
-                    ),
-                },
-            )
-            .await;
+            let (group, event) = room_presence_event(&room.id, &self.user, true);
+            self.publish(&group, event).await;
         }
         if mark_read {
             self.hub.store.mark_read(&room.id, &self.user.id).await?;
@@ -524,14 +514,8 @@ impl Session {
             .leave(self.member.id, &previous.room.id, &self.user)
             .await
         {
-            self.publish(
-                &previous.group,
-                Event::Viewers {
-                    room: Arc::from(previous.room.id.as_str()),
-                    frame: frame(&format!("#member-{}", self.user.id), Swap::Remove, ""),
-                },
-            )
-            .await;
+            let (group, event) = room_presence_event(&previous.room.id, &self.user, false);
+            self.publish(&group, event).await;
         }
         if let Err(e) = self
             .hub
