@@ -12,7 +12,7 @@
 //! Run with `-- --nocapture` to see each audit's figures.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database, message_ids, seqs};
-use crate::process::{Output, Process};
+use crate::process::{Output, OwnRedis, Process, caddy, free_port};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// How long a gap in the seqs may stay open before the client asks to catch up; the page
@@ -42,13 +42,6 @@ const PACE: Duration = Duration::from_millis(50);
 
 // ---------------------------------------------------------------------------------------
 // Processes
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// A wirechat node in a child process.
 struct Node {
@@ -70,65 +63,6 @@ async fn start_node(addr: &str, database_url: &str, args: &[String], name: &str)
     })
     .await;
     Node { process, addr }
-}
-
-/// A Redis server of the test's own on a free port, so it can be stopped.
-struct OwnRedis {
-    process: Process,
-    port: u16,
-}
-
-impl OwnRedis {
-    async fn start(port: u16) -> OwnRedis {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
-        let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
-            line.contains("Ready to accept connections").then_some(())
-        })
-        .await;
-        OwnRedis { process, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-/// Caddy in front of `upstreams`, with the configuration deploy/cluster.sh generates.
-async fn caddy(upstreams: &[SocketAddr]) -> (Process, SocketAddr) {
-    let port = free_port();
-    let dir: PathBuf = std::env::temp_dir()
-        .join("wirechat-tests")
-        .join(format!("caddy-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("caddy dir");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster.sh");
-    let output = Command::new("bash")
-        .arg(script)
-        .arg("caddyfile")
-        .arg(port.to_string())
-        .args(upstreams.iter().map(|a| a.to_string()))
-        .output()
-        .expect("deploy/cluster.sh caddyfile");
-    assert!(output.status.success(), "{output:?}");
-    let path = dir.join("Caddyfile");
-    std::fs::write(&path, &output.stdout).expect("write Caddyfile");
-    // Caddy logs to stderr; `exec` keeps the child's pid Caddy's own.
-    let mut command = Command::new("sh");
-    command
-        .args(["-c", "exec \"$0\" \"$@\" 2>&1", "caddy", "run", "--adapter"])
-        .args(["caddyfile", "--config"])
-        .arg(&path)
-        .env("HOME", &dir)
-        .env("XDG_DATA_HOME", &dir)
-        .env("XDG_CONFIG_HOME", &dir);
-    let (process, ()) = Process::start(command, "caddy", Output::Stdout, |line| {
-        line.contains("serving initial configuration").then_some(())
-    })
-    .await;
-    (process, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// A PostgreSQL server of the test's own (initdb + pg_ctl from the installed PostgreSQL) on

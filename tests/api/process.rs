@@ -2,6 +2,8 @@
 //! waited for by reading the line that says it is ready, and killed when dropped.
 
 use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -105,4 +107,78 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A Redis server of a test's own, on a free port, so the test can stop it.
+pub struct OwnRedis {
+    pub process: Process,
+    pub port: u16,
+}
+
+impl OwnRedis {
+    pub async fn start(port: u16) -> OwnRedis {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
+        let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
+            line.contains("Ready to accept connections").then_some(())
+        })
+        .await;
+        OwnRedis { process, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts a new, empty one on the same port.
+    pub async fn crash(&mut self) {
+        self.process.kill();
+    }
+
+    pub async fn restart(&mut self) {
+        *self = OwnRedis::start(self.port).await;
+    }
+}
+
+/// Caddy in front of `upstreams`, with the configuration deploy/cluster.sh uses.
+pub async fn caddy(upstreams: &[SocketAddr]) -> (Process, SocketAddr) {
+    let port = free_port();
+    let dir: PathBuf = std::env::temp_dir()
+        .join("wirechat-tests")
+        .join(format!("caddy-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("caddy dir");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster.sh");
+    let output = Command::new("bash")
+        .arg(script)
+        .arg("caddyfile")
+        .arg(port.to_string())
+        .args(upstreams.iter().map(|a| a.to_string()))
+        .output()
+        .expect("deploy/cluster.sh caddyfile");
+    assert!(output.status.success(), "{output:?}");
+    let path = dir.join("Caddyfile");
+    std::fs::write(&path, &output.stdout).expect("write Caddyfile");
+    let mut command = Command::new("caddy");
+    command
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", &dir)
+        .env("XDG_DATA_HOME", &dir)
+        .env("XDG_CONFIG_HOME", &dir);
+    let (process, ()) = Process::start(command, "caddy", Output::Stderr, |line| {
+        line.contains("serving initial configuration").then_some(())
+    })
+    .await;
+    (process, SocketAddr::from(([127, 0, 0, 1], port)))
 }
