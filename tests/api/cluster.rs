@@ -444,7 +444,7 @@ async fn delivery_resumes_after_the_subscriber_connection_is_killed() {
     a.say("right after the kill").await;
     b.wait_for_message("right after the kill").await;
     wait_for_metric(&n2, "wirechat_redis_reconnects_total", |v| v >= 1.0).await;
-    assert!(metric(&n2, "wirechat_redis_resubscriptions_total").await >= 3.0);
+    wait_for_metric(&n2, "wirechat_redis_resubscriptions_total", |v| v >= 3.0).await;
 
     a.say("after the reconnect").await;
     let (_, skipped) = b
