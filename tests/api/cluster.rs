@@ -11,7 +11,8 @@ use std::time::Duration;
 use deadpool_redis::redis;
 
 use crate::helpers::{
-    Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, message_ids, seqs,
+    Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, message_ids, metric, seqs,
+    wait_for_metric,
 };
 use crate::process::{Output, OwnRedis, Process, caddy, free_port};
 
@@ -104,38 +105,6 @@ impl Cluster {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-/// A metric's value from a node's `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = app
-        .http()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
-/// Waits until a node's metric satisfies `wanted` (it changes with no client-visible event).
-async fn wait_for_metric(app: &TestApp, name: &str, wanted: impl Fn(f64) -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let value = metric(app, name).await;
-        if wanted(value) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} stayed at {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -443,8 +412,17 @@ async fn delivery_resumes_after_the_subscriber_connection_is_killed() {
     // but once.
     a.say("right after the kill").await;
     b.wait_for_message("right after the kill").await;
-    wait_for_metric(&n2, "wirechat_redis_reconnects_total", |v| v >= 1.0).await;
-    wait_for_metric(&n2, "wirechat_redis_resubscriptions_total", |v| v >= 3.0).await;
+    wait_for_metric(n2.addr, "wirechat_redis_reconnects_total", PATIENCE, |v| {
+        v >= 1.0
+    })
+    .await;
+    wait_for_metric(
+        n2.addr,
+        "wirechat_redis_resubscriptions_total",
+        PATIENCE,
+        |v| v >= 3.0,
+    )
+    .await;
 
     a.say("after the reconnect").await;
     let (_, skipped) = b
@@ -481,13 +459,19 @@ async fn redis_restart_loses_nothing_and_the_node_keeps_chatting_meanwhile() {
     c.wait_for_message("during the outage").await;
     a.wait_for_message("during the outage").await;
     // Local delivery comes before the PUBLISH, so the failure is counted a moment later.
-    wait_for_metric(&n1, "wirechat_publish_failures_total", |v| v >= 1.0).await;
+    wait_for_metric(n1.addr, "wirechat_publish_failures_total", PATIENCE, |v| {
+        v >= 1.0
+    })
+    .await;
 
     own.restart().await;
     // Bob's node resubscribes and his socket reads what it missed from the database.
     let caught_up = b.wait_for_message("during the outage").await;
     assert_eq!(articles(&caught_up).len(), 1, "{}", caught_up.html);
-    wait_for_metric(&n1, "wirechat_redis_reconnects_total", |v| v >= 1.0).await;
+    wait_for_metric(n1.addr, "wirechat_redis_reconnects_total", PATIENCE, |v| {
+        v >= 1.0
+    })
+    .await;
 
     a.say("after the outage").await;
     for client in [&mut a, &mut b, &mut c] {
@@ -515,7 +499,7 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
     let mut a = gateway.connect(&ann).await;
     let mut on_ann_node = Vec::new();
     for node in &nodes {
-        on_ann_node.push(metric(node, "wirechat_open_sockets").await == 1.0);
+        on_ann_node.push(metric(node.addr, "wirechat_open_sockets").await == 1.0);
     }
     let ann_node = on_ann_node
         .iter()
@@ -524,10 +508,13 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
     let mut b = gateway.connect(&bob).await;
     // least_conn sends the second socket to the idle node.
     assert_eq!(
-        metric(&nodes[1 - ann_node], "wirechat_open_sockets").await,
+        metric(nodes[1 - ann_node].addr, "wirechat_open_sockets").await,
         1.0
     );
-    assert_eq!(metric(&nodes[ann_node], "wirechat_open_sockets").await, 1.0);
+    assert_eq!(
+        metric(nodes[ann_node].addr, "wirechat_open_sockets").await,
+        1.0
+    );
 
     a.say("hello from ann").await;
     b.wait_for_message("hello from ann").await;
@@ -555,7 +542,7 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
         .await;
     assert_eq!(a.room_id, room);
     assert_eq!(
-        metric(&nodes[1 - ann_node], "wirechat_open_sockets").await,
+        metric(nodes[1 - ann_node].addr, "wirechat_open_sockets").await,
         2.0
     );
     let catch_up = a.wait_for(|f| f.selector == "#messages-list").await;

@@ -30,7 +30,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database, message_ids, seqs};
+use crate::helpers::{
+    Backend, PATIENCE, TestApp, fresh_database, message_ids, seqs, wait_for_metric,
+};
 use crate::process::{Output, OwnRedis, Process, caddy, free_port};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
@@ -235,19 +237,6 @@ fn postgres_user() -> (u32, u32) {
                 .flatten()
         })
         .expect("a postgres user to run PostgreSQL as")
-}
-
-/// A metric's value from a node's `/metrics`.
-async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1173,15 +1162,7 @@ async fn rolling_restart_of_every_node() {
     }
     let (_, tallies) = chat.finish().await;
     // Every socket was on a node that stopped, and each was told so.
-    for t in &tallies {
-        assert!(!t.closes.is_empty(), "{}", t.name);
-        assert!(
-            t.closes.iter().all(|c| *c == Some(1012)),
-            "{}: {:?}",
-            t.name,
-            t.closes
-        );
-    }
+    every_socket_was_told_to_reconnect(&tallies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1199,15 +1180,7 @@ async fn rolling_restart_behind_caddy() {
         chat.traffic(60).await;
     }
     let (_, tallies) = chat.finish().await;
-    for t in &tallies {
-        assert!(!t.closes.is_empty(), "{}", t.name);
-        assert!(
-            t.closes.iter().all(|c| *c == Some(1012)),
-            "{}: {:?}",
-            t.name,
-            t.closes
-        );
-    }
+    every_socket_was_told_to_reconnect(&tallies);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1245,14 +1218,13 @@ async fn redis_outage(name: &'static str, client_catch_up: bool) {
     // The nodes resubscribe (no client-visible event: poll their metrics, bounded) and
     // their sockets read what they missed from the database.
     for node in &chat.nodes {
-        let deadline = Instant::now() + PATIENCE;
-        while metric(node.addr, "wirechat_redis_reconnects_total").await < 1.0 {
-            assert!(
-                Instant::now() < deadline,
-                "a node never reconnected to Redis"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_metric(
+            node.addr,
+            "wirechat_redis_reconnects_total",
+            PATIENCE,
+            |v| v >= 1.0,
+        )
+        .await;
     }
     chat.traffic(60).await;
     chat.finish().await;
@@ -1323,14 +1295,13 @@ async fn slow_consumer_is_cut_off_and_catches_up() {
     stall.send_replace(true);
     // The sloth's node cuts it off once its queue is full (no client-visible event until
     // it reads again, so this polls the node, bounded).
-    let deadline = Instant::now() + PATIENCE * 2;
-    while metric(chat.nodes[0].addr, "wirechat_slow_consumer_closes_total").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the slow reader was never cut off"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(
+        chat.nodes[0].addr,
+        "wirechat_slow_consumer_closes_total",
+        PATIENCE * 2,
+        |v| v >= 1.0,
+    )
+    .await;
     // The room carries on while the sloth still reads nothing.
     chat.traffic(100).await;
     stall.send_replace(false);
@@ -1344,4 +1315,18 @@ async fn slow_consumer_is_cut_off_and_catches_up() {
         "{:?}",
         sloth.closes
     );
+}
+
+/// Every client's socket was closed at least once, and always with 1012 ("restarting,
+/// reconnect"), never dropped silently.
+fn every_socket_was_told_to_reconnect(tallies: &[Tally]) {
+    for t in tallies {
+        assert!(!t.closes.is_empty(), "{}", t.name);
+        assert!(
+            t.closes.iter().all(|c| *c == Some(1012)),
+            "{}: {:?}",
+            t.name,
+            t.closes
+        );
+    }
 }

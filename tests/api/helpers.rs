@@ -491,3 +491,38 @@ impl TestApp {
         }
     }
 }
+
+/// A metric's value from a node's `/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Waits, up to `patience`, until a node's metric satisfies `wanted`: for changes no client
+/// can see (a reconnect to Redis, a slow reader cut off), polling the node is the event.
+pub async fn wait_for_metric(
+    addr: SocketAddr,
+    name: &str,
+    patience: Duration,
+    wanted: impl Fn(f64) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let value = metric(addr, name).await;
+        if wanted(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
