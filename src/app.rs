@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use axum_extra::extract::cookie::Key;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -127,7 +128,15 @@ impl Application {
         tokio::spawn(crate::hub::maintain_roster(hub.clone()));
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
         let service = web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
+        // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm
+        // holds a frame back until the client acknowledges the previous one, and a client's
+        // delayed ACK can take 40 ms.
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
         // Upgraded sockets outlive the HTTP server; each one saw the same token and is
