@@ -275,6 +275,7 @@ async fn open(ctx: &Ctx, spec: &ClientSpec, resume: Option<(&str, i64)>) -> Resu
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     // Lets a source port left in TIME_WAIT by an earlier run be bound again.
     socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
+    bind_address_no_port(&socket)?;
     socket
         .bind(SocketAddr::new(spec.source, 0))
         .map_err(|e| format!("bind {}: {e}", spec.source))?;
@@ -303,6 +304,33 @@ async fn open(ctx: &Ctx, spec: &ClientSpec, resume: Option<(&str, i64)>) -> Resu
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     Ok(socket)
+}
+
+/// Defers choosing the source port from `bind` to `connect`. Without it, `bind` to port 0
+/// searches the source address's whole port range for a port no socket holds at all, which
+/// grows with every open socket and made the load generator, not the server, the limit on
+/// connects per second; at `connect` the kernel only needs the 4-tuple to be unique.
+fn bind_address_no_port(socket: &TcpSocket) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "IP_BIND_ADDRESS_NO_PORT: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
 }
 
 fn enter_action(spec: &ClientSpec) -> Option<Message> {
