@@ -27,12 +27,25 @@ use crate::store::{AfterCommit, Room, StoreError, StoredMessage, User};
 use crate::views;
 
 /// What a socket's writer receives.
+///
+/// Two words: every socket's queue allocates its first block of slots up front, so the
+/// size of this enum is paid by every idle socket. Broadcasts share one `Event`; what is
+/// for this socket alone is boxed.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A frame for this socket alone.
-    Frame(Utf8Bytes),
     /// Something published to a group the socket joined.
     Event(Arc<Event>),
+    /// Something for this socket alone.
+    Direct(Box<Direct>),
+}
+
+const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
+
+/// What a socket's own session tells its writer.
+#[derive(Debug)]
+pub enum Direct {
+    /// A frame for this socket alone.
+    Frame(Utf8Bytes),
     /// The socket's unread counts, as stored when it connected.
     Unread(HashMap<String, i64>),
     /// The socket is about to make `room` active: from here on the writer holds that
@@ -75,14 +88,33 @@ const WRITE_BATCH: usize = 256;
 /// A socket announces typing at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
 
-pub async fn run(hub: Arc<Hub>, user: User, socket: WebSocket, resume: Resume) {
+/// Serves one chat socket until it closes.
+///
+/// Not an `async fn`: an async fn keeps room for its arguments for as long as it runs, and
+/// the unsplit socket is large; split first, and the task holds only the two halves.
+pub fn run(
+    hub: Arc<Hub>,
+    user: User,
+    socket: WebSocket,
+    resume: Resume,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (sink, stream) = socket.split();
+    serve(hub, user, sink, stream, resume)
+}
+
+async fn serve(
+    hub: Arc<Hub>,
+    user: User,
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+    resume: Resume,
+) {
     let (outbox, inbox) = mpsc::channel(hub.limits.outbound_queue);
     let member = Member {
         id: hub.layer.registry().next_socket_id(),
         outbox,
         lagging: CancellationToken::new(),
     };
-    let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(hub.clone(), member.clone(), inbox, sink));
     let mut session = Session {
         hub,
@@ -108,7 +140,9 @@ pub async fn run(hub: Arc<Hub>, user: User, socket: WebSocket, resume: Resume) {
         }
     }
     writer.abort();
-    session.finish().await;
+    // Boxed: its store writes are large futures, and inline they would sit in every idle
+    // socket's task for the whole life of the connection.
+    Box::pin(session.finish()).await;
 }
 
 struct ActiveRoom {
@@ -150,13 +184,17 @@ fn refuse<T>(text: impl Into<String>) -> Result<T, ActionError> {
 }
 
 impl Session {
-    async fn send(&self, outbound: Outbound) {
+    async fn send(&self, direct: Direct) {
         // A send fails only when the writer has ended, and then so does this session.
-        let _ = self.member.outbox.send(outbound).await;
+        let _ = self
+            .member
+            .outbox
+            .send(Outbound::Direct(Box::new(direct)))
+            .await;
     }
 
     async fn send_error(&self, text: &str) {
-        self.send(Outbound::Frame(frame(
+        self.send(Direct::Frame(frame(
             "#errors",
             Swap::Inner,
             &views::error(text).into_string(),
@@ -176,7 +214,7 @@ impl Session {
             joins.push(layer.join(&room_group(&summary.room.id), &self.member));
         }
         futures_util::future::join_all(joins).await;
-        self.send(Outbound::Unread(
+        self.send(Direct::Unread(
             rooms
                 .iter()
                 .map(|s| (s.room.id.clone(), s.unread))
@@ -209,13 +247,13 @@ impl Session {
             more,
             &contacts,
         );
-        self.send(Outbound::Frame(frame(
+        self.send(Direct::Frame(frame(
             "#logged-user",
             Swap::Inner,
             &maud::html! { (self.user.username) }.into_string(),
         )))
         .await;
-        self.send(Outbound::Frame(frame(
+        self.send(Direct::Frame(frame(
             "#aside",
             Swap::Inner,
             &sidebar.into_string(),
@@ -302,7 +340,7 @@ impl Session {
                     return Ok(());
                 };
                 let messages = self.catch_up(&active.room.id, after_seq).await?;
-                self.send(Outbound::Missed {
+                self.send(Direct::Missed {
                     room: Arc::from(active.room.id.as_str()),
                     messages,
                 })
@@ -442,7 +480,7 @@ impl Session {
         }
         // Before the history is read: a message published from now until `Enter` is
         // queued must not be mistaken for one in another room.
-        self.send(Outbound::Entering {
+        self.send(Direct::Entering {
             room: Arc::from(room.id.as_str()),
         })
         .await;
@@ -489,14 +527,14 @@ impl Session {
             }
         };
         let room_key: Arc<str> = Arc::from(room.id.as_str());
-        self.send(Outbound::Enter {
+        self.send(Direct::Enter {
             room: room_key.clone(),
             floor,
             frames,
         })
         .await;
         if let Some(messages) = missed {
-            self.send(Outbound::Missed {
+            self.send(Direct::Missed {
                 room: room_key,
                 messages,
             })
@@ -601,9 +639,9 @@ impl Session {
             .store
             .messages_before(&active.room.id, before_seq, views::PAGE_SIZE)
             .await?;
-        self.send(Outbound::Frame(messages_frame(&page, Swap::AfterBegin)))
+        self.send(Direct::Frame(messages_frame(&page, Swap::AfterBegin)))
             .await;
-        self.send(Outbound::Frame(frame(
+        self.send(Direct::Frame(frame(
             "#load-older",
             Swap::Outer,
             &views::load_older(views::older_after_page(&page)).into_string(),
@@ -689,11 +727,15 @@ type HeldMessage = (i64, Utf8Bytes);
 impl View {
     /// The frames `outbound` puts on the wire for this socket, in order.
     fn frames(&mut self, outbound: Outbound, hub: &Hub, member: &Member, out: &mut Vec<Utf8Bytes>) {
-        match outbound {
-            Outbound::Frame(f) => out.push(f),
-            Outbound::Unread(unread) => self.unread = unread,
-            Outbound::Entering { room } => self.entering = Some((room, Vec::new())),
-            Outbound::Enter {
+        let direct = match outbound {
+            Outbound::Event(event) => return self.event(&event, hub, member, out),
+            Outbound::Direct(direct) => *direct,
+        };
+        match direct {
+            Direct::Frame(f) => out.push(f),
+            Direct::Unread(unread) => self.unread = unread,
+            Direct::Entering { room } => self.entering = Some((room, Vec::new())),
+            Direct::Enter {
                 room,
                 floor,
                 frames,
@@ -711,45 +753,49 @@ impl View {
                     self.show(seq, f, out);
                 }
             }
-            Outbound::Missed { room, messages } => {
+            Direct::Missed { room, messages } => {
                 if self.active.as_ref() == Some(&room) {
                     self.show_missed(messages, out);
                 }
             }
-            Outbound::Event(event) => match &*event {
-                Event::Message {
-                    room,
-                    seq,
-                    frame: f,
-                } => {
-                    if let Some((_, held)) = self.entering.as_mut().filter(|(r, _)| r == room) {
-                        held.push((*seq, f.clone()));
-                    } else if self.active.as_ref() == Some(room) {
-                        self.show(*seq, f.clone(), out);
-                    } else {
-                        let count = self.unread.entry(room.to_string()).or_insert(0);
-                        *count += 1;
-                        out.push(frame(
-                            &format!("#unread-{room}"),
-                            Swap::Inner,
-                            &views::badge_count(*count),
-                        ));
-                    }
+        }
+    }
+
+    /// The frames a published event puts on the wire for this socket.
+    fn event(&mut self, event: &Event, hub: &Hub, member: &Member, out: &mut Vec<Utf8Bytes>) {
+        match event {
+            Event::Message {
+                room,
+                seq,
+                frame: f,
+            } => {
+                if let Some((_, held)) = self.entering.as_mut().filter(|(r, _)| r == room) {
+                    held.push((*seq, f.clone()));
+                } else if self.active.as_ref() == Some(room) {
+                    self.show(*seq, f.clone(), out);
+                } else {
+                    let count = self.unread.entry(room.to_string()).or_insert(0);
+                    *count += 1;
+                    out.push(frame(
+                        &format!("#unread-{room}"),
+                        Swap::Inner,
+                        &views::badge_count(*count),
+                    ));
                 }
-                Event::Viewers { room, frame: f } => {
-                    if self.active.as_ref() == Some(room) {
-                        out.push(f.clone());
-                    }
-                }
-                Event::All { frame: f } => out.push(f.clone()),
-                Event::Resync => self.resync = true,
-                Event::RoomAdded { room, frame: f } => {
-                    // Registered now; confirmation is not awaited, as the room is new.
-                    drop(hub.layer.join(&room_group(room), member));
-                    self.unread.entry(room.to_string()).or_insert(0);
+            }
+            Event::Viewers { room, frame: f } => {
+                if self.active.as_ref() == Some(room) {
                     out.push(f.clone());
                 }
-            },
+            }
+            Event::All { frame: f } => out.push(f.clone()),
+            Event::Resync => self.resync = true,
+            Event::RoomAdded { room, frame: f } => {
+                // Registered now; confirmation is not awaited, as the room is new.
+                drop(hub.layer.join(&room_group(room), member));
+                self.unread.entry(room.to_string()).or_insert(0);
+                out.push(f.clone());
+            }
         }
     }
 }

@@ -72,6 +72,10 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(10))
+                    // A SQLite connection is a file handle on its own thread; it cannot drop
+                    // like a network connection. The default ping on every acquire was one
+                    // more thread round trip per statement (half of a connect's hops).
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL lets readers proceed while one writer commits; the busy

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum_extra::extract::SignedCookieJar;
+use futures_util::FutureExt;
 use serde::Deserialize;
 
 use super::auth::current_user;
@@ -67,10 +68,8 @@ async fn upgrade(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                session::run(hub, user, socket, resume).await;
-                drop(slot);
-            })
+            // No async block around the session: it would keep its own copy of the socket.
+            tracker.track_future(session::run(hub, user, socket, resume).map(move |()| drop(slot)))
         })
         .into_response())
 }

@@ -235,10 +235,22 @@ impl FrameCodec {
     /// Read into available `in_buffer` capacity.
     fn read_in(&mut self, stream: &mut impl Read) -> io::Result<usize> {
         let len = self.in_buffer.len();
+        // wirechat: a buffer released while idle (below) takes a full read's room again,
+        // not just the frame header's that `read_frame` reserved.
+        if self.in_buffer.capacity() - len < self.in_buf_max_read {
+            self.in_buffer.reserve(self.in_buf_max_read);
+        }
         debug_assert!(self.in_buffer.capacity() > len);
         self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
         let size = stream.read(&mut self.in_buffer[len..]);
         self.in_buffer.truncate(len + size.as_ref().copied().unwrap_or(0));
+        // wirechat: a connection that has nothing more to read gives its empty buffer back,
+        // so an idle connection holds no read buffer at all. (Upstream keeps it for good.)
+        if self.in_buffer.is_empty()
+            && matches!(&size, Err(e) if e.kind() == IoErrorKind::WouldBlock)
+        {
+            self.in_buffer = BytesMut::new();
+        }
         size
     }
 
