@@ -87,9 +87,11 @@ struct Args {
     /// What to run.
     #[arg(long, value_enum, default_value = "idle")]
     scenario: Scenario,
-    /// The node (or the proxy in front of a cluster); must be a loopback address.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    url: String,
+    /// The node (or the proxy in front of a cluster); must be a loopback address. Give it
+    /// several times to drive several nodes directly: worker process `i` connects to the
+    /// `i mod n`-th, and accounts are made through the first.
+    #[arg(long = "url", default_value = "http://127.0.0.1:8000", action = clap::ArgAction::Append)]
+    urls: Vec<String>,
     /// Sockets to open.
     #[arg(long, default_value_t = 100)]
     clients: usize,
@@ -136,9 +138,10 @@ struct Args {
     /// Seconds one socket may take to connect and show its room.
     #[arg(long, default_value_t = 120.0)]
     connect_timeout: f64,
-    /// The server's process id, to report its memory and CPU from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's process id, to report its memory and CPU from /proc. Give it once per
+    /// node to report the nodes' sums.
+    #[arg(long = "server-pid", action = clap::ArgAction::Append)]
+    server_pids: Vec<u32>,
     /// Seconds to let the server settle after connecting, before its memory is read.
     #[arg(long, default_value_t = 2.0)]
     settle: f64,
@@ -395,8 +398,19 @@ struct ServerSample {
     cpu_s: f64,
 }
 
-fn sample_server(pid: Option<u32>) -> Option<ServerSample> {
-    let pid = pid?;
+/// The sum over every server process; None when there is none or one cannot be read.
+fn sample_servers(pids: &[u32]) -> Option<ServerSample> {
+    let mut total: Option<ServerSample> = None;
+    for &pid in pids {
+        let one = sample_server(pid)?;
+        let sum = total.get_or_insert_with(ServerSample::default);
+        sum.rss_kb += one.rss_kb;
+        sum.cpu_s += one.cpu_s;
+    }
+    total
+}
+
+fn sample_server(pid: u32) -> Option<ServerSample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb = status
         .lines()
@@ -474,7 +488,12 @@ fn coordinate(args: Args) -> Result<(), String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let (addr, host) = loopback_target(&args.url)?;
+    let targets = args
+        .urls
+        .iter()
+        .map(|url| loopback_target(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (addr, host) = targets.first().cloned().ok_or("no --url")?;
     let run = run_id();
     let users = match args.scenario {
         // A pair of sockets on one account would be talking to itself.
@@ -493,7 +512,7 @@ async fn run(args: Args) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let (event_tx, mut events) = mpsc::unbounded_channel();
     let mut workers = Vec::with_capacity(procs);
-    let before = sample_server(args.server_pid);
+    let before = sample_servers(&args.server_pids);
     let connect_start = Instant::now();
     let per_worker = args.clients.div_ceil(procs);
     for (w, chunk) in clients.chunks(per_worker).enumerate() {
@@ -507,6 +526,7 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("starting a worker: {e}"))?;
         let mut stdin = child.stdin.take().ok_or("no worker stdin")?;
         let stdout = child.stdout.take().ok_or("no worker stdout")?;
+        let (addr, host) = &targets[w % targets.len()];
         let plan = json!({
             "run": run,
             "addr": addr.to_string(),
@@ -539,9 +559,9 @@ async fn run(args: Args) -> Result<(), String> {
     let count = workers.len();
     let ready = gather(&mut events, count, "ready").await?;
     let connect_s = connect_start.elapsed().as_secs_f64();
-    let at_ready = sample_server(args.server_pid);
+    let at_ready = sample_servers(&args.server_pids);
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-    let settled = sample_server(args.server_pid);
+    let settled = sample_servers(&args.server_pids);
 
     let go_us = now_us();
     let go = Instant::now();
@@ -563,7 +583,7 @@ async fn run(args: Args) -> Result<(), String> {
     send_all(&mut workers, "stop").await?;
     send_all(&mut workers, "report").await?;
     let reports = gather(&mut events, count, "report").await?;
-    let after_run = sample_server(args.server_pid);
+    let after_run = sample_servers(&args.server_pids);
     let drained_s = go.elapsed().as_secs_f64() - sending_s;
     for w in &mut workers {
         let _ = w.child.wait().await;
@@ -714,7 +734,7 @@ fn summarise(s: &Summary<'_>) -> Value {
         let after = after_run.unwrap_or(settled);
         let rss_delta = settled.rss_kb.saturating_sub(b.rss_kb) as f64;
         json!({
-            "pid": s.args.server_pid,
+            "pids": s.args.server_pids,
             "rss_before_kb": b.rss_kb,
             "rss_connected_kb": settled.rss_kb,
             "rss_after_run_kb": after.rss_kb,
@@ -733,7 +753,7 @@ fn summarise(s: &Summary<'_>) -> Value {
     json!({
         "scenario": format!("{:?}", s.args.scenario).to_lowercase(),
         "run": s.run,
-        "url": s.args.url,
+        "url": s.args.urls.join(","),
         "clients": s.args.clients,
         "users": s.users,
         "procs": s.procs,
