@@ -5,7 +5,8 @@
 //! second here) and made every post to a room wait on that room's row lock; on SQLite the
 //! pool's writers met in the busy handler. A writer instead takes up to `MAX_BATCH` queued
 //! posts (never waiting for more: a lone message is stored at once), and per room bumps
-//! `last_seq` by the number of its posts, then inserts every row with one statement.
+//! `last_seq` by the number of its posts, then inserts every row with one statement; on
+//! PostgreSQL both are one statement, committed on its own.
 //!
 //! Store before send still holds: a poster's answer (and the after-commit step that
 //! publishes the message) comes only once the batch has committed, and when the batch fails
@@ -70,7 +71,7 @@ impl Batcher {
             .map(|_| {
                 let (posts, inbox) = mpsc::channel(QUEUE);
                 let (committed, outbox) = mpsc::channel(PUBLISH_QUEUE);
-                tokio::spawn(write_loop(pool.clone(), inbox, committed));
+                tokio::spawn(write_loop(pool.clone(), dialect, inbox, committed));
                 tokio::spawn(publish_loop(outbox));
                 posts
             })
@@ -106,6 +107,7 @@ impl Batcher {
 /// Takes what is queued, stores it, hands it on; until every `Store` is gone.
 async fn write_loop(
     pool: AnyPool,
+    dialect: Dialect,
     mut inbox: mpsc::Receiver<Post>,
     committed: mpsc::Sender<Committed>,
 ) {
@@ -123,9 +125,9 @@ async fn write_loop(
             taken = inbox.recv_many(&mut posts, MAX_BATCH) => if taken == 0 { return },
         }
         let stored = match &mut conn {
-            Some(c) => store(c, &posts).await,
+            Some(c) => store(c, dialect, &posts).await,
             None => match pool.acquire().await {
-                Ok(c) => store(conn.insert(c), &posts).await,
+                Ok(c) => store(conn.insert(c), dialect, &posts).await,
                 Err(e) => Err(e),
             },
         };
@@ -147,6 +149,7 @@ async fn write_loop(
 /// Stores `posts` in one transaction; the result lines up with `posts`.
 async fn store(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     posts: &[Post],
 ) -> Result<Vec<Option<StoredMessage>>, sqlx::Error> {
     // Rooms in id order: transactions on other nodes then take row locks in the same order
@@ -154,6 +157,9 @@ async fn store(
     let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, post) in posts.iter().enumerate() {
         by_room.entry(&post.room_id).or_default().push(i);
+    }
+    if dialect == Dialect::Postgres {
+        return store_in_one_statement(conn, posts, &by_room).await;
     }
     let created_at_ms = now_ms();
     let mut stored: Vec<Option<StoredMessage>> = posts.iter().map(|_| None).collect();
@@ -199,6 +205,100 @@ async fn store(
     }
     tx.commit().await?;
     Ok(stored)
+}
+
+/// PostgreSQL: the bump and the insert as one statement (data-modifying CTEs), committed on
+/// its own. A transaction of two statements was four round trips (`BEGIN`, bump, insert,
+/// `COMMIT`), each a wake-up of a backend, on the path of every message.
+async fn store_in_one_statement(
+    conn: &mut AnyConnection,
+    posts: &[Post],
+    by_room: &BTreeMap<&str, Vec<usize>>,
+) -> Result<Vec<Option<StoredMessage>>, sqlx::Error> {
+    let created_at_ms = now_ms();
+    let ids: Vec<String> = posts
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let sql = bump_and_insert_sql(by_room.len(), posts.len());
+    let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(created_at_ms);
+    for (room_id, indices) in by_room {
+        query = query.bind(*room_id).bind(indices.len() as i64);
+    }
+    for indices in by_room.values() {
+        // `k`, the post's place among its room's posts, turns the room's new `last_seq`
+        // into the post's seq; seqs follow arrival order.
+        for (k, &i) in indices.iter().enumerate() {
+            let post = &posts[i];
+            query = query
+                .bind(&ids[i])
+                .bind(&post.room_id)
+                .bind(k as i64 + 1)
+                .bind(&post.author.id)
+                .bind(&post.body);
+        }
+    }
+    let mut stored: Vec<Option<StoredMessage>> = posts.iter().map(|_| None).collect();
+    for (room_id, last) in query.fetch_all(conn).await? {
+        let Some(indices) = by_room.get(room_id.as_str()) else {
+            continue;
+        };
+        let n = indices.len() as i64;
+        for (k, &i) in indices.iter().enumerate() {
+            let post = &posts[i];
+            stored[i] = Some(StoredMessage {
+                id: ids[i].clone(),
+                room_id: post.room_id.clone(),
+                seq: last - n + 1 + k as i64,
+                author: post.author.clone(),
+                body: post.body.clone(),
+                created_at_ms,
+            });
+        }
+    }
+    Ok(stored)
+}
+
+/// One PostgreSQL statement for a batch: `$1` is the creation time, then (room, count)
+/// pairs for `rooms` rooms, then (id, room, k, author, body) for `rows` posts, `k` counting
+/// from 1 within each room. Posts to a room that does not exist match no bumped row and are
+/// not inserted; the rooms it returns say which were.
+fn bump_and_insert_sql(rooms: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(400 + rooms * 12 + rows * 32);
+    sql.push_str("WITH v (room, n) AS (VALUES ");
+    for i in 0..rooms {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${})", 2 * i + 2, 2 * i + 3));
+    }
+    sql.push_str(
+        "), bumped AS (UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v \
+         WHERE rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), \
+         m (id, room, k, author, body) AS (VALUES ",
+    );
+    let first = 2 + 2 * rooms;
+    for row in 0..rows {
+        let p = first + row * 5;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${})",
+            p,
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4
+        ));
+    }
+    sql.push_str(
+        "), inserted AS (INSERT INTO messages (id, room_id, seq, author_id, body, created_at) \
+         SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, m.body, $1 \
+         FROM m JOIN bumped b ON b.id = m.room) \
+         SELECT id, last_seq FROM bumped",
+    );
+    sql
 }
 
 /// Adds each room's count to its `last_seq` and returns the new values, for `rooms` rooms
@@ -301,7 +401,7 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
-    use super::{bump_sql, insert_sql};
+    use super::{bump_and_insert_sql, bump_sql, insert_sql};
     use crate::store::{AfterCommit, Store, StoreError};
 
     #[test]
@@ -322,14 +422,51 @@ mod tests {
         );
     }
 
+    #[test]
+    fn postgres_bumps_and_inserts_in_one_statement() {
+        assert_eq!(
+            bump_and_insert_sql(2, 3),
+            "WITH v (room, n) AS (VALUES ($2, $3), ($4, $5)), bumped AS (UPDATE rooms SET \
+             last_seq = rooms.last_seq + v.n FROM v WHERE rooms.id = v.room RETURNING \
+             rooms.id, rooms.last_seq, v.n), m (id, room, k, author, body) AS (VALUES \
+             ($6, $7, $8, $9, $10), ($11, $12, $13, $14, $15), ($16, $17, $18, $19, $20)), \
+             inserted AS (INSERT INTO messages (id, room_id, seq, author_id, body, \
+             created_at) SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, m.body, $1 \
+             FROM m JOIN bumped b ON b.id = m.room) SELECT id, last_seq FROM bumped"
+        );
+    }
+
     /// Posts racing into two rooms (and one into a room that does not exist) end as
     /// consecutive seqs per room, each published once, in seq order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_posts_get_consecutive_seqs_published_in_order() {
         let path = std::env::temp_dir().join(format!("wirechat-batch-{}.db", uuid::Uuid::new_v4()));
-        let store = Store::connect(path.to_str().expect("a UTF-8 temp path"))
+        racing_posts(path.to_str().expect("a UTF-8 temp path")).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    /// The same on PostgreSQL, where a batch is one statement.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_posts_get_consecutive_seqs_published_in_order_on_postgres() {
+        use sqlx::{Connection, Executor};
+        let name = format!("wirechat_batch_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
             .await
-            .expect("a fresh SQLite store");
+            .expect("PostgreSQL at 127.0.0.1:5432 (.ci/run starts it)");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("a fresh database");
+        racing_posts(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
+        let _ = admin
+            .execute(format!("DROP DATABASE {name}").as_str())
+            .await;
+    }
+
+    async fn racing_posts(url: &str) {
+        let store = Store::connect(url).await.expect("a fresh store");
         let author = store.create_user("batcher", None, None).await.unwrap();
         let rooms = [
             "00000000-0000-7000-8000-000000000001",
@@ -363,8 +500,5 @@ mod tests {
             assert_eq!(stored.len(), 200);
         }
         store.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
     }
 }
