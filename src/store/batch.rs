@@ -266,32 +266,13 @@ async fn store_in_one_statement(
 fn bump_and_insert_sql(rooms: usize, rows: usize) -> String {
     let mut sql = String::with_capacity(400 + rooms * 12 + rows * 32);
     sql.push_str("WITH v (room, n) AS (VALUES ");
-    for i in 0..rooms {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("(${}, ${})", 2 * i + 2, 2 * i + 3));
-    }
+    push_tuples(&mut sql, rooms, 2, 2, "");
     sql.push_str(
         "), bumped AS (UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v \
          WHERE rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), \
          m (id, room, k, author, body) AS (VALUES ",
     );
-    let first = 2 + 2 * rooms;
-    for row in 0..rows {
-        let p = first + row * 5;
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${})",
-            p,
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4
-        ));
-    }
+    push_tuples(&mut sql, rows, 5, 2 + 2 * rooms, "");
     sql.push_str(
         "), inserted AS (INSERT INTO messages (id, room_id, seq, author_id, body, created_at) \
          SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, m.body, $1 \
@@ -308,12 +289,7 @@ fn bump_and_insert_sql(rooms: usize, rows: usize) -> String {
 fn bump_sql(rooms: usize) -> String {
     let mut sql = String::with_capacity(120 + rooms * 12);
     sql.push_str("WITH v (room, n) AS (VALUES ");
-    for i in 0..rooms {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-    }
+    push_tuples(&mut sql, rooms, 2, 1, "");
     sql.push_str(
         ") UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v WHERE rooms.id = v.room \
          RETURNING id, last_seq",
@@ -326,21 +302,27 @@ fn bump_sql(rooms: usize) -> String {
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::with_capacity(80 + rows * 32);
     sql.push_str("INSERT INTO messages (id, room_id, seq, author_id, body, created_at) VALUES ");
-    for row in 0..rows {
-        let p = 2 + row * 5;
-        if row > 0 {
+    push_tuples(&mut sql, rows, 5, 2, ", $1");
+    sql
+}
+
+/// Appends `count` tuples of `width` numbered placeholders, numbering from `first`, each
+/// closed by `tail`: `($2, $3), ($4, $5)`.
+fn push_tuples(sql: &mut String, count: usize, width: usize, first: usize, tail: &str) {
+    for tuple in 0..count {
+        if tuple > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, $1)",
-            p,
-            p + 1,
-            p + 2,
-            p + 3,
-            p + 4
-        ));
+        sql.push('(');
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", first + tuple * width + column));
+        }
+        sql.push_str(tail);
+        sql.push(')');
     }
-    sql
 }
 
 /// Runs each committed message's after-commit step in seq order, then answers its poster.
