@@ -177,13 +177,21 @@ impl Store {
 
     /// Every room the user belongs to, with the unread count and, for direct rooms, the peer.
     pub async fn rooms_of(&self, user_id: &str) -> StoreResult<Vec<RoomSummary>> {
+        // The partner is looked up only for a conversation, one index probe each. A join on
+        // memberships instead had the planner walk every member of each group the user is
+        // in (then filter them out), so a connect cost O(people in the user's groups).
         let rows = sqlx::query(
             "SELECT r.id, r.kind, r.name, r.last_seq - m.last_read_seq AS unread, \
-                    p.id AS peer_id, p.username AS peer_name \
+                    CASE WHEN r.kind = 'direct' THEN \
+                        (SELECT pm.user_id FROM memberships pm \
+                         WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
+                    END AS peer_id, \
+                    CASE WHEN r.kind = 'direct' THEN \
+                        (SELECT u.username FROM memberships pm JOIN users u ON u.id = pm.user_id \
+                         WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
+                    END AS peer_name \
              FROM memberships m JOIN rooms r ON r.id = m.room_id \
-             LEFT JOIN memberships pm ON r.kind = 'direct' AND pm.room_id = r.id AND pm.user_id <> m.user_id \
-             LEFT JOIN users p ON p.id = pm.user_id \
-             WHERE m.user_id = $1 ORDER BY r.kind, r.name, p.username",
+             WHERE m.user_id = $1 ORDER BY r.kind, r.name, peer_name",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
