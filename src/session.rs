@@ -46,6 +46,8 @@ const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
 pub enum Direct {
     /// A frame for this socket alone.
     Frame(Utf8Bytes),
+    /// Frames for this socket alone, queued as one so that they go out in one write.
+    Frames(Vec<Utf8Bytes>),
     /// The socket's unread counts, as stored when it connected.
     Unread(HashMap<String, i64>),
     /// The socket is about to make `room` active: from here on the writer holds that
@@ -209,7 +211,7 @@ impl Session {
             layer.join(LOBBY, &self.member),
             layer.join(&user_group(&self.user.id), &self.member),
         ];
-        let rooms = self.hub.store.rooms_of(&self.user.id).await?;
+        let (rooms, mut groups) = self.hub.store.rooms_and_groups(&self.user.id).await?;
         for summary in &rooms {
             joins.push(layer.join(&room_group(&summary.room.id), &self.member));
         }
@@ -232,7 +234,6 @@ impl Session {
                 .await;
         }
 
-        let mut groups = self.hub.store.groups().await?;
         // The node's capped list, not everyone online: a connect costs the same however
         // many people are here.
         let (listed, more) = self.hub.roster.snapshot();
@@ -247,17 +248,14 @@ impl Session {
             more,
             &contacts,
         );
-        self.send(Direct::Frame(frame(
-            "#logged-user",
-            Swap::Inner,
-            &maud::html! { (self.user.username) }.into_string(),
-        )))
-        .await;
-        self.send(Direct::Frame(frame(
-            "#aside",
-            Swap::Inner,
-            &sidebar.into_string(),
-        )))
+        self.send(Direct::Frames(vec![
+            frame(
+                "#logged-user",
+                Swap::Inner,
+                &maud::html! { (self.user.username) }.into_string(),
+            ),
+            frame("#aside", Swap::Inner, &sidebar.into_string()),
+        ]))
         .await;
 
         // The rooms just read are the user's memberships, the same gate `room_for_member`
@@ -639,13 +637,14 @@ impl Session {
             .store
             .messages_before(&active.room.id, before_seq, views::PAGE_SIZE)
             .await?;
-        self.send(Direct::Frame(messages_frame(&page, Swap::AfterBegin)))
-            .await;
-        self.send(Direct::Frame(frame(
-            "#load-older",
-            Swap::Outer,
-            &views::load_older(views::older_after_page(&page)).into_string(),
-        )))
+        self.send(Direct::Frames(vec![
+            messages_frame(&page, Swap::AfterBegin),
+            frame(
+                "#load-older",
+                Swap::Outer,
+                &views::load_older(views::older_after_page(&page)).into_string(),
+            ),
+        ]))
         .await;
         Ok(())
     }
@@ -733,6 +732,7 @@ impl View {
         };
         match direct {
             Direct::Frame(f) => out.push(f),
+            Direct::Frames(frames) => out.extend(frames),
             Direct::Unread(unread) => self.unread = unread,
             Direct::Entering { room } => self.entering = Some((room, Vec::new())),
             Direct::Enter {

@@ -21,8 +21,7 @@ async fn chat(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Res
         return Ok(Redirect::to("/login").into_response());
     };
     let store = &state.hub.store;
-    let groups = store.groups().await?;
-    let rooms = store.rooms_of(&me.id).await?;
+    let (rooms, groups) = store.rooms_and_groups(&me.id).await?;
     let online = state.hub.presence.online().await;
     let page = views::chat_page(&views::ChatView {
         me: &me,
