@@ -233,9 +233,12 @@ impl Store {
 
     /// Marks everything in the room as read by the user, up to the newest message now.
     pub async fn mark_read(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
+        // Every socket that leaves a room marks it read; most have nothing new, and a row
+        // rewritten with its own value is still a row version and WAL on PostgreSQL.
         sqlx::query(
             "UPDATE memberships SET last_read_seq = (SELECT last_seq FROM rooms WHERE id = $1) \
-             WHERE room_id = $1 AND user_id = $2",
+             WHERE room_id = $1 AND user_id = $2 \
+             AND last_read_seq < (SELECT last_seq FROM rooms WHERE id = $1)",
         )
         .bind(room_id)
         .bind(user_id)
