@@ -17,7 +17,6 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::chat::names::{GroupName, InputError, MessageText, Username};
 use crate::chat::protocol::{Action, Swap, frame};
@@ -115,7 +114,7 @@ async fn serve(
     let member = Member {
         id: hub.layer.registry().next_socket_id(),
         outbox,
-        lagging: CancellationToken::new(),
+        lagging: hub.shutdown.child_token(),
     };
     let mut writer = tokio::spawn(write_loop(hub.clone(), member.clone(), inbox, sink));
     let mut session = Session {
@@ -865,22 +864,22 @@ async fn write_loop(
 ) {
     let mut view = View::default();
     let mut frames = Vec::new();
-    // Made once: each `cancelled()` future registers with its token (under the token's
-    // lock, and the shutdown token is shared by every socket) the first time it is polled,
-    // so rebuilding them on every wake-up made all writers contend on one mutex.
-    let lagging = member.lagging.clone();
-    let lagging = lagging.cancelled();
-    let shutdown = hub.shutdown.cancelled();
-    tokio::pin!(lagging, shutdown);
+    // One token of the socket's own, a child of the node's shutdown token: polling a
+    // token's future takes its locks, and had every writer poll the shared shutdown token
+    // on each wake-up, all of them would contend on its mutexes. Made once, as each
+    // `cancelled()` future registers with the token the first time it is polled.
+    let stop = member.lagging.clone();
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let first = tokio::select! {
             biased;
-            _ = &mut lagging => {
-                close(&mut sink, close_code::TRY_AGAIN, "You fell behind; reconnect to catch up.").await;
-                return;
-            }
-            _ = &mut shutdown => {
-                close(&mut sink, close_code::RESTARTING, "Server restarting; reconnect.").await;
+            _ = &mut stopped => {
+                if hub.shutdown.is_cancelled() {
+                    close(&mut sink, close_code::RESTARTING, "Server restarting; reconnect.").await;
+                } else {
+                    close(&mut sink, close_code::TRY_AGAIN, "You fell behind; reconnect to catch up.").await;
+                }
                 return;
             }
             next = inbox.recv() => match next {
@@ -911,8 +910,7 @@ async fn write_loop(
         tokio::select! {
             biased;
             written = write => if written.is_err() { return },
-            _ = &mut lagging => return,
-            _ = &mut shutdown => return,
+            _ = &mut stopped => return,
         }
     }
 }

@@ -18,7 +18,8 @@ pub type SocketId = u64;
 pub struct Member {
     pub id: SocketId,
     pub outbox: mpsc::Sender<Outbound>,
-    /// Cancelled when the socket's queue overflows: the session closes it with 1013.
+    /// Cancelled when the socket's queue overflows: the session closes it with 1013. Also
+    /// cancelled when the node stops (it is a child of the shutdown token): then 1012.
     pub lagging: CancellationToken,
 }
 
