@@ -114,7 +114,7 @@ async fn serve(
     let member = Member {
         id: hub.layer.registry().next_socket_id(),
         outbox,
-        lagging: hub.shutdown.child_token(),
+        stop: hub.shutdown.child_token(),
     };
     let mut writer = tokio::spawn(write_loop(hub.clone(), member.clone(), inbox, sink));
     let mut session = Session {
@@ -868,7 +868,7 @@ async fn write_loop(
     // token's future takes its locks, and had every writer poll the shared shutdown token
     // on each wake-up, all of them would contend on its mutexes. Made once, as each
     // `cancelled()` future registers with the token the first time it is polled.
-    let stop = member.lagging.clone();
+    let stop = member.stop.clone();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {

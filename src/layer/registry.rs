@@ -18,9 +18,9 @@ pub type SocketId = u64;
 pub struct Member {
     pub id: SocketId,
     pub outbox: mpsc::Sender<Outbound>,
-    /// Cancelled when the socket's queue overflows: the session closes it with 1013. Also
-    /// cancelled when the node stops (it is a child of the shutdown token): then 1012.
-    pub lagging: CancellationToken,
+    /// Cancelled when the socket must close: here, when its queue overflows (the writer
+    /// sends 1013), and with the node's shutdown token, whose child it is (1012).
+    pub stop: CancellationToken,
 }
 
 #[derive(Default)]
@@ -171,9 +171,9 @@ impl Registry {
         for member in members {
             match member.outbox.try_send(Outbound::Event(event.clone())) {
                 Ok(()) => queued += 1,
-                Err(mpsc::error::TrySendError::Full(_)) if !member.lagging.is_cancelled() => {
+                Err(mpsc::error::TrySendError::Full(_)) if !member.stop.is_cancelled() => {
                     self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    member.lagging.cancel();
+                    member.stop.cancel();
                 }
                 Err(_) => {}
             }
@@ -191,7 +191,7 @@ mod tests {
         let member = Member {
             id: registry.next_socket_id(),
             outbox,
-            lagging: CancellationToken::new(),
+            stop: CancellationToken::new(),
         };
         (member, inbox)
     }
