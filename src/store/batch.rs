@@ -162,7 +162,7 @@ async fn store(
         return store_in_one_statement(conn, posts, &by_room).await;
     }
     let created_at_ms = now_ms();
-    let mut stored: Vec<Option<StoredMessage>> = posts.iter().map(|_| None).collect();
+    let ids = new_ids(posts);
     let mut tx = conn.begin().await?;
     // One statement for every room in the batch: each statement is a round trip (to the
     // server, or to SQLite's worker thread), and a batch may span hundreds of rooms.
@@ -171,24 +171,8 @@ async fn store(
     for (room_id, indices) in &by_room {
         bump = bump.bind(*room_id).bind(indices.len() as i64);
     }
-    for (room_id, last) in bump.fetch_all(&mut *tx).await? {
-        let Some(indices) = by_room.get(room_id.as_str()) else {
-            continue;
-        };
-        let n = indices.len() as i64;
-        // Seqs in arrival order: the room's posts were queued in this order.
-        for (k, &i) in indices.iter().enumerate() {
-            let post = &posts[i];
-            stored[i] = Some(StoredMessage {
-                id: uuid::Uuid::now_v7().to_string(),
-                room_id: post.room_id.clone(),
-                seq: last - n + 1 + k as i64,
-                author: post.author.clone(),
-                body: post.body.clone(),
-                created_at_ms,
-            });
-        }
-    }
+    let bumped = bump.fetch_all(&mut *tx).await?;
+    let stored = numbered(posts, &by_room, &bumped, ids, created_at_ms);
     let rows: Vec<&StoredMessage> = stored.iter().flatten().collect();
     if !rows.is_empty() {
         let sql = insert_sql(rows.len());
@@ -216,10 +200,7 @@ async fn store_in_one_statement(
     by_room: &BTreeMap<&str, Vec<usize>>,
 ) -> Result<Vec<Option<StoredMessage>>, sqlx::Error> {
     let created_at_ms = now_ms();
-    let ids: Vec<String> = posts
-        .iter()
-        .map(|_| uuid::Uuid::now_v7().to_string())
-        .collect();
+    let ids = new_ids(posts);
     let sql = bump_and_insert_sql(by_room.len(), posts.len());
     let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(created_at_ms);
     for (room_id, indices) in by_room {
@@ -238,8 +219,30 @@ async fn store_in_one_statement(
                 .bind(&post.body);
         }
     }
+    let bumped = query.fetch_all(conn).await?;
+    Ok(numbered(posts, by_room, &bumped, ids, created_at_ms))
+}
+
+/// A message id for each post, made before storing so that the statements can carry it.
+fn new_ids(posts: &[Post]) -> Vec<String> {
+    posts
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect()
+}
+
+/// The stored messages, index for index with `posts`, from each bumped room's new
+/// `last_seq`: a room's posts take the seqs just below it, in arrival order (the order they
+/// were queued). A post to a room that was not bumped (it does not exist) is `None`.
+fn numbered(
+    posts: &[Post],
+    by_room: &BTreeMap<&str, Vec<usize>>,
+    bumped: &[(String, i64)],
+    mut ids: Vec<String>,
+    created_at_ms: i64,
+) -> Vec<Option<StoredMessage>> {
     let mut stored: Vec<Option<StoredMessage>> = posts.iter().map(|_| None).collect();
-    for (room_id, last) in query.fetch_all(conn).await? {
+    for (room_id, last) in bumped {
         let Some(indices) = by_room.get(room_id.as_str()) else {
             continue;
         };
@@ -247,7 +250,7 @@ async fn store_in_one_statement(
         for (k, &i) in indices.iter().enumerate() {
             let post = &posts[i];
             stored[i] = Some(StoredMessage {
-                id: ids[i].clone(),
+                id: std::mem::take(&mut ids[i]),
                 room_id: post.room_id.clone(),
                 seq: last - n + 1 + k as i64,
                 author: post.author.clone(),
@@ -256,7 +259,7 @@ async fn store_in_one_statement(
             });
         }
     }
-    Ok(stored)
+    stored
 }
 
 /// One PostgreSQL statement for a batch: `$1` is the creation time, then (room, count)
