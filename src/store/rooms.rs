@@ -54,7 +54,12 @@ fn pair_key(a: &str, b: &str) -> String {
 /// partner. The partner is looked up per direct room, one index probe each. A join on
 /// memberships instead had the planner walk every member of each group the user is in (then
 /// filter them out), so a connect cost O(people in the user's groups).
-const MEMBERSHIPS: &str = "SELECT r.id, r.kind, r.name, r.last_seq - m.last_read_seq AS unread, \
+///
+/// A macro, not a `const`, so that `concat!` builds each query that uses it at compile time
+/// rather than `format!` on every connect.
+macro_rules! memberships_sql {
+    () => {
+        "SELECT r.id, r.kind, r.name, r.last_seq - m.last_read_seq AS unread, \
         CASE WHEN r.kind = 'direct' THEN \
             (SELECT pm.user_id FROM memberships pm \
              WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
@@ -64,7 +69,9 @@ const MEMBERSHIPS: &str = "SELECT r.id, r.kind, r.name, r.last_seq - m.last_read
              WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
         END AS peer_name \
     FROM memberships m JOIN rooms r ON r.id = m.room_id \
-    WHERE m.user_id = $1";
+    WHERE m.user_id = $1"
+    };
+}
 
 fn summary_from_row(row: &AnyRow) -> StoreResult<RoomSummary> {
     let peer_id: Option<String> = row.try_get("peer_id")?;
@@ -196,11 +203,8 @@ impl Store {
 
     /// Every room the user belongs to, with the unread count and, for direct rooms, the peer.
     pub async fn rooms_of(&self, user_id: &str) -> StoreResult<Vec<RoomSummary>> {
-        let sql = format!("{MEMBERSHIPS} ORDER BY r.kind, r.name, peer_name");
-        let rows = sqlx::query(&sql)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let sql = concat!(memberships_sql!(), " ORDER BY r.kind, r.name, peer_name");
+        let rows = sqlx::query(sql).bind(user_id).fetch_all(&self.pool).await?;
         rows.iter().map(summary_from_row).collect()
     }
 
@@ -210,15 +214,13 @@ impl Store {
         &self,
         user_id: &str,
     ) -> StoreResult<(Vec<RoomSummary>, Vec<Room>)> {
-        let sql = format!(
-            "SELECT 'a' AS part, mine.* FROM ({MEMBERSHIPS}) mine \
-             UNION ALL SELECT 'b', id, kind, name, 0, NULL, NULL FROM rooms WHERE kind = 'group' \
-             ORDER BY part, kind, name, peer_name"
+        let sql = concat!(
+            "SELECT 'a' AS part, mine.* FROM (",
+            memberships_sql!(),
+            ") mine UNION ALL SELECT 'b', id, kind, name, 0, NULL, NULL FROM rooms \
+             WHERE kind = 'group' ORDER BY part, kind, name, peer_name"
         );
-        let rows = sqlx::query(&sql)
-            .bind(user_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(sql).bind(user_id).fetch_all(&self.pool).await?;
         let (mut rooms, mut groups) = (Vec::new(), Vec::new());
         for row in &rows {
             let part: String = row.try_get("part")?;
