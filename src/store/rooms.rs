@@ -238,9 +238,9 @@ impl Store {
         // Every socket that leaves a room marks it read; most have nothing new, and a row
         // rewritten with its own value is still a row version and WAL on PostgreSQL.
         sqlx::query(
-            "UPDATE memberships SET last_read_seq = (SELECT last_seq FROM rooms WHERE id = $1) \
-             WHERE room_id = $1 AND user_id = $2 \
-             AND last_read_seq < (SELECT last_seq FROM rooms WHERE id = $1)",
+            "UPDATE memberships SET last_read_seq = r.last_seq FROM rooms r \
+             WHERE r.id = $1 AND memberships.room_id = r.id AND memberships.user_id = $2 \
+             AND memberships.last_read_seq < r.last_seq",
         )
         .bind(room_id)
         .bind(user_id)
