@@ -1,13 +1,15 @@
 //! What every socket on this node shares: storage, the channel layer, presence, limits,
 //! and the shutdown signal.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::chat::presence::{Change, Presence};
+use crate::chat::presence::{Change, Listing, Presence};
 use crate::chat::protocol::{Swap, frame};
 use crate::chat::rate::RateLimiter;
 use crate::chat::roster::Roster;
@@ -50,6 +52,28 @@ pub struct Hub {
     pub roster: Roster,
     /// Woken when someone comes or goes, so the roster's count is announced soon.
     pub roster_changed: Notify,
+    /// Rooms whose count of unlisted people changed here, to announce soon.
+    pub room_counts: RoomCounts,
+}
+
+/// Rooms whose "and N more" changed, collected between announcements.
+#[derive(Default)]
+pub struct RoomCounts {
+    changed: Mutex<HashSet<String>>,
+    wake: Notify,
+}
+
+impl RoomCounts {
+    fn mark(&self, room: &str) {
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        if changed.insert(room.to_owned()) && changed.len() == 1 {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// The roster is reconciled with presence at least this often (other nodes' arrivals and
@@ -96,6 +120,92 @@ impl Hub {
         }
         self.roster_changed.notify_one();
     }
+
+    /// Tells the people viewing `room` how its "who is here" list changed when `user` came
+    /// or went. A change of the count alone is announced later, with others.
+    pub async fn announce_listing(&self, room: &str, user: &User, listing: &Listing) {
+        let frames = match listing {
+            Listing::Unchanged | Listing::Counted => Vec::new(),
+            Listing::Listed => vec![member_added(user)],
+            Listing::Unlisted { promoted } => {
+                let removed = frame(&format!("#member-{}", user.id), Swap::Remove, "");
+                std::iter::once(removed)
+                    .chain(promoted.as_ref().map(member_added))
+                    .collect()
+            }
+        };
+        let group = room_group(room);
+        for frame in frames {
+            let event = Event::Viewers {
+                room: Arc::from(room),
+                frame,
+            };
+            if let Err(e) = self.layer.publish(&group, event).await {
+                tracing::warn!(error = %e, group, "room presence change not published");
+            }
+        }
+        if listing.moves_count() {
+            self.room_counts.mark(room);
+        }
+    }
+}
+
+fn member_added(user: &User) -> Utf8Bytes {
+    frame(
+        "#room-members",
+        Swap::BeforeEnd,
+        &views::member(user).into_string(),
+    )
+}
+
+/// Rooms whose count changed are announced together, at most this often...
+const ROOM_COUNTS_COALESCE: Duration = Duration::from_millis(250);
+/// ...and read once more this much later: another node may have announced an older count
+/// after this one's, and the second look puts the right one back.
+const ROOM_COUNTS_SETTLE: Duration = Duration::from_secs(1);
+
+/// Announces each room's "and N more" to its viewers after people came or went past the
+/// cap: one frame per room per round, however many came.
+pub async fn announce_room_counts(hub: Arc<Hub>) {
+    // What this node last announced, for rooms that changed in the last round.
+    let mut announced: HashMap<String, usize> = HashMap::new();
+    loop {
+        let settle = async {
+            if announced.is_empty() {
+                std::future::pending().await
+            } else {
+                tokio::time::sleep(ROOM_COUNTS_SETTLE).await
+            }
+        };
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = hub.room_counts.wake.notified() => {}
+            _ = settle => {}
+        }
+        let changed = hub.room_counts.take();
+        let previous = std::mem::take(&mut announced);
+        let rooms: HashSet<&String> = changed.iter().chain(previous.keys()).collect();
+        for room in rooms {
+            let more = hub.presence.in_room(room).await.more;
+            let fresh = changed.contains(room);
+            if fresh {
+                announced.insert(room.clone(), more);
+            } else if previous.get(room) == Some(&more) {
+                continue;
+            }
+            let event = Event::Viewers {
+                room: Arc::from(room.as_str()),
+                frame: frame("#room-members-more", Swap::Inner, &views::people_more(more)),
+            };
+            if let Err(e) = hub.layer.publish(&room_group(room), event).await {
+                tracing::warn!(error = %e, "room count not published");
+            }
+        }
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ROOM_COUNTS_COALESCE) => {}
+        }
+    }
 }
 
 /// Keeps the roster in line with presence, announcing the count and what no socket did.
@@ -135,26 +245,6 @@ pub async fn maintain_roster(hub: Arc<Hub>) {
     }
 }
 
-/// The group that sees a change in who is in a room, and the event that shows it there.
-pub fn room_presence_event(room: &str, user: &User, entered: bool) -> (String, Event) {
-    let frame = if entered {
-        frame(
-            "#room-members",
-            Swap::BeforeEnd,
-            &views::member(user).into_string(),
-        )
-    } else {
-        frame(&format!("#member-{}", user.id), Swap::Remove, "")
-    };
-    (
-        room_group(room),
-        Event::Viewers {
-            room: Arc::from(room),
-            frame,
-        },
-    )
-}
-
 /// Runs presence upkeep every `every` until the node shuts down, announcing what it finds:
 /// users whose node died without saying goodbye, and entries written back after an outage.
 pub async fn maintain_presence(hub: Arc<Hub>, every: Duration) {
@@ -167,7 +257,7 @@ pub async fn maintain_presence(hub: Arc<Hub>, every: Duration) {
         }
         for change in hub.presence.maintain().await {
             tracing::debug!(?change, "presence changed without its socket saying so");
-            let (group, event) = match &change {
+            match &change {
                 Change::Online(user) | Change::Offline(user) => {
                     let online = matches!(change, Change::Online(_));
                     let peers = match hub.store.rooms_of(&user.id).await {
@@ -181,13 +271,17 @@ pub async fn maintain_presence(hub: Arc<Hub>, every: Duration) {
                         }
                     };
                     hub.announce_presence(user, online, &peers).await;
-                    continue;
                 }
-                Change::Entered { room, user } => room_presence_event(room, user, true),
-                Change::Left { room, user } => room_presence_event(room, user, false),
-            };
-            if let Err(e) = hub.layer.publish(&group, event).await {
-                tracing::warn!(error = %e, group, "presence change not published");
+                Change::Entered {
+                    room,
+                    user,
+                    listing,
+                }
+                | Change::Left {
+                    room,
+                    user,
+                    listing,
+                } => hub.announce_listing(room, user, listing).await,
             }
         }
     }

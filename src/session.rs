@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::chat::names::{GroupName, InputError, MessageText, Username};
 use crate::chat::protocol::{Action, Swap, frame};
-use crate::hub::{Hub, room_presence_event};
+use crate::hub::Hub;
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
 use crate::store::{AfterCommit, Room, StoreError, StoredMessage, User};
 use crate::views;
@@ -462,15 +462,15 @@ impl Session {
         if let Some(previous) = previous.filter(|_| !same_room) {
             self.leave(&previous).await;
         }
-        if !same_room
-            && self
+        if !same_room {
+            let listing = self
                 .hub
                 .presence
                 .enter(self.member.id, &room.id, &self.user)
-                .await
-        {
-            let (group, event) = room_presence_event(&room.id, &self.user, true);
-            self.publish(&group, event).await;
+                .await;
+            self.hub
+                .announce_listing(&room.id, &self.user, &listing)
+                .await;
         }
         if mark_read {
             self.hub.store.mark_read(&room.id, &self.user.id).await?;
@@ -493,7 +493,12 @@ impl Session {
             frame(
                 "#room-members",
                 Swap::Inner,
-                &views::members(&members).into_string(),
+                &views::members(&members.listed).into_string(),
+            ),
+            frame(
+                "#room-members-more",
+                Swap::Inner,
+                &views::people_more(members.more),
             ),
             frame(&format!("#unread-{}", room.id), Swap::Inner, ""),
             frame("#typing", Swap::Inner, ""),
@@ -543,15 +548,14 @@ impl Session {
 
     /// Presence and read position when the socket leaves a room (or closes).
     async fn leave(&self, previous: &ActiveRoom) {
-        if self
+        let listing = self
             .hub
             .presence
             .leave(self.member.id, &previous.room.id, &self.user)
-            .await
-        {
-            let (group, event) = room_presence_event(&previous.room.id, &self.user, false);
-            self.publish(&group, event).await;
-        }
+            .await;
+        self.hub
+            .announce_listing(&previous.room.id, &self.user, &listing)
+            .await;
         if let Err(e) = self
             .hub
             .store

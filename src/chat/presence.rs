@@ -3,28 +3,77 @@
 //! A user is online while any of their sockets is connected, on any node, and "in" a room
 //! while any of their sockets has it active. The methods report transitions (first socket
 //! in, last socket out) so callers publish a change only when other users would see one.
+//!
+//! A room's "who is here" list is capped like the Online list: at most `SHOWN` people are
+//! listed, and the rest are a count. Which people are listed is decided where presence
+//! lives (for several nodes, in Redis, atomically), so every node shows the same list, an
+//! entering socket reads at most `SHOWN` names, and an arrival past the cap changes only
+//! the count instead of every viewer's list.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 
+use crate::chat::roster::SHOWN;
 use crate::layer::SocketId;
 use crate::store::User;
+
+/// How a room's "who is here" list changed when someone came or went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing {
+    /// Nothing others would see: another socket of the user is (or was never) in the room.
+    Unchanged,
+    /// The user came or went past the cap: only the count of unlisted people changed.
+    Counted,
+    /// The user came, and is listed.
+    Listed,
+    /// The user, who was listed, went; `promoted`, unlisted until now, takes the place.
+    Unlisted { promoted: Option<User> },
+}
+
+impl Listing {
+    /// Whether the count of unlisted people may have changed.
+    pub fn moves_count(&self) -> bool {
+        matches!(
+            self,
+            Listing::Counted | Listing::Unlisted { promoted: Some(_) }
+        )
+    }
+}
+
+/// Who is in a room: the listed people by name, and how many more there are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    pub listed: Vec<User>,
+    pub more: usize,
+}
 
 pub trait Presence: Send + Sync {
     /// Socket `socket` of `user` connected; true when the user was offline before.
     fn connect<'a>(&'a self, socket: SocketId, user: &'a User) -> BoxFuture<'a, bool>;
     /// Socket `socket` of `user` went away; true when it was the user's last.
     fn disconnect<'a>(&'a self, socket: SocketId, user: &'a User) -> BoxFuture<'a, bool>;
-    /// Socket `socket` of `user` made `room` active; true when the user was not in it before.
-    fn enter<'a>(&'a self, socket: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool>;
-    /// Socket `socket` of `user` left `room`; true when no socket of the user remains in it.
-    fn leave<'a>(&'a self, socket: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool>;
+    /// Socket `socket` of `user` made `room` active: `Listed` or `Counted` when the user was
+    /// not in it before.
+    fn enter<'a>(
+        &'a self,
+        socket: SocketId,
+        room: &'a str,
+        user: &'a User,
+    ) -> BoxFuture<'a, Listing>;
+    /// Socket `socket` of `user` left `room`: `Unlisted` or `Counted` when no socket of the
+    /// user remains in it.
+    fn leave<'a>(
+        &'a self,
+        socket: SocketId,
+        room: &'a str,
+        user: &'a User,
+    ) -> BoxFuture<'a, Listing>;
     /// Everyone online, by name.
     fn online(&self) -> BoxFuture<'_, Vec<User>>;
-    /// Everyone in `room`, by name.
-    fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<User>>;
+    /// Who is in `room`: at most `SHOWN` people by name, and the count of the others.
+    fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Members>;
     /// Periodic upkeep, for presence shared between nodes: keeps this node's entries alive
     /// and expires those of nodes that stopped without saying goodbye. Returns the changes
     /// that no socket reported, for the caller to announce.
@@ -42,8 +91,16 @@ pub trait Presence: Send + Sync {
 pub enum Change {
     Online(User),
     Offline(User),
-    Entered { room: String, user: User },
-    Left { room: String, user: User },
+    Entered {
+        room: String,
+        user: User,
+        listing: Listing,
+    },
+    Left {
+        room: String,
+        user: User,
+        listing: Listing,
+    },
 }
 
 /// Socket counts per user, for one node on its own.
@@ -55,11 +112,63 @@ pub struct LocalPresence {
 #[derive(Default)]
 struct PresenceState {
     online: Counts,
-    rooms: HashMap<String, Counts>,
+    rooms: HashMap<String, RoomState>,
 }
 
 /// user id → (user, number of sockets).
 type Counts = HashMap<String, (User, usize)>;
+
+#[derive(Default)]
+struct RoomState {
+    counts: Counts,
+    /// Ids of the listed people, at most `SHOWN`.
+    listed: Vec<String>,
+}
+
+impl RoomState {
+    fn enter(&mut self, user: &User) -> Listing {
+        if !increment(&mut self.counts, user) {
+            Listing::Unchanged
+        } else if self.listed.len() < SHOWN {
+            self.listed.push(user.id.clone());
+            Listing::Listed
+        } else {
+            Listing::Counted
+        }
+    }
+
+    fn leave(&mut self, user: &User) -> Listing {
+        if !decrement(&mut self.counts, user) {
+            return Listing::Unchanged;
+        }
+        let Some(at) = self.listed.iter().position(|id| *id == user.id) else {
+            return Listing::Counted;
+        };
+        self.listed.swap_remove(at);
+        let promoted = self
+            .counts
+            .values()
+            .find(|(u, _)| !self.listed.contains(&u.id))
+            .map(|(u, _)| u.clone());
+        if let Some(next) = &promoted {
+            self.listed.push(next.id.clone());
+        }
+        Listing::Unlisted { promoted }
+    }
+
+    fn members(&self) -> Members {
+        let mut listed: Vec<User> = self
+            .listed
+            .iter()
+            .filter_map(|id| self.counts.get(id).map(|(u, _)| u.clone()))
+            .collect();
+        sort_by_name(&mut listed);
+        Members {
+            more: self.counts.len().saturating_sub(listed.len()),
+            listed,
+        }
+    }
+}
 
 fn increment(counts: &mut Counts, user: &User) -> bool {
     let entry = counts
@@ -83,12 +192,9 @@ fn decrement(counts: &mut Counts, user: &User) -> bool {
     }
 }
 
-fn sorted_users(counts: Option<&Counts>) -> Vec<User> {
-    let mut users: Vec<User> = counts
-        .map(|c| c.values().map(|(u, _)| u.clone()).collect())
-        .unwrap_or_default();
-    users.sort_by(|a, b| a.username.cmp(&b.username));
-    users
+/// By name, and by id between equal names, so every node sorts alike.
+pub fn sort_by_name(users: &mut [User]) {
+    users.sort_by(|a, b| (&a.username, &a.id).cmp(&(&b.username, &b.id)));
 }
 
 impl LocalPresence {
@@ -109,33 +215,40 @@ impl Presence for LocalPresence {
         Box::pin(async move { changed })
     }
 
-    fn enter<'a>(&'a self, _: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool> {
-        let changed = self.with(|s| increment(s.rooms.entry(room.to_owned()).or_default(), user));
-        Box::pin(async move { changed })
+    fn enter<'a>(&'a self, _: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, Listing> {
+        let listing = self.with(|s| s.rooms.entry(room.to_owned()).or_default().enter(user));
+        Box::pin(async move { listing })
     }
 
-    fn leave<'a>(&'a self, _: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool> {
-        let changed = self.with(|s| {
-            let Some(counts) = s.rooms.get_mut(room) else {
-                return false;
+    fn leave<'a>(&'a self, _: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, Listing> {
+        let listing = self.with(|s| {
+            let Some(state) = s.rooms.get_mut(room) else {
+                return Listing::Unchanged;
             };
-            let changed = decrement(counts, user);
-            if counts.is_empty() {
+            let listing = state.leave(user);
+            if state.counts.is_empty() {
                 s.rooms.remove(room);
             }
-            changed
+            listing
         });
-        Box::pin(async move { changed })
+        Box::pin(async move { listing })
     }
 
     fn online(&self) -> BoxFuture<'_, Vec<User>> {
-        let users = self.with(|s| sorted_users(Some(&s.online)));
+        let mut users: Vec<User> =
+            self.with(|s| s.online.values().map(|(u, _)| u.clone()).collect());
+        sort_by_name(&mut users);
         Box::pin(async move { users })
     }
 
-    fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<User>> {
-        let users = self.with(|s| sorted_users(s.rooms.get(room)));
-        Box::pin(async move { users })
+    fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Members> {
+        let members = self.with(|s| {
+            s.rooms
+                .get(room)
+                .map(RoomState::members)
+                .unwrap_or_default()
+        });
+        Box::pin(async move { members })
     }
 }
 
@@ -161,10 +274,46 @@ mod tests {
         assert!(p.disconnect(2, &ann).await);
         assert!(p.online().await.is_empty());
 
-        assert!(p.enter(1, "r", &ann).await);
-        assert!(!p.enter(2, "r", &ann).await);
-        assert!(!p.leave(1, "r", &ann).await);
-        assert!(p.leave(2, "r", &ann).await);
-        assert!(p.in_room("r").await.is_empty());
+        assert_eq!(p.enter(1, "r", &ann).await, Listing::Listed);
+        assert_eq!(p.enter(2, "r", &ann).await, Listing::Unchanged);
+        assert_eq!(p.leave(1, "r", &ann).await, Listing::Unchanged);
+        assert_eq!(
+            p.leave(2, "r", &ann).await,
+            Listing::Unlisted { promoted: None }
+        );
+        assert_eq!(p.in_room("r").await, Members::default());
+    }
+
+    #[tokio::test]
+    async fn a_crowded_room_lists_some_and_counts_the_rest() {
+        let p = LocalPresence::default();
+        let people: Vec<User> = (0..SHOWN + 2).map(|n| user(&format!("u{n:03}"))).collect();
+        for (socket, person) in people.iter().enumerate() {
+            let expected = if socket < SHOWN {
+                Listing::Listed
+            } else {
+                Listing::Counted
+            };
+            assert_eq!(p.enter(socket as SocketId, "r", person).await, expected);
+        }
+        let members = p.in_room("r").await;
+        assert_eq!((members.listed.len(), members.more), (SHOWN, 2));
+        assert_eq!(members.listed[0], people[0]);
+
+        // An unlisted person leaving changes the count; a listed one makes room for another.
+        assert_eq!(
+            p.leave(SHOWN as SocketId, "r", &people[SHOWN]).await,
+            Listing::Counted
+        );
+        let last = people[SHOWN + 1].clone();
+        assert_eq!(
+            p.leave(0, "r", &people[0]).await,
+            Listing::Unlisted {
+                promoted: Some(last.clone())
+            }
+        );
+        let members = p.in_room("r").await;
+        assert_eq!((members.listed.len(), members.more), (SHOWN, 0));
+        assert!(members.listed.contains(&last));
     }
 }

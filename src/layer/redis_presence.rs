@@ -9,7 +9,10 @@
 //! - `presence:<scope>`: sorted set, user id → when the user's newest entry expires (ms);
 //! - `presence:<scope>:<user id>`: sorted set, socket → when its entry expires (ms);
 //! - `presence:scopes`: the scopes that have entries, for the sweep;
-//! - `presence:names`: hash, user id → username.
+//! - `presence:names`: hash, user id → username;
+//! - `presence:listed:room:<id>`: hash, user id → username, of the (at most `SHOWN`) people
+//!   the room's "who is here" list shows; when a listed person goes, the same script lists
+//!   someone else in their place.
 //!
 //! Every change is one Lua script, so "first socket in" and "last socket out" are decided
 //! atomically however many nodes race, and expiry is judged by the Redis clock alone, so
@@ -17,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use deadpool_redis::Pool;
@@ -25,16 +28,50 @@ use deadpool_redis::redis::{self, FromRedisValue};
 use futures_util::future::BoxFuture;
 
 use super::SocketId;
-use crate::chat::presence::{Change, Presence};
+use crate::chat::presence::{Change, Listing, Members, Presence, sort_by_name};
+use crate::chat::roster::SHOWN;
 use crate::store::User;
 
-/// `now` in milliseconds, from the Redis server's clock.
-const NOW: &str = "local t = redis.call('TIME')
+/// What every script starts with: `now` in milliseconds, from the Redis server's clock,
+/// and the rules of a room's capped list. A list change is reported as a code, then the
+/// promoted user's id and name when someone was: `listed`, `counted` or `unlisted`.
+static PRELUDE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-";
+local SHOWN = {SHOWN}
+local function listed_key(p, scope) return p .. 'presence:listed:' .. scope end
+local function is_room(scope) return string.sub(scope, 1, 5) == 'room:' end
+-- A user new to the scope is listed while the list has room.
+local function list_new(p, scope, uid, name)
+  if not is_room(scope) then return 'counted' end
+  local listed = listed_key(p, scope)
+  if redis.call('HLEN', listed) >= SHOWN then return 'counted' end
+  redis.call('HSET', listed, uid, name)
+  return 'listed'
+end
+-- A user gone from the scope (already removed from it): a listed one makes room for the
+-- first live user, by expiry, who is not listed.
+local function unlist(p, scope, uid)
+  if not is_room(scope) then return {{'counted'}} end
+  local listed = listed_key(p, scope)
+  if redis.call('HDEL', listed, uid) == 0 then return {{'counted'}} end
+  local live = redis.call('ZRANGEBYSCORE', p .. 'presence:' .. scope, now, '+inf', 'LIMIT', 0, SHOWN)
+  for _, other in ipairs(live) do
+    if redis.call('HEXISTS', listed, other) == 0 then
+      local name = redis.call('HGET', p .. 'presence:names', other) or ''
+      redis.call('HSET', listed, other, name)
+      return {{'unlisted', other, name}}
+    end
+  end
+  return {{'unlisted'}}
+end
+"
+    )
+});
 
-/// ARGV: prefix, scope, user id, socket, username, ttl ms. Returns 1 when the user was
-/// not present in the scope before.
+/// ARGV: prefix, scope, user id, socket, username, ttl ms. Returns `unchanged` when the
+/// user was present in the scope before, else how the list changed.
 const ADD: &str = "
 local p, scope, uid, sock, name, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local users = p .. 'presence:' .. scope
@@ -43,24 +80,27 @@ redis.call('ZADD', sockets, now + ttl, sock)
 redis.call('PEXPIRE', sockets, ttl * 2)
 redis.call('SADD', p .. 'presence:scopes', scope)
 redis.call('HSET', p .. 'presence:names', uid, name)
-return redis.call('ZADD', users, now + ttl, uid)
+if redis.call('ZADD', users, now + ttl, uid) == 0 then return {'unchanged'} end
+return {list_new(p, scope, uid, name)}
 ";
 
-/// ARGV: prefix, scope, user id, socket. Returns 1 when no live socket of the user is left
-/// in the scope (and the user was listed there).
+/// ARGV: prefix, scope, user id, socket. Returns `unchanged` while a live socket of the
+/// user is left in the scope (or the user was not there), else how the list changed.
 const REMOVE: &str = "
 local p, scope, uid, sock = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local users = p .. 'presence:' .. scope
 local sockets = users .. ':' .. uid
 redis.call('ZREM', sockets, sock)
 redis.call('ZREMRANGEBYSCORE', sockets, '-inf', now)
-if redis.call('ZCARD', sockets) > 0 then return 0 end
+if redis.call('ZCARD', sockets) > 0 then return {'unchanged'} end
 redis.call('DEL', sockets)
-return redis.call('ZREM', users, uid)
+if redis.call('ZREM', users, uid) == 0 then return {'unchanged'} end
+return unlist(p, scope, uid)
 ";
 
 /// ARGV: prefix, ttl ms, then (scope, user id, socket, username) per entry. Refreshes every
-/// entry; returns scope, user id pairs for users who had lapsed and are listed again.
+/// entry; returns scope, user id, list change triples for users who had lapsed and are
+/// present again.
 const HEARTBEAT: &str = "
 local p, ttl = ARGV[1], tonumber(ARGV[2])
 local out = {}
@@ -75,13 +115,14 @@ for i = 3, #ARGV, 4 do
     redis.call('HSET', p .. 'presence:names', uid, name)
     table.insert(out, scope)
     table.insert(out, uid)
+    table.insert(out, list_new(p, scope, uid, name))
   end
 end
 return out
 ";
 
-/// ARGV: prefix. Removes users whose every entry lapsed; returns scope, user id, username
-/// triples for them.
+/// ARGV: prefix. Removes users whose every entry lapsed; returns scope, user id, username,
+/// list change, promoted user's id and name ('' for none) for each.
 const SWEEP: &str = "
 local p = ARGV[1]
 local out = {}
@@ -96,9 +137,13 @@ for _, scope in ipairs(redis.call('SMEMBERS', p .. 'presence:scopes')) do
     else
       redis.call('DEL', sockets)
       redis.call('ZREM', users, uid)
+      local change = unlist(p, scope, uid)
       table.insert(out, scope)
       table.insert(out, uid)
       table.insert(out, redis.call('HGET', p .. 'presence:names', uid) or '')
+      table.insert(out, change[1])
+      table.insert(out, change[2] or '')
+      table.insert(out, change[3] or '')
     end
   end
   if redis.call('EXISTS', users) == 0 then
@@ -108,7 +153,18 @@ end
 return out
 ";
 
-/// ARGV: prefix, scope. Returns user id, username pairs of the users listed and not lapsed.
+/// ARGV: prefix, scope of a room. Returns how many users are present and not lapsed, then
+/// user id, username pairs of those the list shows.
+const MEMBERS: &str = "
+local p, scope = ARGV[1], ARGV[2]
+local out = {tostring(redis.call('ZCOUNT', p .. 'presence:' .. scope, now, '+inf'))}
+for _, field in ipairs(redis.call('HGETALL', listed_key(p, scope))) do
+  table.insert(out, field)
+end
+return out
+";
+
+/// ARGV: prefix, scope. Returns user id, username pairs of the users present and not lapsed.
 const LIST: &str = "
 local p = ARGV[1]
 local out = {}
@@ -118,6 +174,31 @@ for _, uid in ipairs(redis.call('ZRANGEBYSCORE', p .. 'presence:' .. ARGV[2], no
 end
 return out
 ";
+
+/// A user from an id, name pair of a script's reply.
+fn pair_user(pair: &[String]) -> User {
+    User {
+        id: pair[0].clone(),
+        username: pair[1].clone(),
+    }
+}
+
+/// A list change from a script's reply: a code, then the promoted user's id and name ('' for
+/// none) after `unlisted`.
+fn listing(reply: &[String]) -> Listing {
+    match reply {
+        [code, ..] if code == "listed" => Listing::Listed,
+        [code, ..] if code == "counted" => Listing::Counted,
+        [code, id, name, ..] if code == "unlisted" && !id.is_empty() => Listing::Unlisted {
+            promoted: Some(User {
+                id: id.clone(),
+                username: name.clone(),
+            }),
+        },
+        [code, ..] if code == "unlisted" => Listing::Unlisted { promoted: None },
+        _ => Listing::Unchanged,
+    }
+}
 
 /// Entries per heartbeat script, so one call never holds Redis up for long.
 const HEARTBEAT_CHUNK: usize = 500;
@@ -172,7 +253,7 @@ impl RedisPresence {
     async fn eval<T: FromRedisValue>(&self, script: &str, args: &[&str]) -> Result<T, String> {
         let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(format!("{NOW}{script}")).arg(0);
+        cmd.arg(format!("{}{script}", *PRELUDE)).arg(0);
         for arg in args {
             cmd.arg(*arg);
         }
@@ -184,7 +265,7 @@ impl RedisPresence {
         tracing::warn!(error, "presence {what} failed");
     }
 
-    async fn add(&self, socket: SocketId, scope: &str, user: &User) -> bool {
+    async fn add(&self, socket: SocketId, scope: &str, user: &User) -> Listing {
         let sock = self.socket_key(socket);
         let ttl = self.ttl_ms().to_string();
         let args = [
@@ -195,57 +276,92 @@ impl RedisPresence {
             &user.username,
             &ttl,
         ];
-        match self.eval::<i64>(ADD, &args).await {
-            Ok(added) => added == 1,
+        match self.eval::<Vec<String>>(ADD, &args).await {
+            Ok(reply) => listing(&reply),
             // The heartbeat writes the entry once Redis is back, and reports the change.
             Err(e) => {
                 self.failed("update", &e);
-                false
+                Listing::Unchanged
             }
         }
     }
 
-    async fn remove(&self, socket: SocketId, scope: &str, user: &User) -> bool {
+    async fn remove(&self, socket: SocketId, scope: &str, user: &User) -> Listing {
         let sock = self.socket_key(socket);
         let args = [self.prefix.as_str(), scope, &user.id, &sock];
-        match self.eval::<i64>(REMOVE, &args).await {
-            Ok(removed) => removed == 1,
+        match self.eval::<Vec<String>>(REMOVE, &args).await {
+            Ok(reply) => listing(&reply),
             // The entry lapses on its own, and a sweep reports the change.
             Err(e) => {
                 self.failed("update", &e);
-                false
+                Listing::Unchanged
             }
         }
     }
 
-    /// Users listed in `scope`, by name; this node's own when Redis cannot be asked.
+    /// Who is in `room`; from this node's own sockets when Redis cannot be asked.
+    async fn members(&self, room: &str) -> Members {
+        let scope = room_scope(room);
+        let mut members = match self
+            .eval::<Vec<String>>(MEMBERS, &[self.prefix.as_str(), &scope])
+            .await
+        {
+            Ok(reply) => {
+                let present: usize = reply.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let listed: Vec<User> = reply
+                    .get(1..)
+                    .unwrap_or_default()
+                    .chunks_exact(2)
+                    .map(pair_user)
+                    .collect();
+                Members {
+                    more: present.saturating_sub(listed.len()),
+                    listed,
+                }
+            }
+            Err(e) => {
+                self.failed("read", &e);
+                let mut everyone = self.local_users(&scope);
+                sort_by_name(&mut everyone);
+                let more = everyone.len().saturating_sub(SHOWN);
+                everyone.truncate(SHOWN);
+                Members {
+                    listed: everyone,
+                    more,
+                }
+            }
+        };
+        sort_by_name(&mut members.listed);
+        members
+    }
+
+    /// The users of this node's sockets in `scope`.
+    fn local_users(&self, scope: &str) -> Vec<User> {
+        let local = self.local();
+        let mut seen = HashMap::new();
+        for (user, room) in local.sockets.values() {
+            let listed =
+                scope == ONLINE || room.as_deref().map(room_scope).as_deref() == Some(scope);
+            if listed {
+                seen.insert(user.id.clone(), user.clone());
+            }
+        }
+        seen.into_values().collect()
+    }
+
+    /// Users present in `scope`, by name; this node's own when Redis cannot be asked.
     async fn list(&self, scope: &str) -> Vec<User> {
         let mut users: Vec<User> = match self
             .eval::<Vec<String>>(LIST, &[self.prefix.as_str(), scope])
             .await
         {
-            Ok(flat) => flat
-                .chunks_exact(2)
-                .map(|pair| User {
-                    id: pair[0].clone(),
-                    username: pair[1].clone(),
-                })
-                .collect(),
+            Ok(flat) => flat.chunks_exact(2).map(pair_user).collect(),
             Err(e) => {
                 self.failed("read", &e);
-                let local = self.local();
-                let mut seen = HashMap::new();
-                for (user, room) in local.sockets.values() {
-                    let listed = scope == ONLINE
-                        || room.as_deref().map(room_scope).as_deref() == Some(scope);
-                    if listed {
-                        seen.insert(user.id.clone(), user.clone());
-                    }
-                }
-                seen.into_values().collect()
+                self.local_users(scope)
             }
         };
-        users.sort_by(|a, b| a.username.cmp(&b.username));
+        sort_by_name(&mut users);
         users
     }
 
@@ -279,8 +395,8 @@ impl RedisPresence {
                     return changes;
                 }
             };
-            for pair in relisted.chunks_exact(2) {
-                let (scope, uid) = (&pair[0], &pair[1]);
+            for triple in relisted.chunks_exact(3) {
+                let (scope, uid) = (&triple[0], &triple[1]);
                 let Some((_, user, socket)) =
                     chunk.iter().find(|(s, u, _)| s == scope && &u.id == uid)
                 else {
@@ -296,6 +412,7 @@ impl RedisPresence {
                     Some(room) => Change::Entered {
                         room: room.to_owned(),
                         user: user.clone(),
+                        listing: listing(&triple[2..]),
                     },
                     None => Change::Online(user.clone()),
                 });
@@ -326,16 +443,14 @@ impl RedisPresence {
             }
         };
         expired
-            .chunks_exact(3)
-            .map(|triple| {
-                let user = User {
-                    id: triple[1].clone(),
-                    username: triple[2].clone(),
-                };
-                match triple[0].strip_prefix("room:") {
+            .chunks_exact(6)
+            .map(|entry| {
+                let user = pair_user(&entry[1..3]);
+                match entry[0].strip_prefix("room:") {
                     Some(room) => Change::Left {
                         room: room.to_owned(),
                         user,
+                        listing: listing(&entry[3..]),
                     },
                     None => Change::Offline(user),
                 }
@@ -347,22 +462,32 @@ impl RedisPresence {
 impl Presence for RedisPresence {
     fn connect<'a>(&'a self, socket: SocketId, user: &'a User) -> BoxFuture<'a, bool> {
         self.local().sockets.insert(socket, (user.clone(), None));
-        Box::pin(self.add(socket, ONLINE, user))
+        Box::pin(async move { self.add(socket, ONLINE, user).await != Listing::Unchanged })
     }
 
     fn disconnect<'a>(&'a self, socket: SocketId, user: &'a User) -> BoxFuture<'a, bool> {
         self.local().sockets.remove(&socket);
-        Box::pin(self.remove(socket, ONLINE, user))
+        Box::pin(async move { self.remove(socket, ONLINE, user).await != Listing::Unchanged })
     }
 
-    fn enter<'a>(&'a self, socket: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool> {
+    fn enter<'a>(
+        &'a self,
+        socket: SocketId,
+        room: &'a str,
+        user: &'a User,
+    ) -> BoxFuture<'a, Listing> {
         if let Some(entry) = self.local().sockets.get_mut(&socket) {
             entry.1 = Some(room.to_owned());
         }
         Box::pin(async move { self.add(socket, &room_scope(room), user).await })
     }
 
-    fn leave<'a>(&'a self, socket: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, bool> {
+    fn leave<'a>(
+        &'a self,
+        socket: SocketId,
+        room: &'a str,
+        user: &'a User,
+    ) -> BoxFuture<'a, Listing> {
         if let Some(entry) = self.local().sockets.get_mut(&socket)
             && entry.1.as_deref() == Some(room)
         {
@@ -375,8 +500,8 @@ impl Presence for RedisPresence {
         Box::pin(self.list(ONLINE))
     }
 
-    fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Vec<User>> {
-        Box::pin(async move { self.list(&room_scope(room)).await })
+    fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Members> {
+        Box::pin(self.members(room))
     }
 
     fn failures(&self) -> u64 {

@@ -85,6 +85,7 @@ pub fn chat_page(view: &ChatView<'_>) -> Markup {
                     header.room-header {
                         h2 #group-name {}
                         ul #room-members aria-label="In this room" {}
+                        span #room-members-more.muted {}
                     }
                     div #history-controls {}
                     section #messages-list aria-live="polite" aria-label="Messages" tabindex="0" {}
@@ -164,7 +165,7 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
     }
 }
 
-/// The count of online people beyond those listed.
+/// The count of people beyond those listed (online, or in a room).
 pub fn people_more(more: usize) -> String {
     if more > 0 {
         format!("and {more} more")

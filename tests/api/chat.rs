@@ -12,6 +12,7 @@ on_both_databases!(
     html_in_messages_is_text,
     unread_badges_follow_other_rooms,
     presence_is_live_and_counts_users_not_tabs,
+    a_crowded_room_lists_some_and_counts_the_rest,
     reconnect_catches_up_without_duplicates,
     new_groups_appear_for_everyone,
     slow_reader_is_cut_off,
@@ -220,6 +221,61 @@ async fn presence_is_live_and_counts_users_not_tabs(backend: Backend) {
         .wait_for(|f| f.selector == format!("#person-{bob_id}"))
         .await;
     assert_eq!(gone.swap, "remove");
+}
+
+async fn a_crowded_room_lists_some_and_counts_the_rest(backend: Backend) {
+    use wirechat::chat::roster::SHOWN;
+    let app = TestApp::spawn_with(backend, &["--auth-rate-limit", "1000"]).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    let bob_listed = a
+        .wait_for(|f| f.selector == "#room-members" && f.html.contains("bob"))
+        .await;
+    let bob_id = attr(&bob_listed.html, "id").unwrap().replace("member-", "");
+
+    // Everyone starts in #hi. Ann, bob and the guests fill the list; the last guest only
+    // moves the count.
+    let mut guests = Vec::new();
+    for _ in 0..SHOWN - 1 {
+        guests.push(app.connect(&app.guest().await).await);
+    }
+    let (_, skipped) = a
+        .wait_for_with_skipped(|f| f.selector == "#room-members-more" && f.html == "and 1 more")
+        .await;
+    let listed_after_bob = skipped
+        .iter()
+        .filter(|f| f.selector == "#room-members" && f.swap == "beforeend")
+        .count();
+    assert_eq!(listed_after_bob, SHOWN - 2, "{skipped:?}");
+
+    // A newcomer is shown the list and the count, not everyone.
+    let mut carl = app.connect(&app.guest().await).await;
+    let shown = carl.wait_for(|f| f.selector == "#room-members").await;
+    assert_eq!(shown.html.matches("<li id=\"member-").count(), SHOWN);
+    let count = carl.wait_for(|f| f.selector == "#room-members-more").await;
+    assert_eq!(count.html, "and 2 more");
+    a.wait_for(|f| f.selector == "#room-members-more" && f.html == "and 2 more")
+        .await;
+
+    // A listed person leaving makes room for one of the others.
+    b.enter_group("python").await;
+    let (_, skipped) = a
+        .wait_for_with_skipped(|f| f.selector == "#room-members-more" && f.html == "and 1 more")
+        .await;
+    let gone = format!("#member-{bob_id}");
+    assert!(
+        skipped
+            .iter()
+            .any(|f| f.selector == gone && f.swap == "remove"),
+        "{skipped:?}"
+    );
+    let promoted = skipped
+        .iter()
+        .filter(|f| f.selector == "#room-members" && f.swap == "beforeend")
+        .count();
+    assert_eq!(promoted, 1, "{skipped:?}");
+    drop(guests);
 }
 
 async fn reconnect_catches_up_without_duplicates(backend: Backend) {

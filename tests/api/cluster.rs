@@ -566,7 +566,7 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
-    use wirechat::chat::presence::{Change, Presence};
+    use wirechat::chat::presence::{Change, Listing, Members, Presence};
     use wirechat::layer::RedisPresence;
     use wirechat::store::User;
 
@@ -583,11 +583,19 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
     // Socket ids repeat between nodes; the entries do not collide.
     assert!(node_a.connect(1, &ann).await, "first socket anywhere");
     assert!(!node_b.connect(1, &ann).await, "second socket, other node");
-    assert!(node_a.enter(1, "r", &ann).await);
-    assert!(!node_b.enter(1, "r", &ann).await);
+    assert_eq!(node_a.enter(1, "r", &ann).await, Listing::Listed);
+    assert_eq!(node_b.enter(1, "r", &ann).await, Listing::Unchanged);
     assert_eq!(node_b.online().await, vec![ann.clone()]);
-    assert_eq!(node_a.in_room("r").await, vec![ann.clone()]);
-    assert!(!node_a.leave(1, "r", &ann).await, "still in r on node b");
+    let listed = Members {
+        listed: vec![ann.clone()],
+        more: 0,
+    };
+    assert_eq!(node_a.in_room("r").await, listed);
+    assert_eq!(
+        node_a.leave(1, "r", &ann).await,
+        Listing::Unchanged,
+        "still in r on node b"
+    );
     assert!(!node_a.disconnect(1, &ann).await, "still online on node b");
 
     // Node b goes silent: no heartbeat, no goodbye. Node a's upkeep reports her gone once
@@ -606,13 +614,14 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
     assert!(
         reported.contains(&Change::Left {
             room: "r".into(),
-            user: ann.clone()
+            user: ann.clone(),
+            listing: Listing::Unlisted { promoted: None },
         }),
         "{reported:?}"
     );
     assert_eq!(reported.len(), 2, "{reported:?}");
     assert!(node_a.online().await.is_empty());
-    assert!(node_a.in_room("r").await.is_empty());
+    assert_eq!(node_a.in_room("r").await, Members::default());
     assert!(node_a.maintain().await.is_empty());
 
     // Node b comes back: its heartbeat writes the lapsed entries again, and reports them
@@ -622,11 +631,104 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
     assert!(
         back.contains(&Change::Entered {
             room: "r".into(),
-            user: ann.clone()
+            user: ann.clone(),
+            listing: Listing::Listed,
         }),
         "{back:?}"
     );
     assert_eq!(node_a.online().await, vec![ann.clone()]);
-    assert!(node_b.leave(1, "r", &ann).await);
+    assert_eq!(
+        node_b.leave(1, "r", &ann).await,
+        Listing::Unlisted { promoted: None }
+    );
     assert!(node_b.disconnect(1, &ann).await, "her last socket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowded_room_is_listed_alike_on_every_node() {
+    use wirechat::chat::presence::{Change, Listing, Presence};
+    use wirechat::chat::roster::SHOWN;
+    use wirechat::layer::RedisPresence;
+    use wirechat::store::User;
+
+    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
+    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    let ttl = Duration::from_millis(800);
+    let node_a = RedisPresence::new(pool.clone(), &prefix, "node-a", ttl);
+    let node_b = RedisPresence::new(pool, &prefix, "node-b", ttl);
+    let people: Vec<User> = (0..SHOWN + 3)
+        .map(|n| User {
+            id: format!("u-{n:03}"),
+            username: format!("user{n:03}"),
+        })
+        .collect();
+    let node_of = |n: usize| {
+        if n.is_multiple_of(2) {
+            &node_a
+        } else {
+            &node_b
+        }
+    };
+
+    // People enter through both nodes; the first SHOWN are listed, the rest counted.
+    for (n, person) in people.iter().enumerate() {
+        let socket = n as u64;
+        assert!(node_of(n).connect(socket, person).await);
+        let expected = if n < SHOWN {
+            Listing::Listed
+        } else {
+            Listing::Counted
+        };
+        assert_eq!(node_of(n).enter(socket, "r", person).await, expected);
+    }
+    let seen_by_a = node_a.in_room("r").await;
+    assert_eq!((seen_by_a.listed.len(), seen_by_a.more), (SHOWN, 3));
+    assert_eq!(seen_by_a, node_b.in_room("r").await);
+
+    // A listed person leaving makes room for the one who has waited longest.
+    assert_eq!(
+        node_a.leave(0, "r", &people[0]).await,
+        Listing::Unlisted {
+            promoted: Some(people[SHOWN].clone())
+        }
+    );
+    // An unlisted one leaving changes only the count.
+    let last_on_b = SHOWN + 1;
+    let left = node_b
+        .leave(last_on_b as u64, "r", &people[last_on_b])
+        .await;
+    assert_eq!(left, Listing::Counted);
+
+    // Node b goes silent. When the sweep removes its listed people, the one left unlisted
+    // (on node a) takes the first place freed, once.
+    let on_b = (0..people.len()).filter(|n| !n.is_multiple_of(2)).count();
+    let in_room_on_b = on_b - 1;
+    let mut reported = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while reported.len() < on_b + in_room_on_b {
+        assert!(tokio::time::Instant::now() < deadline, "{reported:?}");
+        reported.extend(node_a.maintain().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let promotions: Vec<&Change> = reported
+        .iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Change::Left {
+                    listing: Listing::Unlisted { promoted: Some(_) },
+                    ..
+                }
+            )
+        })
+        .collect();
+    let waiting = people[SHOWN + 2].clone();
+    assert!(
+        matches!(promotions.as_slice(), [Change::Left { listing: Listing::Unlisted { promoted: Some(p) }, .. }] if *p == waiting),
+        "{reported:?}"
+    );
+    let now = node_a.in_room("r").await;
+    let everyone_on_a = people.iter().skip(2).step_by(2).count();
+    assert_eq!((now.listed.len(), now.more), (everyone_on_a, 0));
+    assert!(now.listed.contains(&waiting));
 }

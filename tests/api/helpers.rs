@@ -226,6 +226,16 @@ impl TestApp {
         }
     }
 
+    /// Continues as a guest, under a generated name, and returns its session cookie.
+    pub async fn guest(&self) -> TestUser {
+        let response = self.post_form("/guest", &[]).await;
+        assert_eq!(response.status(), 303, "guest sign-in");
+        TestUser {
+            username: String::new(),
+            cookie: session_cookie(&response).expect("session cookie"),
+        }
+    }
+
     pub async fn connect(&self, user: &TestUser) -> Client {
         self.connect_at(user, "/ws/chat/").await
     }
