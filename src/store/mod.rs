@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::AfterCommit;
 pub use messages::StoredMessage;
@@ -61,6 +61,9 @@ pub struct Store {
     batcher: batch::Batcher,
 }
 
+/// A pooled PostgreSQL connection idle this long is pinged before use.
+const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
+
 impl Store {
     /// Connects to `url` (`sqlite:…` or `postgres://…`) and applies the dialect's migrations.
     pub async fn connect(url: &str) -> StoreResult<Store> {
@@ -95,6 +98,19 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
+                    // A ping before every statement was one more round trip to PostgreSQL
+                    // each time, and its CPU, on every connect and post. A connection that
+                    // was just in use is alive; one that sat idle (across a restart, say)
+                    // is still checked before it is handed out.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_WHEN_IDLE {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(options)
                     .await?
             }
