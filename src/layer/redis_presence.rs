@@ -24,7 +24,7 @@ use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use deadpool_redis::Pool;
-use deadpool_redis::redis::{self, FromRedisValue};
+use deadpool_redis::redis::{FromRedisValue, Script};
 use futures_util::future::BoxFuture;
 
 use super::SocketId;
@@ -35,7 +35,7 @@ use crate::store::User;
 /// What every script starts with: `now` in milliseconds, from the Redis server's clock,
 /// and the rules of a room's capped list. A list change is reported as a code, then the
 /// promoted user's id and name when someone was: `listed`, `counted` or `unlisted`.
-static PRELUDE: LazyLock<String> = LazyLock::new(|| {
+fn prelude() -> String {
     format!(
         "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -68,6 +68,29 @@ local function unlist(p, scope, uid)
 end
 "
     )
+}
+
+/// The scripts, each sent to Redis once and then invoked by its hash.
+struct Scripts {
+    add: Script,
+    remove: Script,
+    heartbeat: Script,
+    sweep: Script,
+    members: Script,
+    list: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
+    let prelude = prelude();
+    let script = |body: &str| Script::new(&format!("{prelude}{body}"));
+    Scripts {
+        add: script(ADD),
+        remove: script(REMOVE),
+        heartbeat: script(HEARTBEAT),
+        sweep: script(SWEEP),
+        members: script(MEMBERS),
+        list: script(LIST),
+    }
 });
 
 /// ARGV: prefix, scope, user id, socket, username, ttl ms. Returns `unchanged` when the
@@ -250,14 +273,16 @@ impl RedisPresence {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn eval<T: FromRedisValue>(&self, script: &str, args: &[&str]) -> Result<T, String> {
+    async fn eval<T: FromRedisValue>(&self, script: &Script, args: &[&str]) -> Result<T, String> {
         let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(format!("{}{script}", *PRELUDE)).arg(0);
+        let mut invocation = script.prepare_invoke();
         for arg in args {
-            cmd.arg(*arg);
+            invocation.arg(*arg);
         }
-        cmd.query_async(&mut conn).await.map_err(|e| e.to_string())
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn failed(&self, what: &str, error: &str) {
@@ -276,7 +301,7 @@ impl RedisPresence {
             &user.username,
             &ttl,
         ];
-        match self.eval::<Vec<String>>(ADD, &args).await {
+        match self.eval::<Vec<String>>(&SCRIPTS.add, &args).await {
             Ok(reply) => listing(&reply),
             // The heartbeat writes the entry once Redis is back, and reports the change.
             Err(e) => {
@@ -289,7 +314,7 @@ impl RedisPresence {
     async fn remove(&self, socket: SocketId, scope: &str, user: &User) -> Listing {
         let sock = self.socket_key(socket);
         let args = [self.prefix.as_str(), scope, &user.id, &sock];
-        match self.eval::<Vec<String>>(REMOVE, &args).await {
+        match self.eval::<Vec<String>>(&SCRIPTS.remove, &args).await {
             Ok(reply) => listing(&reply),
             // The entry lapses on its own, and a sweep reports the change.
             Err(e) => {
@@ -303,7 +328,7 @@ impl RedisPresence {
     async fn members(&self, room: &str) -> Members {
         let scope = room_scope(room);
         let mut members = match self
-            .eval::<Vec<String>>(MEMBERS, &[self.prefix.as_str(), &scope])
+            .eval::<Vec<String>>(&SCRIPTS.members, &[self.prefix.as_str(), &scope])
             .await
         {
             Ok(reply) => {
@@ -352,7 +377,7 @@ impl RedisPresence {
     /// Users present in `scope`, by name; this node's own when Redis cannot be asked.
     async fn list(&self, scope: &str) -> Vec<User> {
         let mut users: Vec<User> = match self
-            .eval::<Vec<String>>(LIST, &[self.prefix.as_str(), scope])
+            .eval::<Vec<String>>(&SCRIPTS.list, &[self.prefix.as_str(), scope])
             .await
         {
             Ok(flat) => flat.chunks_exact(2).map(pair_user).collect(),
@@ -388,7 +413,7 @@ impl RedisPresence {
             for ((scope, user, _), sock) in chunk.iter().zip(&socks) {
                 args.extend([scope.as_str(), &user.id, sock, &user.username]);
             }
-            let relisted = match self.eval::<Vec<String>>(HEARTBEAT, &args).await {
+            let relisted = match self.eval::<Vec<String>>(&SCRIPTS.heartbeat, &args).await {
                 Ok(relisted) => relisted,
                 Err(e) => {
                     self.failed("heartbeat", &e);
@@ -433,7 +458,7 @@ impl RedisPresence {
 
     async fn sweep(&self) -> Vec<Change> {
         let expired = match self
-            .eval::<Vec<String>>(SWEEP, &[self.prefix.as_str()])
+            .eval::<Vec<String>>(&SCRIPTS.sweep, &[self.prefix.as_str()])
             .await
         {
             Ok(expired) => expired,
