@@ -11,9 +11,11 @@
 //!   access limits (sign-in attempts, sockets per user).
 //! - [`session`]: one chat socket — a reader turning actions into stores and publications,
 //!   a writer draining a bounded queue onto the wire.
-//! - [`hub`]: what every socket on a node shares (store, layer, presence, limits).
+//! - [`hub`]: what every socket on a node shares (store, layer, presence, limits), and the
+//!   node's announcements of who came and went.
 //! - [`chat`]: the rules, free of I/O: valid names and messages, the wire protocol, rate
-//!   limiting, presence, and the capped Online list (roster).
+//!   limiting, presence with its capped room member lists, and the capped Online list
+//!   (roster).
 //! - [`views`]: maud components; the page and the live fragments come from the same ones.
 //! - [`layer`]: the `ChannelLayer` trait (publish to a group, deliver to local sockets)
 //!   with its in-process backend and its Redis pub/sub backend for several nodes, the
