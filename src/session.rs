@@ -50,8 +50,11 @@ pub enum Direct {
     /// The socket's unread counts, as stored when it connected.
     Unread(HashMap<String, i64>),
     /// The socket is about to make `room` active: from here on the writer holds that
-    /// room's messages back until the matching `Enter` shows the history they follow.
+    /// room's messages and member-list changes back until the matching `Enter` shows the
+    /// history and the list they follow.
     Entering { room: Arc<str> },
+    /// Entering `room` failed: what was held for it is let go.
+    NotEntered { room: Arc<str> },
     /// The socket now has `room` active: show `frames`, which hold every message up to
     /// `floor`; live messages up to there are dropped.
     Enter {
@@ -454,16 +457,45 @@ impl Session {
         resume_after: Option<i64>,
         mark_read: bool,
     ) -> Result<(), StoreError> {
+        let room_key: Arc<str> = Arc::from(room.id.as_str());
         let group = room_group(&room.id);
         self.hub.layer.join(&group, &self.member).await;
         self.hub.layer.registry().view(&group, &self.member);
+        // Before presence and history are read: what is published about the room from
+        // now until `Enter` is queued is held and played after them, so the list and the
+        // history shown miss nothing, whenever below they are read.
+        self.send(Direct::Entering {
+            room: room_key.clone(),
+        })
+        .await;
+        let entered = self
+            .show_room(room, group, peer, resume_after, mark_read, room_key.clone())
+            .await;
+        if entered.is_err() {
+            self.send(Direct::NotEntered { room: room_key }).await;
+        }
+        entered
+    }
+
+    /// The part of `enter` after the writer holds the room's events.
+    async fn show_room(
+        &mut self,
+        room: Room,
+        group: String,
+        peer: Option<User>,
+        resume_after: Option<i64>,
+        mark_read: bool,
+        room_key: Arc<str>,
+    ) -> Result<(), StoreError> {
         let previous = self.active.take();
         let same_room = previous.as_ref().is_some_and(|p| p.room.id == room.id);
         if let Some(previous) = previous.filter(|_| !same_room) {
             self.leave(&previous).await;
         }
-        if !same_room {
-            let listing = self
+        let members = if same_room {
+            self.hub.presence.in_room(&room.id).await
+        } else {
+            let (listing, members) = self
                 .hub
                 .presence
                 .enter(self.member.id, &room.id, &self.user)
@@ -471,19 +503,13 @@ impl Session {
             self.hub
                 .announce_listing(&room.id, &self.user, &listing)
                 .await;
-        }
+            members
+        };
         if mark_read {
             self.hub.store.mark_read(&room.id, &self.user.id).await?;
         }
-        // Before the history is read: a message published from now until `Enter` is
-        // queued must not be mistaken for one in another room.
-        self.send(Direct::Entering {
-            room: Arc::from(room.id.as_str()),
-        })
-        .await;
 
         let title = views::room_title(&room, peer.as_ref());
-        let members = self.hub.presence.in_room(&room.id).await;
         let mut frames = vec![
             frame(
                 "#group-name",
@@ -528,7 +554,6 @@ impl Session {
                 history.last().map_or(0, |m| m.seq)
             }
         };
-        let room_key: Arc<str> = Arc::from(room.id.as_str());
         self.send(Direct::Enter {
             room: room_key.clone(),
             floor,
@@ -719,12 +744,17 @@ struct View {
     unread: HashMap<String, i64>,
     /// Set by `Event::Resync`; the writer then reads what was missed from the store.
     resync: bool,
-    /// The room being entered and its messages that arrived before its history did.
-    entering: Option<(Arc<str>, Vec<HeldMessage>)>,
+    /// The room being entered and what arrived for it before its history and list did.
+    entering: Option<(Arc<str>, Vec<Held>)>,
 }
 
-/// A message's seq and frame, waiting for its room's history to be shown first.
-type HeldMessage = (i64, Utf8Bytes);
+/// Waiting for its room's history and member list to be shown first.
+enum Held {
+    /// A message, by seq.
+    Message(i64, Utf8Bytes),
+    /// A change of the member list.
+    Viewers(Utf8Bytes),
+}
 
 impl View {
     /// The frames `outbound` puts on the wire for this socket, in order.
@@ -738,6 +768,11 @@ impl View {
             Direct::Frames(frames) => out.extend(frames),
             Direct::Unread(unread) => self.unread = unread,
             Direct::Entering { room } => self.entering = Some((room, Vec::new())),
+            Direct::NotEntered { room } => {
+                if self.entering.as_ref().is_some_and(|(r, _)| *r == room) {
+                    self.entering = None;
+                }
+            }
             Direct::Enter {
                 room,
                 floor,
@@ -752,8 +787,11 @@ impl View {
                     _ => Vec::new(),
                 };
                 self.active = Some(room);
-                for (seq, f) in held {
-                    self.show(seq, f, out);
+                for held in held {
+                    match held {
+                        Held::Message(seq, f) => self.show(seq, f, out),
+                        Held::Viewers(f) => out.push(f),
+                    }
                 }
             }
             Direct::Missed { room, messages } => {
@@ -773,7 +811,7 @@ impl View {
                 frame: f,
             } => {
                 if let Some((_, held)) = self.entering.as_mut().filter(|(r, _)| r == room) {
-                    held.push((*seq, f.clone()));
+                    held.push(Held::Message(*seq, f.clone()));
                 } else if self.active.as_ref() == Some(room) {
                     self.show(*seq, f.clone(), out);
                 } else {
@@ -787,7 +825,9 @@ impl View {
                 }
             }
             Event::Viewers { room, frame: f } => {
-                if self.active.as_ref() == Some(room) {
+                if let Some((_, held)) = self.entering.as_mut().filter(|(r, _)| r == room) {
+                    held.push(Held::Viewers(f.clone()));
+                } else if self.active.as_ref() == Some(room) {
                     out.push(f.clone());
                 }
             }

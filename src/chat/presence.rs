@@ -55,13 +55,14 @@ pub trait Presence: Send + Sync {
     /// Socket `socket` of `user` went away; true when it was the user's last.
     fn disconnect<'a>(&'a self, socket: SocketId, user: &'a User) -> BoxFuture<'a, bool>;
     /// Socket `socket` of `user` made `room` active: `Listed` or `Counted` when the user was
-    /// not in it before.
+    /// not in it before; and who is in the room now (read in the same step, so an entering
+    /// socket costs shared presence one round trip).
     fn enter<'a>(
         &'a self,
         socket: SocketId,
         room: &'a str,
         user: &'a User,
-    ) -> BoxFuture<'a, Listing>;
+    ) -> BoxFuture<'a, (Listing, Members)>;
     /// Socket `socket` of `user` left `room`: `Unlisted` or `Counted` when no socket of the
     /// user remains in it.
     fn leave<'a>(
@@ -215,9 +216,17 @@ impl Presence for LocalPresence {
         Box::pin(async move { changed })
     }
 
-    fn enter<'a>(&'a self, _: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, Listing> {
-        let listing = self.with(|s| s.rooms.entry(room.to_owned()).or_default().enter(user));
-        Box::pin(async move { listing })
+    fn enter<'a>(
+        &'a self,
+        _: SocketId,
+        room: &'a str,
+        user: &'a User,
+    ) -> BoxFuture<'a, (Listing, Members)> {
+        let entered = self.with(|s| {
+            let state = s.rooms.entry(room.to_owned()).or_default();
+            (state.enter(user), state.members())
+        });
+        Box::pin(async move { entered })
     }
 
     fn leave<'a>(&'a self, _: SocketId, room: &'a str, user: &'a User) -> BoxFuture<'a, Listing> {
@@ -274,8 +283,18 @@ mod tests {
         assert!(p.disconnect(2, &ann).await);
         assert!(p.online().await.is_empty());
 
-        assert_eq!(p.enter(1, "r", &ann).await, Listing::Listed);
-        assert_eq!(p.enter(2, "r", &ann).await, Listing::Unchanged);
+        let listed_alone = Members {
+            listed: vec![ann.clone()],
+            more: 0,
+        };
+        assert_eq!(
+            p.enter(1, "r", &ann).await,
+            (Listing::Listed, listed_alone.clone())
+        );
+        assert_eq!(
+            p.enter(2, "r", &ann).await,
+            (Listing::Unchanged, listed_alone)
+        );
         assert_eq!(p.leave(1, "r", &ann).await, Listing::Unchanged);
         assert_eq!(
             p.leave(2, "r", &ann).await,
@@ -294,7 +313,7 @@ mod tests {
             } else {
                 Listing::Counted
             };
-            assert_eq!(p.enter(socket as SocketId, "r", person).await, expected);
+            assert_eq!(p.enter(socket as SocketId, "r", person).await.0, expected);
         }
         let members = p.in_room("r").await;
         assert_eq!((members.listed.len(), members.more), (SHOWN, 2));

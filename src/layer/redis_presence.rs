@@ -66,6 +66,27 @@ local function unlist(p, scope, uid)
   end
   return {{'unlisted'}}
 end
+-- A socket's entry: `unchanged` when the user was present in the scope before, else how
+-- the list changed.
+local function add(p, scope, uid, sock, name, ttl)
+  local users = p .. 'presence:' .. scope
+  local sockets = users .. ':' .. uid
+  redis.call('ZADD', sockets, now + ttl, sock)
+  redis.call('PEXPIRE', sockets, ttl * 2)
+  redis.call('SADD', p .. 'presence:scopes', scope)
+  redis.call('HSET', p .. 'presence:names', uid, name)
+  if redis.call('ZADD', users, now + ttl, uid) == 0 then return 'unchanged' end
+  return list_new(p, scope, uid, name)
+end
+-- Appends to `out` how many users are present and not lapsed, then user id, username
+-- pairs of those the list shows.
+local function members(p, scope, out)
+  table.insert(out, tostring(redis.call('ZCOUNT', p .. 'presence:' .. scope, now, '+inf')))
+  for _, field in ipairs(redis.call('HGETALL', listed_key(p, scope))) do
+    table.insert(out, field)
+  end
+  return out
+end
 "
     )
 }
@@ -73,6 +94,7 @@ end
 /// The scripts, each sent to Redis once and then invoked by its hash.
 struct Scripts {
     add: Script,
+    enter: Script,
     remove: Script,
     heartbeat: Script,
     sweep: Script,
@@ -85,6 +107,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     let script = |body: &str| Script::new(&format!("{prelude}{body}"));
     Scripts {
         add: script(ADD),
+        enter: script(ENTER),
         remove: script(REMOVE),
         heartbeat: script(HEARTBEAT),
         sweep: script(SWEEP),
@@ -96,15 +119,14 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
 /// ARGV: prefix, scope, user id, socket, username, ttl ms. Returns `unchanged` when the
 /// user was present in the scope before, else how the list changed.
 const ADD: &str = "
-local p, scope, uid, sock, name, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local users = p .. 'presence:' .. scope
-local sockets = users .. ':' .. uid
-redis.call('ZADD', sockets, now + ttl, sock)
-redis.call('PEXPIRE', sockets, ttl * 2)
-redis.call('SADD', p .. 'presence:scopes', scope)
-redis.call('HSET', p .. 'presence:names', uid, name)
-if redis.call('ZADD', users, now + ttl, uid) == 0 then return {'unchanged'} end
-return {list_new(p, scope, uid, name)}
+return {add(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))}
+";
+
+/// As `ADD`, for a room's scope, followed by who is in the room then (as `MEMBERS`): one
+/// round trip for a socket entering a room.
+const ENTER: &str = "
+local p, scope = ARGV[1], ARGV[2]
+return members(p, scope, {add(p, scope, ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))})
 ";
 
 /// ARGV: prefix, scope, user id, socket. Returns `unchanged` while a live socket of the
@@ -179,12 +201,7 @@ return out
 /// ARGV: prefix, scope of a room. Returns how many users are present and not lapsed, then
 /// user id, username pairs of those the list shows.
 const MEMBERS: &str = "
-local p, scope = ARGV[1], ARGV[2]
-local out = {tostring(redis.call('ZCOUNT', p .. 'presence:' .. scope, now, '+inf'))}
-for _, field in ipairs(redis.call('HGETALL', listed_key(p, scope))) do
-  table.insert(out, field)
-end
-return out
+return members(ARGV[1], ARGV[2], {})
 ";
 
 /// ARGV: prefix, scope. Returns user id, username pairs of the users present and not lapsed.
@@ -203,6 +220,22 @@ fn pair_user(pair: &[String]) -> User {
     User {
         id: pair[0].clone(),
         username: pair[1].clone(),
+    }
+}
+
+/// Who is in a room, from a `MEMBERS` reply: the count present, then id, name pairs.
+fn members_of(reply: &[String]) -> Members {
+    let present: usize = reply.first().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let mut listed: Vec<User> = reply
+        .get(1..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .map(pair_user)
+        .collect();
+    sort_by_name(&mut listed);
+    Members {
+        more: present.saturating_sub(listed.len()),
+        listed,
     }
 }
 
@@ -290,7 +323,14 @@ impl RedisPresence {
         tracing::warn!(error, "presence {what} failed");
     }
 
-    async fn add(&self, socket: SocketId, scope: &str, user: &User) -> Listing {
+    /// Runs `script` (`ADD` or `ENTER`) for the socket's entry in `scope`.
+    async fn add_with(
+        &self,
+        script: &Script,
+        socket: SocketId,
+        scope: &str,
+        user: &User,
+    ) -> Result<Vec<String>, String> {
         let sock = self.socket_key(socket);
         let ttl = self.ttl_ms().to_string();
         let args = [
@@ -301,13 +341,28 @@ impl RedisPresence {
             &user.username,
             &ttl,
         ];
-        match self.eval::<Vec<String>>(&SCRIPTS.add, &args).await {
+        // On failure the heartbeat writes the entry once Redis is back, and reports the
+        // change.
+        self.eval::<Vec<String>>(script, &args)
+            .await
+            .inspect_err(|e| self.failed("update", e))
+    }
+
+    async fn add(&self, socket: SocketId, scope: &str, user: &User) -> Listing {
+        match self.add_with(&SCRIPTS.add, socket, scope, user).await {
             Ok(reply) => listing(&reply),
-            // The heartbeat writes the entry once Redis is back, and reports the change.
-            Err(e) => {
-                self.failed("update", &e);
-                Listing::Unchanged
-            }
+            Err(_) => Listing::Unchanged,
+        }
+    }
+
+    async fn enter_room(&self, socket: SocketId, room: &str, user: &User) -> (Listing, Members) {
+        let scope = room_scope(room);
+        match self.add_with(&SCRIPTS.enter, socket, &scope, user).await {
+            Ok(reply) => (
+                listing(&reply),
+                members_of(reply.get(1..).unwrap_or_default()),
+            ),
+            Err(_) => (Listing::Unchanged, self.local_members(&scope)),
         }
     }
 
@@ -327,37 +382,28 @@ impl RedisPresence {
     /// Who is in `room`; from this node's own sockets when Redis cannot be asked.
     async fn members(&self, room: &str) -> Members {
         let scope = room_scope(room);
-        let mut members = match self
+        match self
             .eval::<Vec<String>>(&SCRIPTS.members, &[self.prefix.as_str(), &scope])
             .await
         {
-            Ok(reply) => {
-                let present: usize = reply.first().and_then(|n| n.parse().ok()).unwrap_or(0);
-                let listed: Vec<User> = reply
-                    .get(1..)
-                    .unwrap_or_default()
-                    .chunks_exact(2)
-                    .map(pair_user)
-                    .collect();
-                Members {
-                    more: present.saturating_sub(listed.len()),
-                    listed,
-                }
-            }
+            Ok(reply) => members_of(&reply),
             Err(e) => {
                 self.failed("read", &e);
-                let mut everyone = self.local_users(&scope);
-                sort_by_name(&mut everyone);
-                let more = everyone.len().saturating_sub(SHOWN);
-                everyone.truncate(SHOWN);
-                Members {
-                    listed: everyone,
-                    more,
-                }
+                self.local_members(&scope)
             }
-        };
-        sort_by_name(&mut members.listed);
-        members
+        }
+    }
+
+    /// Who is in a room by this node's own sockets, for when Redis cannot be asked.
+    fn local_members(&self, scope: &str) -> Members {
+        let mut everyone = self.local_users(scope);
+        sort_by_name(&mut everyone);
+        let more = everyone.len().saturating_sub(SHOWN);
+        everyone.truncate(SHOWN);
+        Members {
+            listed: everyone,
+            more,
+        }
     }
 
     /// The users of this node's sockets in `scope`.
@@ -500,11 +546,11 @@ impl Presence for RedisPresence {
         socket: SocketId,
         room: &'a str,
         user: &'a User,
-    ) -> BoxFuture<'a, Listing> {
+    ) -> BoxFuture<'a, (Listing, Members)> {
         if let Some(entry) = self.local().sockets.get_mut(&socket) {
             entry.1 = Some(room.to_owned());
         }
-        Box::pin(async move { self.add(socket, &room_scope(room), user).await })
+        Box::pin(self.enter_room(socket, room, user))
     }
 
     fn leave<'a>(

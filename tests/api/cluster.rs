@@ -583,13 +583,19 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
     // Socket ids repeat between nodes; the entries do not collide.
     assert!(node_a.connect(1, &ann).await, "first socket anywhere");
     assert!(!node_b.connect(1, &ann).await, "second socket, other node");
-    assert_eq!(node_a.enter(1, "r", &ann).await, Listing::Listed);
-    assert_eq!(node_b.enter(1, "r", &ann).await, Listing::Unchanged);
-    assert_eq!(node_b.online().await, vec![ann.clone()]);
     let listed = Members {
         listed: vec![ann.clone()],
         more: 0,
     };
+    assert_eq!(
+        node_a.enter(1, "r", &ann).await,
+        (Listing::Listed, listed.clone())
+    );
+    assert_eq!(
+        node_b.enter(1, "r", &ann).await,
+        (Listing::Unchanged, listed.clone())
+    );
+    assert_eq!(node_b.online().await, vec![ann.clone()]);
     assert_eq!(node_a.in_room("r").await, listed);
     assert_eq!(
         node_a.leave(1, "r", &ann).await,
@@ -679,7 +685,9 @@ async fn a_crowded_room_is_listed_alike_on_every_node() {
         } else {
             Listing::Counted
         };
-        assert_eq!(node_of(n).enter(socket, "r", person).await, expected);
+        let (listing, members) = node_of(n).enter(socket, "r", person).await;
+        assert_eq!(listing, expected);
+        assert_eq!(members.listed.len() + members.more, n + 1);
     }
     let seen_by_a = node_a.in_room("r").await;
     assert_eq!((seen_by_a.listed.len(), seen_by_a.more), (SHOWN, 3));
