@@ -334,6 +334,7 @@ async fn publish_loop(mut committed: mpsc::Receiver<Committed>) {
         let stored = match stored {
             Ok(stored) => stored,
             Err(e) => {
+                super::note_failure(&e);
                 tracing::error!(error = %e, posts = posts.len(), "message batch not stored");
                 for post in posts {
                     let _ = post.reply.send(Err(StoreError::Batch(e.clone())));

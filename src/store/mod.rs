@@ -11,7 +11,9 @@ mod rooms;
 mod users;
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
@@ -34,7 +36,7 @@ pub enum StoreError {
     #[error("already exists")]
     Conflict,
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The transaction storing a batch of messages failed; every message in it shares the
@@ -44,6 +46,49 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> StoreError {
+        note_failure(&err);
+        StoreError::Database(err)
+    }
+}
+
+/// A pooled PostgreSQL connection idle this long is pinged before use...
+const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
+/// ...and every one is, for this long after a statement failed for want of a working
+/// connection: connections are not pinged when they come back to the pool
+/// (`vendor/sqlx-core`), so after a restart of PostgreSQL the broken ones are found here.
+const PING_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+/// When a statement last failed for want of a working connection, in milliseconds after
+/// `STARTED` (0: never).
+static LAST_CONNECTION_FAILURE_MS: AtomicU64 = AtomicU64::new(0);
+
+fn millis_since_start() -> u64 {
+    u64::try_from(STARTED.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Notes `err` if it says the connection, not the statement, failed.
+fn note_failure(err: &sqlx::Error) {
+    let connection_failed = matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::WorkerCrashed
+    );
+    if connection_failed {
+        LAST_CONNECTION_FAILURE_MS.store(millis_since_start().max(1), Ordering::Relaxed);
+    }
+}
+
+fn failed_recently() -> bool {
+    let last = LAST_CONNECTION_FAILURE_MS.load(Ordering::Relaxed);
+    last != 0 && millis_since_start().saturating_sub(last) < PING_AFTER_FAILURE.as_millis() as u64
+}
 
 /// Maps a unique-constraint violation to `Conflict`, leaving every other error as it is.
 fn conflict_or(err: sqlx::Error) -> StoreError {
@@ -60,9 +105,6 @@ pub struct Store {
     /// Where new messages go to be stored in batches (see `batch`).
     batcher: batch::Batcher,
 }
-
-/// A pooled PostgreSQL connection idle this long is pinged before use.
-const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Connects to `url` (`sqlite:…` or `postgres://…`) and applies the dialect's migrations.
@@ -100,12 +142,12 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(10))
                     // A ping before every statement was one more round trip to PostgreSQL
                     // each time, and its CPU, on every connect and post. A connection that
-                    // was just in use is alive; one that sat idle (across a restart, say)
-                    // is still checked before it is handed out.
+                    // was just in use is alive; one that sat idle (across a restart, say),
+                    // or any while statements are failing, is checked before use.
                     .test_before_acquire(false)
                     .before_acquire(|conn, meta| {
                         Box::pin(async move {
-                            if meta.idle_for >= PING_WHEN_IDLE {
+                            if meta.idle_for >= PING_WHEN_IDLE || failed_recently() {
                                 conn.ping().await?;
                             }
                             Ok(true)
