@@ -1,13 +1,18 @@
 //! Presence shared by every node through Redis.
 //!
-//! Each socket has its own entry with an expiry; a node refreshes its sockets' entries
-//! every heartbeat, so entries of a node that died (even by SIGKILL) lapse after the TTL,
-//! and the next sweep by any surviving node removes them and reports who went away.
+//! Each socket has its own entry, named by its node; liveness is the node's, not each
+//! socket's. A node's heartbeat renews one expiry, whatever number of sockets it holds, so
+//! when a node dies (even by SIGKILL) its expiry lapses after the TTL, and the next sweep by
+//! any surviving node removes that node's entries and reports who went away. A node that
+//! finds itself forgotten (Redis restarted, or it was too slow and was swept) writes its
+//! entries back.
 //!
 //! Keys, under the configured prefix, for each scope (`online`, or `room:<id>`):
 //!
-//! - `presence:<scope>`: sorted set, user id → when the user's newest entry expires (ms);
-//! - `presence:<scope>:<user id>`: sorted set, socket → when its entry expires (ms);
+//! - `presence:<scope>`: sorted set, user id → when the user arrived (ms);
+//! - `presence:<scope>:<user id>`: sorted set, socket (`<node>:<n>`) → when it arrived;
+//! - `presence:alive`: sorted set, node → when it is taken for dead (ms);
+//! - `presence:node:<node>`: present while the node's entries are known to be in place;
 //! - `presence:scopes`: the scopes that have entries, for the sweep;
 //! - `presence:names`: hash, user id → username;
 //! - `presence:listed:room:<id>`: hash, user id → username, of the (at most `SHOWN`) people
@@ -16,7 +21,8 @@
 //!
 //! Every change is one Lua script, so "first socket in" and "last socket out" are decided
 //! atomically however many nodes race, and expiry is judged by the Redis clock alone, so
-//! nodes' clocks need not agree.
+//! nodes' clocks need not agree. A removal that fails (Redis unreachable) is retried by the
+//! next heartbeat.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,13 +57,12 @@ local function list_new(p, scope, uid, name)
   return 'listed'
 end
 -- A user gone from the scope (already removed from it): a listed one makes room for the
--- first live user, by expiry, who is not listed.
+-- user who arrived first of those not listed.
 local function unlist(p, scope, uid)
   if not is_room(scope) then return {{'counted'}} end
   local listed = listed_key(p, scope)
   if redis.call('HDEL', listed, uid) == 0 then return {{'counted'}} end
-  local live = redis.call('ZRANGEBYSCORE', p .. 'presence:' .. scope, now, '+inf', 'LIMIT', 0, SHOWN)
-  for _, other in ipairs(live) do
+  for _, other in ipairs(redis.call('ZRANGE', p .. 'presence:' .. scope, 0, SHOWN)) do
     if redis.call('HEXISTS', listed, other) == 0 then
       local name = redis.call('HGET', p .. 'presence:names', other) or ''
       redis.call('HSET', listed, other, name)
@@ -67,21 +72,21 @@ local function unlist(p, scope, uid)
   return {{'unlisted'}}
 end
 -- A socket's entry: `unchanged` when the user was present in the scope before, else how
--- the list changed.
-local function add(p, scope, uid, sock, name, ttl)
+-- the list changed. A node that has not had its first heartbeat yet is given an expiry,
+-- so that its entries are swept should it die before.
+local function add(p, node, ttl, scope, uid, sock, name)
   local users = p .. 'presence:' .. scope
-  local sockets = users .. ':' .. uid
-  redis.call('ZADD', sockets, now + ttl, sock)
-  redis.call('PEXPIRE', sockets, ttl * 2)
+  redis.call('ZADD', p .. 'presence:alive', 'NX', now + ttl, node)
+  redis.call('ZADD', users .. ':' .. uid, now, sock)
   redis.call('SADD', p .. 'presence:scopes', scope)
   redis.call('HSET', p .. 'presence:names', uid, name)
-  if redis.call('ZADD', users, now + ttl, uid) == 0 then return 'unchanged' end
+  if redis.call('ZADD', users, 'NX', now, uid) == 0 then return 'unchanged' end
   return list_new(p, scope, uid, name)
 end
 -- Appends to `out` how many users are present and not lapsed, then user id, username
 -- pairs of those the list shows.
 local function members(p, scope, out)
-  table.insert(out, tostring(redis.call('ZCOUNT', p .. 'presence:' .. scope, now, '+inf')))
+  table.insert(out, tostring(redis.call('ZCARD', p .. 'presence:' .. scope)))
   for _, field in ipairs(redis.call('HGETALL', listed_key(p, scope))) do
     table.insert(out, field)
   end
@@ -97,6 +102,7 @@ struct Scripts {
     enter: Script,
     remove: Script,
     heartbeat: Script,
+    restore: Script,
     sweep: Script,
     members: Script,
     list: Script,
@@ -110,105 +116,130 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         enter: script(ENTER),
         remove: script(REMOVE),
         heartbeat: script(HEARTBEAT),
+        restore: script(RESTORE),
         sweep: script(SWEEP),
         members: script(MEMBERS),
         list: script(LIST),
     }
 });
 
-/// ARGV: prefix, scope, user id, socket, username, ttl ms. Returns `unchanged` when the
-/// user was present in the scope before, else how the list changed.
+/// ARGV: prefix, node, ttl ms, scope, user id, socket, username. Returns `unchanged` when
+/// the user was present in the scope before, else how the list changed.
 const ADD: &str = "
-return {add(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))}
+return {add(ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6], ARGV[7])}
 ";
 
 /// As `ADD`, for a room's scope, followed by who is in the room then (as `MEMBERS`): one
 /// round trip for a socket entering a room.
 const ENTER: &str = "
-local p, scope = ARGV[1], ARGV[2]
-return members(p, scope, {add(p, scope, ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))})
+local p, scope = ARGV[1], ARGV[4]
+return members(p, scope, {add(p, ARGV[2], tonumber(ARGV[3]), scope, ARGV[5], ARGV[6], ARGV[7])})
 ";
 
-/// ARGV: prefix, scope, user id, socket. Returns `unchanged` while a live socket of the
-/// user is left in the scope (or the user was not there), else how the list changed.
+/// ARGV: prefix, scope, user id, socket. Returns `unchanged` while a socket of the user is
+/// left in the scope (or the user was not there), else how the list changed.
 const REMOVE: &str = "
 local p, scope, uid, sock = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local users = p .. 'presence:' .. scope
 local sockets = users .. ':' .. uid
 redis.call('ZREM', sockets, sock)
-redis.call('ZREMRANGEBYSCORE', sockets, '-inf', now)
 if redis.call('ZCARD', sockets) > 0 then return {'unchanged'} end
 redis.call('DEL', sockets)
 if redis.call('ZREM', users, uid) == 0 then return {'unchanged'} end
 return unlist(p, scope, uid)
 ";
 
-/// ARGV: prefix, ttl ms, then (scope, user id, socket, username) per entry. Refreshes every
-/// entry; returns scope, user id, list change triples for users who had lapsed and are
-/// present again.
+/// ARGV: prefix, node, ttl ms. Renews the node's expiry; returns 1 when its entries are
+/// known to be in place, 0 when the node must write them back (first heartbeat, Redis
+/// restarted, or the node was taken for dead and swept).
 const HEARTBEAT: &str = "
-local p, ttl = ARGV[1], tonumber(ARGV[2])
+local p, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+redis.call('ZADD', p .. 'presence:alive', now + ttl, node)
+local known = redis.call('EXISTS', p .. 'presence:node:' .. node)
+redis.call('SET', p .. 'presence:node:' .. node, '1')
+return known
+";
+
+/// ARGV: prefix, node, ttl ms, then (scope, user id, socket, username) per entry. Writes
+/// the entries back; returns scope, user id, list change triples for users who were not
+/// present and are again.
+const RESTORE: &str = "
+local p, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local out = {}
-for i = 3, #ARGV, 4 do
-  local scope, uid, sock, name = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local users = p .. 'presence:' .. scope
-  local sockets = users .. ':' .. uid
-  redis.call('ZADD', sockets, now + ttl, sock)
-  redis.call('PEXPIRE', sockets, ttl * 2)
-  if redis.call('ZADD', users, now + ttl, uid) == 1 then
-    redis.call('SADD', p .. 'presence:scopes', scope)
-    redis.call('HSET', p .. 'presence:names', uid, name)
+for i = 4, #ARGV, 4 do
+  local scope, uid = ARGV[i], ARGV[i + 1]
+  local change = add(p, node, ttl, scope, uid, ARGV[i + 2], ARGV[i + 3])
+  if change ~= 'unchanged' then
     table.insert(out, scope)
     table.insert(out, uid)
-    table.insert(out, list_new(p, scope, uid, name))
+    table.insert(out, change)
   end
 end
 return out
 ";
 
-/// ARGV: prefix. Removes users whose every entry lapsed; returns scope, user id, username,
-/// list change, promoted user's id and name ('' for none) for each.
+/// ARGV: prefix. Removes the entries of nodes taken for dead, if any; returns scope, user
+/// id, username, list change, promoted user's id and name ('' for none) for each user who
+/// has no socket left in a scope. Everyone gone leaves before anyone is promoted, so only
+/// the living take a freed place.
 const SWEEP: &str = "
 local p = ARGV[1]
-local out = {}
+local alive = p .. 'presence:alive'
+local dead, any = {}, false
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now)) do
+  dead[node] = true
+  any = true
+end
+if not any then return {} end
+local gone = {}
 for _, scope in ipairs(redis.call('SMEMBERS', p .. 'presence:scopes')) do
   local users = p .. 'presence:' .. scope
-  for _, uid in ipairs(redis.call('ZRANGEBYSCORE', users, '-inf', now)) do
+  for _, uid in ipairs(redis.call('ZRANGE', users, 0, -1)) do
     local sockets = users .. ':' .. uid
-    redis.call('ZREMRANGEBYSCORE', sockets, '-inf', now)
-    local newest = redis.call('ZRANGE', sockets, -1, -1, 'WITHSCORES')
-    if #newest > 0 then
-      redis.call('ZADD', users, newest[2], uid)
-    else
+    for _, sock in ipairs(redis.call('ZRANGE', sockets, 0, -1)) do
+      if dead[string.match(sock, '^(.*):[^:]*$') or ''] then
+        redis.call('ZREM', sockets, sock)
+      end
+    end
+    if redis.call('ZCARD', sockets) == 0 then
       redis.call('DEL', sockets)
       redis.call('ZREM', users, uid)
-      local change = unlist(p, scope, uid)
-      table.insert(out, scope)
-      table.insert(out, uid)
-      table.insert(out, redis.call('HGET', p .. 'presence:names', uid) or '')
-      table.insert(out, change[1])
-      table.insert(out, change[2] or '')
-      table.insert(out, change[3] or '')
+      table.insert(gone, {scope, uid})
     end
   end
   if redis.call('EXISTS', users) == 0 then
     redis.call('SREM', p .. 'presence:scopes', scope)
   end
 end
+local out = {}
+for _, entry in ipairs(gone) do
+  local scope, uid = entry[1], entry[2]
+  local change = unlist(p, scope, uid)
+  table.insert(out, scope)
+  table.insert(out, uid)
+  table.insert(out, redis.call('HGET', p .. 'presence:names', uid) or '')
+  table.insert(out, change[1])
+  table.insert(out, change[2] or '')
+  table.insert(out, change[3] or '')
+end
+for node in pairs(dead) do
+  redis.call('ZREM', alive, node)
+  redis.call('DEL', p .. 'presence:node:' .. node)
+end
 return out
 ";
 
-/// ARGV: prefix, scope of a room. Returns how many users are present and not lapsed, then
+/// ARGV: prefix, scope of a room. Returns how many users are present, then
 /// user id, username pairs of those the list shows.
 const MEMBERS: &str = "
 return members(ARGV[1], ARGV[2], {})
 ";
 
-/// ARGV: prefix, scope. Returns user id, username pairs of the users present and not lapsed.
+/// ARGV: prefix, scope. Returns user id, username pairs of the users present.
 const LIST: &str = "
 local p = ARGV[1]
 local out = {}
-for _, uid in ipairs(redis.call('ZRANGEBYSCORE', p .. 'presence:' .. ARGV[2], now, '+inf')) do
+for _, uid in ipairs(redis.call('ZRANGE', p .. 'presence:' .. ARGV[2], 0, -1)) do
   table.insert(out, uid)
   table.insert(out, redis.call('HGET', p .. 'presence:names', uid) or '')
 end
@@ -256,8 +287,8 @@ fn listing(reply: &[String]) -> Listing {
     }
 }
 
-/// Entries per heartbeat script, so one call never holds Redis up for long.
-const HEARTBEAT_CHUNK: usize = 500;
+/// Entries per restore script, so one call never holds Redis up for long.
+const RESTORE_CHUNK: usize = 500;
 
 const ONLINE: &str = "online";
 
@@ -265,10 +296,14 @@ fn room_scope(room: &str) -> String {
     format!("room:{room}")
 }
 
-/// This node's sockets, as presence knows them: what the heartbeat refreshes.
+/// This node's sockets, as presence knows them: what a restore writes back.
 #[derive(Default)]
 struct Local {
     sockets: HashMap<SocketId, (User, Option<String>)>,
+    /// Entries whose removal failed (socket, scope, user), for the next heartbeat.
+    unremoved: Vec<(SocketId, String, User)>,
+    /// A restore failed partway and must run again.
+    restore_pending: bool,
 }
 
 pub struct RedisPresence {
@@ -335,17 +370,21 @@ impl RedisPresence {
         let ttl = self.ttl_ms().to_string();
         let args = [
             self.prefix.as_str(),
+            &self.instance,
+            &ttl,
             scope,
             &user.id,
             &sock,
             &user.username,
-            &ttl,
         ];
-        // On failure the heartbeat writes the entry once Redis is back, and reports the
+        // On failure the next restore writes the entry once Redis is back, and reports the
         // change.
         self.eval::<Vec<String>>(script, &args)
             .await
-            .inspect_err(|e| self.failed("update", e))
+            .inspect_err(|e| {
+                self.failed("update", e);
+                self.local().restore_pending = true;
+            })
     }
 
     async fn add(&self, socket: SocketId, scope: &str, user: &User) -> Listing {
@@ -371,9 +410,11 @@ impl RedisPresence {
         let args = [self.prefix.as_str(), scope, &user.id, &sock];
         match self.eval::<Vec<String>>(&SCRIPTS.remove, &args).await {
             Ok(reply) => listing(&reply),
-            // The entry lapses on its own, and a sweep reports the change.
+            // The next heartbeat tries again, and reports the change.
             Err(e) => {
                 self.failed("update", &e);
+                let entry = (socket, scope.to_owned(), user.clone());
+                self.local().unremoved.push(entry);
                 Listing::Unchanged
             }
         }
@@ -436,7 +477,52 @@ impl RedisPresence {
         users
     }
 
+    /// Retries failed removals, renews this node's expiry, and writes its entries back if
+    /// Redis forgot them; returns the changes no socket reported.
     async fn heartbeat(&self) -> Vec<Change> {
+        let mut changes = self.retry_removals().await;
+        let ttl = self.ttl_ms().to_string();
+        let args = [self.prefix.as_str(), self.instance.as_str(), ttl.as_str()];
+        let known = match self.eval::<i64>(&SCRIPTS.heartbeat, &args).await {
+            Ok(known) => known == 1,
+            Err(e) => {
+                self.failed("heartbeat", &e);
+                return changes;
+            }
+        };
+        let pending = std::mem::take(&mut self.local().restore_pending);
+        if !known || pending {
+            changes.extend(self.restore().await);
+        }
+        changes
+    }
+
+    async fn retry_removals(&self) -> Vec<Change> {
+        let unremoved = std::mem::take(&mut self.local().unremoved);
+        let mut changes = Vec::new();
+        for (socket, scope, user) in unremoved {
+            // The socket came back to the scope meanwhile: its entry stays.
+            if self.still_in(socket, &scope) {
+                continue;
+            }
+            let listing = self.remove(socket, &scope, &user).await;
+            if listing == Listing::Unchanged {
+                continue;
+            }
+            changes.push(match scope.strip_prefix("room:") {
+                Some(room) => Change::Left {
+                    room: room.to_owned(),
+                    user,
+                    listing,
+                },
+                None => Change::Offline(user),
+            });
+        }
+        changes
+    }
+
+    /// Writes every entry of this node back; returns those Redis did not have.
+    async fn restore(&self) -> Vec<Change> {
         let entries: Vec<(String, User, SocketId)> = {
             let local = self.local();
             local
@@ -453,16 +539,17 @@ impl RedisPresence {
         };
         let ttl = self.ttl_ms().to_string();
         let mut changes = Vec::new();
-        for chunk in entries.chunks(HEARTBEAT_CHUNK) {
+        for chunk in entries.chunks(RESTORE_CHUNK) {
             let socks: Vec<String> = chunk.iter().map(|e| self.socket_key(e.2)).collect();
-            let mut args = vec![self.prefix.as_str(), ttl.as_str()];
+            let mut args = vec![self.prefix.as_str(), self.instance.as_str(), ttl.as_str()];
             for ((scope, user, _), sock) in chunk.iter().zip(&socks) {
                 args.extend([scope.as_str(), &user.id, sock, &user.username]);
             }
-            let relisted = match self.eval::<Vec<String>>(&SCRIPTS.heartbeat, &args).await {
+            let relisted = match self.eval::<Vec<String>>(&SCRIPTS.restore, &args).await {
                 Ok(relisted) => relisted,
                 Err(e) => {
-                    self.failed("heartbeat", &e);
+                    self.failed("restore", &e);
+                    self.local().restore_pending = true;
                     return changes;
                 }
             };
@@ -473,7 +560,7 @@ impl RedisPresence {
                 else {
                     continue;
                 };
-                // The socket may have closed while the heartbeat was on its way; then its
+                // The socket may have closed while the restore was on its way; then its
                 // entry was just written back, and must go again.
                 if !self.still_in(*socket, scope) {
                     let _ = self.remove(*socket, scope, user).await;
