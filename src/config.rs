@@ -76,8 +76,8 @@ pub struct Config {
     )]
     pub presence_ttl_ms: u64,
 
-    /// With Redis: how often a node refreshes its sockets' presence and removes lapsed
-    /// entries, in milliseconds. Must be well under the TTL.
+    /// With Redis: how often a node renews its presence and removes the users of nodes
+    /// that stopped renewing theirs, in milliseconds. Must be well under the TTL.
     #[arg(
         long,
         env = "WIRECHAT_PRESENCE_HEARTBEAT_MS",

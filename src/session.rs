@@ -473,6 +473,10 @@ impl Session {
             .await;
         if entered.is_err() {
             self.send(Direct::NotEntered { room: room_key }).await;
+            // Presence may already list the socket in the room it could not show.
+            if let Some(active) = self.active.take() {
+                self.leave_presence(&active.room.id).await;
+            }
         }
         entered
     }
@@ -492,6 +496,12 @@ impl Session {
         if let Some(previous) = previous.filter(|_| !same_room) {
             self.leave(&previous).await;
         }
+        // Active before presence is told, so that however entering ends (an error below,
+        // or the socket closing meanwhile), the room is left again.
+        self.active = Some(ActiveRoom {
+            room: room.clone(),
+            group,
+        });
         let members = if same_room {
             self.hub.presence.in_room(&room.id).await
         } else {
@@ -567,20 +577,12 @@ impl Session {
             })
             .await;
         }
-        self.active = Some(ActiveRoom { room, group });
         Ok(())
     }
 
     /// Presence and read position when the socket leaves a room (or closes).
     async fn leave(&self, previous: &ActiveRoom) {
-        let listing = self
-            .hub
-            .presence
-            .leave(self.member.id, &previous.room.id, &self.user)
-            .await;
-        self.hub
-            .announce_listing(&previous.room.id, &self.user, &listing)
-            .await;
+        self.leave_presence(&previous.room.id).await;
         if let Err(e) = self
             .hub
             .store
@@ -589,6 +591,18 @@ impl Session {
         {
             tracing::warn!(error = %e, "could not record read position");
         }
+    }
+
+    /// Takes the socket out of `room_id`'s presence, telling the room if that shows.
+    async fn leave_presence(&self, room_id: &str) {
+        let listing = self
+            .hub
+            .presence
+            .leave(self.member.id, room_id, &self.user)
+            .await;
+        self.hub
+            .announce_listing(room_id, &self.user, &listing)
+            .await;
     }
 
     /// Every message in `room` after `after_seq`.

@@ -10,7 +10,7 @@
 //! entering socket reads at most `SHOWN` names, and an arrival past the cap changes only
 //! the count instead of every viewer's list.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
@@ -121,36 +121,52 @@ type Counts = HashMap<String, (User, usize)>;
 
 #[derive(Default)]
 struct RoomState {
-    counts: Counts,
+    /// user id → the user, their sockets in the room, and when they arrived (a count).
+    present: HashMap<String, (User, usize, u64)>,
+    arrivals: u64,
     /// Ids of the listed people, at most `SHOWN`.
     listed: Vec<String>,
+    /// The others, by arrival: the first takes a freed place, as with shared presence.
+    waiting: BTreeMap<u64, String>,
 }
 
 impl RoomState {
     fn enter(&mut self, user: &User) -> Listing {
-        if !increment(&mut self.counts, user) {
-            Listing::Unchanged
-        } else if self.listed.len() < SHOWN {
+        if let Some(entry) = self.present.get_mut(&user.id) {
+            entry.1 += 1;
+            return Listing::Unchanged;
+        }
+        self.arrivals += 1;
+        self.present
+            .insert(user.id.clone(), (user.clone(), 1, self.arrivals));
+        if self.listed.len() < SHOWN {
             self.listed.push(user.id.clone());
             Listing::Listed
         } else {
+            self.waiting.insert(self.arrivals, user.id.clone());
             Listing::Counted
         }
     }
 
     fn leave(&mut self, user: &User) -> Listing {
-        if !decrement(&mut self.counts, user) {
-            return Listing::Unchanged;
-        }
-        let Some(at) = self.listed.iter().position(|id| *id == user.id) else {
-            return Listing::Counted;
+        let arrived = match self.present.get_mut(&user.id) {
+            None => return Listing::Unchanged,
+            Some(entry) if entry.1 > 1 => {
+                entry.1 -= 1;
+                return Listing::Unchanged;
+            }
+            Some(entry) => entry.2,
         };
-        self.listed.swap_remove(at);
+        self.present.remove(&user.id);
+        if self.waiting.remove(&arrived).is_some() {
+            return Listing::Counted;
+        }
+        self.listed.retain(|id| *id != user.id);
         let promoted = self
-            .counts
-            .values()
-            .find(|(u, _)| !self.listed.contains(&u.id))
-            .map(|(u, _)| u.clone());
+            .waiting
+            .pop_first()
+            .and_then(|(_, id)| self.present.get(&id))
+            .map(|(u, _, _)| u.clone());
         if let Some(next) = &promoted {
             self.listed.push(next.id.clone());
         }
@@ -161,11 +177,11 @@ impl RoomState {
         let mut listed: Vec<User> = self
             .listed
             .iter()
-            .filter_map(|id| self.counts.get(id).map(|(u, _)| u.clone()))
+            .filter_map(|id| self.present.get(id).map(|(u, _, _)| u.clone()))
             .collect();
         sort_by_name(&mut listed);
         Members {
-            more: self.counts.len().saturating_sub(listed.len()),
+            more: self.present.len().saturating_sub(listed.len()),
             listed,
         }
     }
@@ -235,7 +251,7 @@ impl Presence for LocalPresence {
                 return Listing::Unchanged;
             };
             let listing = state.leave(user);
-            if state.counts.is_empty() {
+            if state.present.is_empty() {
                 s.rooms.remove(room);
             }
             listing
@@ -306,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn a_crowded_room_lists_some_and_counts_the_rest() {
         let p = LocalPresence::default();
-        let people: Vec<User> = (0..SHOWN + 2).map(|n| user(&format!("u{n:03}"))).collect();
+        let people: Vec<User> = (0..SHOWN + 3).map(|n| user(&format!("u{n:03}"))).collect();
         for (socket, person) in people.iter().enumerate() {
             let expected = if socket < SHOWN {
                 Listing::Listed
@@ -316,23 +332,25 @@ mod tests {
             assert_eq!(p.enter(socket as SocketId, "r", person).await.0, expected);
         }
         let members = p.in_room("r").await;
-        assert_eq!((members.listed.len(), members.more), (SHOWN, 2));
+        assert_eq!((members.listed.len(), members.more), (SHOWN, 3));
         assert_eq!(members.listed[0], people[0]);
 
-        // An unlisted person leaving changes the count; a listed one makes room for another.
-        assert_eq!(
-            p.leave(SHOWN as SocketId, "r", &people[SHOWN]).await,
-            Listing::Counted
-        );
-        let last = people[SHOWN + 1].clone();
+        // An unlisted person leaving changes the count; a listed one makes room for the one
+        // who has waited longest, as with shared presence.
+        let (first_waiting, second_waiting) = (SHOWN, SHOWN + 1);
+        let left = p
+            .leave(second_waiting as SocketId, "r", &people[second_waiting])
+            .await;
+        assert_eq!(left, Listing::Counted);
+        let promoted = people[first_waiting].clone();
         assert_eq!(
             p.leave(0, "r", &people[0]).await,
             Listing::Unlisted {
-                promoted: Some(last.clone())
+                promoted: Some(promoted.clone())
             }
         );
         let members = p.in_room("r").await;
-        assert_eq!((members.listed.len(), members.more), (SHOWN, 0));
-        assert!(members.listed.contains(&last));
+        assert_eq!((members.listed.len(), members.more), (SHOWN, 1));
+        assert!(members.listed.contains(&promoted));
     }
 }

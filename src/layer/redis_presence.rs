@@ -304,6 +304,8 @@ struct Local {
     unremoved: Vec<(SocketId, String, User)>,
     /// A restore failed partway and must run again.
     restore_pending: bool,
+    /// Changes made where no one announces them, for the next heartbeat to report.
+    unannounced: Vec<Change>,
 }
 
 pub struct RedisPresence {
@@ -480,7 +482,8 @@ impl RedisPresence {
     /// Retries failed removals, renews this node's expiry, and writes its entries back if
     /// Redis forgot them; returns the changes no socket reported.
     async fn heartbeat(&self) -> Vec<Change> {
-        let mut changes = self.retry_removals().await;
+        let mut changes = std::mem::take(&mut self.local().unannounced);
+        changes.extend(self.retry_removals().await);
         let ttl = self.ttl_ms().to_string();
         let args = [self.prefix.as_str(), self.instance.as_str(), ttl.as_str()];
         let known = match self.eval::<i64>(&SCRIPTS.heartbeat, &args).await {
@@ -624,8 +627,27 @@ impl Presence for RedisPresence {
     }
 
     fn disconnect<'a>(&'a self, socket: SocketId, user: &'a User) -> BoxFuture<'a, bool> {
-        self.local().sockets.remove(&socket);
-        Box::pin(async move { self.remove(socket, ONLINE, user).await != Listing::Unchanged })
+        let room = self
+            .local()
+            .sockets
+            .remove(&socket)
+            .and_then(|(_, room)| room);
+        Box::pin(async move {
+            // A socket normally leaves its room first; if it did not (it closed while
+            // entering one), its room entry must not outlive it.
+            if let Some(room) = room {
+                let listing = self.remove(socket, &room_scope(&room), user).await;
+                if listing != Listing::Unchanged {
+                    let change = Change::Left {
+                        room,
+                        user: user.clone(),
+                        listing,
+                    };
+                    self.local().unannounced.push(change);
+                }
+            }
+            self.remove(socket, ONLINE, user).await != Listing::Unchanged
+        })
     }
 
     fn enter<'a>(

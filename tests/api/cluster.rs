@@ -740,3 +740,31 @@ async fn a_crowded_room_is_listed_alike_on_every_node() {
     assert_eq!((now.listed.len(), now.more), (everyone_on_a, 0));
     assert!(now.listed.contains(&waiting));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
+    use wirechat::chat::presence::{Change, Listing, Members, Presence};
+    use wirechat::layer::RedisPresence;
+    use wirechat::store::User;
+
+    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
+    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    let node = RedisPresence::new(pool, &prefix, "node-a", Duration::from_secs(10));
+    let ann = User {
+        id: "u-ann".into(),
+        username: "ann".into(),
+    };
+    assert!(node.connect(1, &ann).await);
+    assert_eq!(node.enter(1, "r", &ann).await.0, Listing::Listed);
+    // The socket goes before its session left the room: its room entry goes with it (room
+    // entries no longer lapse on their own), and the next upkeep reports the departure.
+    assert!(node.disconnect(1, &ann).await, "her only socket");
+    assert_eq!(node.in_room("r").await, Members::default());
+    let reported = node.maintain().await;
+    let left = Change::Left {
+        room: "r".into(),
+        user: ann.clone(),
+        listing: Listing::Unlisted { promoted: None },
+    };
+    assert_eq!(reported, vec![left]);
+}
