@@ -70,16 +70,20 @@ fn millis_since_start() -> u64 {
     u64::try_from(STARTED.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Notes `err` if it says the connection, not the statement, failed.
+/// Notes `err` if it says the connection, not the statement, failed. (A pool that timed
+/// out is busy, not broken: pinging then would only add to its load.)
 fn note_failure(err: &sqlx::Error) {
-    let connection_failed = matches!(
-        err,
+    let connection_failed = match err {
         sqlx::Error::Io(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::WorkerCrashed
-    );
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL's "connection exception" class, and its server shutting down.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
+    };
     if connection_failed {
         LAST_CONNECTION_FAILURE_MS.store(millis_since_start().max(1), Ordering::Relaxed);
     }
@@ -94,7 +98,7 @@ fn failed_recently() -> bool {
 fn conflict_or(err: sqlx::Error) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        _ => StoreError::Database(err),
+        _ => StoreError::from(err),
     }
 }
 
