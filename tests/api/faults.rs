@@ -117,9 +117,17 @@ impl PgCtl {
             self.port,
             self.dir.display()
         );
-        self.run(
-            "pg_ctl",
-            &["start", "-w", "-D", "data", "-l", "log", "-o", &options],
+        let args = ["start", "-w", "-D", "data", "-l", "log", "-o", &options];
+        let output = self
+            .command("pg_ctl", &args)
+            .output()
+            .unwrap_or_else(|e| panic!("running pg_ctl: {e}"));
+        // The server's own log says why it did not start; it goes with the directory.
+        let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+        assert!(
+            output.status.success(),
+            "pg_ctl {args:?}: {}\nserver log:\n{log}",
+            String::from_utf8_lossy(&output.stderr)
         );
     }
 

@@ -1,10 +1,12 @@
 //! Child processes for tests: wirechat nodes, redis-server, Caddy, each started and
 //! waited for by reading the line that says it is ready, and killed when dropped.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -110,11 +112,21 @@ impl Drop for Process {
 }
 
 /// A port nothing listens on right now.
+///
+/// Chosen below the kernel's ephemeral range (32768 and up): a port from `bind(0)` comes
+/// from that range, so one of the many client sockets the tests open meanwhile could take
+/// it before the server binds it (a test's own PostgreSQL once failed to start so). And
+/// never the same port twice in one run.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
 }
 
 /// A Redis server of a test's own, on a free port, so the test can stop it.
