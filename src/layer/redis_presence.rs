@@ -13,6 +13,8 @@
 //! - `presence:<scope>:<user id>`: sorted set, socket (`<node>:<n>`) → when it arrived;
 //! - `presence:alive`: sorted set, node → when it is taken for dead (ms);
 //! - `presence:node:<node>`: present while the node's entries are known to be in place;
+//! - `presence:entries:<node>`: set of the node's entries (`<scope>\n<user id>\n<socket>`),
+//!   so that removing a dead node's entries costs what it held, not what everyone holds;
 //! - `presence:scopes`: the scopes that have entries, for the sweep;
 //! - `presence:names`: hash, user id → username;
 //! - `presence:listed:room:<id>`: hash, user id → username, of the (at most `SHOWN`) people
@@ -74,9 +76,12 @@ end
 -- A socket's entry: `unchanged` when the user was present in the scope before, else how
 -- the list changed. A node that has not had its first heartbeat yet is given an expiry,
 -- so that its entries are swept should it die before.
+local function entry(scope, uid, sock) return scope .. '\\n' .. uid .. '\\n' .. sock end
+local function node_of(sock) return string.match(sock, '^(.*):[^:]*$') or '' end
 local function add(p, node, ttl, scope, uid, sock, name)
   local users = p .. 'presence:' .. scope
   redis.call('ZADD', p .. 'presence:alive', 'NX', now + ttl, node)
+  redis.call('SADD', p .. 'presence:entries:' .. node, entry(scope, uid, sock))
   redis.call('ZADD', users .. ':' .. uid, now, sock)
   redis.call('SADD', p .. 'presence:scopes', scope)
   redis.call('HSET', p .. 'presence:names', uid, name)
@@ -142,6 +147,7 @@ const REMOVE: &str = "
 local p, scope, uid, sock = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local users = p .. 'presence:' .. scope
 local sockets = users .. ':' .. uid
+redis.call('SREM', p .. 'presence:entries:' .. node_of(sock), entry(scope, uid, sock))
 redis.call('ZREM', sockets, sock)
 if redis.call('ZCARD', sockets) > 0 then return {'unchanged'} end
 redis.call('DEL', sockets)
@@ -178,42 +184,39 @@ end
 return out
 ";
 
-/// ARGV: prefix. Removes the entries of nodes taken for dead, if any; returns scope, user
-/// id, username, list change, promoted user's id and name ('' for none) for each user who
-/// has no socket left in a scope. Everyone gone leaves before anyone is promoted, so only
-/// the living take a freed place.
+/// ARGV: prefix, most entries to remove. Removes up to that many entries of one node taken
+/// for dead, and forgets the node once it has none left. Returns `done` when no node was
+/// dead, else `more`, then scope, user id, username, list change, promoted user's id and
+/// name ('' for none) for each user who has no socket left in a scope. Everyone gone leaves
+/// before anyone is promoted, so only the living take a freed place.
 const SWEEP: &str = "
-local p = ARGV[1]
+local p, most = ARGV[1], tonumber(ARGV[2])
 local alive = p .. 'presence:alive'
-local dead, any = {}, false
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now)) do
-  dead[node] = true
-  any = true
-end
-if not any then return {} end
+local dead = redis.call('ZRANGEBYSCORE', alive, '-inf', now, 'LIMIT', 0, 1)[1]
+if not dead then return {'done'} end
+local index = p .. 'presence:entries:' .. dead
 local gone = {}
-for _, scope in ipairs(redis.call('SMEMBERS', p .. 'presence:scopes')) do
-  local users = p .. 'presence:' .. scope
-  for _, uid in ipairs(redis.call('ZRANGE', users, 0, -1)) do
+for _, e in ipairs(redis.call('SPOP', index, most)) do
+  local scope, uid, sock = string.match(e, '^([^\\n]*)\\n([^\\n]*)\\n(.*)$')
+  if scope then
+    local users = p .. 'presence:' .. scope
     local sockets = users .. ':' .. uid
-    for _, sock in ipairs(redis.call('ZRANGE', sockets, 0, -1)) do
-      if dead[string.match(sock, '^(.*):[^:]*$') or ''] then
-        redis.call('ZREM', sockets, sock)
-      end
-    end
-    if redis.call('ZCARD', sockets) == 0 then
-      redis.call('DEL', sockets)
-      redis.call('ZREM', users, uid)
+    redis.call('ZREM', sockets, sock)
+    if redis.call('ZCARD', sockets) == 0 and redis.call('ZREM', users, uid) == 1 then
       table.insert(gone, {scope, uid})
     end
-  end
-  if redis.call('EXISTS', users) == 0 then
-    redis.call('SREM', p .. 'presence:scopes', scope)
+    if redis.call('EXISTS', users) == 0 then
+      redis.call('SREM', p .. 'presence:scopes', scope)
+    end
   end
 end
-local out = {}
-for _, entry in ipairs(gone) do
-  local scope, uid = entry[1], entry[2]
+if redis.call('EXISTS', index) == 0 then
+  redis.call('ZREM', alive, dead)
+  redis.call('DEL', p .. 'presence:node:' .. dead)
+end
+local out = {'more'}
+for _, g in ipairs(gone) do
+  local scope, uid = g[1], g[2]
   local change = unlist(p, scope, uid)
   table.insert(out, scope)
   table.insert(out, uid)
@@ -221,10 +224,6 @@ for _, entry in ipairs(gone) do
   table.insert(out, change[1])
   table.insert(out, change[2] or '')
   table.insert(out, change[3] or '')
-end
-for node in pairs(dead) do
-  redis.call('ZREM', alive, node)
-  redis.call('DEL', p .. 'presence:node:' .. node)
 end
 return out
 ";
@@ -287,8 +286,10 @@ fn listing(reply: &[String]) -> Listing {
     }
 }
 
-/// Entries per restore script, so one call never holds Redis up for long.
+/// Entries per restore script, so one call never holds Redis up for long...
 const RESTORE_CHUNK: usize = 500;
+/// ...and per sweep script.
+const SWEEP_CHUNK: usize = 1000;
 
 const ONLINE: &str = "online";
 
@@ -592,20 +593,26 @@ impl RedisPresence {
         }
     }
 
+    /// Removes the entries of nodes taken for dead, a bounded number per script so that
+    /// Redis is never held up for long, and reports who went away.
     async fn sweep(&self) -> Vec<Change> {
-        let expired = match self
-            .eval::<Vec<String>>(&SCRIPTS.sweep, &[self.prefix.as_str()])
-            .await
-        {
-            Ok(expired) => expired,
-            Err(e) => {
-                self.failed("sweep", &e);
-                return Vec::new();
-            }
-        };
-        expired
-            .chunks_exact(6)
-            .map(|entry| {
+        let most = SWEEP_CHUNK.to_string();
+        let mut changes = Vec::new();
+        loop {
+            let reply = match self
+                .eval::<Vec<String>>(&SCRIPTS.sweep, &[self.prefix.as_str(), &most])
+                .await
+            {
+                Ok(reply) => reply,
+                Err(e) => {
+                    self.failed("sweep", &e);
+                    return changes;
+                }
+            };
+            let Some((state, gone)) = reply.split_first() else {
+                return changes;
+            };
+            changes.extend(gone.chunks_exact(6).map(|entry| {
                 let user = pair_user(&entry[1..3]);
                 match entry[0].strip_prefix("room:") {
                     Some(room) => Change::Left {
@@ -615,8 +622,11 @@ impl RedisPresence {
                     },
                     None => Change::Offline(user),
                 }
-            })
-            .collect()
+            }));
+            if state != "more" {
+                return changes;
+            }
+        }
     }
 }
 
