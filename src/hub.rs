@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::presence::{Change, Listing, Presence};
@@ -248,6 +248,11 @@ pub async fn maintain_roster(hub: Arc<Hub>) {
 /// Runs presence upkeep every `every` until the node shuts down, announcing what it finds:
 /// users whose node died without saying goodbye, and entries written back after an outage.
 pub async fn maintain_presence(hub: Arc<Hub>, every: Duration) {
+    // Announcing what upkeep found runs beside it: after a big node dies that is a store
+    // read per person, and the heartbeat must keep its pace meanwhile, or this node is
+    // taken for dead too.
+    let (found, to_announce) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(announce_changes(hub.clone(), to_announce));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -255,7 +260,17 @@ pub async fn maintain_presence(hub: Arc<Hub>, every: Duration) {
             _ = hub.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for change in hub.presence.maintain().await {
+        let changes = hub.presence.maintain().await;
+        if !changes.is_empty() && found.send(changes).is_err() {
+            return;
+        }
+    }
+}
+
+/// Announces the presence changes upkeep found, in the order it found them.
+async fn announce_changes(hub: Arc<Hub>, mut found: mpsc::UnboundedReceiver<Vec<Change>>) {
+    while let Some(changes) = found.recv().await {
+        for change in changes {
             tracing::debug!(?change, "presence changed without its socket saying so");
             match &change {
                 Change::Online(user) | Change::Offline(user) => {
