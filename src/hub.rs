@@ -251,7 +251,7 @@ pub async fn maintain_presence(hub: Arc<Hub>, every: Duration) {
     // Announcing what upkeep found runs beside it: after a big node dies that is a store
     // read per person, and the heartbeat must keep its pace meanwhile, or this node is
     // taken for dead too.
-    let (found, to_announce) = tokio::sync::mpsc::unbounded_channel();
+    let (found, to_announce) = mpsc::unbounded_channel();
     tokio::spawn(announce_changes(hub.clone(), to_announce));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

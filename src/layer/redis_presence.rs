@@ -15,7 +15,6 @@
 //! - `presence:node:<node>`: present while the node's entries are known to be in place;
 //! - `presence:entries:<node>`: set of the node's entries (`<scope>\n<user id>\n<socket>`),
 //!   so that removing a dead node's entries costs what it held, not what everyone holds;
-//! - `presence:scopes`: the scopes that have entries, for the sweep;
 //! - `presence:names`: hash, user id → username;
 //! - `presence:listed:room:<id>`: hash, user id → username, of the (at most `SHOWN`) people
 //!   the room's "who is here" list shows; when a listed person goes, the same script lists
@@ -83,12 +82,11 @@ local function add(p, node, ttl, scope, uid, sock, name)
   redis.call('ZADD', p .. 'presence:alive', 'NX', now + ttl, node)
   redis.call('SADD', p .. 'presence:entries:' .. node, entry(scope, uid, sock))
   redis.call('ZADD', users .. ':' .. uid, now, sock)
-  redis.call('SADD', p .. 'presence:scopes', scope)
   redis.call('HSET', p .. 'presence:names', uid, name)
   if redis.call('ZADD', users, 'NX', now, uid) == 0 then return 'unchanged' end
   return list_new(p, scope, uid, name)
 end
--- Appends to `out` how many users are present and not lapsed, then user id, username
+-- Appends to `out` how many users are present, then user id, username
 -- pairs of those the list shows.
 local function members(p, scope, out)
   table.insert(out, tostring(redis.call('ZCARD', p .. 'presence:' .. scope)))
@@ -205,9 +203,6 @@ for _, e in ipairs(redis.call('SPOP', index, most)) do
     if redis.call('ZCARD', sockets) == 0 and redis.call('ZREM', users, uid) == 1 then
       table.insert(gone, {scope, uid})
     end
-    if redis.call('EXISTS', users) == 0 then
-      redis.call('SREM', p .. 'presence:scopes', scope)
-    end
   end
 end
 if redis.call('EXISTS', index) == 0 then
@@ -297,6 +292,18 @@ fn room_scope(room: &str) -> String {
     format!("room:{room}")
 }
 
+/// The change no socket reported when `user` left `scope`.
+fn departure(scope: &str, user: User, listing: Listing) -> Change {
+    match scope.strip_prefix("room:") {
+        Some(room) => Change::Left {
+            room: room.to_owned(),
+            user,
+            listing,
+        },
+        None => Change::Offline(user),
+    }
+}
+
 /// This node's sockets, as presence knows them: what a restore writes back.
 #[derive(Default)]
 struct Local {
@@ -314,7 +321,9 @@ pub struct RedisPresence {
     prefix: String,
     /// Makes socket ids (unique per process) unique across nodes.
     instance: String,
-    ttl: Duration,
+    /// How long a node's entries outlive its last heartbeat, in milliseconds, as the
+    /// scripts take it.
+    ttl_ms: String,
     local: Mutex<Local>,
     /// Presence writes and reads that failed, since start.
     failures: AtomicU64,
@@ -326,7 +335,7 @@ impl RedisPresence {
             pool,
             prefix: prefix.to_owned(),
             instance: instance.to_owned(),
-            ttl,
+            ttl_ms: ttl.as_millis().to_string(),
             local: Mutex::default(),
             failures: AtomicU64::new(0),
         }
@@ -338,10 +347,6 @@ impl RedisPresence {
 
     fn socket_key(&self, socket: SocketId) -> String {
         format!("{}:{socket}", self.instance)
-    }
-
-    fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     async fn eval<T: FromRedisValue>(&self, script: &Script, args: &[&str]) -> Result<T, String> {
@@ -370,11 +375,10 @@ impl RedisPresence {
         user: &User,
     ) -> Result<Vec<String>, String> {
         let sock = self.socket_key(socket);
-        let ttl = self.ttl_ms().to_string();
         let args = [
             self.prefix.as_str(),
             &self.instance,
-            &ttl,
+            &self.ttl_ms,
             scope,
             &user.id,
             &sock,
@@ -485,8 +489,7 @@ impl RedisPresence {
     async fn heartbeat(&self) -> Vec<Change> {
         let mut changes = std::mem::take(&mut self.local().unannounced);
         changes.extend(self.retry_removals().await);
-        let ttl = self.ttl_ms().to_string();
-        let args = [self.prefix.as_str(), self.instance.as_str(), ttl.as_str()];
+        let args = [self.prefix.as_str(), &self.instance, &self.ttl_ms];
         let known = match self.eval::<i64>(&SCRIPTS.heartbeat, &args).await {
             Ok(known) => known == 1,
             Err(e) => {
@@ -510,17 +513,9 @@ impl RedisPresence {
                 continue;
             }
             let listing = self.remove(socket, &scope, &user).await;
-            if listing == Listing::Unchanged {
-                continue;
+            if listing != Listing::Unchanged {
+                changes.push(departure(&scope, user, listing));
             }
-            changes.push(match scope.strip_prefix("room:") {
-                Some(room) => Change::Left {
-                    room: room.to_owned(),
-                    user,
-                    listing,
-                },
-                None => Change::Offline(user),
-            });
         }
         changes
     }
@@ -541,11 +536,10 @@ impl RedisPresence {
                 })
                 .collect()
         };
-        let ttl = self.ttl_ms().to_string();
         let mut changes = Vec::new();
         for chunk in entries.chunks(RESTORE_CHUNK) {
             let socks: Vec<String> = chunk.iter().map(|e| self.socket_key(e.2)).collect();
-            let mut args = vec![self.prefix.as_str(), self.instance.as_str(), ttl.as_str()];
+            let mut args = vec![self.prefix.as_str(), &self.instance, &self.ttl_ms];
             for ((scope, user, _), sock) in chunk.iter().zip(&socks) {
                 args.extend([scope.as_str(), &user.id, sock, &user.username]);
             }
@@ -612,17 +606,11 @@ impl RedisPresence {
             let Some((state, gone)) = reply.split_first() else {
                 return changes;
             };
-            changes.extend(gone.chunks_exact(6).map(|entry| {
-                let user = pair_user(&entry[1..3]);
-                match entry[0].strip_prefix("room:") {
-                    Some(room) => Change::Left {
-                        room: room.to_owned(),
-                        user,
-                        listing: listing(&entry[3..]),
-                    },
-                    None => Change::Offline(user),
-                }
-            }));
+            changes.extend(
+                gone.chunks_exact(6).map(|entry| {
+                    departure(&entry[0], pair_user(&entry[1..3]), listing(&entry[3..]))
+                }),
+            );
             if state != "more" {
                 return changes;
             }
