@@ -564,17 +564,23 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
     );
 }
 
+/// Presence as `N` nodes (`node-a`, `node-b`, …) see it, sharing Redis under a fresh key
+/// prefix; a node's entries outlive its last heartbeat by `ttl`.
+fn shared_presence<const N: usize>(ttl: Duration) -> [wirechat::layer::RedisPresence; N] {
+    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
+    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    std::array::from_fn(|i| {
+        let name = format!("node-{}", char::from(b'a' + i as u8));
+        wirechat::layer::RedisPresence::new(pool.clone(), &prefix, &name, ttl)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
-    use wirechat::layer::RedisPresence;
     use wirechat::store::User;
 
-    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
-    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
-    let ttl = Duration::from_millis(800);
-    let node_a = RedisPresence::new(pool.clone(), &prefix, "node-a", ttl);
-    let node_b = RedisPresence::new(pool, &prefix, "node-b", ttl);
+    let [node_a, node_b] = shared_presence(Duration::from_millis(800));
     let ann = User {
         id: "u-ann".into(),
         username: "ann".into(),
@@ -654,14 +660,9 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
 async fn a_crowded_room_is_listed_alike_on_every_node() {
     use wirechat::chat::presence::{Change, Listing, Presence};
     use wirechat::chat::roster::SHOWN;
-    use wirechat::layer::RedisPresence;
     use wirechat::store::User;
 
-    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
-    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
-    let ttl = Duration::from_millis(800);
-    let node_a = RedisPresence::new(pool.clone(), &prefix, "node-a", ttl);
-    let node_b = RedisPresence::new(pool, &prefix, "node-b", ttl);
+    let [node_a, node_b] = shared_presence(Duration::from_millis(800));
     let people: Vec<User> = (0..SHOWN + 3)
         .map(|n| User {
             id: format!("u-{n:03}"),
@@ -744,12 +745,9 @@ async fn a_crowded_room_is_listed_alike_on_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
-    use wirechat::layer::RedisPresence;
     use wirechat::store::User;
 
-    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
-    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
-    let node = RedisPresence::new(pool, &prefix, "node-a", Duration::from_secs(10));
+    let [node] = shared_presence(Duration::from_secs(10));
     let ann = User {
         id: "u-ann".into(),
         username: "ann".into(),
