@@ -82,7 +82,7 @@ impl Application {
             shutdown,
             roster: Default::default(),
             roster_changed: Default::default(),
-            room_counts: Default::default(),
+            room_changes: Default::default(),
         });
         let listener = TcpListener::bind(config.addr)
             .await
@@ -127,7 +127,7 @@ impl Application {
             self.presence_every,
         ));
         tokio::spawn(crate::hub::maintain_roster(hub.clone()));
-        tokio::spawn(crate::hub::announce_room_counts(hub.clone()));
+        tokio::spawn(crate::hub::announce_room_members(hub.clone()));
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
         let service = web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm

@@ -52,26 +52,52 @@ pub struct Hub {
     pub roster: Roster,
     /// Woken when someone comes or goes, so the roster's count is announced soon.
     pub roster_changed: Notify,
-    /// Rooms whose count of unlisted people changed here, to announce soon.
-    pub room_counts: RoomCounts,
+    /// Rooms whose member list or count this node announced, to announce or check soon.
+    pub room_changes: RoomChanges,
 }
 
-/// Rooms whose "and N more" changed, collected between announcements.
+/// What this node announced about rooms' "who is here", collected between rounds of
+/// `announce_room_members`.
 #[derive(Default)]
-pub struct RoomCounts {
-    changed: Mutex<HashSet<String>>,
+pub struct RoomChanges {
+    changed: Mutex<Announced>,
     wake: Notify,
 }
 
-impl RoomCounts {
-    fn mark(&self, room: &str) {
+#[derive(Default)]
+struct Announced {
+    /// Rooms whose "and N more" changed here, to announce.
+    counts: HashSet<String>,
+    /// Per room, the people this node added to (true) or removed from (false) its list,
+    /// by id: to look at again once other nodes' announcements have landed.
+    listed: HashMap<String, HashMap<String, (User, bool)>>,
+}
+
+impl RoomChanges {
+    /// Records a change; the first one since the last round wakes the announcer.
+    fn record(&self, change: impl FnOnce(&mut Announced)) {
         let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
-        if changed.insert(room.to_owned()) && changed.len() == 1 {
+        let first = changed.counts.is_empty() && changed.listed.is_empty();
+        change(&mut changed);
+        if first {
             self.wake.notify_one();
         }
     }
 
-    fn take(&self) -> HashSet<String> {
+    fn count_changed(&self, room: &str) {
+        self.record(|c| {
+            c.counts.insert(room.to_owned());
+        });
+    }
+
+    fn list_changed(&self, room: &str, user: &User, shown: bool) {
+        self.record(|c| {
+            let room = c.listed.entry(room.to_owned()).or_default();
+            room.insert(user.id.clone(), (user.clone(), shown));
+        });
+    }
+
+    fn take(&self) -> Announced {
         std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -126,12 +152,18 @@ impl Hub {
     pub async fn announce_listing(&self, room: &str, user: &User, listing: &Listing) {
         let frames = match listing {
             Listing::Unchanged | Listing::Counted => Vec::new(),
-            Listing::Listed => vec![member_added(user)],
+            Listing::Listed => {
+                self.room_changes.list_changed(room, user, true);
+                vec![member_added(user)]
+            }
             Listing::Unlisted { promoted } => {
-                let removed = frame(&format!("#member-{}", user.id), Swap::Remove, "");
-                std::iter::once(removed)
-                    .chain(promoted.as_ref().map(member_added))
-                    .collect()
+                self.room_changes.list_changed(room, user, false);
+                let mut frames = vec![member_removed(user)];
+                if let Some(promoted) = promoted {
+                    self.room_changes.list_changed(room, promoted, true);
+                    frames.push(member_added(promoted));
+                }
+                frames
             }
         };
         let group = room_group(room);
@@ -145,7 +177,7 @@ impl Hub {
             }
         }
         if listing.moves_count() {
-            self.room_counts.mark(room);
+            self.room_changes.count_changed(room);
         }
     }
 }
@@ -158,6 +190,10 @@ fn member_added(user: &User) -> Utf8Bytes {
     )
 }
 
+fn member_removed(user: &User) -> Utf8Bytes {
+    frame(&format!("#member-{}", user.id), Swap::Remove, "")
+}
+
 /// Rooms whose count changed are announced together, at most this often...
 const ROOM_COUNTS_COALESCE: Duration = Duration::from_millis(250);
 /// ...and read once more this much later: another node may have announced an older count
@@ -165,13 +201,18 @@ const ROOM_COUNTS_COALESCE: Duration = Duration::from_millis(250);
 const ROOM_COUNTS_SETTLE: Duration = Duration::from_secs(1);
 
 /// Announces each room's "and N more" to its viewers after people came or went past the
-/// cap: one frame per room per round, however many came.
-pub async fn announce_room_counts(hub: Arc<Hub>) {
+/// cap: one frame per room per round, however many came. And looks again, a round later,
+/// at what this node added to or removed from room member lists: two nodes' changes to a
+/// list are published in the order they reach Redis, not the order presence made them, so
+/// an add may land after the removal that followed it. Where the list now says otherwise,
+/// the node corrects its own announcement (and looks once more after that).
+pub async fn announce_room_members(hub: Arc<Hub>) {
     // What this node last announced, for rooms that changed in the last round.
     let mut announced: HashMap<String, usize> = HashMap::new();
+    let mut to_check: HashMap<String, HashMap<String, (User, bool)>> = HashMap::new();
     loop {
         let settle = async {
-            if announced.is_empty() {
+            if announced.is_empty() && to_check.is_empty() {
                 std::future::pending().await
             } else {
                 tokio::time::sleep(ROOM_COUNTS_SETTLE).await
@@ -179,26 +220,54 @@ pub async fn announce_room_counts(hub: Arc<Hub>) {
         };
         tokio::select! {
             _ = hub.shutdown.cancelled() => return,
-            _ = hub.room_counts.wake.notified() => {}
+            _ = hub.room_changes.wake.notified() => {}
             _ = settle => {}
         }
-        let changed = hub.room_counts.take();
+        let changed = hub.room_changes.take();
         let previous = std::mem::take(&mut announced);
-        let rooms: HashSet<&String> = changed.iter().chain(previous.keys()).collect();
+        let checking = std::mem::replace(&mut to_check, changed.listed);
+        let rooms: HashSet<&String> = changed
+            .counts
+            .iter()
+            .chain(previous.keys())
+            .chain(checking.keys())
+            .collect();
         for room in rooms {
-            let more = hub.presence.in_room(room).await.more;
-            let fresh = changed.contains(room);
-            if fresh {
-                announced.insert(room.clone(), more);
-            } else if previous.get(room) == Some(&more) {
-                continue;
+            let members = hub.presence.in_room(room).await;
+            let mut frames = Vec::new();
+            for (user, shown) in checking.get(room).into_iter().flat_map(|c| c.values()) {
+                let listed = members.listed.iter().any(|u| u.id == user.id);
+                if listed != *shown {
+                    frames.push(if listed {
+                        member_added(user)
+                    } else {
+                        member_removed(user)
+                    });
+                    to_check
+                        .entry(room.clone())
+                        .or_default()
+                        .insert(user.id.clone(), (user.clone(), listed));
+                }
             }
-            let event = Event::Viewers {
-                room: Arc::from(room.as_str()),
-                frame: frame("#room-members-more", Swap::Inner, &views::people_more(more)),
-            };
-            if let Err(e) = hub.layer.publish(&room_group(room), event).await {
-                tracing::warn!(error = %e, "room count not published");
+            let fresh = changed.counts.contains(room);
+            if fresh {
+                announced.insert(room.clone(), members.more);
+            }
+            if fresh || previous.get(room).is_some_and(|&more| more != members.more) {
+                frames.push(frame(
+                    "#room-members-more",
+                    Swap::Inner,
+                    &views::people_more(members.more),
+                ));
+            }
+            for frame in frames {
+                let event = Event::Viewers {
+                    room: Arc::from(room.as_str()),
+                    frame,
+                };
+                if let Err(e) = hub.layer.publish(&room_group(room), event).await {
+                    tracing::warn!(error = %e, "room members not published");
+                }
             }
         }
         tokio::select! {

@@ -742,6 +742,57 @@ async fn a_crowded_room_is_listed_alike_on_every_node() {
     assert!(now.listed.contains(&waiting));
 }
 
+/// Two nodes' changes to a room's member list reach viewers in the order they reach Redis,
+/// which need not be the order presence made them. The node looks again at what it
+/// announced and puts right what the list now says otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_list_change_overtaken_by_another_node_is_corrected() {
+    use wirechat::chat::presence::{Listing, Presence};
+    use wirechat::store::User;
+
+    let cluster = Cluster::new(SHARED_REDIS, &[]).await;
+    let node = cluster.node().await;
+    let (ann, bob) = (node.signup("ann").await, node.signup("bob").await);
+    let mut a = node.connect(&ann).await;
+    let b = node.connect(&bob).await;
+    let listed = a
+        .wait_for(|f| f.selector == "#room-members" && f.html.contains("bob"))
+        .await;
+    let bob_id = attr(&listed.html, "id")
+        .expect("member id")
+        .replace("member-", "");
+
+    // Bob leaves through this node, which tells ann...
+    b.close().await;
+    let removed = a
+        .wait_for(|f| f.selector == format!("#member-{bob_id}"))
+        .await;
+    assert_eq!(removed.swap, "remove");
+    // ...and right after enters again through another node, whose announcement of it
+    // reached Redis before this node's removal did: ann's list now lacks him.
+    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    let other = wirechat::layer::RedisPresence::new(
+        pool,
+        &cluster.prefix,
+        "node-other",
+        Duration::from_secs(60),
+    );
+    let bob_user = User {
+        id: bob_id.clone(),
+        username: "bob".into(),
+    };
+    other.connect(1, &bob_user).await;
+    let (listing, _) = other.enter(1, &a.room_id, &bob_user).await;
+    assert_eq!(listing, Listing::Listed);
+
+    // The node that removed him sees the list say otherwise, and lists him again.
+    let back = a
+        .wait_for(|f| f.selector == "#room-members" && f.html.contains(&format!("member-{bob_id}")))
+        .await;
+    assert_eq!(back.swap, "beforeend");
+    other.disconnect(1, &bob_user).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
