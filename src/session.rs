@@ -154,6 +154,28 @@ struct ActiveRoom {
     group: String,
 }
 
+/// A room about to become the active one, and how to show it.
+struct Entry {
+    room: Room,
+    /// The other person, for a private room.
+    peer: Option<User>,
+    /// When resuming: the newest seq the client holds, so only what it missed is sent.
+    resume_after: Option<i64>,
+    /// Whether to record the room as read (a write, skipped when nothing is unread).
+    mark_read: bool,
+}
+
+impl Entry {
+    fn group(room: Room, mark_read: bool) -> Entry {
+        Entry {
+            room,
+            peer: None,
+            resume_after: None,
+            mark_read,
+        }
+    }
+}
+
 struct Session {
     hub: Arc<Hub>,
     user: User,
@@ -276,7 +298,13 @@ impl Session {
         });
         match resumed {
             Some((room, peer, unread)) => {
-                self.enter(room, peer, resume.after_seq, unread > 0).await
+                self.enter(Entry {
+                    room,
+                    peer,
+                    resume_after: resume.after_seq,
+                    mark_read: unread > 0,
+                })
+                .await
             }
             None => {
                 let first = match groups.iter().position(|g| g.name.as_deref() == Some("hi")) {
@@ -292,7 +320,7 @@ impl Session {
                             true
                         }
                     };
-                    self.enter(room, None, None, mark_read).await?;
+                    self.enter(Entry::group(room, mark_read)).await?;
                 }
                 Ok(())
             }
@@ -386,7 +414,7 @@ impl Session {
         if !member {
             self.hub.store.join_group(&room.id, &self.user.id).await?;
         }
-        self.enter(room, None, None, true).await?;
+        self.enter(Entry::group(room, true)).await?;
         Ok(())
     }
 
@@ -444,21 +472,21 @@ impl Session {
                 .await;
             }
         }
-        self.enter(room, Some(peer), None, true).await?;
+        self.enter(Entry {
+            room,
+            peer: Some(peer),
+            resume_after: None,
+            mark_read: true,
+        })
+        .await?;
         Ok(())
     }
 
     /// Makes `room` the active one: presence moves, and the room's header, members and
     /// history (or, when resuming, what was missed) replace the old room's.
-    async fn enter(
-        &mut self,
-        room: Room,
-        peer: Option<User>,
-        resume_after: Option<i64>,
-        mark_read: bool,
-    ) -> Result<(), StoreError> {
-        let room_key: Arc<str> = Arc::from(room.id.as_str());
-        let group = room_group(&room.id);
+    async fn enter(&mut self, entry: Entry) -> Result<(), StoreError> {
+        let room_key: Arc<str> = Arc::from(entry.room.id.as_str());
+        let group = room_group(&entry.room.id);
         self.hub.layer.join(&group, &self.member).await;
         self.hub.layer.registry().view(&group, &self.member);
         // Before presence and history are read: what is published about the room from
@@ -468,9 +496,7 @@ impl Session {
             room: room_key.clone(),
         })
         .await;
-        let entered = self
-            .show_room(room, group, peer, resume_after, mark_read, room_key.clone())
-            .await;
+        let entered = self.show_room(entry, group, room_key.clone()).await;
         if entered.is_err() {
             self.send(Direct::NotEntered { room: room_key }).await;
             // Presence may already list the socket in the room it could not show.
@@ -484,13 +510,16 @@ impl Session {
     /// The part of `enter` after the writer holds the room's events.
     async fn show_room(
         &mut self,
-        room: Room,
+        entry: Entry,
         group: String,
-        peer: Option<User>,
-        resume_after: Option<i64>,
-        mark_read: bool,
         room_key: Arc<str>,
     ) -> Result<(), StoreError> {
+        let Entry {
+            room,
+            peer,
+            resume_after,
+            mark_read,
+        } = entry;
         let previous = self.active.take();
         let same_room = previous.as_ref().is_some_and(|p| p.room.id == room.id);
         if let Some(previous) = previous.filter(|_| !same_room) {
@@ -824,7 +853,7 @@ impl View {
                 seq,
                 frame: f,
             } => {
-                if let Some((_, held)) = self.entering.as_mut().filter(|(r, _)| r == room) {
+                if let Some(held) = self.held_for(room) {
                     held.push(Held::Message(*seq, f.clone()));
                 } else if self.active.as_ref() == Some(room) {
                     self.show(*seq, f.clone(), out);
@@ -839,7 +868,7 @@ impl View {
                 }
             }
             Event::Viewers { room, frame: f } => {
-                if let Some((_, held)) = self.entering.as_mut().filter(|(r, _)| r == room) {
+                if let Some(held) = self.held_for(room) {
                     held.push(Held::Viewers(f.clone()));
                 } else if self.active.as_ref() == Some(room) {
                     out.push(f.clone());
@@ -858,6 +887,14 @@ impl View {
 }
 
 impl View {
+    /// While `room` is being entered, where its events wait for its history and list.
+    fn held_for(&mut self, room: &str) -> Option<&mut Vec<Held>> {
+        self.entering
+            .as_mut()
+            .filter(|(entering, _)| **entering == *room)
+            .map(|(_, held)| held)
+    }
+
     /// Records `seq` as shown; false when it already was.
     fn mark_shown(&mut self, seq: i64) -> bool {
         if seq <= self.shown_through || !self.shown_above.insert(seq) {
