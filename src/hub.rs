@@ -166,6 +166,25 @@ impl Hub {
                 frames
             }
         };
+        self.tell_viewers(room, frames).await;
+        if listing.moves_count() {
+            self.room_changes.count_changed(room);
+        }
+    }
+
+    /// Like `announce_listing`, for an entry this node wrote back after Redis lost it. The
+    /// list is rebuilt in the order nodes write back, so someone viewers saw listed before
+    /// may now only be counted: they are told to drop that name.
+    pub async fn announce_restored(&self, room: &str, user: &User, listing: &Listing) {
+        if *listing == Listing::Counted {
+            self.room_changes.list_changed(room, user, false);
+            self.tell_viewers(room, vec![member_removed(user)]).await;
+        }
+        self.announce_listing(room, user, listing).await;
+    }
+
+    /// Publishes `frames` to the sockets showing `room`.
+    async fn tell_viewers(&self, room: &str, frames: Vec<Utf8Bytes>) {
         let group = room_group(room);
         for frame in frames {
             let event = Event::Viewers {
@@ -175,9 +194,6 @@ impl Hub {
             if let Err(e) = self.layer.publish(&group, event).await {
                 tracing::warn!(error = %e, group, "room presence change not published");
             }
-        }
-        if listing.moves_count() {
-            self.room_changes.count_changed(room);
         }
     }
 }
@@ -260,15 +276,7 @@ pub async fn announce_room_members(hub: Arc<Hub>) {
                     &views::people_more(members.more),
                 ));
             }
-            for frame in frames {
-                let event = Event::Viewers {
-                    room: Arc::from(room.as_str()),
-                    frame,
-                };
-                if let Err(e) = hub.layer.publish(&room_group(room), event).await {
-                    tracing::warn!(error = %e, "room members not published");
-                }
-            }
+            hub.tell_viewers(room, frames).await;
         }
         tokio::select! {
             _ = hub.shutdown.cancelled() => return,
@@ -360,8 +368,8 @@ async fn announce_changes(hub: Arc<Hub>, mut found: mpsc::UnboundedReceiver<Vec<
                     room,
                     user,
                     listing,
-                }
-                | Change::Left {
+                } => hub.announce_restored(room, user, listing).await,
+                Change::Left {
                     room,
                     user,
                     listing,

@@ -793,6 +793,104 @@ async fn a_member_list_change_overtaken_by_another_node_is_corrected() {
     other.disconnect(1, &bob_user).await;
 }
 
+/// Who a viewer sees listed in the room, kept from the frames it is sent.
+#[derive(Default)]
+struct ListedSeen {
+    ids: BTreeSet<String>,
+    more: String,
+}
+
+impl ListedSeen {
+    fn apply(&mut self, f: &Frame) {
+        let ids = |html: &str| -> Vec<String> {
+            html.split("id=\"member-")
+                .skip(1)
+                .filter_map(|rest| rest.split('"').next().map(str::to_owned))
+                .collect()
+        };
+        match (f.selector.as_str(), f.swap.as_str()) {
+            ("#room-members", "innerHTML") => self.ids = ids(&f.html).into_iter().collect(),
+            ("#room-members", "beforeend") => self.ids.extend(ids(&f.html)),
+            ("#room-members-more", _) => self.more = f.html.clone(),
+            (selector, "remove") => {
+                if let Some(id) = selector.strip_prefix("#member-") {
+                    self.ids.remove(id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// After Redis loses its data, the node writes its entries back in an order of its own, so
+/// the list may now name others than before: viewers end up seeing the new list, not the
+/// old one with the new names added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_lists_are_right_again_after_redis_loses_its_data() {
+    use wirechat::chat::presence::Presence;
+    use wirechat::chat::roster::SHOWN;
+
+    let mut args = SHORT_PRESENCE.to_vec();
+    args.extend(["--auth-rate-limit", "1000"]);
+    let cluster = Cluster::new(SHARED_REDIS, &args).await;
+    let node = cluster.node().await;
+    let ann = node.signup("ann").await;
+    let mut a = node.open_socket(&ann, "/ws/chat/").await.expect("socket");
+    let mut seen = ListedSeen::default();
+    let title = a.wait_for(|f| f.selector == "#group-name").await;
+    let room = attr(&title.html, "data-room-id").expect("room id");
+
+    // Ann and SHOWN guests: the list is full and one more is counted.
+    let mut guests = Vec::new();
+    for _ in 0..SHOWN {
+        guests.push(node.connect(&node.guest().await).await);
+    }
+    while !(seen.ids.len() == SHOWN && seen.more == "and 1 more") {
+        seen.apply(&a.next_frame().await);
+    }
+
+    // Redis loses everything under the chat's prefix.
+    let mut redis = cluster.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", cluster.prefix))
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+
+    // The node writes its entries back; ann's list ends up as presence now has it.
+    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    let observer = wirechat::layer::RedisPresence::new(
+        pool,
+        &cluster.prefix,
+        "observer",
+        Duration::from_secs(60),
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = observer.in_room(&room).await;
+        let listed: BTreeSet<String> = now.listed.iter().map(|u| u.id.clone()).collect();
+        if listed.len() == SHOWN && listed == seen.ids {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ann sees {} listed, presence lists {}: {:?}",
+            seen.ids.len(),
+            listed.len(),
+            seen.ids.symmetric_difference(&listed).collect::<Vec<_>>()
+        );
+        if let Ok(f) = tokio::time::timeout(Duration::from_millis(100), a.next_frame()).await {
+            seen.apply(&f);
+        }
+    }
+    drop(guests);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
