@@ -140,7 +140,9 @@ return members(p, scope, {add(p, ARGV[2], tonumber(ARGV[3]), scope, ARGV[5], ARG
 ";
 
 /// ARGV: prefix, scope, user id, socket. Returns `unchanged` while a socket of the user is
-/// left in the scope (or the user was not there), else how the list changed.
+/// left in the scope, else how the list changed. A user who was not there at all (Redis
+/// lost its data while the socket was leaving, or a sweep came first) is `unlisted` with
+/// no one promoted: no place was freed, but viewers may still list them from before.
 const REMOVE: &str = "
 local p, scope, uid, sock = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local users = p .. 'presence:' .. scope
@@ -149,7 +151,7 @@ redis.call('SREM', p .. 'presence:entries:' .. node_of(sock), entry(scope, uid, 
 redis.call('ZREM', sockets, sock)
 if redis.call('ZCARD', sockets) > 0 then return {'unchanged'} end
 redis.call('DEL', sockets)
-if redis.call('ZREM', users, uid) == 0 then return {'unchanged'} end
+if redis.call('ZREM', users, uid) == 0 then return {'unlisted'} end
 return unlist(p, scope, uid)
 ";
 

@@ -891,6 +891,52 @@ async fn member_lists_are_right_again_after_redis_loses_its_data() {
     drop(guests);
 }
 
+/// Someone whose entry Redis lost (it restarted empty while they were leaving) is still
+/// reported as gone from the list when the removal comes: viewers may list them from
+/// before, and no one else will tell them otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_after_redis_lost_the_entry_still_unlists() {
+    use wirechat::chat::presence::{Listing, Presence};
+    use wirechat::store::User;
+
+    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
+    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    let node = wirechat::layer::RedisPresence::new(pool, &prefix, "node-a", PATIENCE);
+    let bob = User {
+        id: "u-bob".into(),
+        username: "bob".into(),
+    };
+    assert!(node.connect(1, &bob).await);
+    assert_eq!(node.enter(1, "r", &bob).await.0, Listing::Listed);
+
+    // Redis loses everything under the prefix.
+    let mut redis = redis::Client::open(SHARED_REDIS)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+
+    assert_eq!(
+        node.leave(1, "r", &bob).await,
+        Listing::Unlisted { promoted: None }
+    );
+    assert!(
+        node.disconnect(1, &bob).await,
+        "gone from the Online list too"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
