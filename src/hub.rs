@@ -223,12 +223,10 @@ const ROOM_COUNTS_SETTLE: Duration = Duration::from_secs(1);
 /// an add may land after the removal that followed it. Where the list now says otherwise,
 /// the node corrects its own announcement (and looks once more after that).
 pub async fn announce_room_members(hub: Arc<Hub>) {
-    // What this node last announced, for rooms that changed in the last round.
-    let mut announced: HashMap<String, usize> = HashMap::new();
-    let mut to_check: HashMap<String, HashMap<String, (User, bool)>> = HashMap::new();
+    let mut rounds = RoomRounds::default();
     loop {
         let settle = async {
-            if announced.is_empty() && to_check.is_empty() {
+            if rounds.is_settled() {
                 std::future::pending().await
             } else {
                 tokio::time::sleep(ROOM_COUNTS_SETTLE).await
@@ -239,19 +237,60 @@ pub async fn announce_room_members(hub: Arc<Hub>) {
             _ = hub.room_changes.wake.notified() => {}
             _ = settle => {}
         }
+        rounds.next(&hub).await;
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ROOM_COUNTS_COALESCE) => {}
+        }
+    }
+}
+
+/// What `announce_room_members` carries from one round to the next.
+#[derive(Default)]
+struct RoomRounds {
+    /// The counts announced last round, for the second look.
+    announced: HashMap<String, usize>,
+    /// The list changes to look at again next round: room → user id → (user, shown).
+    to_check: HashMap<String, HashMap<String, (User, bool)>>,
+    /// Rooms whose count changed but could not be read (Redis unreachable).
+    unread: HashSet<String>,
+}
+
+impl RoomRounds {
+    /// Nothing is left to look at again.
+    fn is_settled(&self) -> bool {
+        self.announced.is_empty() && self.to_check.is_empty() && self.unread.is_empty()
+    }
+
+    /// Announces the counts that changed, looks again at last round's, and checks last
+    /// round's list changes against the lists now.
+    async fn next(&mut self, hub: &Hub) {
         let changed = hub.room_changes.take();
-        let previous = std::mem::take(&mut announced);
-        let checking = std::mem::replace(&mut to_check, changed.listed);
-        let rooms: HashSet<&String> = changed
-            .counts
+        let previous = std::mem::take(&mut self.announced);
+        let checking = std::mem::replace(&mut self.to_check, changed.listed);
+        let mut fresh = changed.counts;
+        fresh.extend(std::mem::take(&mut self.unread));
+        let rooms: HashSet<&String> = fresh
             .iter()
             .chain(previous.keys())
             .chain(checking.keys())
             .collect();
         for room in rooms {
-            let members = hub.presence.in_room(room).await;
+            let checks = checking.get(room);
+            let Some(members) = hub.presence.in_room_if_known(room).await else {
+                // This node's own sockets are not the room: neither count nor check goes
+                // by them. Both wait for a round in which Redis answers.
+                for (id, change) in checks.into_iter().flatten() {
+                    let pending = self.to_check.entry(room.clone()).or_default();
+                    pending.entry(id.clone()).or_insert_with(|| change.clone());
+                }
+                if fresh.contains(room) || previous.contains_key(room) {
+                    self.unread.insert(room.clone());
+                }
+                continue;
+            };
             let mut frames = Vec::new();
-            for (user, shown) in checking.get(room).into_iter().flat_map(|c| c.values()) {
+            for (user, shown) in checks.into_iter().flat_map(|c| c.values()) {
                 let listed = members.listed.iter().any(|u| u.id == user.id);
                 if listed != *shown {
                     frames.push(if listed {
@@ -259,17 +298,15 @@ pub async fn announce_room_members(hub: Arc<Hub>) {
                     } else {
                         member_removed(user)
                     });
-                    to_check
-                        .entry(room.clone())
-                        .or_default()
-                        .insert(user.id.clone(), (user.clone(), listed));
+                    let pending = self.to_check.entry(room.clone()).or_default();
+                    pending.insert(user.id.clone(), (user.clone(), listed));
                 }
             }
-            let fresh = changed.counts.contains(room);
-            if fresh {
-                announced.insert(room.clone(), members.more);
+            let is_fresh = fresh.contains(room);
+            if is_fresh {
+                self.announced.insert(room.clone(), members.more);
             }
-            if fresh || previous.get(room).is_some_and(|&more| more != members.more) {
+            if is_fresh || previous.get(room).is_some_and(|&more| more != members.more) {
                 frames.push(frame(
                     "#room-members-more",
                     Swap::Inner,
@@ -277,10 +314,6 @@ pub async fn announce_room_members(hub: Arc<Hub>) {
                 ));
             }
             hub.tell_viewers(room, frames).await;
-        }
-        tokio::select! {
-            _ = hub.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(ROOM_COUNTS_COALESCE) => {}
         }
     }
 }

@@ -75,6 +75,12 @@ pub trait Presence: Send + Sync {
     fn online(&self) -> BoxFuture<'_, Vec<User>>;
     /// Who is in `room`: at most `SHOWN` people by name, and the count of the others.
     fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Members>;
+    /// As `in_room`, or None where shared presence cannot be read just now and `in_room`
+    /// would answer from this node's own sockets: fine to show a newcomer, wrong to correct
+    /// other nodes' announcements by.
+    fn in_room_if_known<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Option<Members>> {
+        Box::pin(async move { Some(self.in_room(room).await) })
+    }
     /// Periodic upkeep, for presence shared between nodes: keeps this node's entries alive
     /// and expires those of nodes that stopped without saying goodbye. Returns the changes
     /// that no socket reported, for the caller to announce.

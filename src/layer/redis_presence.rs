@@ -431,15 +431,23 @@ impl RedisPresence {
 
     /// Who is in `room`; from this node's own sockets when Redis cannot be asked.
     async fn members(&self, room: &str) -> Members {
+        match self.shared_members(room).await {
+            Some(members) => members,
+            None => self.local_members(&room_scope(room)),
+        }
+    }
+
+    /// Who is in `room` as Redis has it, or None when Redis cannot be asked.
+    async fn shared_members(&self, room: &str) -> Option<Members> {
         let scope = room_scope(room);
         match self
             .eval::<Vec<String>>(&SCRIPTS.members, &[self.prefix.as_str(), &scope])
             .await
         {
-            Ok(reply) => members_of(&reply),
+            Ok(reply) => Some(members_of(&reply)),
             Err(e) => {
                 self.failed("read", &e);
-                self.local_members(&scope)
+                None
             }
         }
     }
@@ -682,6 +690,10 @@ impl Presence for RedisPresence {
 
     fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Members> {
         Box::pin(self.members(room))
+    }
+
+    fn in_room_if_known<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Option<Members>> {
+        Box::pin(self.shared_members(room))
     }
 
     fn failures(&self) -> u64 {

@@ -937,6 +937,30 @@ async fn leaving_after_redis_lost_the_entry_still_unlists() {
     );
 }
 
+/// While Redis is down, a room's members come from this node's own sockets, good enough to
+/// show a newcomer; presence says so, so that no one corrects other nodes' lists by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_says_when_it_answers_from_this_node_alone() {
+    use wirechat::chat::presence::Presence;
+    use wirechat::store::User;
+
+    let mut own = OwnRedis::start(free_port()).await;
+    let pool = wirechat::layer::redis::pool(&own.url()).expect("pool");
+    let node = wirechat::layer::RedisPresence::new(pool, "p:", "node-a", PATIENCE);
+    let bob = User {
+        id: "u-bob".into(),
+        username: "bob".into(),
+    };
+    assert!(node.connect(1, &bob).await);
+    node.enter(1, "r", &bob).await;
+    let shared = node.in_room_if_known("r").await.expect("Redis answers");
+    assert_eq!(shared.listed, vec![bob.clone()]);
+
+    own.crash().await;
+    assert_eq!(node.in_room_if_known("r").await, None);
+    assert_eq!(node.in_room("r").await.listed, vec![bob]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
