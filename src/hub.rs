@@ -291,6 +291,12 @@ impl RoomRounds {
             };
             let mut frames = Vec::new();
             for (user, shown) in checks.into_iter().flat_map(|c| c.values()) {
+                // A newer change of this node's for the same person (who came and went
+                // within a round) supersedes this one, and is checked next round.
+                let pending = self.to_check.get(room.as_str());
+                if pending.is_some_and(|p| p.contains_key(&user.id)) {
+                    continue;
+                }
                 let listed = members.listed.iter().any(|u| u.id == user.id);
                 if listed != *shown {
                     frames.push(if listed {
