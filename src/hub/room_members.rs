@@ -1,60 +1,21 @@
-//! What every socket on this node shares: storage, the channel layer, presence, limits,
-//! and the shutdown signal.
+//! Room member lists as viewers see them: what changed when someone came or went, the
+//! "and N more" count announced a few times a second at most, and a second look a round
+//! later at what this node announced, since nodes' announcements reach Redis in an order
+//! of their own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
-use crate::chat::presence::{Change, Listing, Presence};
+use super::Hub;
+use crate::chat::presence::Listing;
 use crate::chat::protocol::{Swap, frame};
-use crate::chat::rate::RateLimiter;
-use crate::chat::roster::Roster;
-use crate::layer::{ChannelLayer, Event, LOBBY, room_group, user_group};
-use crate::store::{Store, User};
+use crate::layer::{Event, room_group};
+use crate::store::User;
 use crate::views;
-
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Longest message text, in characters.
-    pub max_message_chars: usize,
-    /// Frames a socket may have waiting before it counts as too slow and is closed.
-    pub outbound_queue: usize,
-    /// Largest WebSocket message accepted at all; larger ones close the socket.
-    pub max_frame_bytes: usize,
-    /// Rooms one user may belong to.
-    pub max_rooms_per_user: i64,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_message_chars: 4000,
-            outbound_queue: 1024,
-            max_frame_bytes: 64 * 1024,
-            max_rooms_per_user: 500,
-        }
-    }
-}
-
-pub struct Hub {
-    pub store: Store,
-    pub layer: Arc<dyn ChannelLayer>,
-    pub presence: Arc<dyn Presence>,
-    pub limits: Limits,
-    pub rate: RateLimiter,
-    /// Cancelled when the node shuts down; every socket then closes with 1012.
-    pub shutdown: CancellationToken,
-    /// The capped "Online" list new sockets are shown.
-    pub roster: Roster,
-    /// Woken when someone comes or goes, so the roster's count is announced soon.
-    pub roster_changed: Notify,
-    /// Rooms whose member list or count this node announced, to announce or check soon.
-    pub room_changes: RoomChanges,
-}
 
 /// What this node announced about rooms' "who is here", collected between rounds of
 /// `announce_room_members`.
@@ -102,51 +63,7 @@ impl RoomChanges {
     }
 }
 
-/// The roster is reconciled with presence at least this often (other nodes' arrivals and
-/// departures reach it no other way)...
-const ROSTER_EVERY: Duration = Duration::from_secs(1);
-/// ...and at most this often, however many people come and go: the count goes to every
-/// socket, so a connect storm costs each socket a few frames a second, not one per arrival.
-const ROSTER_COALESCE: Duration = Duration::from_millis(250);
-
 impl Hub {
-    /// Tells everyone that `user` came online (their first socket anywhere) or went
-    /// offline (their last): the "Online" list when it shows them, and the people they
-    /// have conversations with (`peers`, by id), whose sidebars show a dot for them.
-    pub async fn announce_presence(&self, user: &User, online: bool, peers: &[String]) {
-        let mut events = Vec::with_capacity(peers.len() + 1);
-        let (listed, contact) = if online {
-            let add = frame(
-                "#people",
-                Swap::BeforeEnd,
-                &views::person(user).into_string(),
-            );
-            let mark = frame(
-                "#contacts",
-                Swap::BeforeEnd,
-                &views::contact(&user.id).into_string(),
-            );
-            (self.roster.arrived(user).then_some(add), mark)
-        } else {
-            let remove = frame(&format!("#person-{}", user.id), Swap::Remove, "");
-            let unmark = frame(&format!("#on-{}", user.id), Swap::Remove, "");
-            (self.roster.departed(user).then_some(remove), unmark)
-        };
-        if let Some(frame) = listed {
-            events.push((LOBBY.to_owned(), Event::All { frame }));
-        }
-        for peer in peers {
-            let frame = contact.clone();
-            events.push((user_group(peer), Event::All { frame }));
-        }
-        for (group, event) in events {
-            if let Err(e) = self.layer.publish(&group, event).await {
-                tracing::warn!(error = %e, group, "presence change not published");
-            }
-        }
-        self.roster_changed.notify_one();
-    }
-
     /// Tells the people viewing `room` how its "who is here" list changed when `user` came
     /// or went. A change of the count alone is announced later, with others.
     pub async fn announce_listing(&self, room: &str, user: &User, listing: &Listing) {
@@ -320,100 +237,6 @@ impl RoomRounds {
                 ));
             }
             hub.tell_viewers(room, frames).await;
-        }
-    }
-}
-
-/// Keeps the roster in line with presence, announcing the count and what no socket did.
-pub async fn maintain_roster(hub: Arc<Hub>) {
-    loop {
-        tokio::select! {
-            _ = hub.shutdown.cancelled() => return,
-            _ = hub.roster_changed.notified() => {}
-            _ = tokio::time::sleep(ROSTER_EVERY) => {}
-        }
-        let online = hub.presence.online().await;
-        let changes = hub.roster.reconcile(&online);
-        let mut frames = Vec::new();
-        for user in &changes.unlisted {
-            frames.push(frame(&format!("#person-{}", user.id), Swap::Remove, ""));
-        }
-        for user in &changes.listed {
-            let html = views::person(user).into_string();
-            frames.push(frame("#people", Swap::BeforeEnd, &html));
-        }
-        if let Some(more) = changes.more {
-            frames.push(frame(
-                "#people-more",
-                Swap::Inner,
-                &views::people_more(more),
-            ));
-        }
-        for frame in frames {
-            if let Err(e) = hub.layer.publish(LOBBY, Event::All { frame }).await {
-                tracing::warn!(error = %e, "roster change not published");
-            }
-        }
-        tokio::select! {
-            _ = hub.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(ROSTER_COALESCE) => {}
-        }
-    }
-}
-
-/// Runs presence upkeep every `every` until the node shuts down, announcing what it finds:
-/// users whose node died without saying goodbye, and entries written back after an outage.
-pub async fn maintain_presence(hub: Arc<Hub>, every: Duration) {
-    // Announcing what upkeep found runs beside it: after a big node dies that is a store
-    // read per person, and the heartbeat must keep its pace meanwhile, or this node is
-    // taken for dead too.
-    let (found, to_announce) = mpsc::unbounded_channel();
-    tokio::spawn(announce_changes(hub.clone(), to_announce));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = hub.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let changes = hub.presence.maintain().await;
-        if !changes.is_empty() && found.send(changes).is_err() {
-            return;
-        }
-    }
-}
-
-/// Announces the presence changes upkeep found, in the order it found them.
-async fn announce_changes(hub: Arc<Hub>, mut found: mpsc::UnboundedReceiver<Vec<Change>>) {
-    while let Some(changes) = found.recv().await {
-        for change in changes {
-            tracing::debug!(?change, "presence changed without its socket saying so");
-            match &change {
-                Change::Online(user) | Change::Offline(user) => {
-                    let online = matches!(change, Change::Online(_));
-                    let peers = match hub.store.rooms_of(&user.id).await {
-                        Ok(rooms) => rooms
-                            .into_iter()
-                            .filter_map(|r| r.peer.map(|p| p.id))
-                            .collect(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "conversation partners not found");
-                            Vec::new()
-                        }
-                    };
-                    hub.announce_presence(user, online, &peers).await;
-                }
-                Change::Entered {
-                    room,
-                    user,
-                    listing,
-                } => hub.announce_restored(room, user, listing).await,
-                Change::Left {
-                    room,
-                    user,
-                    listing,
-                } => hub.announce_listing(room, user, listing).await,
-            }
         }
     }
 }
