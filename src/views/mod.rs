@@ -6,7 +6,6 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use crate::chat::roster::SHOWN;
 use crate::store::{Room, RoomKind, RoomSummary, StoredMessage, User};
 
 /// How many messages a page of history holds.
@@ -68,7 +67,9 @@ pub struct ChatView<'a> {
     pub online: &'a [User],
 }
 
-pub fn chat_page(view: &ChatView<'_>) -> Markup {
+/// The chat page: `view.online` is the listed people and `more` how many others are online,
+/// as for a socket's sidebar (which replaces this one when the socket opens).
+pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
     layout(
         "wirechat",
         Some(&view.me.id),
@@ -80,7 +81,7 @@ pub fn chat_page(view: &ChatView<'_>) -> Markup {
                 form method="post" action="/logout" { button.link type="submit" { "Log out" } }
             }
             div.chat {
-                aside #aside aria-label="Rooms and people" { (sidebar(view)) }
+                aside #aside aria-label="Rooms and people" { (sidebar_with(view, more, &[])) }
                 main #main {
                     header.room-header {
                         h2 #group-name {}
@@ -101,19 +102,6 @@ pub fn chat_page(view: &ChatView<'_>) -> Markup {
                 }
             }
         },
-    )
-}
-
-/// The sidebar, listing at most `roster::SHOWN` of `view.online` (all of them, by name).
-pub fn sidebar(view: &ChatView<'_>) -> Markup {
-    let shown = view.online.len().min(SHOWN);
-    sidebar_with(
-        &ChatView {
-            online: &view.online[..shown],
-            ..*view
-        },
-        view.online.len() - shown,
-        &[],
     )
 }
 

@@ -22,13 +22,18 @@ async fn chat(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Res
     };
     let store = &state.hub.store;
     let (rooms, groups) = store.rooms_and_groups(&me.id).await?;
-    let online = state.hub.presence.online().await;
-    let page = views::chat_page(&views::ChatView {
-        me: &me,
-        groups: &groups,
-        rooms: &rooms,
-        online: &online,
-    });
+    // The node's capped list, as a socket is shown: reading everyone online from presence
+    // would cost every page load as much as there are people.
+    let (online, more) = state.hub.roster.snapshot();
+    let page = views::chat_page(
+        &views::ChatView {
+            me: &me,
+            groups: &groups,
+            rooms: &rooms,
+            online: &online,
+        },
+        more,
+    );
     Ok(Html(page.into_string()).into_response())
 }
 
