@@ -261,7 +261,8 @@ impl Session {
         // The node's capped list, not everyone online: a connect costs the same however
         // many people are here.
         let (listed, more) = self.hub.roster.snapshot();
-        let contacts = self.hub.roster.online_among(&self.peers);
+        // While presence cannot be read, no dots rather than guesses.
+        let contacts = (self.hub.presence.online_among(&self.peers).await).unwrap_or_default();
         let sidebar = views::sidebar_with(
             &views::ChatView {
                 me: &self.user,

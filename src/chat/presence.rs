@@ -71,8 +71,12 @@ pub trait Presence: Send + Sync {
         room: &'a str,
         user: &'a User,
     ) -> BoxFuture<'a, Listing>;
-    /// Everyone online, by name.
-    fn online(&self) -> BoxFuture<'_, Vec<User>>;
+    /// Who is online as the Online list shows them: at most `SHOWN` listed (by arrival,
+    /// the same on every node) and how many more; None where shared presence cannot be
+    /// read just now. It costs the same however many are online.
+    fn online_members(&self) -> BoxFuture<'_, Option<Members>>;
+    /// Which of `ids` are online; None where shared presence cannot be read just now.
+    fn online_among<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Option<Vec<String>>>;
     /// Who is in `room`: at most `SHOWN` people by name, and the count of the others.
     fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Members>;
     /// As `in_room`, or None where shared presence cannot be read just now and `in_room`
@@ -118,12 +122,10 @@ pub struct LocalPresence {
 
 #[derive(Default)]
 struct PresenceState {
-    online: Counts,
+    /// Everyone online, listed as a room's members are.
+    online: RoomState,
     rooms: HashMap<String, RoomState>,
 }
-
-/// user id → (user, number of sockets).
-type Counts = HashMap<String, (User, usize)>;
 
 #[derive(Default)]
 struct RoomState {
@@ -193,28 +195,6 @@ impl RoomState {
     }
 }
 
-fn increment(counts: &mut Counts, user: &User) -> bool {
-    let entry = counts
-        .entry(user.id.clone())
-        .or_insert_with(|| (user.clone(), 0));
-    entry.1 += 1;
-    entry.1 == 1
-}
-
-fn decrement(counts: &mut Counts, user: &User) -> bool {
-    match counts.get_mut(&user.id) {
-        Some(entry) if entry.1 > 1 => {
-            entry.1 -= 1;
-            false
-        }
-        Some(_) => {
-            counts.remove(&user.id);
-            true
-        }
-        None => false,
-    }
-}
-
 /// By name, and by id between equal names, so every node sorts alike.
 pub fn sort_by_name(users: &mut [User]) {
     users.sort_by(|a, b| (&a.username, &a.id).cmp(&(&b.username, &b.id)));
@@ -229,12 +209,12 @@ impl LocalPresence {
 
 impl Presence for LocalPresence {
     fn connect<'a>(&'a self, _: SocketId, user: &'a User) -> BoxFuture<'a, bool> {
-        let changed = self.with(|s| increment(&mut s.online, user));
+        let changed = self.with(|s| s.online.enter(user)) != Listing::Unchanged;
         Box::pin(async move { changed })
     }
 
     fn disconnect<'a>(&'a self, _: SocketId, user: &'a User) -> BoxFuture<'a, bool> {
-        let changed = self.with(|s| decrement(&mut s.online, user));
+        let changed = self.with(|s| s.online.leave(user)) != Listing::Unchanged;
         Box::pin(async move { changed })
     }
 
@@ -265,11 +245,19 @@ impl Presence for LocalPresence {
         Box::pin(async move { listing })
     }
 
-    fn online(&self) -> BoxFuture<'_, Vec<User>> {
-        let mut users: Vec<User> =
-            self.with(|s| s.online.values().map(|(u, _)| u.clone()).collect());
-        sort_by_name(&mut users);
-        Box::pin(async move { users })
+    fn online_members(&self) -> BoxFuture<'_, Option<Members>> {
+        let members = self.with(|s| s.online.members());
+        Box::pin(async move { Some(members) })
+    }
+
+    fn online_among<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Option<Vec<String>>> {
+        let online = self.with(|s| {
+            ids.iter()
+                .filter(|id| s.online.present.contains_key(*id))
+                .cloned()
+                .collect()
+        });
+        Box::pin(async move { Some(online) })
     }
 
     fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Members> {
@@ -300,10 +288,17 @@ mod tests {
         let ann = user("ann");
         assert!(p.connect(1, &ann).await);
         assert!(!p.connect(2, &ann).await);
-        assert_eq!(p.online().await, vec![ann.clone()]);
+        let alone = Members {
+            listed: vec![ann.clone()],
+            more: 0,
+        };
+        assert_eq!(p.online_members().await, Some(alone));
+        let among = p.online_among(&["id-ann".into(), "id-bob".into()]).await;
+        assert_eq!(among, Some(vec!["id-ann".to_owned()]));
         assert!(!p.disconnect(1, &ann).await);
         assert!(p.disconnect(2, &ann).await);
-        assert!(p.online().await.is_empty());
+        assert_eq!(p.online_members().await, Some(Members::default()));
+        assert_eq!(p.online_among(&["id-ann".into()]).await, Some(Vec::new()));
 
         let listed_alone = Members {
             listed: vec![ann.clone()],

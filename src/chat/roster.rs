@@ -7,11 +7,14 @@
 //! changes the count, which a node announces at most a few times a second.
 //!
 //! Each node keeps its own copy of the list (the one its new sockets are shown) and
-//! reconciles it now and then with presence, which for several nodes is shared.
+//! reconciles it now and then with presence, which for several nodes is shared. Presence
+//! keeps the list itself, capped as room member lists are (the first `SHOWN` to arrive,
+//! then whoever has waited longest): a reconcile reads those few and a count, never
+//! everyone online.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
+use crate::chat::presence::Members;
 use crate::store::User;
 
 /// People listed by name, at most.
@@ -26,15 +29,19 @@ pub struct Roster {
 struct State {
     /// Sorted by name.
     listed: Vec<User>,
-    /// Ids of everyone online, as of the last reconcile and local changes since.
-    online: HashSet<String>,
+    /// How many people are online, as of the last reconcile and local changes since.
+    online: usize,
     /// The "and N more" last announced.
     announced_more: usize,
 }
 
 impl State {
     fn more(&self) -> usize {
-        self.online.len().saturating_sub(self.listed.len())
+        self.online.saturating_sub(self.listed.len())
+    }
+
+    fn is_listed(&self, user: &User) -> bool {
+        self.listed.iter().any(|u| u.id == user.id)
     }
 
     fn list(&mut self, user: &User) {
@@ -64,8 +71,8 @@ impl Roster {
     /// every socket should be sent their entry.
     pub fn arrived(&self, user: &User) -> bool {
         self.with(|s| {
-            s.online.insert(user.id.clone());
-            if s.listed.len() >= SHOWN || s.listed.iter().any(|u| u.id == user.id) {
+            s.online += 1;
+            if s.listed.len() >= SHOWN || s.is_listed(user) {
                 return false;
             }
             s.list(user);
@@ -77,10 +84,10 @@ impl Roster {
     /// list. While everyone fits that is always (another node may have listed them).
     pub fn departed(&self, user: &User) -> bool {
         self.with(|s| {
-            s.online.remove(&user.id);
-            let was_listed = s.listed.iter().any(|u| u.id == user.id);
+            s.online = s.online.saturating_sub(1);
+            let was_listed = s.is_listed(user);
             s.listed.retain(|u| u.id != user.id);
-            was_listed || s.online.len() < SHOWN
+            was_listed || s.online < SHOWN
         })
     }
 
@@ -89,35 +96,32 @@ impl Roster {
         self.with(|s| (s.listed.clone(), s.more()))
     }
 
-    /// Which of `ids` are online.
-    pub fn online_among<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Vec<String> {
-        self.with(|s| {
-            ids.into_iter()
-                .filter(|id| s.online.contains(*id))
-                .cloned()
-                .collect()
-        })
+    /// The ids of the people listed, to ask presence which are still online.
+    pub fn listed_ids(&self) -> Vec<String> {
+        self.with(|s| s.listed.iter().map(|u| u.id.clone()).collect())
     }
 
-    /// Brings the list in line with everyone online (sorted by name), and says what changed
-    /// that no one has announced: people who left without this node hearing of it, and,
-    /// past the cap, people listed in the place of those who left. While everyone fits,
-    /// the node that saw an arrival announced it, so it is listed silently here.
-    pub fn reconcile(&self, online: &[User]) -> Reconciled {
+    /// Brings the list in line with presence: of the ids in `asked` (from `listed_ids`),
+    /// those not in `online` have left; free places go to people presence lists (`now`);
+    /// the count comes from `now`. Says what changed that no one has announced: people who
+    /// left without this node hearing of it, and, past the cap, people listed in the place
+    /// of those who left. While everyone fits, the node that saw an arrival announced it,
+    /// so it is listed silently here.
+    pub fn reconcile(&self, now: &Members, asked: &[String], online: &[String]) -> Reconciled {
         self.with(|s| {
-            s.online = online.iter().map(|u| u.id.clone()).collect();
+            s.online = now.listed.len() + now.more;
             let mut changes = Reconciled::default();
-            let (kept, gone): (Vec<User>, Vec<User>) = std::mem::take(&mut s.listed)
-                .into_iter()
-                .partition(|u| s.online.contains(&u.id));
+            let left = |u: &User| asked.contains(&u.id) && !online.contains(&u.id);
+            let (gone, kept): (Vec<User>, Vec<User>) =
+                std::mem::take(&mut s.listed).into_iter().partition(left);
             s.listed = kept;
             changes.unlisted = gone;
-            let crowded = online.len() > SHOWN;
-            for user in online {
+            let crowded = s.online > SHOWN;
+            for user in &now.listed {
                 if s.listed.len() >= SHOWN {
                     break;
                 }
-                if !s.listed.iter().any(|u| u.id == user.id) {
+                if !s.is_listed(user) {
                     s.list(user);
                     if crowded {
                         changes.listed.push(user.clone());
@@ -161,28 +165,59 @@ mod tests {
         assert!(!roster.departed(&user(SHOWN)));
     }
 
+    /// Presence's list: the users numbered `ns` and a count of `more`.
+    fn members(ns: impl IntoIterator<Item = usize>, more: usize) -> Members {
+        Members {
+            listed: ns.into_iter().map(user).collect(),
+            more,
+        }
+    }
+
+    fn ids(ns: impl IntoIterator<Item = usize>) -> Vec<String> {
+        ns.into_iter().map(|n| user(n).id).collect()
+    }
+
     #[test]
     fn reconcile_fills_the_list_and_reports_the_count_once() {
         let roster = Roster::default();
-        let online: Vec<User> = (0..SHOWN + 5).map(user).collect();
-        let first = roster.reconcile(&online);
+        let now = members(0..SHOWN, 5);
+        let first = roster.reconcile(&now, &[], &[]);
         assert_eq!(first.listed.len(), SHOWN);
         assert_eq!(first.more, Some(5));
-        assert_eq!(roster.reconcile(&online), Reconciled::default());
-        // Someone listed left unannounced: removed, and the next by name takes the place.
-        let fewer: Vec<User> = online[1..].to_vec();
-        let next = roster.reconcile(&fewer);
+        let asked = roster.listed_ids();
+        assert_eq!(
+            roster.reconcile(&now, &asked, &asked),
+            Reconciled::default()
+        );
+        // Someone listed left unannounced: removed, and whoever presence lists in the
+        // place is announced.
+        let now = members((1..SHOWN).chain([SHOWN + 3]), 4);
+        let next = roster.reconcile(&now, &asked, &ids(1..SHOWN));
         assert_eq!(next.unlisted, vec![user(0)]);
-        assert_eq!(next.listed, vec![user(SHOWN)]);
+        assert_eq!(next.listed, vec![user(SHOWN + 3)]);
         assert_eq!(next.more, Some(4));
+        assert_eq!(roster.snapshot().1, 4);
+    }
+
+    #[test]
+    fn people_listed_here_stay_while_online_whoever_presence_lists() {
+        let roster = Roster::default();
+        for n in 0..SHOWN {
+            assert!(roster.arrived(&user(100 + n)));
+        }
+        // Presence listed others first (they came through other nodes); everyone here is
+        // still online, so nothing changes on this node's list but the count.
+        let asked = roster.listed_ids();
+        let changes = roster.reconcile(&members(0..SHOWN, SHOWN), &asked, &asked);
+        assert!(changes.listed.is_empty() && changes.unlisted.is_empty());
+        assert_eq!(changes.more, Some(SHOWN));
     }
 
     #[test]
     fn a_small_crowd_is_listed_silently() {
         let roster = Roster::default();
-        let changes = roster.reconcile(&[user(1), user(2)]);
+        let changes = roster.reconcile(&members([1, 2], 0), &[], &[]);
         assert!(changes.listed.is_empty() && changes.more.is_none());
         assert_eq!(roster.snapshot().0, vec![user(1), user(2)]);
-        assert_eq!(roster.online_among(&["id-002".to_owned()]), vec!["id-002"]);
     }
 }

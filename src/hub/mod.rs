@@ -113,8 +113,17 @@ pub async fn maintain_roster(hub: Arc<Hub>) {
             _ = hub.roster_changed.notified() => {}
             _ = tokio::time::sleep(ROSTER_EVERY) => {}
         }
-        let online = hub.presence.online().await;
-        let changes = hub.roster.reconcile(&online);
+        // A few reads however many are online: presence's own capped list and count, and
+        // which of the people listed here are still online. When Redis cannot be asked,
+        // this node's own users are not everyone online, so the list waits.
+        let asked = hub.roster.listed_ids();
+        let (Some(now), Some(online)) = (
+            hub.presence.online_members().await,
+            hub.presence.online_among(&asked).await,
+        ) else {
+            continue;
+        };
+        let changes = hub.roster.reconcile(&now, &asked, &online);
         let mut frames = Vec::new();
         for user in &changes.unlisted {
             frames.push(frame(&format!("#person-{}", user.id), Swap::Remove, ""));

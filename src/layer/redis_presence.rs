@@ -40,7 +40,7 @@ use crate::chat::roster::SHOWN;
 use crate::store::User;
 
 /// What every script starts with: `now` in milliseconds, from the Redis server's clock,
-/// and the rules of a room's capped list. A list change is reported as a code, then the
+/// and the rules of the capped lists (each room's, and the Online list). A list change is reported as a code, then the
 /// promoted user's id and name when someone was: `listed`, `counted` or `unlisted`.
 fn prelude() -> String {
     format!(
@@ -48,10 +48,8 @@ fn prelude() -> String {
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local SHOWN = {SHOWN}
 local function listed_key(p, scope) return p .. 'presence:listed:' .. scope end
-local function is_room(scope) return string.sub(scope, 1, 5) == 'room:' end
 -- A user new to the scope is listed while the list has room.
 local function list_new(p, scope, uid, name)
-  if not is_room(scope) then return 'counted' end
   local listed = listed_key(p, scope)
   if redis.call('HLEN', listed) >= SHOWN then return 'counted' end
   redis.call('HSET', listed, uid, name)
@@ -60,7 +58,6 @@ end
 -- A user gone from the scope (already removed from it): a listed one makes room for the
 -- user who arrived first of those not listed.
 local function unlist(p, scope, uid)
-  if not is_room(scope) then return {{'counted'}} end
   local listed = listed_key(p, scope)
   if redis.call('HDEL', listed, uid) == 0 then return {{'counted'}} end
   for _, other in ipairs(redis.call('ZRANGE', p .. 'presence:' .. scope, 0, SHOWN)) do
@@ -108,7 +105,7 @@ struct Scripts {
     restore: Script,
     sweep: Script,
     members: Script,
-    list: Script,
+    present: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
@@ -122,7 +119,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         restore: script(RESTORE),
         sweep: script(SWEEP),
         members: script(MEMBERS),
-        list: script(LIST),
+        present: script(PRESENT),
     }
 });
 
@@ -231,13 +228,12 @@ const MEMBERS: &str = "
 return members(ARGV[1], ARGV[2], {})
 ";
 
-/// ARGV: prefix, scope. Returns user id, username pairs of the users present.
-const LIST: &str = "
-local p = ARGV[1]
+/// ARGV: prefix, scope, then user ids. Returns those of the ids present in the scope.
+const PRESENT: &str = "
+local users = ARGV[1] .. 'presence:' .. ARGV[2]
 local out = {}
-for _, uid in ipairs(redis.call('ZRANGE', p .. 'presence:' .. ARGV[2], 0, -1)) do
-  table.insert(out, uid)
-  table.insert(out, redis.call('HGET', p .. 'presence:names', uid) or '')
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', users, ARGV[i]) then table.insert(out, ARGV[i]) end
 end
 return out
 ";
@@ -431,17 +427,16 @@ impl RedisPresence {
 
     /// Who is in `room`; from this node's own sockets when Redis cannot be asked.
     async fn members(&self, room: &str) -> Members {
-        match self.shared_members(room).await {
+        match self.shared_members(&room_scope(room)).await {
             Some(members) => members,
             None => self.local_members(&room_scope(room)),
         }
     }
 
-    /// Who is in `room` as Redis has it, or None when Redis cannot be asked.
-    async fn shared_members(&self, room: &str) -> Option<Members> {
-        let scope = room_scope(room);
+    /// Who is in `scope` as Redis has it, or None when Redis cannot be asked.
+    async fn shared_members(&self, scope: &str) -> Option<Members> {
         match self
-            .eval::<Vec<String>>(&SCRIPTS.members, &[self.prefix.as_str(), &scope])
+            .eval::<Vec<String>>(&SCRIPTS.members, &[self.prefix.as_str(), scope])
             .await
         {
             Ok(reply) => Some(members_of(&reply)),
@@ -478,20 +473,20 @@ impl RedisPresence {
         seen.into_values().collect()
     }
 
-    /// Users present in `scope`, by name; this node's own when Redis cannot be asked.
-    async fn list(&self, scope: &str) -> Vec<User> {
-        let mut users: Vec<User> = match self
-            .eval::<Vec<String>>(&SCRIPTS.list, &[self.prefix.as_str(), scope])
-            .await
-        {
-            Ok(flat) => flat.chunks_exact(2).map(pair_user).collect(),
+    /// Which of `ids` are present in `scope`, or None when Redis cannot be asked.
+    async fn present_among(&self, scope: &str, ids: &[String]) -> Option<Vec<String>> {
+        if ids.is_empty() {
+            return Some(Vec::new());
+        }
+        let mut args = vec![self.prefix.as_str(), scope];
+        args.extend(ids.iter().map(String::as_str));
+        match self.eval::<Vec<String>>(&SCRIPTS.present, &args).await {
+            Ok(present) => Some(present),
             Err(e) => {
                 self.failed("read", &e);
-                self.local_users(scope)
+                None
             }
-        };
-        sort_by_name(&mut users);
-        users
+        }
     }
 
     /// Retries failed removals, renews this node's expiry, and writes its entries back if
@@ -684,8 +679,12 @@ impl Presence for RedisPresence {
         Box::pin(async move { self.remove(socket, &room_scope(room), user).await })
     }
 
-    fn online(&self) -> BoxFuture<'_, Vec<User>> {
-        Box::pin(self.list(ONLINE))
+    fn online_members(&self) -> BoxFuture<'_, Option<Members>> {
+        Box::pin(self.shared_members(ONLINE))
+    }
+
+    fn online_among<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Option<Vec<String>>> {
+        Box::pin(self.present_among(ONLINE, ids))
     }
 
     fn in_room<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Members> {
@@ -693,7 +692,7 @@ impl Presence for RedisPresence {
     }
 
     fn in_room_if_known<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Option<Members>> {
-        Box::pin(self.shared_members(room))
+        Box::pin(async move { self.shared_members(&room_scope(room)).await })
     }
 
     fn failures(&self) -> u64 {

@@ -601,7 +601,9 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
         node_b.enter(1, "r", &ann).await,
         (Listing::Unchanged, listed.clone())
     );
-    assert_eq!(node_b.online().await, vec![ann.clone()]);
+    assert_eq!(node_b.online_members().await, Some(listed.clone()));
+    let among = node_a.online_among(std::slice::from_ref(&ann.id)).await;
+    assert_eq!(among, Some(vec![ann.id.clone()]));
     assert_eq!(node_a.in_room("r").await, listed);
     assert_eq!(
         node_a.leave(1, "r", &ann).await,
@@ -632,7 +634,11 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
         "{reported:?}"
     );
     assert_eq!(reported.len(), 2, "{reported:?}");
-    assert!(node_a.online().await.is_empty());
+    assert_eq!(node_a.online_members().await, Some(Members::default()));
+    assert_eq!(
+        node_a.online_among(std::slice::from_ref(&ann.id)).await,
+        Some(Vec::new())
+    );
     assert_eq!(node_a.in_room("r").await, Members::default());
     assert!(node_a.maintain().await.is_empty());
 
@@ -648,7 +654,7 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
         }),
         "{back:?}"
     );
-    assert_eq!(node_a.online().await, vec![ann.clone()]);
+    assert_eq!(node_a.online_members().await, Some(listed.clone()));
     assert_eq!(
         node_b.leave(1, "r", &ann).await,
         Listing::Unlisted { promoted: None }
