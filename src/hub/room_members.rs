@@ -192,9 +192,18 @@ impl RoomRounds {
             .chain(previous.keys())
             .chain(checking.keys())
             .collect();
+        // Once a read fails, the other rooms are not tried this round: each try would
+        // wait for the failure and log it.
+        let mut unreachable = false;
         for room in rooms {
             let checks = checking.get(room);
-            let Some(members) = hub.presence.in_room_if_known(room).await else {
+            let members = if unreachable {
+                None
+            } else {
+                hub.presence.in_room_if_known(room).await
+            };
+            let Some(members) = members else {
+                unreachable = true;
                 // This node's own sockets are not the room: neither count nor check goes
                 // by them. Both wait for a round in which Redis answers.
                 for (id, change) in checks.into_iter().flatten() {
