@@ -154,12 +154,26 @@ return unlist(p, scope, uid)
 
 /// ARGV: prefix, node, ttl ms. Renews the node's expiry; returns 1 when its entries are
 /// known to be in place, 0 when the node must write them back (first heartbeat, Redis
-/// restarted, or the node was taken for dead and swept).
+/// restarted, or the node was taken for dead and swept). Also fills the Online list where
+/// it has room and people online are not on it: nodes of versions that kept no such list
+/// left it empty, and it would otherwise fill only as people come and go. Two reads when
+/// there is nothing to fill.
 const HEARTBEAT: &str = "
 local p, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 redis.call('ZADD', p .. 'presence:alive', now + ttl, node)
 local known = redis.call('EXISTS', p .. 'presence:node:' .. node)
 redis.call('SET', p .. 'presence:node:' .. node, '1')
+local listed, online = listed_key(p, 'online'), p .. 'presence:online'
+local have = redis.call('HLEN', listed)
+if have < SHOWN and redis.call('ZCARD', online) > have then
+  for _, uid in ipairs(redis.call('ZRANGE', online, 0, 2 * SHOWN)) do
+    if have >= SHOWN then break end
+    if redis.call('HEXISTS', listed, uid) == 0 then
+      redis.call('HSET', listed, uid, redis.call('HGET', p .. 'presence:names', uid) or '')
+      have = have + 1
+    end
+  end
+end
 return known
 ";
 

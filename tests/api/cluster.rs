@@ -967,6 +967,41 @@ async fn presence_says_when_it_answers_from_this_node_alone() {
     assert_eq!(node.in_room("r").await.listed, vec![bob]);
 }
 
+/// An Online list that has room while people online are not on it (nodes of versions that
+/// kept no such list left it empty) fills at the next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_list_with_room_fills_at_the_heartbeat() {
+    use wirechat::chat::presence::Presence;
+    use wirechat::store::User;
+
+    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
+    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    let node = wirechat::layer::RedisPresence::new(pool, &prefix, "node-a", PATIENCE);
+    for n in 0..3u64 {
+        let user = User {
+            id: format!("u-{n}"),
+            username: format!("user{n}"),
+        };
+        assert!(node.connect(n, &user).await);
+    }
+    let mut redis = redis::Client::open(SHARED_REDIS)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}presence:listed:online"))
+        .query_async(&mut redis)
+        .await
+        .expect("DEL");
+    let before = node.online_members().await.expect("Redis answers");
+    assert_eq!((before.listed.len(), before.more), (0, 3));
+
+    node.maintain().await;
+    let after = node.online_members().await.expect("Redis answers");
+    assert_eq!((after.listed.len(), after.more), (3, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
