@@ -113,40 +113,45 @@ pub async fn maintain_roster(hub: Arc<Hub>) {
             _ = hub.roster_changed.notified() => {}
             _ = tokio::time::sleep(ROSTER_EVERY) => {}
         }
-        // A few reads however many are online: presence's own capped list and count, and
-        // which of the people listed here are still online. When Redis cannot be asked,
-        // this node's own users are not everyone online, so the list waits.
-        let asked = hub.roster.listed_ids();
-        let (Some(now), Some(online)) = (
-            hub.presence.online_members().await,
-            hub.presence.online_among(&asked).await,
-        ) else {
-            continue;
-        };
-        let changes = hub.roster.reconcile(&now, &asked, &online);
-        let mut frames = Vec::new();
-        for user in &changes.unlisted {
-            frames.push(frame(&format!("#person-{}", user.id), Swap::Remove, ""));
-        }
-        for user in &changes.listed {
-            let html = views::person(user).into_string();
-            frames.push(frame("#people", Swap::BeforeEnd, &html));
-        }
-        if let Some(more) = changes.more {
-            frames.push(frame(
-                "#people-more",
-                Swap::Inner,
-                &views::people_more(more),
-            ));
-        }
-        for frame in frames {
-            if let Err(e) = hub.layer.publish(LOBBY, Event::All { frame }).await {
-                tracing::warn!(error = %e, "roster change not published");
-            }
-        }
+        reconcile_roster(&hub).await;
         tokio::select! {
             _ = hub.shutdown.cancelled() => return,
             _ = tokio::time::sleep(ROSTER_COALESCE) => {}
+        }
+    }
+}
+
+/// One look at presence for the roster, announcing what changed.
+async fn reconcile_roster(hub: &Hub) {
+    // A few reads however many are online: presence's own capped list and count, and
+    // which of the people listed here are still online. When Redis cannot be asked,
+    // this node's own users are not everyone online, so the list waits.
+    let asked = hub.roster.listed_ids();
+    let (Some(now), Some(online)) = (
+        hub.presence.online_members().await,
+        hub.presence.online_among(&asked).await,
+    ) else {
+        return;
+    };
+    let changes = hub.roster.reconcile(&now, &asked, &online);
+    let mut frames = Vec::new();
+    for user in &changes.unlisted {
+        frames.push(frame(&format!("#person-{}", user.id), Swap::Remove, ""));
+    }
+    for user in &changes.listed {
+        let html = views::person(user).into_string();
+        frames.push(frame("#people", Swap::BeforeEnd, &html));
+    }
+    if let Some(more) = changes.more {
+        frames.push(frame(
+            "#people-more",
+            Swap::Inner,
+            &views::people_more(more),
+        ));
+    }
+    for frame in frames {
+        if let Err(e) = hub.layer.publish(LOBBY, Event::All { frame }).await {
+            tracing::warn!(error = %e, "roster change not published");
         }
     }
 }
