@@ -262,7 +262,12 @@ impl Session {
         // many people are here.
         let (listed, more) = self.hub.roster.snapshot();
         // While presence cannot be read, no dots rather than guesses.
-        let contacts = (self.hub.presence.online_among(&self.peers).await).unwrap_or_default();
+        let contacts = self
+            .hub
+            .presence
+            .online_among(&self.peers)
+            .await
+            .unwrap_or_default();
         let sidebar = views::sidebar_with(
             &views::ChatView {
                 me: &self.user,

@@ -40,8 +40,9 @@ use crate::chat::roster::SHOWN;
 use crate::store::User;
 
 /// What every script starts with: `now` in milliseconds, from the Redis server's clock,
-/// and the rules of the capped lists (each room's, and the Online list). A list change is reported as a code, then the
-/// promoted user's id and name when someone was: `listed`, `counted` or `unlisted`.
+/// and the rules of the capped lists (each room's, and the Online list). A list change is
+/// reported as a code, then the promoted user's id and name when someone was: `listed`,
+/// `counted` or `unlisted`.
 fn prelude() -> String {
     format!(
         "local t = redis.call('TIME')
@@ -55,18 +56,24 @@ local function list_new(p, scope, uid, name)
   redis.call('HSET', listed, uid, name)
   return 'listed'
 end
--- A user gone from the scope (already removed from it): a listed one makes room for the
--- user who arrived first of those not listed.
-local function unlist(p, scope, uid)
+-- Lists the user who arrived first of those present and not listed, on a list with room;
+-- returns their id and name, or nothing when everyone present is listed.
+local function list_first_waiting(p, scope)
   local listed = listed_key(p, scope)
-  if redis.call('HDEL', listed, uid) == 0 then return {{'counted'}} end
   for _, other in ipairs(redis.call('ZRANGE', p .. 'presence:' .. scope, 0, SHOWN)) do
     if redis.call('HEXISTS', listed, other) == 0 then
       local name = redis.call('HGET', p .. 'presence:names', other) or ''
       redis.call('HSET', listed, other, name)
-      return {{'unlisted', other, name}}
+      return other, name
     end
   end
+end
+-- A user gone from the scope (already removed from it): a listed one makes room for the
+-- user who arrived first of those not listed.
+local function unlist(p, scope, uid)
+  if redis.call('HDEL', listed_key(p, scope), uid) == 0 then return {{'counted'}} end
+  local other, name = list_first_waiting(p, scope)
+  if other then return {{'unlisted', other, name}} end
   return {{'unlisted'}}
 end
 -- A socket's entry: `unchanged` when the user was present in the scope before, else how
@@ -163,16 +170,11 @@ local p, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 redis.call('ZADD', p .. 'presence:alive', now + ttl, node)
 local known = redis.call('EXISTS', p .. 'presence:node:' .. node)
 redis.call('SET', p .. 'presence:node:' .. node, '1')
-local listed, online = listed_key(p, 'online'), p .. 'presence:online'
-local have = redis.call('HLEN', listed)
-if have < SHOWN and redis.call('ZCARD', online) > have then
-  for _, uid in ipairs(redis.call('ZRANGE', online, 0, 2 * SHOWN)) do
-    if have >= SHOWN then break end
-    if redis.call('HEXISTS', listed, uid) == 0 then
-      redis.call('HSET', listed, uid, redis.call('HGET', p .. 'presence:names', uid) or '')
-      have = have + 1
-    end
-  end
+local have = redis.call('HLEN', listed_key(p, 'online'))
+local present = redis.call('ZCARD', p .. 'presence:online')
+while have < SHOWN and have < present do
+  list_first_waiting(p, 'online')
+  have = have + 1
 end
 return known
 ";
@@ -441,9 +443,10 @@ impl RedisPresence {
 
     /// Who is in `room`; from this node's own sockets when Redis cannot be asked.
     async fn members(&self, room: &str) -> Members {
-        match self.shared_members(&room_scope(room)).await {
+        let scope = room_scope(room);
+        match self.shared_members(&scope).await {
             Some(members) => members,
-            None => self.local_members(&room_scope(room)),
+            None => self.local_members(&scope),
         }
     }
 
