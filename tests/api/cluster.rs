@@ -11,8 +11,8 @@ use std::time::Duration;
 use deadpool_redis::redis;
 
 use crate::helpers::{
-    Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, message_ids, metric, seqs,
-    wait_for_metric,
+    Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, fresh_prefix, message_ids,
+    metric, seqs, wait_for_metric,
 };
 use crate::process::{Output, OwnRedis, Process, caddy, free_port};
 
@@ -36,7 +36,7 @@ struct Cluster {
 impl Cluster {
     async fn new(redis_url: &str, extra: &[&str]) -> Cluster {
         let database_url = fresh_database(Backend::Postgres).await;
-        let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
+        let prefix = fresh_prefix();
         let mut args = vec![
             "--redis-url".to_owned(),
             redis_url.to_owned(),
@@ -58,11 +58,7 @@ impl Cluster {
     }
 
     async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("Redis on 127.0.0.1:6379 (see README: Tests)")
+        redis_at(&self.redis_url).await
     }
 
     /// The groups some node of this chat is subscribed to, with the prefix taken off.
@@ -567,12 +563,48 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
 /// Presence as `N` nodes (`node-a`, `node-b`, …) see it, sharing Redis under a fresh key
 /// prefix; a node's entries outlive its last heartbeat by `ttl`.
 fn shared_presence<const N: usize>(ttl: Duration) -> [wirechat::layer::RedisPresence; N] {
-    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
-    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
+    let prefix = fresh_prefix();
     std::array::from_fn(|i| {
         let name = format!("node-{}", char::from(b'a' + i as u8));
-        wirechat::layer::RedisPresence::new(pool.clone(), &prefix, &name, ttl)
+        presence_node(SHARED_REDIS, &prefix, &name, ttl)
     })
+}
+
+/// Presence as node `name` sees it, on the Redis at `url` under `prefix`.
+fn presence_node(
+    url: &str,
+    prefix: &str,
+    name: &str,
+    ttl: Duration,
+) -> wirechat::layer::RedisPresence {
+    let pool = wirechat::layer::redis::pool(url).expect("pool");
+    wirechat::layer::RedisPresence::new(pool, prefix, name, ttl)
+}
+
+async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379 (see README: Tests)")
+}
+
+/// Redis loses every key under `prefix` (as a restart without persistence would, for one
+/// chat alone); returns how many there were.
+async fn lose_keys(redis: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(redis)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(redis)
+            .await
+            .expect("DEL");
+    }
+    keys.len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -776,9 +808,8 @@ async fn a_member_list_change_overtaken_by_another_node_is_corrected() {
     assert_eq!(removed.swap, "remove");
     // ...and right after enters again through another node, whose announcement of it
     // reached Redis before this node's removal did: ann's list now lacks him.
-    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
-    let other = wirechat::layer::RedisPresence::new(
-        pool,
+    let other = presence_node(
+        SHARED_REDIS,
         &cluster.prefix,
         "node-other",
         Duration::from_secs(60),
@@ -856,22 +887,11 @@ async fn member_lists_are_right_again_after_redis_loses_its_data() {
     }
 
     // Redis loses everything under the chat's prefix.
-    let mut redis = cluster.redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", cluster.prefix))
-        .query_async(&mut redis)
-        .await
-        .expect("KEYS");
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut redis)
-        .await
-        .expect("DEL");
+    assert!(lose_keys(&mut cluster.redis().await, &cluster.prefix).await > 0);
 
     // The node writes its entries back; ann's list ends up as presence now has it.
-    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
-    let observer = wirechat::layer::RedisPresence::new(
-        pool,
+    let observer = presence_node(
+        SHARED_REDIS,
         &cluster.prefix,
         "observer",
         Duration::from_secs(60),
@@ -905,9 +925,8 @@ async fn leaving_after_redis_lost_the_entry_still_unlists() {
     use wirechat::chat::presence::{Listing, Presence};
     use wirechat::store::User;
 
-    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
-    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
-    let node = wirechat::layer::RedisPresence::new(pool, &prefix, "node-a", PATIENCE);
+    let prefix = fresh_prefix();
+    let node = presence_node(SHARED_REDIS, &prefix, "node-a", PATIENCE);
     let bob = User {
         id: "u-bob".into(),
         username: "bob".into(),
@@ -916,22 +935,7 @@ async fn leaving_after_redis_lost_the_entry_still_unlists() {
     assert_eq!(node.enter(1, "r", &bob).await.0, Listing::Listed);
 
     // Redis loses everything under the prefix.
-    let mut redis = redis::Client::open(SHARED_REDIS)
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis on 127.0.0.1:6379");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
-        .await
-        .expect("KEYS");
-    assert!(!keys.is_empty());
-    let _: () = redis::cmd("DEL")
-        .arg(&keys)
-        .query_async(&mut redis)
-        .await
-        .expect("DEL");
+    assert!(lose_keys(&mut redis_at(SHARED_REDIS).await, &prefix).await > 0);
 
     assert_eq!(
         node.leave(1, "r", &bob).await,
@@ -951,8 +955,7 @@ async fn presence_says_when_it_answers_from_this_node_alone() {
     use wirechat::store::User;
 
     let mut own = OwnRedis::start(free_port()).await;
-    let pool = wirechat::layer::redis::pool(&own.url()).expect("pool");
-    let node = wirechat::layer::RedisPresence::new(pool, "p:", "node-a", PATIENCE);
+    let node = presence_node(&own.url(), "p:", "node-a", PATIENCE);
     let bob = User {
         id: "u-bob".into(),
         username: "bob".into(),
@@ -974,9 +977,8 @@ async fn an_online_list_with_room_fills_at_the_heartbeat() {
     use wirechat::chat::presence::Presence;
     use wirechat::store::User;
 
-    let prefix = format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple());
-    let pool = wirechat::layer::redis::pool(SHARED_REDIS).expect("pool");
-    let node = wirechat::layer::RedisPresence::new(pool, &prefix, "node-a", PATIENCE);
+    let prefix = fresh_prefix();
+    let node = presence_node(SHARED_REDIS, &prefix, "node-a", PATIENCE);
     for n in 0..3u64 {
         let user = User {
             id: format!("u-{n}"),
@@ -984,14 +986,9 @@ async fn an_online_list_with_room_fills_at_the_heartbeat() {
         };
         assert!(node.connect(n, &user).await);
     }
-    let mut redis = redis::Client::open(SHARED_REDIS)
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis on 127.0.0.1:6379");
     let _: () = redis::cmd("DEL")
         .arg(format!("{prefix}presence:listed:online"))
-        .query_async(&mut redis)
+        .query_async(&mut redis_at(SHARED_REDIS).await)
         .await
         .expect("DEL");
     let before = node.online_members().await.expect("Redis answers");

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::helpers::{
-    Backend, PATIENCE, TestApp, fresh_database, message_ids, seqs, wait_for_metric,
+    Backend, PATIENCE, TestApp, fresh_database, fresh_prefix, message_ids, seqs, wait_for_metric,
 };
 use crate::process::{Output, OwnRedis, Process, caddy, free_port};
 
@@ -774,7 +774,7 @@ impl Chat {
             "--redis-url",
             redis_url,
             "--redis-prefix",
-            &format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple()),
+            &fresh_prefix(),
             "--rate-burst",
             "100000",
             "--rate-per-second",

@@ -87,6 +87,11 @@ pub async fn fresh_database(backend: Backend) -> String {
     }
 }
 
+/// A Redis key prefix no other test uses.
+pub fn fresh_prefix() -> String {
+    format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple())
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub database_url: String,
