@@ -5,6 +5,11 @@
 //! `{"selector":…,"html":…,"swap":…}` with serde_json, which escapes every `"` inside the
 //! HTML as `\"`; an unescaped `"swap":"` can therefore only be the field itself.
 
+use std::sync::LazyLock;
+
+use memchr::memchr2;
+use memchr::memmem::{Finder, FinderRev};
+
 /// One `<article class="message">` found in a `#messages-list` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Article<'a> {
@@ -31,71 +36,113 @@ pub enum Frame<'a> {
     Other,
 }
 
-/// The string value of `"key":"…"`, searched from `from`, unescaped quotes ending it.
-fn string_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let pattern = format!("\"{key}\":\"");
-    let start = text.find(&pattern)? + pattern.len();
-    let rest = &text[start..];
-    let bytes = rest.as_bytes();
+/// Substring searchers built once: a frame is searched several times, and setting up a
+/// searcher per search cost as much as the search itself.
+struct Finders {
+    selector: Finder<'static>,
+    html: Finder<'static>,
+    swap: FinderRev<'static>,
+    seq: Finder<'static>,
+    body: Finder<'static>,
+    body_end: Finder<'static>,
+    room_id: Finder<'static>,
+    title: Finder<'static>,
+    span_end: Finder<'static>,
+}
+
+static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
+    selector: Finder::new("\"selector\":\""),
+    html: Finder::new("\"html\":\""),
+    swap: FinderRev::new("\"swap\":\""),
+    seq: Finder::new("data-seq=\\\""),
+    body: Finder::new("<p class=\\\"body\\\">"),
+    body_end: Finder::new("</p>"),
+    room_id: Finder::new("data-room-id=\\\""),
+    title: Finder::new("\\\">"),
+    span_end: Finder::new("</span>"),
+});
+
+/// The JSON string starting at `text` (just after its opening quote), up to the first
+/// unescaped quote.
+fn json_string(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(&rest[..i]),
-            _ => i += 1,
+    while let Some(at) = memchr2(b'\\', b'"', &bytes[i..]) {
+        i += at;
+        if bytes[i] == b'"' {
+            return text.get(..i);
+        }
+        i += 2;
+        if i >= bytes.len() {
+            return None;
         }
     }
     None
 }
 
-fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
-    let start = text.find(open)? + open.len();
-    let len = text[start..].find(close)?;
-    Some(&text[start..start + len])
+/// The string value of the field whose `"key":"` the finder looks for.
+fn string_field<'a>(text: &'a str, key: &Finder) -> Option<&'a str> {
+    let start = key.find(text.as_bytes())? + key.needle().len();
+    json_string(text.get(start..)?)
+}
+
+/// The text between `open` and the next `close` after it.
+fn between<'a>(text: &'a str, open: &Finder, close: &Finder) -> Option<&'a str> {
+    let start = open.find(text.as_bytes())? + open.needle().len();
+    let rest = text.get(start..)?;
+    rest.get(..close.find(rest.as_bytes())?)
 }
 
 pub fn parse(text: &str) -> Frame<'_> {
-    let Some(selector) = string_field(text, "selector") else {
+    let find = &*FIND;
+    let Some(selector) = string_field(text, &find.selector) else {
         return Frame::Other;
     };
     match selector {
         "#messages-list" => {
-            let swap = text
-                .rfind("\"swap\":\"")
-                .map(|at| &text[at..])
-                .and_then(|tail| string_field(tail, "swap"))
+            // The last `"swap":"`: the HTML holds no unescaped quote, so it is the field.
+            let swap = find
+                .swap
+                .rfind(text.as_bytes())
+                .and_then(|at| text.get(at + find.swap.needle().len()..))
+                .and_then(json_string)
                 .unwrap_or("innerHTML");
             Frame::Messages {
                 replace: swap == "innerHTML",
-                html: string_field(text, "html").unwrap_or(""),
+                html: string_field(text, &find.html).unwrap_or(""),
             }
         }
         "#group-name" => {
-            let html = string_field(text, "html").unwrap_or("");
+            let html = string_field(text, &find.html).unwrap_or("");
+            let room_id = find
+                .room_id
+                .find(html.as_bytes())
+                .and_then(|at| html.get(at + find.room_id.needle().len()..))
+                .and_then(|rest| rest.split_once('\\'))
+                .map_or("", |(id, _)| id);
             Frame::RoomTitle {
-                room_id: between(html, "data-room-id=\\\"", "\\\"").unwrap_or(""),
-                title: between(html, "\\\">", "</span>").unwrap_or(""),
+                room_id,
+                title: between(html, &find.title, &find.span_end).unwrap_or(""),
             }
         }
-        "#errors" => Frame::Error(string_field(text, "html").unwrap_or("")),
+        "#errors" => Frame::Error(string_field(text, &find.html).unwrap_or("")),
         _ => Frame::Other,
     }
 }
 
 /// The articles of a `#messages-list` fragment, in document order.
 pub fn articles(html: &str) -> impl Iterator<Item = Article<'_>> {
-    const SEQ: &str = "data-seq=\\\"";
-    const BODY: &str = "<p class=\\\"body\\\">";
+    let find = &*FIND;
     let mut rest = html;
     std::iter::from_fn(move || {
         loop {
-            let at = rest.find(SEQ)?;
-            rest = &rest[at + SEQ.len()..];
-            let end = rest.find('\\')?;
-            let Ok(seq) = rest[..end].parse::<i64>() else {
+            let at = find.seq.find(rest.as_bytes())?;
+            rest = rest.get(at + find.seq.needle().len()..)?;
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let Ok(seq) = rest[..digits].parse::<i64>() else {
                 continue;
             };
-            let body = between(rest, BODY, "</p>").unwrap_or("");
+            let body = between(rest, &find.body, &find.body_end).unwrap_or("");
             return Some(Article { seq, body });
         }
     })
