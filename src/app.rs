@@ -16,7 +16,7 @@ use crate::chat::presence::{LocalPresence, Presence};
 use crate::chat::rate::{RateConfig, RateLimiter};
 use crate::config::Config;
 use crate::hub::{Hub, Limits};
-use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, RedisPresence, redis};
+use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, RedisPresence, WritePacing, redis};
 use crate::store::Store;
 use crate::web::{self, AccessLimits, AppState};
 
@@ -83,6 +83,10 @@ impl Application {
             roster: Default::default(),
             roster_changed: Default::default(),
             room_changes: Default::default(),
+            pacing: WritePacing::new(
+                Duration::from_millis(config.write_gap_ms),
+                config.busy_frames_per_second,
+            ),
         });
         let listener = TcpListener::bind(config.addr)
             .await
@@ -128,6 +132,13 @@ impl Application {
         ));
         tokio::spawn(crate::hub::maintain_roster(hub.clone()));
         tokio::spawn(crate::hub::announce_room_members(hub.clone()));
+        tokio::spawn({
+            let hub = hub.clone();
+            async move {
+                let metrics = hub.layer.registry().metrics();
+                hub.pacing.watch(metrics, hub.shutdown.clone()).await;
+            }
+        });
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
         let service = web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm

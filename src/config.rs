@@ -131,6 +131,28 @@ pub struct Config {
     )]
     pub outbound_queue: usize,
 
+    /// While the node is busy, a socket waits this many milliseconds after a write before
+    /// the next one and sends what arrived meanwhile in one write: far fewer system calls,
+    /// for at most this much delay. Sockets that wrote longer ago, and every socket of a
+    /// node that is not busy, write at once. 0: never wait.
+    #[arg(
+        long,
+        env = "WIRECHAT_WRITE_GAP_MS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub write_gap_ms: u64,
+
+    /// Frames queued per second above which the node counts as busy and paces its writes
+    /// (see `--write-gap-ms`); 0: always.
+    #[arg(
+        long,
+        env = "WIRECHAT_BUSY_FRAMES_PER_SECOND",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub busy_frames_per_second: u64,
+
     /// How long a login lasts, in hours.
     #[arg(
         long,

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -972,6 +973,7 @@ async fn write_loop(
     let stop = member.stop.clone();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
+    let mut last_write: Option<Instant> = None;
     loop {
         let first = tokio::select! {
             biased;
@@ -989,6 +991,18 @@ async fn write_loop(
             },
         };
         view.frames(first, &hub, &member, &mut frames);
+        // A socket that wrote moments ago is busy: gather what arrives until its gap is
+        // over and send it in one write. Loopback or not, each write is a system call and a
+        // TCP segment; a busy room otherwise costs one of each per message per socket.
+        if let Some(due) = last_write.map(|at| at + hub.pacing.gap())
+            && Instant::now() < due
+        {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => {}
+                _ = tokio::time::sleep_until(due.into()) => {}
+            }
+        }
         // Drain whatever else is queued and flush once: one syscall for many frames.
         while frames.len() < WRITE_BATCH {
             match inbox.try_recv() {
@@ -1012,6 +1026,11 @@ async fn write_loop(
             biased;
             written = write => if written.is_err() { return },
             _ = &mut stopped => return,
+        }
+        let metrics = hub.layer.registry().metrics();
+        metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
+        if !hub.pacing.gap().is_zero() {
+            last_write = Some(Instant::now());
         }
     }
 }

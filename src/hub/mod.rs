@@ -16,7 +16,7 @@ use crate::chat::presence::{Change, Presence};
 use crate::chat::protocol::{Swap, frame};
 use crate::chat::rate::RateLimiter;
 use crate::chat::roster::Roster;
-use crate::layer::{ChannelLayer, Event, LOBBY, user_group};
+use crate::layer::{ChannelLayer, Event, LOBBY, WritePacing, user_group};
 use crate::store::{Store, User};
 use crate::views;
 
@@ -57,6 +57,8 @@ pub struct Hub {
     pub roster_changed: Notify,
     /// Rooms whose member list or count this node announced, to announce or check soon.
     pub room_changes: RoomChanges,
+    /// How long a busy node's sockets wait between writes.
+    pub pacing: WritePacing,
 }
 
 /// The roster is reconciled with presence at least this often (other nodes' arrivals and

@@ -13,6 +13,8 @@ pub struct LayerMetrics {
     pub messages_in: AtomicU64,
     /// Events queued for local sockets.
     pub frames_out: AtomicU64,
+    /// Writes to local sockets, each carrying one or more frames.
+    pub socket_writes: AtomicU64,
     /// Publications that did not reach the other nodes.
     pub publish_failures: AtomicU64,
     /// Times the subscriber connection was re-established after losing it.
@@ -93,6 +95,11 @@ impl LayerMetrics {
                 "wirechat_frames_out_total",
                 "Events queued for delivery to this node's sockets.",
                 load(&self.frames_out),
+            ),
+            (
+                "wirechat_socket_writes_total",
+                "Writes to this node's sockets; frames out per write shows how much pacing gathers.",
+                load(&self.socket_writes),
             ),
             (
                 "wirechat_publish_failures_total",

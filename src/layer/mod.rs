@@ -7,6 +7,7 @@
 
 mod local;
 pub mod metrics;
+mod pacing;
 pub mod redis;
 mod redis_presence;
 mod registry;
@@ -18,6 +19,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 
 pub use local::LocalLayer;
+pub use pacing::WritePacing;
 pub use redis::RedisLayer;
 pub use redis_presence::RedisPresence;
 pub use registry::{Member, Registry, SocketId};

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{Backend, Received, TestApp, attr, message_ids, seqs};
+use crate::helpers::{Backend, Received, TestApp, attr, message_ids, metric, seqs};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -16,6 +16,7 @@ on_both_databases!(
     reconnect_catches_up_without_duplicates,
     new_groups_appear_for_everyone,
     slow_reader_is_cut_off,
+    a_busy_node_gathers_frames_into_fewer_writes,
 );
 
 async fn group_message_is_one_fragment_for_everyone(backend: Backend) {
@@ -392,4 +393,56 @@ async fn slow_reader_is_cut_off(backend: Backend) {
             expected += 1;
         }
     }
+}
+
+async fn a_busy_node_gathers_frames_into_fewer_writes(backend: Backend) {
+    // Pacing always on, with a gap long enough that a burst of posts falls within it.
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            "--rate-burst",
+            "1000",
+            "--busy-frames-per-second",
+            "0",
+            "--write-gap-ms",
+            "300",
+        ],
+    )
+    .await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    a.enter_group("busy").await;
+    b.enter_group("busy").await;
+    a.wait_for(|f| f.selector == "#messages-list").await;
+    b.wait_for(|f| f.selector == "#messages-list").await;
+
+    const WRITES: &str = "wirechat_socket_writes_total";
+    let before = metric(app.addr, WRITES).await;
+    // Each post is stored and published on its own, one after the other: unpaced, every
+    // one of them is a write to each socket.
+    for i in 1..=10 {
+        a.say(&format!("burst {i}")).await;
+    }
+    for client in [&mut a, &mut b] {
+        let (last, skipped) = client
+            .wait_for_with_skipped(|f| f.html.contains("burst 10"))
+            .await;
+        let shown: Vec<i64> = skipped
+            .iter()
+            .chain([&last])
+            .filter(|f| f.selector == "#messages-list" && f.swap == "beforeend")
+            .flat_map(|f| seqs(&f.html))
+            .collect();
+        assert_eq!(
+            shown,
+            (1..=10).collect::<Vec<_>>(),
+            "every post, once, in order"
+        );
+    }
+    let writes = metric(app.addr, WRITES).await - before;
+    assert!(
+        writes < 10.0,
+        "20 frames to two sockets should take a few writes, took {writes}"
+    );
 }
