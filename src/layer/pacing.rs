@@ -3,8 +3,8 @@
 //!
 //! Each write is a system call and a TCP segment; a node queueing hundreds of thousands of
 //! frames a second spends most of its time there, one frame per write, while queues grow
-//! and latency climbs for everyone. Gathering a few milliseconds' worth per write makes
-//! the same deliveries several times cheaper. A quiet node pays nothing: the gap applies
+//! and latency climbs for everyone. Gathering a few milliseconds' worth per write carries
+//! the same deliveries in several times fewer writes. A quiet node pays nothing: the gap applies
 //! only while the node queues more frames a second than its busy rate, and only to sockets
 //! that wrote within the gap (a socket that wrote long ago writes at once).
 
@@ -49,6 +49,9 @@ impl WritePacing {
 
     /// Takes the node's count of frames queued so far, `elapsed` after the previous look.
     pub fn observe(&self, frames_total: u64, elapsed: Duration) {
+        if elapsed.is_zero() {
+            return;
+        }
         let before = self.last_total.swap(frames_total, Ordering::Relaxed);
         let frames = frames_total.saturating_sub(before);
         let busy_from = self.busy_rate as f64 * elapsed.as_secs_f64();
@@ -63,7 +66,12 @@ impl WritePacing {
         }
         let mut ticks = tokio::time::interval(SAMPLE_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = tokio::time::Instant::now();
+        // The first tick is immediate: it only marks where counting starts.
+        let mut last = ticks.tick().await;
+        self.last_total.store(
+            metrics.frames_out.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
