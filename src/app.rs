@@ -139,6 +139,12 @@ impl Application {
                 hub.pacing.watch(metrics, hub.shutdown.clone()).await;
             }
         });
+        tokio::spawn({
+            let hub = hub.clone();
+            async move {
+                crate::memory::release_freed_memory(&hub.pacing, hub.shutdown.clone()).await;
+            }
+        });
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
         let service = web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
         // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm

@@ -22,6 +22,7 @@
 //!   Redis-backed presence that spans nodes, and the counters behind `/metrics`.
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, rooms,
 //!   memberships, messages; posts are stored in batches by per-node writers (group commit).
+//! - [`memory`]: giving freed memory back to the system after a load peak.
 //! - [`accounts`]: password hashing, generated names, `seed-users`.
 //! - [`error`]: the HTTP error type.
 
@@ -32,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod layer;
+pub mod memory;
 pub mod session;
 pub mod store;
 pub mod views;

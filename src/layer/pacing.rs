@@ -47,6 +47,11 @@ impl WritePacing {
         }
     }
 
+    /// Whether the node queued more frames in the last look than its busy rate.
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
     /// Takes the node's count of frames queued so far, `elapsed` after the previous look.
     pub fn observe(&self, frames_total: u64, elapsed: Duration) {
         if elapsed.is_zero() {
@@ -61,7 +66,7 @@ impl WritePacing {
 
     /// Looks at the node's delivery rate every `SAMPLE_EVERY` until `stop`.
     pub async fn watch(&self, metrics: &LayerMetrics, stop: CancellationToken) {
-        if self.gap.is_zero() || self.busy_rate == 0 {
+        if self.busy_rate == 0 {
             return;
         }
         let mut ticks = tokio::time::interval(SAMPLE_EVERY);
