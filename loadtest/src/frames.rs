@@ -80,16 +80,20 @@ fn json_string(text: &str) -> Option<&str> {
     None
 }
 
+/// The text after the first match of `pattern`.
+fn after<'a>(text: &'a str, pattern: &Finder) -> Option<&'a str> {
+    let at = pattern.find(text.as_bytes())?;
+    text.get(at + pattern.needle().len()..)
+}
+
 /// The string value of the field whose `"key":"` the finder looks for.
 fn string_field<'a>(text: &'a str, key: &Finder) -> Option<&'a str> {
-    let start = key.find(text.as_bytes())? + key.needle().len();
-    json_string(text.get(start..)?)
+    json_string(after(text, key)?)
 }
 
 /// The text between `open` and the next `close` after it.
 fn between<'a>(text: &'a str, open: &Finder, close: &Finder) -> Option<&'a str> {
-    let start = open.find(text.as_bytes())? + open.needle().len();
-    let rest = text.get(start..)?;
+    let rest = after(text, open)?;
     rest.get(..close.find(rest.as_bytes())?)
 }
 
@@ -114,10 +118,7 @@ pub fn parse(text: &str) -> Frame<'_> {
         }
         "#group-name" => {
             let html = string_field(text, &find.html).unwrap_or("");
-            let room_id = find
-                .room_id
-                .find(html.as_bytes())
-                .and_then(|at| html.get(at + find.room_id.needle().len()..))
+            let room_id = after(html, &find.room_id)
                 .and_then(|rest| rest.split_once('\\'))
                 .map_or("", |(id, _)| id);
             Frame::RoomTitle {
@@ -136,8 +137,7 @@ pub fn articles(html: &str) -> impl Iterator<Item = Article<'_>> {
     let mut rest = html;
     std::iter::from_fn(move || {
         loop {
-            let at = find.seq.find(rest.as_bytes())?;
-            rest = rest.get(at + find.seq.needle().len()..)?;
+            rest = after(rest, &find.seq)?;
             let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
             let Ok(seq) = rest[..digits].parse::<i64>() else {
                 continue;

@@ -4,9 +4,9 @@
 //! Each write is a system call and a TCP segment; a node queueing hundreds of thousands of
 //! frames a second spends most of its time there, one frame per write, while queues grow
 //! and latency climbs for everyone. Gathering a few milliseconds' worth per write carries
-//! the same deliveries in several times fewer writes. A quiet node pays nothing: the gap applies
-//! only while the node queues more frames a second than its busy rate, and only to sockets
-//! that wrote within the gap (a socket that wrote long ago writes at once).
+//! the same deliveries in several times fewer writes. A quiet node pays nothing: the gap
+//! applies only while the node queues more frames a second than its busy rate, and only to
+//! sockets that wrote within the gap (a socket that wrote long ago writes at once).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,7 +40,7 @@ impl WritePacing {
 
     /// The gap a socket keeps after a write just now: zero unless the node is busy.
     pub fn gap(&self) -> Duration {
-        if self.busy.load(Ordering::Relaxed) && !self.gap.is_zero() {
+        if self.busy() && !self.gap.is_zero() {
             self.gap
         } else {
             Duration::ZERO
