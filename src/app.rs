@@ -140,6 +140,15 @@ impl Application {
             }
         });
         tokio::spawn({
+            // Upgraded sockets outlive the HTTP server: each one is told to close with
+            // 1012 as soon as shutdown starts, so its browser reconnects elsewhere.
+            let hub = hub.clone();
+            async move {
+                hub.shutdown.cancelled().await;
+                hub.layer.registry().stop_all();
+            }
+        });
+        tokio::spawn({
             let hub = hub.clone();
             async move {
                 crate::memory::release_freed_memory(&hub.pacing, hub.shutdown.clone()).await;
@@ -158,8 +167,7 @@ impl Application {
         axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
-        // Upgraded sockets outlive the HTTP server; each one saw the same token and is
-        // closing with 1012 so its browser reconnects elsewhere.
+        // The sockets are closing (told when shutdown started); wait for them a while.
         sockets.close();
         if tokio::time::timeout(SOCKET_DRAIN, sockets.wait())
             .await

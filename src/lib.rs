@@ -18,8 +18,9 @@
 //!   (roster).
 //! - [`views`]: maud components; the page and the live fragments come from the same ones.
 //! - [`layer`]: the `ChannelLayer` trait (publish to a group, deliver to local sockets)
-//!   with its in-process backend and its Redis pub/sub backend for several nodes, the
-//!   Redis-backed presence that spans nodes, and the counters behind `/metrics`.
+//!   with its in-process backend and its Redis pub/sub backend for several nodes, each
+//!   socket's queue (its outbox), the Redis-backed presence that spans nodes, and the
+//!   counters behind `/metrics`.
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, rooms,
 //!   memberships, messages; posts are stored in batches by per-node writers (group commit).
 //! - [`memory`]: giving freed memory back to the system after a load peak.

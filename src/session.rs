@@ -9,7 +9,7 @@
 //! which seqs it has shown, so catch-up reads and resyncs after a delivery gap add only
 //! what is missing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,20 +17,20 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 
 use crate::chat::names::{GroupName, InputError, MessageText, Username};
 use crate::chat::protocol::{Action, Swap, frame};
 use crate::hub::Hub;
+use crate::layer::outbox::Stop;
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
 use crate::store::{AfterCommit, Room, StoreError, StoredMessage, User};
 use crate::views;
 
 /// What a socket's writer receives.
 ///
-/// Two words: every socket's queue allocates its first block of slots up front, so the
-/// size of this enum is paid by every idle socket. Broadcasts share one `Event`; what is
-/// for this socket alone is boxed.
+/// Two words: queues hold their items by value, up to a thousand per socket, so the size
+/// of this enum is paid per slot. Broadcasts share one `Event`; what is for this socket
+/// alone is boxed.
 #[derive(Debug)]
 pub enum Outbound {
     /// Something published to a group the socket joined.
@@ -88,8 +88,8 @@ pub mod close_code {
 
 /// Catch-up is read in pages of this many messages.
 const CATCH_UP_PAGE: i64 = 500;
-/// Frames the writer sends before it flushes, at most.
-const WRITE_BATCH: usize = 256;
+/// Queue slots the writer keeps between bursts; more are given back once used.
+const KEEP_TAKEN: usize = 64;
 /// A socket announces typing at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
 
@@ -114,13 +114,11 @@ async fn serve(
     stream: SplitStream<WebSocket>,
     resume: Resume,
 ) {
-    let (outbox, inbox) = mpsc::channel(hub.limits.outbound_queue);
-    let member = Member {
-        id: hub.layer.registry().next_socket_id(),
-        outbox,
-        stop: hub.shutdown.child_token(),
-    };
-    let mut writer = tokio::spawn(write_loop(hub.clone(), member.clone(), inbox, sink));
+    let member = Member::new(
+        hub.layer.registry().next_socket_id(),
+        hub.limits.outbound_queue,
+    );
+    let mut writer = tokio::spawn(write_loop(hub.clone(), member.clone(), sink));
     let mut session = Session {
         hub,
         user,
@@ -145,6 +143,8 @@ async fn serve(
         }
     }
     writer.abort();
+    // Whatever the registry still queues for this socket until it leaves is dropped.
+    session.member.outbox.close();
     // Boxed: its store writes are large futures, and inline they would sit in every idle
     // socket's task for the whole life of the connection.
     Box::pin(session.finish()).await;
@@ -211,22 +211,19 @@ fn refuse<T>(text: impl Into<String>) -> Result<T, ActionError> {
 }
 
 impl Session {
-    async fn send(&self, direct: Direct) {
-        // A send fails only when the writer has ended, and then so does this session.
-        let _ = self
-            .member
-            .outbox
-            .send(Outbound::Direct(Box::new(direct)))
-            .await;
+    /// Queues `direct` for this socket. A client that stops reading its own answers
+    /// fills its queue like any slow reader and is closed; once the writer has ended, the
+    /// session ends too and nothing more is queued.
+    fn send(&self, direct: Direct) {
+        self.member.outbox.push(Outbound::Direct(Box::new(direct)));
     }
 
-    async fn send_error(&self, text: &str) {
+    fn send_error(&self, text: &str) {
         self.send(Direct::Frame(frame(
             "#errors",
             Swap::Inner,
             &views::error(text).into_string(),
-        )))
-        .await;
+        )));
     }
 
     /// Joins the socket's groups, announces the user, and shows the first room.
@@ -246,8 +243,7 @@ impl Session {
                 .iter()
                 .map(|s| (s.room.id.clone(), s.unread))
                 .collect(),
-        ))
-        .await;
+        ));
 
         self.peers = rooms
             .iter()
@@ -286,8 +282,7 @@ impl Session {
                 &maud::html! { (self.user.username) }.into_string(),
             ),
             frame("#aside", Swap::Inner, &sidebar.into_string()),
-        ]))
-        .await;
+        ]));
 
         // The rooms just read are the user's memberships, the same gate `room_for_member`
         // applies, and the groups include `#hi`: a connect needs no more queries to choose.
@@ -338,7 +333,7 @@ impl Session {
         while let Some(Ok(message)) = stream.next().await {
             match message {
                 Message::Text(text) => self.handle(text.as_str()).await,
-                Message::Binary(_) => self.send_error("Send text frames holding JSON.").await,
+                Message::Binary(_) => self.send_error("Send text frames holding JSON."),
                 Message::Close(_) => break,
                 Message::Ping(_) | Message::Pong(_) => {}
             }
@@ -352,13 +347,12 @@ impl Session {
         };
         match result {
             Ok(()) => {}
-            Err(ActionError::Input(e)) => self.send_error(&e.0).await,
+            Err(ActionError::Input(e)) => self.send_error(&e.0),
             Err(ActionError::Store(e)) => {
                 tracing::error!(error = %e, user = %self.user.username, "action failed");
                 self.send_error(
                     "Something went wrong on our side; nothing was changed. Please try again.",
-                )
-                .await;
+                );
             }
         }
     }
@@ -378,8 +372,7 @@ impl Session {
                 self.send(Direct::Missed {
                     room: Arc::from(active.room.id.as_str()),
                     messages,
-                })
-                .await;
+                });
                 Ok(())
             }
             Action::Typing => {
@@ -501,11 +494,10 @@ impl Session {
         // history shown miss nothing, whenever below they are read.
         self.send(Direct::Entering {
             room: room_key.clone(),
-        })
-        .await;
+        });
         let entered = self.show_room(entry, group, room_key.clone()).await;
         if entered.is_err() {
-            self.send(Direct::NotEntered { room: room_key }).await;
+            self.send(Direct::NotEntered { room: room_key });
             // Presence may already list the socket in the room it could not show.
             if let Some(active) = self.active.take() {
                 self.leave_presence(&active.room.id).await;
@@ -604,14 +596,12 @@ impl Session {
             room: room_key.clone(),
             floor,
             frames,
-        })
-        .await;
+        });
         if let Some(messages) = missed {
             self.send(Direct::Missed {
                 room: room_key,
                 messages,
-            })
-            .await;
+            });
         }
         Ok(())
     }
@@ -722,8 +712,7 @@ impl Session {
                 Swap::Outer,
                 &views::load_older(views::older_after_page(&page)).into_string(),
             ),
-        ]))
-        .await;
+        ]));
         Ok(())
     }
 
@@ -958,39 +947,16 @@ impl View {
     }
 }
 
-async fn write_loop(
-    hub: Arc<Hub>,
-    member: Member,
-    mut inbox: mpsc::Receiver<Outbound>,
-    mut sink: SplitSink<WebSocket, Message>,
-) {
+async fn write_loop(hub: Arc<Hub>, member: Member, mut sink: SplitSink<WebSocket, Message>) {
+    let outbox = &member.outbox;
     let mut view = View::default();
+    let mut taken = VecDeque::new();
     let mut frames = Vec::new();
-    // One token of the socket's own, a child of the node's shutdown token: polling a
-    // token's future takes its locks, and had every writer poll the shared shutdown token
-    // on each wake-up, all of them would contend on its mutexes. Made once, as each
-    // `cancelled()` future registers with the token the first time it is polled.
-    let stop = member.stop.clone();
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
     let mut last_write: Option<Instant> = None;
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = &mut stopped => {
-                if hub.shutdown.is_cancelled() {
-                    close(&mut sink, close_code::RESTARTING, "Server restarting; reconnect.").await;
-                } else {
-                    close(&mut sink, close_code::TRY_AGAIN, "You fell behind; reconnect to catch up.").await;
-                }
-                return;
-            }
-            next = inbox.recv() => match next {
-                Some(outbound) => outbound,
-                None => return,
-            },
-        };
-        view.frames(first, &hub, &member, &mut frames);
+        if let Err(stop) = outbox.take(&mut taken).await {
+            return close_for(&mut sink, stop).await;
+        }
         // A socket that wrote moments ago is busy: gather what arrives until its gap is
         // over and send it in one write. Loopback or not, each write is a system call and a
         // TCP segment; a busy room otherwise costs one of each per message per socket.
@@ -999,38 +965,64 @@ async fn write_loop(
         {
             tokio::select! {
                 biased;
-                _ = &mut stopped => {}
+                _ = outbox.stopped() => {}
                 _ = tokio::time::sleep_until(due.into()) => {}
             }
-        }
-        // Drain whatever else is queued and flush once: one syscall for many frames.
-        while frames.len() < WRITE_BATCH {
-            match inbox.try_recv() {
-                Ok(outbound) => view.frames(outbound, &hub, &member, &mut frames),
-                Err(_) => break,
+            if let Err(stop) = outbox.take_queued(&mut taken) {
+                return close_for(&mut sink, stop).await;
             }
+        }
+        for outbound in taken.drain(..) {
+            view.frames(outbound, &hub, &member, &mut frames);
+        }
+        if taken.capacity() > KEEP_TAKEN {
+            // After a burst: let the memory go rather than hold it for the socket's life.
+            taken = VecDeque::new();
         }
         if view.resync {
             view.resync = false;
             Box::pin(view.missed_frames(&hub, &mut frames)).await;
         }
+        // One flush for everything taken: one system call for many frames.
         let write = async {
             for f in frames.drain(..) {
                 sink.feed(Message::Text(f)).await?;
             }
             sink.flush().await
         };
-        // A client that stops reading blocks the write; if it is meanwhile marked lagging (or
-        // the node stops), the connection is dropped, as no close frame could reach it.
+        // A client that stops reading blocks the write; if it is meanwhile stopped as
+        // lagging (or the node stops), the connection is dropped, as no close frame could
+        // reach it.
         tokio::select! {
             biased;
             written = write => if written.is_err() { return },
-            _ = &mut stopped => return,
+            _ = outbox.stopped() => return,
         }
         let metrics = hub.layer.registry().metrics();
         metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
         // Only a busy node needs the time; a quiet one forgets it and reads no clock.
         last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
+    }
+}
+
+async fn close_for(sink: &mut SplitSink<WebSocket, Message>, stop: Stop) {
+    match stop {
+        Stop::Shutdown => {
+            close(
+                sink,
+                close_code::RESTARTING,
+                "Server restarting; reconnect.",
+            )
+            .await;
+        }
+        Stop::Lagging => {
+            close(
+                sink,
+                close_code::TRY_AGAIN,
+                "You fell behind; reconnect to catch up.",
+            )
+            .await;
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod local;
 pub mod metrics;
+pub mod outbox;
 mod pacing;
 pub mod redis;
 mod redis_presence;

@@ -4,23 +4,27 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
 use super::Event;
 use super::metrics::LayerMetrics;
+use super::outbox::{Outbox, Pushed, Stop};
 use crate::session::Outbound;
 
 pub type SocketId = u64;
 
-/// A socket's inbox, as the registry sees it.
+/// A socket, as the registry sees it: its id and its queue.
 #[derive(Clone)]
 pub struct Member {
     pub id: SocketId,
-    pub outbox: mpsc::Sender<Outbound>,
-    /// Cancelled when the socket must close: here, when its queue overflows (the writer
-    /// sends 1013), and with the node's shutdown token, whose child it is (1012).
-    pub stop: CancellationToken,
+    pub outbox: Arc<Outbox<Outbound>>,
+}
+
+impl Member {
+    pub fn new(id: SocketId, queue_capacity: usize) -> Self {
+        Member {
+            id,
+            outbox: Arc::new(Outbox::new(queue_capacity)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -35,6 +39,8 @@ struct Groups {
     viewers: HashMap<String, HashMap<SocketId, Member>>,
     /// socket → the group whose room it shows.
     viewing: HashMap<SocketId, String>,
+    /// The node is shutting down: every socket is told to close, and so is any that joins.
+    stopping: bool,
 }
 
 impl Groups {
@@ -66,6 +72,9 @@ impl Registry {
     /// Adds the socket to `group`; true when it is the group's first socket on this node.
     pub fn join(&self, group: &str, member: &Member) -> bool {
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        if groups.stopping {
+            member.outbox.stop(Stop::Shutdown);
+        }
         groups
             .joined
             .entry(member.id)
@@ -109,6 +118,16 @@ impl Registry {
         emptied
     }
 
+    /// Tells every socket on this node to close because the node is shutting down, and
+    /// every socket that joins a group from now on.
+    pub fn stop_all(&self) {
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        groups.stopping = true;
+        for member in groups.members.values().flat_map(|sockets| sockets.values()) {
+            member.outbox.stop(Stop::Shutdown);
+        }
+    }
+
     /// Groups with at least one socket on this node.
     pub fn groups(&self) -> Vec<String> {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
@@ -141,7 +160,7 @@ impl Registry {
     }
 
     /// Queues `event` for every local socket in `group`. Never waits: a socket whose queue
-    /// is full is marked lagging and will be closed, so one slow reader cannot hold up a room.
+    /// is full is stopped as lagging, so one slow reader cannot hold up a room.
     pub fn deliver(&self, group: &str, event: Arc<Event>) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         let audience = match &*event {
@@ -169,13 +188,12 @@ impl Registry {
     fn offer<'a>(&self, members: impl Iterator<Item = &'a Member>, event: &Arc<Event>) {
         let mut queued = 0;
         for member in members {
-            match member.outbox.try_send(Outbound::Event(event.clone())) {
-                Ok(()) => queued += 1,
-                Err(mpsc::error::TrySendError::Full(_)) if !member.stop.is_cancelled() => {
+            match member.outbox.push(Outbound::Event(event.clone())) {
+                Pushed::Queued => queued += 1,
+                Pushed::Overflowed => {
                     self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    member.stop.cancel();
                 }
-                Err(_) => {}
+                Pushed::Dropped => {}
             }
         }
         self.metrics.frames_out.fetch_add(queued, Ordering::Relaxed);
@@ -186,21 +204,23 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn member(registry: &Registry) -> (Member, mpsc::Receiver<Outbound>) {
-        let (outbox, inbox) = mpsc::channel(8);
-        let member = Member {
-            id: registry.next_socket_id(),
-            outbox,
-            stop: CancellationToken::new(),
-        };
-        (member, inbox)
+    use std::collections::VecDeque;
+
+    fn member(registry: &Registry) -> Member {
+        Member::new(registry.next_socket_id(), 8)
+    }
+
+    fn taken(member: &Member) -> VecDeque<Outbound> {
+        let mut taken = VecDeque::new();
+        member.outbox.take_queued(&mut taken).unwrap();
+        taken
     }
 
     #[test]
     fn who_is_here_goes_only_to_sockets_showing_the_room() {
         let registry = Registry::default();
-        let (viewer, mut viewer_inbox) = member(&registry);
-        let (elsewhere, mut elsewhere_inbox) = member(&registry);
+        let viewer = member(&registry);
+        let elsewhere = member(&registry);
         for m in [&viewer, &elsewhere] {
             registry.join("room:r", m);
             registry.join("room:s", m);
@@ -213,21 +233,34 @@ mod tests {
         };
         registry.deliver("room:r", Arc::new(viewers));
         registry.deliver("room:r", Arc::new(Event::Resync));
+        let to_viewer = taken(&viewer);
+        assert_eq!(to_viewer.len(), 2);
         assert!(
-            matches!(viewer_inbox.try_recv(), Ok(Outbound::Event(e)) if matches!(*e, Event::Viewers { .. }))
+            matches!(&to_viewer[0], Outbound::Event(e) if matches!(**e, Event::Viewers { .. }))
         );
-        assert!(
-            matches!(viewer_inbox.try_recv(), Ok(Outbound::Event(e)) if matches!(*e, Event::Resync))
-        );
-        assert!(
-            matches!(elsewhere_inbox.try_recv(), Ok(Outbound::Event(e)) if matches!(*e, Event::Resync))
-        );
-        assert!(elsewhere_inbox.try_recv().is_err());
+        assert!(matches!(&to_viewer[1], Outbound::Event(e) if matches!(**e, Event::Resync)));
+        let to_elsewhere = taken(&elsewhere);
+        assert_eq!(to_elsewhere.len(), 1);
+        assert!(matches!(&to_elsewhere[0], Outbound::Event(e) if matches!(**e, Event::Resync)));
         // Moving on, or closing, ends the showing.
         registry.view("room:s", &viewer);
         registry.leave_all(elsewhere.id);
         let groups = registry.groups.read().unwrap();
         assert_eq!(groups.viewers["room:s"].len(), 1);
         assert!(!groups.viewers.contains_key("room:r"));
+    }
+
+    #[test]
+    fn a_stopping_node_stops_its_sockets_and_any_that_join_later() {
+        let registry = Registry::default();
+        let early = Member::new(registry.next_socket_id(), 8);
+        registry.join("lobby", &early);
+        registry.stop_all();
+        let late = Member::new(registry.next_socket_id(), 8);
+        registry.join("lobby", &late);
+        let mut taken = VecDeque::new();
+        for member in [&early, &late] {
+            assert_eq!(member.outbox.take_queued(&mut taken), Err(Stop::Shutdown));
+        }
     }
 }
