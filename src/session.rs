@@ -256,8 +256,11 @@ impl Session {
         }
 
         // The node's capped list, not everyone online: a connect costs the same however
-        // many people are here.
-        let (listed, more) = self.hub.roster.snapshot();
+        // many people are here. It goes in a frame of its own, rendered once for every
+        // socket that connects until the list changes.
+        let (people, more) = self.hub.roster.listed_frame(|listed| {
+            frame("#people", Swap::Inner, &views::people(listed).into_string())
+        });
         // While presence cannot be read, no dots rather than guesses.
         let contacts = self
             .hub
@@ -270,7 +273,7 @@ impl Session {
                 me: &self.user,
                 groups: &groups,
                 rooms: &rooms,
-                online: &listed,
+                online: &[],
             },
             more,
             &contacts,
@@ -282,6 +285,7 @@ impl Session {
                 &maud::html! { (self.user.username) }.into_string(),
             ),
             frame("#aside", Swap::Inner, &sidebar.into_string()),
+            people,
         ]));
 
         // The rooms just read are the user's memberships, the same gate `room_for_member`

@@ -142,9 +142,7 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
                 button type="submit" { "Message" }
             }
             h2 { "Online" }
-            ul #people {
-                @for user in view.online { (person(user)) }
-            }
+            ul #people { (people(view.online)) }
             p #people-more.muted { (people_more(more)) }
             ul #contacts hidden {
                 @for id in contacts { (contact(id)) }
@@ -206,6 +204,11 @@ pub fn direct_item(room: &Room, peer: &User, unread: i64) -> Markup {
 }
 
 /// An online user in the sidebar; clicking opens the direct conversation.
+/// The entries of the Online list.
+pub fn people(users: &[User]) -> Markup {
+    html! { @for user in users { (person(user)) } }
+}
+
 pub fn person(user: &User) -> Markup {
     html! {
         li id={ "person-" (user.id) } {

@@ -251,7 +251,14 @@ async fn a_crowded_room_lists_some_and_counts_the_rest(backend: Backend) {
     assert_eq!(listed_after_bob, SHOWN - 2, "{skipped:?}");
 
     // A newcomer is shown the list and the count, not everyone.
-    let mut carl = app.connect(&app.guest().await).await;
+    let mut carl = app
+        .open_socket(&app.guest().await, "/ws/chat/")
+        .await
+        .expect("socket opens");
+    // The Online list as well: the first SHOWN people, filling the sidebar's list.
+    let online = carl.wait_for(|f| f.selector == "#people").await;
+    assert_eq!(online.swap, "innerHTML");
+    assert_eq!(online.html.matches("<li id=\"person-").count(), SHOWN);
     let shown = carl.wait_for(|f| f.selector == "#room-members").await;
     assert_eq!(shown.html.matches("<li id=\"member-").count(), SHOWN);
     let count = carl.wait_for(|f| f.selector == "#room-members-more").await;
