@@ -19,9 +19,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use crate::chat::names::{GroupName, InputError, MessageText, Username};
-use crate::chat::protocol::{Action, Swap, frame};
+use crate::chat::protocol::{Action, Swap, frame, frame_around, json_escaped};
 use crate::hub::Hub;
-use crate::layer::outbox::Stop;
+use crate::layer::outbox::{KEEP_SLOTS, Pushed, Stop};
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
 use crate::store::{AfterCommit, Room, StoreError, StoredMessage, User};
 use crate::views;
@@ -88,8 +88,6 @@ pub mod close_code {
 
 /// Catch-up is read in pages of this many messages.
 const CATCH_UP_PAGE: i64 = 500;
-/// Queue slots the writer keeps between bursts; more are given back once used.
-const KEEP_TAKEN: usize = 64;
 /// A socket announces typing at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
 
@@ -215,7 +213,10 @@ impl Session {
     /// fills its queue like any slow reader and is closed; once the writer has ended, the
     /// session ends too and nothing more is queued.
     fn send(&self, direct: Direct) {
-        self.member.outbox.push(Outbound::Direct(Box::new(direct)));
+        let pushed = self.member.outbox.push(Outbound::Direct(Box::new(direct)));
+        if pushed == Pushed::Overflowed {
+            self.hub.layer.registry().count_slow_consumer();
+        }
     }
 
     fn send_error(&self, text: &str) {
@@ -256,11 +257,12 @@ impl Session {
         }
 
         // The node's capped list, not everyone online: a connect costs the same however
-        // many people are here. It goes in a frame of its own, rendered once for every
-        // socket that connects until the list changes.
-        let (people, more) = self.hub.roster.listed_frame(|listed| {
-            frame("#people", Swap::Inner, &views::people(listed).into_string())
-        });
+        // many people are here. Rendered and escaped once for every socket that connects
+        // until the list changes, and spliced into this socket's sidebar.
+        let (people, more) = self
+            .hub
+            .roster
+            .listed_html(|listed| json_escaped(&views::people(listed).into_string()));
         // While presence cannot be read, no dots rather than guesses.
         let contacts = self
             .hub
@@ -273,19 +275,22 @@ impl Session {
                 me: &self.user,
                 groups: &groups,
                 rooms: &rooms,
-                online: &[],
+                online: views::Online::Slot,
             },
             more,
             &contacts,
-        );
+        )
+        .into_string();
+        let (before, after) = sidebar
+            .split_once(views::PEOPLE_SLOT)
+            .unwrap_or((&sidebar, ""));
         self.send(Direct::Frames(vec![
             frame(
                 "#logged-user",
                 Swap::Inner,
                 &maud::html! { (self.user.username) }.into_string(),
             ),
-            frame("#aside", Swap::Inner, &sidebar.into_string()),
-            people,
+            frame_around("#aside", Swap::Inner, before, &people, after),
         ]));
 
         // The rooms just read are the user's memberships, the same gate `room_for_member`
@@ -978,14 +983,16 @@ async fn write_loop(hub: Arc<Hub>, member: Member, mut sink: SplitSink<WebSocket
                 _ = outbox.stopped() => {}
                 _ = tokio::time::sleep_until(due.into()) => {}
             }
-            if let Err(stop) = outbox.take_queued(&mut taken) {
-                return close_for(&mut sink, stop).await;
+            // Falling behind drops what is queued; a shutdown lets it out first, and the
+            // close follows at the next take.
+            if let Err(Stop::Lagging) = outbox.take_queued(&mut taken) {
+                return close_for(&mut sink, Stop::Lagging).await;
             }
         }
         for outbound in taken.drain(..) {
             view.frames(outbound, &hub, &member, &mut frames);
         }
-        if taken.capacity() > KEEP_TAKEN {
+        if taken.capacity() > KEEP_SLOTS {
             // After a burst: let the memory go rather than hold it for the socket's life.
             taken = VecDeque::new();
         }

@@ -159,9 +159,62 @@ pub fn frame(selector: &str, swap: Swap, html: &str) -> Utf8Bytes {
     Utf8Bytes::from(json)
 }
 
+/// `text` escaped for the inside of a JSON string: a fragment that many frames carry is
+/// escaped once and spliced in with `frame_around`.
+pub fn json_escaped(text: &str) -> String {
+    let quoted = serde_json::to_string(text).unwrap_or_default();
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The frame `frame(selector, swap, before + middle + after)` would make, where `middle`
+/// comes already escaped by `json_escaped`.
+pub fn frame_around(
+    selector: &str,
+    swap: Swap,
+    before: &str,
+    escaped_middle: &str,
+    after: &str,
+) -> Utf8Bytes {
+    let (selector, swap) = (
+        serde_json::to_string(selector).unwrap_or_default(),
+        serde_json::to_string(&swap).unwrap_or_default(),
+    );
+    let (before, after) = (json_escaped(before), json_escaped(after));
+    let mut json = String::with_capacity(
+        selector.len() + before.len() + escaped_middle.len() + after.len() + swap.len() + 32,
+    );
+    for part in [
+        "{\"selector\":",
+        &selector,
+        ",\"html\":\"",
+        &before,
+        escaped_middle,
+        &after,
+        "\",\"swap\":",
+        &swap,
+        "}",
+    ] {
+        json.push_str(part);
+    }
+    Utf8Bytes::from(json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spliced_frame_is_the_frame_of_the_whole() {
+        let (before, middle, after) = ("<ul id=\"a\">\n", "<li>\"é\" \\ \u{1}</li>", "</ul>");
+        assert_eq!(
+            frame_around("#aside", Swap::Inner, before, &json_escaped(middle), after),
+            frame("#aside", Swap::Inner, &format!("{before}{middle}{after}"))
+        );
+    }
 
     #[test]
     fn tutorial_actions_parse() {

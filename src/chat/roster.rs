@@ -12,9 +12,7 @@
 //! then whoever has waited longest): a reconcile reads those few and a count, never
 //! everyone online.
 
-use std::sync::Mutex;
-
-use axum::extract::ws::Utf8Bytes;
+use std::sync::{Arc, Mutex};
 
 use crate::chat::presence::Members;
 use crate::store::User;
@@ -35,10 +33,10 @@ struct State {
     online: usize,
     /// The "and N more" last announced.
     announced_more: usize,
-    /// The listed people as one frame, rendered for the first socket that connects after
-    /// the list changed and shared by every socket after it: fifty entries, escaped into
-    /// HTML and then into JSON, were a seventh of a connect's CPU.
-    listed_frame: Option<Utf8Bytes>,
+    /// The listed people, rendered for the first socket that connects after the list
+    /// changed and shared by every socket after it: fifty entries, escaped into HTML and
+    /// then into JSON for each connect, were a seventh of its CPU.
+    listed_html: Option<Arc<str>>,
 }
 
 impl State {
@@ -55,7 +53,7 @@ impl State {
             .listed
             .partition_point(|u| (&u.username, &u.id) < (&user.username, &user.id));
         self.listed.insert(at, user.clone());
-        self.listed_frame = None;
+        self.listed_html = None;
     }
 }
 
@@ -95,7 +93,7 @@ impl Roster {
             let was_listed = s.is_listed(user);
             if was_listed {
                 s.listed.retain(|u| u.id != user.id);
-                s.listed_frame = None;
+                s.listed_html = None;
             }
             was_listed || s.online < SHOWN
         })
@@ -106,15 +104,15 @@ impl Roster {
         self.with(|s| (s.listed.clone(), s.more()))
     }
 
-    /// The listed people as a frame, from `render` when the list changed since it last
-    /// ran, and how many more are online: what a new socket is shown.
-    pub fn listed_frame(&self, render: impl FnOnce(&[User]) -> Utf8Bytes) -> (Utf8Bytes, usize) {
+    /// The listed people as `render` renders them, rendered again only when the list
+    /// changed since it last ran, and how many more are online: what a new socket is shown.
+    pub fn listed_html(&self, render: impl FnOnce(&[User]) -> String) -> (Arc<str>, usize) {
         self.with(|s| {
-            let frame = match &s.listed_frame {
-                Some(frame) => frame.clone(),
-                None => s.listed_frame.insert(render(&s.listed)).clone(),
+            let html = match &s.listed_html {
+                Some(html) => html.clone(),
+                None => s.listed_html.insert(Arc::from(render(&s.listed))).clone(),
             };
-            (frame, s.more())
+            (html, s.more())
         })
     }
 
@@ -138,7 +136,7 @@ impl Roster {
                 std::mem::take(&mut s.listed).into_iter().partition(left);
             s.listed = kept;
             if !gone.is_empty() {
-                s.listed_frame = None;
+                s.listed_html = None;
             }
             changes.unlisted = gone;
             let crowded = s.online > SHOWN;
@@ -175,33 +173,47 @@ mod tests {
     }
 
     #[test]
-    fn the_listed_frame_is_rendered_again_only_when_the_list_changes() {
+    fn the_listed_html_is_rendered_again_only_when_the_list_changes() {
         let roster = Roster::default();
         let renders = std::cell::Cell::new(0);
-        let frame = || {
-            roster.listed_frame(|listed| {
+        let html = || {
+            roster.listed_html(|listed| {
                 renders.set(renders.get() + 1);
                 let names: Vec<&str> = listed.iter().map(|u| u.username.as_str()).collect();
-                Utf8Bytes::from(names.join(","))
+                names.join(",")
             })
         };
         roster.arrived(&user(1));
         roster.arrived(&user(2));
-        assert_eq!(frame().0.as_str(), "user001,user002");
-        assert_eq!(frame().0.as_str(), "user001,user002");
+        assert_eq!(&*html().0, "user001,user002");
+        assert_eq!(&*html().0, "user001,user002");
         assert_eq!(renders.get(), 1);
         roster.departed(&user(1));
-        assert_eq!(frame().0.as_str(), "user002");
+        assert_eq!(&*html().0, "user002");
         assert_eq!(renders.get(), 2);
-        // Past the cap an arrival changes only the count, not the frame.
+        // Past the cap an arrival changes only the count, not the list.
         for n in 3..=SHOWN + 1 {
             roster.arrived(&user(n));
         }
-        let (_, more) = frame();
+        let (_, more) = html();
         roster.arrived(&user(SHOWN + 2));
-        let (_, more_now) = frame();
+        let (_, more_now) = html();
         assert_eq!((more, more_now), (0, 1));
         assert_eq!(renders.get(), 3);
+        // A reconcile that finds someone gone changes the list; one that finds all there
+        // does not.
+        let listed = roster.listed_ids();
+        let online: Vec<String> = listed.iter().skip(1).cloned().collect();
+        let now = Members {
+            listed: Vec::new(),
+            more: SHOWN + 1,
+        };
+        roster.reconcile(&now, &listed, &online);
+        assert!(!html().0.contains("user002"));
+        assert_eq!(renders.get(), 4);
+        roster.reconcile(&now, &online, &online);
+        html();
+        assert_eq!(renders.get(), 4);
     }
 
     #[test]

@@ -15,6 +15,10 @@ use std::future::poll_fn;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+/// Slots a queue keeps once emptied; more are given back (the writer does the same with
+/// what it took).
+pub const KEEP_SLOTS: usize = 64;
+
 /// Why a socket's writer must close it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -114,10 +118,11 @@ impl<T> Outbox<T> {
         Pushed::Queued
     }
 
-    /// Tells the writer to close the socket (the first reason given wins).
+    /// Tells the writer to close the socket. A shutdown overrides falling behind: the
+    /// client had better reconnect to another node.
     pub fn stop(&self, why: Stop) {
         let mut state = self.lock();
-        if state.closed || state.stop.is_some() {
+        if state.closed || state.stop == Some(Stop::Shutdown) || state.stop == Some(why) {
             return;
         }
         state.stop = Some(why);
@@ -128,7 +133,8 @@ impl<T> Outbox<T> {
         }
     }
 
-    /// The writer has ended: drops what is queued and every later push.
+    /// The writer has ended: drops what is queued and every later push. Its waker is
+    /// dropped unwoken, as no one waits on it any more.
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
@@ -172,6 +178,10 @@ impl<T> Outbox<T> {
             std::mem::swap(&mut state.queue, into);
         } else {
             into.extend(state.queue.drain(..));
+            if state.queue.capacity() > KEEP_SLOTS {
+                // After a burst: let the memory go rather than hold it for the socket's life.
+                state.queue = VecDeque::new();
+            }
         }
         Ok(true)
     }
@@ -232,6 +242,17 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_back_from_waiting_for_a_stop_is_woken_by_the_next_push() {
+        let outbox = Outbox::new(8);
+        let wakes = Arc::new(Count::default());
+        let mut taken = VecDeque::new();
+        assert!(poll(outbox.stopped(), &wakes).is_pending());
+        assert!(poll(outbox.take(&mut taken), &wakes).is_pending());
+        outbox.push(1);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
     fn a_writer_waiting_for_a_stop_sleeps_through_pushes() {
         let outbox = Outbox::new(8);
         let wakes = Arc::new(Count::default());
@@ -250,11 +271,25 @@ mod tests {
         assert_eq!(outbox.push(2), Pushed::Queued);
         assert_eq!(outbox.push(3), Pushed::Overflowed);
         assert_eq!(outbox.push(4), Pushed::Dropped);
-        // A later reason does not replace the first.
-        outbox.stop(Stop::Shutdown);
         let mut taken = VecDeque::new();
         assert_eq!(outbox.take_queued(&mut taken), Err(Stop::Lagging));
         assert!(taken.is_empty());
+        // Shutting down overrides it; nothing overrides a shutdown.
+        outbox.stop(Stop::Shutdown);
+        outbox.stop(Stop::Lagging);
+        assert_eq!(outbox.take_queued(&mut taken), Err(Stop::Shutdown));
+    }
+
+    #[test]
+    fn a_queue_emptied_after_a_burst_gives_its_slots_back() {
+        let outbox = Outbox::new(1024);
+        let mut taken = VecDeque::from([0]);
+        for n in 0..1000 {
+            outbox.push(n);
+        }
+        assert_eq!(outbox.take_queued(&mut taken), Ok(()));
+        assert_eq!(taken.len(), 1001);
+        assert_eq!(outbox.lock().queue.capacity(), 0);
     }
 
     #[test]

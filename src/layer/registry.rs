@@ -154,6 +154,11 @@ impl Registry {
         groups.joined.len()
     }
 
+    /// A socket was cut off for falling behind.
+    pub fn count_slow_consumer(&self) {
+        self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// How many sockets were cut off for falling behind, since start.
     pub fn slow_consumers(&self) -> u64 {
         self.slow_consumers.load(Ordering::Relaxed)
@@ -190,9 +195,7 @@ impl Registry {
         for member in members {
             match member.outbox.push(Outbound::Event(event.clone())) {
                 Pushed::Queued => queued += 1,
-                Pushed::Overflowed => {
-                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                }
+                Pushed::Overflowed => self.count_slow_consumer(),
                 Pushed::Dropped => {}
             }
         }

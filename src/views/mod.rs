@@ -4,7 +4,7 @@
 //! Per-viewer differences are left to CSS and data attributes (`data-author` on a message,
 //! `data-me` on the body), so one rendering serves every recipient.
 
-use maud::{DOCTYPE, Markup, html};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::store::{Room, RoomKind, RoomSummary, StoredMessage, User};
 
@@ -64,10 +64,23 @@ pub struct ChatView<'a> {
     pub me: &'a User,
     pub groups: &'a [Room],
     pub rooms: &'a [RoomSummary],
-    pub online: &'a [User],
+    pub online: Online<'a>,
 }
 
-/// The chat page: `view.online` is the listed people and `more` how many others are online,
+/// What the sidebar's Online list holds.
+#[derive(Clone, Copy)]
+pub enum Online<'a> {
+    /// These people, rendered here.
+    People(&'a [User]),
+    /// `PEOPLE_SLOT`, where the caller splices entries it rendered once for many sockets.
+    Slot,
+}
+
+/// Marks where the Online list's entries go; no rendered user text can contain it, as
+/// text is escaped.
+pub const PEOPLE_SLOT: &str = "<!--people-->";
+
+/// The chat page: `view.online` is who is listed and `more` how many others are online,
 /// as for a socket's sidebar (which replaces this one when the socket opens).
 pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
     layout(
@@ -105,7 +118,7 @@ pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
     )
 }
 
-/// The sidebar for a socket: `view.online` is the listed people, `more` how many others are
+/// The sidebar for a socket: `view.online` is who is listed, `more` how many others are
 /// online, and `contacts` the ids of the user's conversation partners who are online (their
 /// dots light up even when they are not listed).
 pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Markup {
@@ -142,7 +155,12 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
                 button type="submit" { "Message" }
             }
             h2 { "Online" }
-            ul #people { (people(view.online)) }
+            ul #people {
+                @match view.online {
+                    Online::People(users) => (people(users)),
+                    Online::Slot => (PreEscaped(PEOPLE_SLOT)),
+                }
+            }
             p #people-more.muted { (people_more(more)) }
             ul #contacts hidden {
                 @for id in contacts { (contact(id)) }
@@ -203,12 +221,12 @@ pub fn direct_item(room: &Room, peer: &User, unread: i64) -> Markup {
     }
 }
 
-/// An online user in the sidebar; clicking opens the direct conversation.
 /// The entries of the Online list.
 pub fn people(users: &[User]) -> Markup {
     html! { @for user in users { (person(user)) } }
 }
 
+/// An online user in the sidebar; clicking opens the direct conversation.
 pub fn person(user: &User) -> Markup {
     html! {
         li id={ "person-" (user.id) } {

@@ -30,7 +30,7 @@ async fn chat(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Res
             me: &me,
             groups: &groups,
             rooms: &rooms,
-            online: &online,
+            online: views::Online::People(&online),
         },
         more,
     );
