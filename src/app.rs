@@ -87,6 +87,7 @@ impl Application {
                 Duration::from_millis(config.write_gap_ms),
                 config.busy_frames_per_second,
             ),
+            list_frames: Default::default(),
         });
         let listener = TcpListener::bind(config.addr)
             .await

@@ -563,11 +563,15 @@ impl Session {
                 Swap::Inner,
                 &views::room_title_markup(&room, &title).into_string(),
             ),
-            frame(
-                "#room-members",
-                Swap::Inner,
-                &views::members(&members.listed).into_string(),
-            ),
+            self.hub
+                .list_frames
+                .frame(&room.id, &members.listed, |listed| {
+                    frame(
+                        "#room-members",
+                        Swap::Inner,
+                        &views::members(listed).into_string(),
+                    )
+                }),
             frame(
                 "#room-members-more",
                 Swap::Inner,

@@ -140,7 +140,7 @@ impl Roster {
             }
             changes.unlisted = gone;
             let crowded = s.online > SHOWN;
-            for user in &now.listed {
+            for user in now.listed.iter() {
                 if s.listed.len() >= SHOWN {
                     break;
                 }
@@ -205,7 +205,7 @@ mod tests {
         let listed = roster.listed_ids();
         let online: Vec<String> = listed.iter().skip(1).cloned().collect();
         let now = Members {
-            listed: Vec::new(),
+            listed: Arc::default(),
             more: SHOWN + 1,
         };
         roster.reconcile(&now, &listed, &online);

@@ -1,9 +1,11 @@
 //! What every socket on this node shares: storage, the channel layer, presence, limits,
 //! and the shutdown signal; and the node's announcements of who came and went (room
-//! member lists in `room_members`).
+//! member lists in `room_members`, and their frames for entering sockets in `list_frames`).
 
+mod list_frames;
 mod room_members;
 
+pub use list_frames::ListFrames;
 pub use room_members::{RoomChanges, announce_room_members};
 
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub struct Hub {
     pub room_changes: RoomChanges,
     /// How long a busy node's sockets wait between writes.
     pub pacing: WritePacing,
+    /// Room member lists as last shown to an entering socket.
+    pub list_frames: ListFrames,
 }
 
 /// The roster is reconciled with presence at least this often (other nodes' arrivals and

@@ -274,7 +274,7 @@ fn members_of(reply: &[String]) -> Members {
     sort_by_name(&mut listed);
     Members {
         more: present.saturating_sub(listed.len()),
-        listed,
+        listed: listed.into(),
     }
 }
 
@@ -471,7 +471,7 @@ impl RedisPresence {
         let more = everyone.len().saturating_sub(SHOWN);
         everyone.truncate(SHOWN);
         Members {
-            listed: everyone,
+            listed: everyone.into(),
             more,
         }
     }
