@@ -11,8 +11,8 @@
 //!   access limits (sign-in attempts, sockets per user).
 //! - [`session`]: one chat socket — a reader turning actions into stores and publications,
 //!   a writer draining a bounded queue onto the wire.
-//! - [`hub`]: what every socket on a node shares (store, layer, presence, limits), and the
-//!   node's announcements of who came and went.
+//! - [`hub`]: what every socket on a node shares (store, layer, presence, limits, room
+//!   member lists already rendered), and the node's announcements of who came and went.
 //! - [`chat`]: the rules, free of I/O: valid names and messages, the wire protocol, rate
 //!   limiting, presence with its capped room member lists, and the capped Online list
 //!   (roster).
