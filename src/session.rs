@@ -256,13 +256,6 @@ impl Session {
                 .await;
         }
 
-        // The node's capped list, not everyone online: a connect costs the same however
-        // many people are here. Rendered and escaped once for every socket that connects
-        // until the list changes, and spliced into this socket's sidebar.
-        let (people, more) = self
-            .hub
-            .roster
-            .listed_html(|listed| json_escaped(&views::people(listed).into_string()));
         // While presence cannot be read, no dots rather than guesses.
         let contacts = self
             .hub
@@ -270,6 +263,15 @@ impl Session {
             .online_among(&self.peers)
             .await
             .unwrap_or_default();
+        // The node's capped list, not everyone online: a connect costs the same however
+        // many people are here. Rendered and escaped once for every socket that connects
+        // until the list changes, and spliced into this socket's sidebar. Read with no
+        // await before the sidebar is queued: an arrival announced in between would reach
+        // this socket first, and the sidebar would then replace it.
+        let (people, more) = self
+            .hub
+            .roster
+            .listed_html(|listed| json_escaped(&views::people(listed).into_string()));
         let sidebar = views::sidebar_with(
             &views::ChatView {
                 me: &self.user,
