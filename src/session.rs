@@ -1029,24 +1029,14 @@ async fn write_loop(hub: Arc<Hub>, member: Member, mut sink: SplitSink<WebSocket
 }
 
 async fn close_for(sink: &mut SplitSink<WebSocket, Message>, stop: Stop) {
-    match stop {
-        Stop::Shutdown => {
-            close(
-                sink,
-                close_code::RESTARTING,
-                "Server restarting; reconnect.",
-            )
-            .await;
-        }
-        Stop::Lagging => {
-            close(
-                sink,
-                close_code::TRY_AGAIN,
-                "You fell behind; reconnect to catch up.",
-            )
-            .await;
-        }
-    }
+    let (code, reason) = match stop {
+        Stop::Shutdown => (close_code::RESTARTING, "Server restarting; reconnect."),
+        Stop::Lagging => (
+            close_code::TRY_AGAIN,
+            "You fell behind; reconnect to catch up.",
+        ),
+    };
+    close(sink, code, reason).await;
 }
 
 async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
