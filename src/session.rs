@@ -21,7 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 use crate::chat::names::{GroupName, InputError, MessageText, Username};
 use crate::chat::protocol::{Action, Swap, frame, frame_around, json_escaped};
 use crate::hub::Hub;
-use crate::layer::outbox::{KEEP_SLOTS, Pushed, Stop};
+use crate::layer::outbox::{KEEP_SLOTS, Stop};
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
 use crate::store::{AfterCommit, Room, StoreError, StoredMessage, User};
 use crate::views;
@@ -213,10 +213,10 @@ impl Session {
     /// fills its queue like any slow reader and is closed; once the writer has ended, the
     /// session ends too and nothing more is queued.
     fn send(&self, direct: Direct) {
-        let pushed = self.member.outbox.push(Outbound::Direct(Box::new(direct)));
-        if pushed == Pushed::Overflowed {
-            self.hub.layer.registry().count_slow_consumer();
-        }
+        self.hub
+            .layer
+            .registry()
+            .push(&self.member, Outbound::Direct(Box::new(direct)));
     }
 
     fn send_error(&self, text: &str) {

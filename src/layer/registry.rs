@@ -154,9 +154,14 @@ impl Registry {
         groups.joined.len()
     }
 
-    /// A socket was cut off for falling behind.
-    pub fn count_slow_consumer(&self) {
-        self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+    /// Queues `outbound` for one socket, counting it as a slow consumer when this push
+    /// overflowed its queue.
+    pub fn push(&self, member: &Member, outbound: Outbound) -> Pushed {
+        let pushed = member.outbox.push(outbound);
+        if pushed == Pushed::Overflowed {
+            self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+        pushed
     }
 
     /// How many sockets were cut off for falling behind, since start.
@@ -193,10 +198,8 @@ impl Registry {
     fn offer<'a>(&self, members: impl Iterator<Item = &'a Member>, event: &Arc<Event>) {
         let mut queued = 0;
         for member in members {
-            match member.outbox.push(Outbound::Event(event.clone())) {
-                Pushed::Queued => queued += 1,
-                Pushed::Overflowed => self.count_slow_consumer(),
-                Pushed::Dropped => {}
+            if self.push(member, Outbound::Event(event.clone())) == Pushed::Queued {
+                queued += 1;
             }
         }
         self.metrics.frames_out.fetch_add(queued, Ordering::Relaxed);
