@@ -23,7 +23,7 @@ use crate::chat::protocol::{Action, Swap, frame, frame_around, json_escaped};
 use crate::hub::Hub;
 use crate::layer::outbox::{KEEP_SLOTS, Stop};
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
-use crate::store::{AfterCommit, Room, StoreError, StoredMessage, User};
+use crate::store::{AfterCommit, Room, RoomSummary, SignedIn, StoreError, StoredMessage, User};
 use crate::views;
 
 /// What a socket's writer receives.
@@ -97,12 +97,30 @@ const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// the unsplit socket is large; split first, and the task holds only the two halves.
 pub fn run(
     hub: Arc<Hub>,
-    user: User,
+    signed_in: SignedIn,
     socket: WebSocket,
     resume: Resume,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (sink, stream) = socket.split();
-    serve(hub, user, sink, stream, resume)
+    let SignedIn {
+        user,
+        rooms,
+        groups,
+    } = signed_in;
+    // Boxed for the same reason: needed only to start, it would otherwise keep its room.
+    let opening = Box::new(Opening {
+        rooms,
+        groups,
+        resume,
+    });
+    serve(hub, user, sink, stream, opening)
+}
+
+/// What a socket starts from: the rooms read with its session, and where it was before.
+struct Opening {
+    rooms: Vec<RoomSummary>,
+    groups: Vec<Room>,
+    resume: Resume,
 }
 
 async fn serve(
@@ -110,7 +128,7 @@ async fn serve(
     user: User,
     sink: SplitSink<WebSocket, Message>,
     stream: SplitStream<WebSocket>,
-    resume: Resume,
+    opening: Box<Opening>,
 ) {
     let member = Member::new(
         hub.layer.registry().next_socket_id(),
@@ -130,7 +148,7 @@ async fn serve(
         let reader = async {
             // Boxed, like each action below: an idle socket's task then holds only the
             // small read loop, not the state of the largest action it might run.
-            match Box::pin(session.start(resume)).await {
+            match Box::pin(session.start(*opening)).await {
                 Ok(()) => session.read_loop(stream).await,
                 Err(e) => tracing::error!(error = %e, "could not start chat session"),
             }
@@ -228,13 +246,22 @@ impl Session {
     }
 
     /// Joins the socket's groups, announces the user, and shows the first room.
-    async fn start(&mut self, resume: Resume) -> Result<(), StoreError> {
+    ///
+    /// The rooms were read with the session, before the handshake finished: a conversation
+    /// opened with this user between that read and the joins below is announced to a group
+    /// this socket has not joined yet, and shows up at its next connect. (Reading the rooms
+    /// here, before the joins, left the same gap; the handshake only widens it.)
+    async fn start(&mut self, opening: Opening) -> Result<(), StoreError> {
+        let Opening {
+            rooms,
+            mut groups,
+            resume,
+        } = opening;
         let layer = &self.hub.layer;
         let mut joins = vec![
             layer.join(LOBBY, &self.member),
             layer.join(&user_group(&self.user.id), &self.member),
         ];
-        let (rooms, mut groups) = self.hub.store.rooms_and_groups(&self.user.id).await?;
         for summary in &rooms {
             joins.push(layer.join(&room_group(&summary.room.id), &self.member));
         }

@@ -28,6 +28,16 @@ pub struct RoomSummary {
     pub unread: i64,
 }
 
+/// Who a session belongs to, and the rooms of their sidebar.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    pub user: User,
+    /// The user's memberships, as `Store::rooms_of` orders them.
+    pub rooms: Vec<RoomSummary>,
+    /// Every public group, by name.
+    pub groups: Vec<Room>,
+}
+
 fn room_from_row(row: &AnyRow) -> Result<Room, sqlx::Error> {
     let kind: String = row.try_get("kind")?;
     Ok(Room {
@@ -50,7 +60,7 @@ fn pair_key(a: &str, b: &str) -> String {
     }
 }
 
-/// The user's memberships (`$1`): each room, its unread count and, for a conversation, the
+/// The user's memberships (the user's id is the macro's argument, an SQL expression): each room, its unread count and, for a conversation, the
 /// partner. The partner is looked up per direct room, one index probe each. A join on
 /// memberships instead had the planner walk every member of each group the user is in (then
 /// filter them out), so a connect cost O(people in the user's groups).
@@ -58,8 +68,9 @@ fn pair_key(a: &str, b: &str) -> String {
 /// A macro, not a `const`, so that `concat!` builds each query that uses it at compile time
 /// rather than `format!` on every connect.
 macro_rules! memberships_sql {
-    () => {
-        "SELECT r.id, r.kind, r.name, r.last_seq - m.last_read_seq AS unread, \
+    ($user_id:literal) => {
+        concat!(
+            "SELECT r.id, r.kind, r.name, r.last_seq - m.last_read_seq AS unread, \
         CASE WHEN r.kind = 'direct' THEN \
             (SELECT pm.user_id FROM memberships pm \
              WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
@@ -69,7 +80,9 @@ macro_rules! memberships_sql {
              WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
         END AS peer_name \
     FROM memberships m JOIN rooms r ON r.id = m.room_id \
-    WHERE m.user_id = $1"
+    WHERE m.user_id = ",
+            $user_id
+        )
     };
 }
 
@@ -203,26 +216,49 @@ impl Store {
 
     /// Every room the user belongs to, with the unread count and, for direct rooms, the peer.
     pub async fn rooms_of(&self, user_id: &str) -> StoreResult<Vec<RoomSummary>> {
-        let sql = concat!(memberships_sql!(), " ORDER BY r.kind, r.name, peer_name");
+        let sql = concat!(
+            memberships_sql!("$1"),
+            " ORDER BY r.kind, r.name, peer_name"
+        );
         let rows = sqlx::query(sql).bind(user_id).fetch_all(&self.pool).await?;
         rows.iter().map(summary_from_row).collect()
     }
 
-    /// `rooms_of` and `groups` in one query: what a connecting socket needs for its sidebar,
-    /// for one trip to the database instead of two.
-    pub async fn rooms_and_groups(
-        &self,
-        user_id: &str,
-    ) -> StoreResult<(Vec<RoomSummary>, Vec<Room>)> {
+    /// The signed-in user behind a session (`None` when it is unknown or expired), with
+    /// `rooms_of` and `groups`: everything a page or a connecting socket needs for its
+    /// sidebar, in one trip to the database instead of three. The user comes back as a row
+    /// of its own (`part` 'u', the name in `name`), ahead of the rooms.
+    pub async fn signed_in(&self, session_id: &str) -> StoreResult<Option<SignedIn>> {
         let sql = concat!(
-            "SELECT 'a' AS part, mine.* FROM (",
-            memberships_sql!(),
+            "WITH me AS (SELECT u.id, u.username FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id = $1 AND s.expires_at > $2) \
+             SELECT 'u' AS part, id, 'user' AS kind, username AS name, 0 AS unread, \
+             NULL AS peer_id, NULL AS peer_name FROM me \
+             UNION ALL SELECT 'a', mine.* FROM (",
+            memberships_sql!("(SELECT id FROM me)"),
             ") mine UNION ALL SELECT 'b', id, kind, name, 0, NULL, NULL FROM rooms \
-             WHERE kind = 'group' ORDER BY part, kind, name, peer_name"
+             WHERE kind = 'group' AND EXISTS (SELECT 1 FROM me) \
+             ORDER BY part DESC, kind, name, peer_name"
         );
-        let rows = sqlx::query(sql).bind(user_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql)
+            .bind(session_id)
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rows = rows.iter();
+        let Some(me) = rows.next() else {
+            return Ok(None);
+        };
+        let part: String = me.try_get("part")?;
+        if part != "u" {
+            return Ok(None);
+        }
+        let user = User {
+            id: me.try_get("id")?,
+            username: me.try_get("name")?,
+        };
         let (mut rooms, mut groups) = (Vec::new(), Vec::new());
-        for row in &rows {
+        for row in rows {
             let part: String = row.try_get("part")?;
             if part == "a" {
                 rooms.push(summary_from_row(row)?);
@@ -230,7 +266,11 @@ impl Store {
                 groups.push(room_from_row(row)?);
             }
         }
-        Ok((rooms, groups))
+        Ok(Some(SignedIn {
+            user,
+            rooms,
+            groups,
+        }))
     }
 
     /// Marks everything in the room as read by the user, up to the newest message now.

@@ -19,7 +19,7 @@ use super::AppState;
 use crate::accounts;
 use crate::chat::names::{Password, Username};
 use crate::error::AppError;
-use crate::store::{StoreError, User};
+use crate::store::{SignedIn, StoreError, User};
 use crate::views;
 
 pub const SESSION_COOKIE: &str = "wirechat_session";
@@ -49,6 +49,17 @@ pub async fn current_user(
         return Ok(None);
     };
     Ok(state.hub.store.session_user(cookie.value()).await?)
+}
+
+/// `current_user` together with the rooms of their sidebar, read in one query.
+pub async fn signed_in(
+    state: &AppState,
+    jar: &SignedCookieJar,
+) -> Result<Option<SignedIn>, AppError> {
+    let Some(cookie) = jar.get(SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    Ok(state.hub.store.signed_in(cookie.value()).await?)
 }
 
 fn refused(status: StatusCode, reason: &str, username: &str) -> Response {

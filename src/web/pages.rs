@@ -7,8 +7,9 @@ use axum::routing::get;
 use axum_extra::extract::SignedCookieJar;
 
 use super::AppState;
-use super::auth::current_user;
+use super::auth::{current_user, signed_in};
 use crate::error::AppError;
+use crate::store::SignedIn;
 use crate::views;
 
 pub fn router() -> Router<AppState> {
@@ -17,11 +18,14 @@ pub fn router() -> Router<AppState> {
 
 /// The chat page for a signed-in user. The socket fills in the active room once it opens.
 async fn chat(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Response, AppError> {
-    let Some(me) = current_user(&state, &jar).await? else {
+    let Some(SignedIn {
+        user: me,
+        rooms,
+        groups,
+    }) = signed_in(&state, &jar).await?
+    else {
         return Ok(Redirect::to("/login").into_response());
     };
-    let store = &state.hub.store;
-    let (rooms, groups) = store.rooms_and_groups(&me.id).await?;
     // The node's capped list, as a socket is shown: reading everyone online from presence
     // would cost every page load as much as there are people.
     let (online, more) = state.hub.roster.snapshot();

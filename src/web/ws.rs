@@ -10,7 +10,7 @@ use axum_extra::extract::SignedCookieJar;
 use futures_util::FutureExt;
 use serde::Deserialize;
 
-use super::auth::current_user;
+use super::auth::signed_in;
 use super::{AppState, origin_matches_host};
 use crate::error::AppError;
 use crate::session::{self, Resume};
@@ -41,13 +41,13 @@ async fn upgrade(
     Query(resume): Query<ResumeQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
-    let Some(user) = current_user(&state, &jar).await? else {
+    let Some(signed_in) = signed_in(&state, &jar).await? else {
         return Ok((StatusCode::UNAUTHORIZED, "Log in first.").into_response());
     };
     if origin_matches_host(&headers) != Some(true) {
         return Ok((StatusCode::FORBIDDEN, "The Origin must be this site.").into_response());
     }
-    let Some(slot) = state.access.open_socket(&user.id) else {
+    let Some(slot) = state.access.open_socket(&signed_in.user.id) else {
         return Ok((
             StatusCode::TOO_MANY_REQUESTS,
             "Too many open chat windows; close one and try again.",
@@ -69,7 +69,9 @@ async fn upgrade(
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             // No async block around the session: it would keep its own copy of the socket.
-            tracker.track_future(session::run(hub, user, socket, resume).map(move |()| drop(slot)))
+            tracker.track_future(
+                session::run(hub, signed_in, socket, resume).map(move |()| drop(slot)),
+            )
         })
         .into_response())
 }

@@ -92,6 +92,16 @@ async fn signup_login_logout(backend: Backend) {
         303,
         "a logged-out session is dead everywhere"
     );
+    let logged_out = crate::helpers::TestUser {
+        username: "ann".into(),
+        cookie: cookie.clone(),
+    };
+    match app.open_socket(&logged_out, "/ws/chat/").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401, "nor does it open a socket")
+        }
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
     // The other session (from sign-up) is still alive.
     let other = app.get_as("/", &first_cookie).await;
     assert_eq!(other.status(), 200);
