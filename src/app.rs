@@ -152,7 +152,9 @@ impl Application {
         tokio::spawn({
             let hub = hub.clone();
             async move {
-                crate::memory::release_freed_memory(&hub.pacing, hub.shutdown.clone()).await;
+                let metrics = hub.layer.registry().metrics();
+                crate::memory::release_freed_memory(&hub.pacing, metrics, hub.shutdown.clone())
+                    .await;
             }
         });
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");

@@ -6,31 +6,58 @@
 //! stayed there after every socket had closed, until `malloc_trim` brought it to 26 MB. So
 //! while the node is not busy, it trims every little while: a walk over the arenas' free
 //! lists, cheap when there is nothing to give back.
+//!
+//! Not busy means both: fewer frames queued since the last trim than a busy node queues,
+//! and, where write pacing watches the rate, not busy at this moment either. The first
+//! alone lets a node that paces always (`WIRECHAT_BUSY_FRAMES_PER_SECOND=0`, so pacing
+//! never measures) still give memory back; the second keeps a trim out of a burst that
+//! has just begun.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::layer::WritePacing;
+use crate::layer::metrics::LayerMetrics;
 
 /// How often a node that is not busy gives freed memory back.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
+/// Frames queued a second, on average since the last look, from which a node is too busy
+/// to trim (the default busy rate of write pacing).
+const BUSY_FRAMES_PER_SECOND: u64 = 100_000;
+
 /// Until `stop`, returns the allocator's free pages to the system every `TRIM_EVERY`
 /// while the node is not busy (a trim holds each arena's lock while it walks it).
-pub async fn release_freed_memory(pacing: &WritePacing, stop: CancellationToken) {
+pub async fn release_freed_memory(
+    pacing: &WritePacing,
+    metrics: &LayerMetrics,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(TRIM_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = ticks.tick().await;
+    let mut last_total = metrics.frames_out.load(Ordering::Relaxed);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticks.tick() => {
-                if !pacing.busy() {
+            now = ticks.tick() => {
+                let total = metrics.frames_out.load(Ordering::Relaxed);
+                let frames = total.saturating_sub(last_total);
+                if quiet(frames, now - last, pacing.measured_busy()) {
                     trim();
                 }
+                (last, last_total) = (now, total);
             }
         }
     }
+}
+
+/// Whether a node that queued `frames` over `elapsed`, and is busy right now or not, may
+/// spend a trim.
+fn quiet(frames: u64, elapsed: Duration, busy_now: bool) -> bool {
+    !busy_now && (frames as f64) < BUSY_FRAMES_PER_SECOND as f64 * elapsed.as_secs_f64()
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -43,3 +70,20 @@ fn trim() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_trims_only_after_a_quiet_stretch_and_not_inside_a_burst() {
+        let ten_seconds = Duration::from_secs(10);
+        assert!(quiet(0, ten_seconds, false));
+        // 20,000 frames a second: a chatty node, not a busy one.
+        assert!(quiet(200_000, ten_seconds, false));
+        // A peak just passed: 300,000 frames a second on average.
+        assert!(!quiet(3_000_000, ten_seconds, false));
+        // Quiet on average, but pacing sees a burst right now.
+        assert!(!quiet(1_000, ten_seconds, true));
+    }
+}

@@ -48,8 +48,14 @@ impl WritePacing {
     }
 
     /// Whether the node queued more frames in the last look than its busy rate.
-    pub fn busy(&self) -> bool {
+    fn busy(&self) -> bool {
         self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the rate is watched and was above the busy rate at the last look: false
+    /// when pacing applies always (busy rate 0), as nothing is measured then.
+    pub fn measured_busy(&self) -> bool {
+        self.busy_rate != 0 && self.busy()
     }
 
     /// Takes the node's count of frames queued so far, `elapsed` after the previous look.
@@ -119,5 +125,7 @@ mod tests {
         assert_eq!(always.gap(), Duration::from_millis(5));
         always.observe(0, TICK);
         assert_eq!(always.gap(), Duration::from_millis(5));
+        // Nothing is measured, so nothing reads as a measured burst (memory trims by it).
+        assert!(!always.measured_busy());
     }
 }
