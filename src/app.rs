@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use axum_extra::extract::cookie::Key;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +30,27 @@ pub struct Application {
     state: AppState,
     node_id: String,
     presence_every: Duration,
+}
+
+/// Connections the kernel may hold for the server before it accepts them (it caps this at
+/// `net.core.somaxconn`). The usual 128 overflows when thousands of clients come back at
+/// once after a restart or a network cut: the kernel then drops their handshakes, and
+/// each one retries a second later, then three, then seven: a storm of reconnects turned
+/// into seconds of waiting.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with room for a reconnect storm's handshakes (see `ACCEPT_BACKLOG`).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As the standard library's bind does: a restarted server can bind at once, while
+    // connections of its previous run linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 impl Application {
@@ -89,9 +110,8 @@ impl Application {
             ),
             list_frames: Default::default(),
         });
-        let listener = TcpListener::bind(config.addr)
-            .await
-            .with_context(|| format!("listening on {}", config.addr))?;
+        let listener =
+            listen(config.addr).with_context(|| format!("listening on {}", config.addr))?;
         Ok(Application {
             listener,
             state: AppState {
