@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# One measured run as RESULTS.md makes them: fresh node(s) on a fresh database, the load
+# generator against them, then everything stopped and the database dropped.
+#
+#   loadtest/bench.sh [options] -- <wirechat-load arguments>
+#
+#   --pg              a fresh PostgreSQL database (default: a fresh SQLite file)
+#   --nodes N         N nodes on ports 8201.. (N > 1: PostgreSQL and Redis, a fresh key prefix)
+#   --pin NODE:LOAD   run the node on CPUs NODE and the generator on CPUs LOAD (taskset)
+#   --bin DIR         where wirechat and wirechat-load are (default: target/release)
+#   --env K=V         one more environment variable for the node(s); repeatable
+#
+# Examples (the commands in RESULTS.md):
+#   loadtest/bench.sh -- --scenario idle --clients 15000 --users 50 --procs 2 --duration 2 --settle 3
+#   loadtest/bench.sh --pin 0:1 -- --scenario fanout --clients 1000 --users 100 --procs 1 --rate 500 --duration 10 --drain 20
+#   loadtest/bench.sh --nodes 3 -- --scenario idle --clients 51000 --users 300 --procs 3 --duration 10 --settle 3
+#
+# The nodes get the limits a load test needs (no sign-in throttle, one account may hold any
+# number of sockets, no per-user message rate) and log warnings only; a node that does not
+# come up has its log printed. Loopback only.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="$root/target/release"
+pg=0
+nodes=1
+pin=""
+extra_env=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --pg) pg=1 ;;
+        --nodes) nodes="$2"; shift ;;
+        --pin) pin="$2"; shift ;;
+        --bin) bin="$2"; shift ;;
+        --env) extra_env+=("$2"); shift ;;
+        --) shift; break ;;
+        *) echo "bench.sh: unknown option $1 (the generator's arguments go after --)" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ -x "$bin/wirechat" && -x "$bin/wirechat-load" ]] || {
+    echo "bench.sh: no wirechat and wirechat-load in $bin: cargo build --release -p wirechat -p wirechat-load" >&2
+    exit 2
+}
+[[ "$nodes" =~ ^[1-9]$ ]] || { echo "bench.sh: --nodes takes 1 to 9" >&2; exit 2; }
+node_prefix=()
+load_prefix=()
+if [[ -n "$pin" ]]; then
+    node_prefix=(taskset -c "${pin%%:*}")
+    load_prefix=(taskset -c "${pin##*:}")
+fi
+if (( nodes > 1 )); then pg=1; fi
+
+work=$(mktemp -d /tmp/wirechat-bench.XXXXXX)
+database=""
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ -n "$database" ]]; then
+        dropdb -h 127.0.0.1 -U postgres --if-exists "$database" || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if (( pg )); then
+    database="bench_$(date +%s)_$$"
+    createdb -h 127.0.0.1 -U postgres "$database"
+    url="postgres://postgres@127.0.0.1:5432/$database"
+else
+    url="sqlite://$work/bench.db?mode=rwc"
+fi
+
+load_args=()
+for i in $(seq 1 "$nodes"); do
+    port=$((8200 + i))
+    node_env=(
+        DATABASE_URL="$url" WIRECHAT_ADDR="127.0.0.1:$port" WIRECHAT_NODE_ID="n$i"
+        WIRECHAT_AUTH_RATE_LIMIT=off WIRECHAT_MAX_SOCKETS_PER_USER=100000
+        WIRECHAT_RATE_PER_SECOND=1000000 WIRECHAT_RATE_BURST=1000000 RUST_LOG=warn
+    )
+    if (( nodes > 1 )); then
+        node_env+=(REDIS_URL=redis://127.0.0.1:6379 WIRECHAT_REDIS_PREFIX="bench$$:")
+    fi
+    env "${node_env[@]}" "${extra_env[@]}" "${node_prefix[@]}" "$bin/wirechat" \
+        > "$work/bench-$port.log" 2>&1 &
+    pids+=($!)
+    load_args+=(--url "http://127.0.0.1:$port" --server-pid "$!")
+    up=0
+    for _ in $(seq 1 300); do
+        if curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; then up=1; break; fi
+        kill -0 "${pids[-1]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    if (( ! up )); then
+        echo "bench.sh: node $i did not come up; its log:" >&2
+        cat "$work/bench-$port.log" >&2
+        exit 1
+    fi
+done
+
+"${load_prefix[@]}" "$bin/wirechat-load" "${load_args[@]}" "$@"
+
+# How many frames each write carried (write pacing), node by node.
+for i in $(seq 1 "$nodes"); do
+    curl -s "http://127.0.0.1:$((8200 + i))/metrics" \
+        | grep -E '^wirechat_(frames_out|socket_writes)_total' | sed "s/^/node $i: /" || true
+done
