@@ -5,7 +5,8 @@
 #   loadtest/bench.sh [options] -- <wirechat-load arguments>
 #
 #   --pg              a fresh PostgreSQL database (default: a fresh SQLite file)
-#   --nodes N         N nodes on ports 8201.. (N > 1: PostgreSQL and Redis, a fresh key prefix)
+#   --nodes N         N nodes (N > 1: PostgreSQL and Redis, a fresh key prefix)
+#   --port P          the first node's port (default 8201; node i listens on P + i - 1)
 #   --pin NODE:LOAD   run the node on CPUs NODE and the generator on CPUs LOAD (taskset)
 #   --bin DIR         where wirechat and wirechat-load are (default: target/release)
 #   --env K=V         one more environment variable for the node(s); repeatable
@@ -24,12 +25,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/target/release"
 pg=0
 nodes=1
+first_port=8201
 pin=""
 extra_env=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --pg) pg=1 ;;
         --nodes) nodes="$2"; shift ;;
+        --port) first_port="$2"; shift ;;
         --pin) pin="$2"; shift ;;
         --bin) bin="$2"; shift ;;
         --env) extra_env+=("$2"); shift ;;
@@ -43,6 +46,7 @@ done
     exit 2
 }
 [[ "$nodes" =~ ^[1-9]$ ]] || { echo "bench.sh: --nodes takes 1 to 9" >&2; exit 2; }
+[[ "$first_port" =~ ^[0-9]+$ ]] || { echo "bench.sh: --port takes a number" >&2; exit 2; }
 node_prefix=()
 load_prefix=()
 if [[ -n "$pin" ]]; then
@@ -74,7 +78,7 @@ fi
 
 load_args=()
 for i in $(seq 1 "$nodes"); do
-    port=$((8200 + i))
+    port=$((first_port + i - 1))
     node_env=(
         DATABASE_URL="$url" WIRECHAT_ADDR="127.0.0.1:$port" WIRECHAT_NODE_ID="n$i"
         WIRECHAT_AUTH_RATE_LIMIT=off WIRECHAT_MAX_SOCKETS_PER_USER=100000
@@ -104,6 +108,6 @@ done
 
 # How many frames each write carried (write pacing), node by node.
 for i in $(seq 1 "$nodes"); do
-    curl -s "http://127.0.0.1:$((8200 + i))/metrics" \
+    curl -s "http://127.0.0.1:$((first_port + i - 1))/metrics" \
         | grep -E '^wirechat_(frames_out|socket_writes)_total' | sed "s/^/node $i: /" || true
 done
