@@ -35,7 +35,9 @@ while [[ $# -gt 0 ]]; do
         --port) first_port="$2"; shift ;;
         --pin) pin="$2"; shift ;;
         --bin) bin="$2"; shift ;;
-        --env) extra_env+=("$2"); shift ;;
+        --env)
+            [[ "$2" == *=* ]] || { echo "bench.sh: --env takes NAME=value" >&2; exit 2; }
+            extra_env+=("$2"); shift ;;
         --) shift; break ;;
         *) echo "bench.sh: unknown option $1 (the generator's arguments go after --)" >&2; exit 2 ;;
     esac
@@ -47,6 +49,7 @@ done
 }
 [[ "$nodes" =~ ^[1-9]$ ]] || { echo "bench.sh: --nodes takes 1 to 9" >&2; exit 2; }
 [[ "$first_port" =~ ^[0-9]+$ ]] || { echo "bench.sh: --port takes a number" >&2; exit 2; }
+[[ -z "$pin" || "$pin" == ?*:?* ]] || { echo "bench.sh: --pin takes NODE_CPUS:LOAD_CPUS" >&2; exit 2; }
 node_prefix=()
 load_prefix=()
 if [[ -n "$pin" ]]; then
@@ -56,55 +59,87 @@ fi
 if (( nodes > 1 )); then pg=1; fi
 
 work=$(mktemp -d /tmp/wirechat-bench.XXXXXX)
+run_id="$(date +%s)_$$"
 database=""
+redis_prefix=""
 pids=()
+# Alive and not yet a zombie (a child that exited stays one until it is waited for).
+running() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n "$state" && "$state" != Z ]]
+}
 cleanup() {
+    # The generator too, when the run is interrupted; then the nodes, given 10 s to stop.
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for _ in $(seq 1 100); do
+        alive=0
+        for pid in "${pids[@]}"; do running "$pid" && alive=1; done
+        (( alive )) || break
+        sleep 0.1
+    done
+    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [[ -n "$database" ]]; then
         dropdb -h 127.0.0.1 -U postgres --if-exists "$database" || true
+    fi
+    if [[ -n "$redis_prefix" ]]; then
+        redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${redis_prefix}*" \
+            | xargs -r redis-cli -h 127.0.0.1 -p 6379 del > /dev/null || true
     fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 if (( pg )); then
-    database="bench_$(date +%s)_$$"
+    database="bench_$run_id"
     createdb -h 127.0.0.1 -U postgres "$database"
     url="postgres://postgres@127.0.0.1:5432/$database"
 else
     url="sqlite://$work/bench.db?mode=rwc"
 fi
 
+if (( nodes > 1 )); then redis_prefix="bench_$run_id:"; fi
+
 load_args=()
 for i in $(seq 1 "$nodes"); do
     port=$((first_port + i - 1))
+    # Another server on the port would answer the health check in the node's place.
+    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+        echo "bench.sh: something already listens on port $port; pick another with --port" >&2
+        exit 1
+    fi
     node_env=(
         DATABASE_URL="$url" WIRECHAT_ADDR="127.0.0.1:$port" WIRECHAT_NODE_ID="n$i"
         WIRECHAT_AUTH_RATE_LIMIT=off WIRECHAT_MAX_SOCKETS_PER_USER=100000
         WIRECHAT_RATE_PER_SECOND=1000000 WIRECHAT_RATE_BURST=1000000 RUST_LOG=warn
     )
     if (( nodes > 1 )); then
-        node_env+=(REDIS_URL=redis://127.0.0.1:6379 WIRECHAT_REDIS_PREFIX="bench$$:")
+        node_env+=(REDIS_URL=redis://127.0.0.1:6379 WIRECHAT_REDIS_PREFIX="$redis_prefix")
     fi
-    env "${node_env[@]}" "${extra_env[@]}" "${node_prefix[@]}" "$bin/wirechat" \
+    # Nothing from the caller's environment but these (and PATH, HOME for the tools).
+    env -i PATH="$PATH" HOME="${HOME:-/root}" "${node_env[@]}" "${extra_env[@]}" \
+        "${node_prefix[@]}" "$bin/wirechat" \
         > "$work/bench-$port.log" 2>&1 &
     pids+=($!)
     load_args+=(--url "http://127.0.0.1:$port" --server-pid "$!")
     up=0
     for _ in $(seq 1 300); do
         if curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; then up=1; break; fi
-        kill -0 "${pids[-1]}" 2>/dev/null || break
+        running "${pids[-1]}" || break
         sleep 0.1
     done
-    if (( ! up )); then
+    if (( ! up )) || ! running "${pids[-1]}"; then
         echo "bench.sh: node $i did not come up; its log:" >&2
         cat "$work/bench-$port.log" >&2
         exit 1
     fi
 done
 
-"${load_prefix[@]}" "$bin/wirechat-load" "${load_args[@]}" "$@"
+# In the background, so that an interrupted run stops the generator with the nodes.
+"${load_prefix[@]}" "$bin/wirechat-load" "${load_args[@]}" "$@" &
+pids+=($!)
+wait "${pids[-1]}"
 
 # How many frames each write carried (write pacing), node by node.
 for i in $(seq 1 "$nodes"); do

@@ -46,8 +46,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     } else {
         TcpSocket::new_v6()?
     };
-    // As the standard library's bind does: a restarted server can bind at once, while
-    // connections of its previous run linger in TIME_WAIT.
+    // As the standard library's bind does on Unix: a restarted server can bind at once,
+    // while connections of its previous run linger in TIME_WAIT. (On Windows the same
+    // option would let another process take the port.)
+    #[cfg(unix)]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)

@@ -7,8 +7,9 @@
 //! while the node is not busy, it trims every little while: a walk over the arenas' free
 //! lists, cheap when there is nothing to give back.
 //!
-//! Not busy means both: fewer frames queued since the last trim than a busy node queues,
-//! and, where write pacing watches the rate, not busy at this moment either. The first
+//! Not busy means both: fewer frames queued a second since the last trim than the busy
+//! rate of write pacing (`WIRECHAT_BUSY_FRAMES_PER_SECOND`), and, where pacing watches the
+//! rate, not busy at this moment either. The first
 //! alone lets a node that paces always (`WIRECHAT_BUSY_FRAMES_PER_SECOND=0`, so pacing
 //! never measures) still give memory back; the second keeps a trim out of a burst that
 //! has just begun.
@@ -25,7 +26,7 @@ use crate::layer::metrics::LayerMetrics;
 const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Frames queued a second, on average since the last look, from which a node is too busy
-/// to trim (the default busy rate of write pacing).
+/// to trim, when pacing has no busy rate (it paces always): pacing's default.
 const BUSY_FRAMES_PER_SECOND: u64 = 100_000;
 
 /// Until `stop`, returns the allocator's free pages to the system every `TRIM_EVERY`
@@ -45,7 +46,11 @@ pub async fn release_freed_memory(
             now = ticks.tick() => {
                 let total = metrics.frames_out.load(Ordering::Relaxed);
                 let frames = total.saturating_sub(last_total);
-                if quiet(frames, now - last, pacing.measured_busy()) {
+                let busy_rate = match pacing.busy_rate() {
+                    0 => BUSY_FRAMES_PER_SECOND,
+                    rate => rate,
+                };
+                if quiet(frames, now - last, busy_rate, pacing.measured_busy()) {
                     trim();
                 }
                 (last, last_total) = (now, total);
@@ -55,9 +60,9 @@ pub async fn release_freed_memory(
 }
 
 /// Whether a node that queued `frames` over `elapsed`, and is busy right now or not, may
-/// spend a trim.
-fn quiet(frames: u64, elapsed: Duration, busy_now: bool) -> bool {
-    !busy_now && (frames as f64) < BUSY_FRAMES_PER_SECOND as f64 * elapsed.as_secs_f64()
+/// spend a trim, when `busy_rate` frames a second count as busy.
+fn quiet(frames: u64, elapsed: Duration, busy_rate: u64, busy_now: bool) -> bool {
+    !busy_now && (frames as f64) < busy_rate as f64 * elapsed.as_secs_f64()
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -78,12 +83,15 @@ mod tests {
     #[test]
     fn a_node_trims_only_after_a_quiet_stretch_and_not_inside_a_burst() {
         let ten_seconds = Duration::from_secs(10);
-        assert!(quiet(0, ten_seconds, false));
+        let busy_rate = 100_000;
+        assert!(quiet(0, ten_seconds, busy_rate, false));
         // 20,000 frames a second: a chatty node, not a busy one.
-        assert!(quiet(200_000, ten_seconds, false));
+        assert!(quiet(200_000, ten_seconds, busy_rate, false));
         // A peak just passed: 300,000 frames a second on average.
-        assert!(!quiet(3_000_000, ten_seconds, false));
+        assert!(!quiet(3_000_000, ten_seconds, busy_rate, false));
+        // ...which a node configured busy only from 500,000 a second calls quiet.
+        assert!(quiet(3_000_000, ten_seconds, 500_000, false));
         // Quiet on average, but pacing sees a burst right now.
-        assert!(!quiet(1_000, ten_seconds, true));
+        assert!(!quiet(1_000, ten_seconds, busy_rate, true));
     }
 }

@@ -148,7 +148,7 @@ async fn serve(
         let reader = async {
             // Boxed, like each action below: an idle socket's task then holds only the
             // small read loop, not the state of the largest action it might run.
-            match Box::pin(session.start(*opening)).await {
+            match Box::pin(session.start(opening)).await {
                 Ok(()) => session.read_loop(stream).await,
                 Err(e) => tracing::error!(error = %e, "could not start chat session"),
             }
@@ -251,12 +251,13 @@ impl Session {
     /// opened with this user between that read and the joins below is announced to a group
     /// this socket has not joined yet, and shows up at its next connect. (Reading the rooms
     /// here, before the joins, left the same gap; the handshake only widens it.)
-    async fn start(&mut self, opening: Opening) -> Result<(), StoreError> {
+    async fn start(&mut self, opening: Box<Opening>) -> Result<(), StoreError> {
+        // Unboxed here, so that the box is freed when starting ends, not with the socket.
         let Opening {
             rooms,
             mut groups,
             resume,
-        } = opening;
+        } = *opening;
         let layer = &self.hub.layer;
         let mut joins = vec![
             layer.join(LOBBY, &self.member),
@@ -322,7 +323,7 @@ impl Session {
             frame_around("#aside", Swap::Inner, before, &people, after),
         ]));
 
-        // The rooms just read are the user's memberships, the same gate `room_for_member`
+        // The rooms read with the session are the user's memberships, the same gate `room_for_member`
         // applies, and the groups include `#hi`: a connect needs no more queries to choose.
         let unread_in = |room_id: &str| {
             rooms

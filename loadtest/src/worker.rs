@@ -543,7 +543,12 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, mut phase: watch::Receiver<P
 }
 
 fn emit(line: &Value) {
-    println!("{line}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        // The coordinator is gone (interrupted): there is no one left to report to.
+        std::process::exit(1);
+    }
 }
 
 /// Entry point of `wirechat-load worker`: reads the plan from stdin and runs it.

@@ -52,6 +52,11 @@ impl WritePacing {
         self.busy.load(Ordering::Relaxed)
     }
 
+    /// Frames queued a second from which the node counts as busy; 0: pacing applies always.
+    pub fn busy_rate(&self) -> u64 {
+        self.busy_rate
+    }
+
     /// Whether the rate is watched and was above the busy rate at the last look: false
     /// when pacing applies always (busy rate 0), as nothing is measured then.
     pub fn measured_busy(&self) -> bool {

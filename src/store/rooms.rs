@@ -60,8 +60,9 @@ fn pair_key(a: &str, b: &str) -> String {
     }
 }
 
-/// The user's memberships (the user's id is the macro's argument, an SQL expression): each room, its unread count and, for a conversation, the
-/// partner. The partner is looked up per direct room, one index probe each. A join on
+/// The user's memberships (the user's id is the macro's argument, an SQL expression): each
+/// room, its unread count and, for a conversation, the partner. The partner is looked up
+/// per direct room, one index probe each. A join on
 /// memberships instead had the planner walk every member of each group the user is in (then
 /// filter them out), so a connect cost O(people in the user's groups).
 ///
@@ -226,7 +227,7 @@ impl Store {
 
     /// The signed-in user behind a session (`None` when it is unknown or expired), with
     /// `rooms_of` and `groups`: everything a page or a connecting socket needs for its
-    /// sidebar, in one trip to the database instead of three. The user comes back as a row
+    /// sidebar, in one trip to the database instead of two. The user comes back as a row
     /// of its own (`part` 'u', the name in `name`), ahead of the rooms.
     pub async fn signed_in(&self, session_id: &str) -> StoreResult<Option<SignedIn>> {
         let sql = concat!(

@@ -41,12 +41,13 @@ async fn upgrade(
     Query(resume): Query<ResumeQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
-    let Some(signed_in) = signed_in(&state, &jar).await? else {
-        return Ok((StatusCode::UNAUTHORIZED, "Log in first.").into_response());
-    };
+    // Before the session is read: that query also reads the sidebar's rooms.
     if origin_matches_host(&headers) != Some(true) {
         return Ok((StatusCode::FORBIDDEN, "The Origin must be this site.").into_response());
     }
+    let Some(signed_in) = signed_in(&state, &jar).await? else {
+        return Ok((StatusCode::UNAUTHORIZED, "Log in first.").into_response());
+    };
     let Some(slot) = state.access.open_socket(&signed_in.user.id) else {
         return Ok((
             StatusCode::TOO_MANY_REQUESTS,
