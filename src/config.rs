@@ -148,7 +148,7 @@ pub struct Config {
     #[arg(
         long,
         env = "WIRECHAT_BUSY_FRAMES_PER_SECOND",
-        default_value_t = 100_000,
+        default_value_t = crate::layer::WritePacing::DEFAULT_BUSY_RATE,
         global = true
     )]
     pub busy_frames_per_second: u64,

@@ -9,10 +9,9 @@
 //!
 //! Not busy means both: fewer frames queued a second since the last trim than the busy
 //! rate of write pacing (`WIRECHAT_BUSY_FRAMES_PER_SECOND`), and, where pacing watches the
-//! rate, not busy at this moment either. The first
-//! alone lets a node that paces always (`WIRECHAT_BUSY_FRAMES_PER_SECOND=0`, so pacing
-//! never measures) still give memory back; the second keeps a trim out of a burst that
-//! has just begun.
+//! rate, not busy at this moment either. The first alone lets a node that paces always
+//! (busy rate 0, so pacing never measures) still give memory back, judged by pacing's
+//! default rate; the second keeps a trim out of a burst that has just begun.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -24,10 +23,6 @@ use crate::layer::metrics::LayerMetrics;
 
 /// How often a node that is not busy gives freed memory back.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
-
-/// Frames queued a second, on average since the last look, from which a node is too busy
-/// to trim, when pacing has no busy rate (it paces always): pacing's default.
-const BUSY_FRAMES_PER_SECOND: u64 = 100_000;
 
 /// Until `stop`, returns the allocator's free pages to the system every `TRIM_EVERY`
 /// while the node is not busy (a trim holds each arena's lock while it walks it).
@@ -47,7 +42,8 @@ pub async fn release_freed_memory(
                 let total = metrics.frames_out.load(Ordering::Relaxed);
                 let frames = total.saturating_sub(last_total);
                 let busy_rate = match pacing.busy_rate() {
-                    0 => BUSY_FRAMES_PER_SECOND,
+                    // Pacing applies always and measures nothing: judge by its default.
+                    0 => WritePacing::DEFAULT_BUSY_RATE,
                     rate => rate,
                 };
                 if quiet(frames, now - last, busy_rate, pacing.measured_busy()) {

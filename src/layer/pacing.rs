@@ -29,6 +29,10 @@ pub struct WritePacing {
 }
 
 impl WritePacing {
+    /// The busy rate a node starts with unless configured otherwise
+    /// (`WIRECHAT_BUSY_FRAMES_PER_SECOND`).
+    pub const DEFAULT_BUSY_RATE: u64 = 100_000;
+
     pub fn new(gap: Duration, busy_rate: u64) -> WritePacing {
         WritePacing {
             gap,
