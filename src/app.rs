@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, RedisPresence, WritePacing, redis};
 use crate::store::Store;
-use crate::web::{self, AccessLimits, AppState};
+use crate::web::{self, AccessLimits, AppState, Proxies};
 
 /// How long shutdown waits for sockets to say goodbye.
 const SOCKET_DRAIN: Duration = Duration::from_secs(5);
@@ -95,12 +95,17 @@ impl Application {
             limits: Limits {
                 max_message_chars: config.max_message_chars,
                 max_rooms_per_user: config.max_rooms_per_user,
+                catch_up_limit: config.catch_up_limit.max(1),
                 outbound_queue: config.outbound_queue.max(1),
                 ..Limits::default()
             },
             rate: RateLimiter::new(RateConfig {
                 per_second: config.rate_per_second,
                 burst: config.rate_burst.max(1.0),
+            }),
+            budget: RateLimiter::new(RateConfig {
+                per_second: config.action_budget_per_second,
+                burst: config.action_budget_burst.max(1.0),
             }),
             shutdown,
             roster: Default::default(),
@@ -124,7 +129,7 @@ impl Application {
                 sockets: TaskTracker::new(),
                 access: Arc::new(AccessLimits::new(
                     config.auth_rate_limit,
-                    config.trust_proxy,
+                    Proxies::new(config.trust_proxy, config.trusted_proxies.clone()),
                     config.max_sockets_per_user,
                 )),
             },

@@ -122,6 +122,36 @@ pub struct Config {
     )]
     pub rate_burst: f64,
 
+    /// Most messages a catch-up or a resume sends; a client further behind is shown the
+    /// room afresh (its newest page, with "Load older" for the rest).
+    #[arg(
+        long,
+        env = "WIRECHAT_CATCH_UP_LIMIT",
+        default_value_t = 500,
+        global = true
+    )]
+    pub catch_up_limit: i64,
+
+    /// Cost units per second a user may spend on actions other than posting (entering a
+    /// room, reading history, catching up, creating and browsing groups, typing), across
+    /// all of the user's sockets on a node.
+    #[arg(
+        long,
+        env = "WIRECHAT_ACTION_BUDGET_PER_SECOND",
+        default_value_t = 10.0,
+        global = true
+    )]
+    pub action_budget_per_second: f64,
+
+    /// Cost units a user may spend at once (see `--action-budget-per-second`).
+    #[arg(
+        long,
+        env = "WIRECHAT_ACTION_BUDGET_BURST",
+        default_value_t = 40.0,
+        global = true
+    )]
+    pub action_budget_burst: f64,
+
     /// Frames queued for one socket before it counts as too slow and is closed (code 1013).
     #[arg(
         long,
@@ -190,6 +220,17 @@ pub struct Config {
         global = true
     )]
     pub trust_proxy: bool,
+
+    /// With `--trust-proxy`: further proxies in front of that one (a CDN, a load
+    /// balancer), as addresses or ranges (`203.0.113.0/24`), comma-separated. Their
+    /// entries in `X-Forwarded-For` are skipped on the way to the client's.
+    #[arg(
+        long,
+        env = "WIRECHAT_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<crate::web::Net>,
 
     /// Open chat sockets one user may hold on one node.
     #[arg(

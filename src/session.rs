@@ -11,15 +11,17 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Notify;
 
 use crate::chat::names::{GroupName, InputError, MessageText, Username};
 use crate::chat::protocol::{Action, Swap, frame, frame_around, json_escaped};
+use crate::chat::rate::{MESSAGES_PER_UNIT, action_cost};
 use crate::hub::Hub;
 use crate::layer::outbox::{KEEP_SLOTS, Stop};
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
@@ -71,6 +73,71 @@ pub enum Direct {
     },
 }
 
+impl Direct {
+    /// Roughly how many bytes this puts on the wire: what the socket's own replies hold
+    /// in memory until they are written (see `Backlog`).
+    fn weight(&self) -> usize {
+        match self {
+            Direct::Frame(f) => f.len(),
+            Direct::Frames(frames) | Direct::Enter { frames, .. } => {
+                frames.iter().map(|f| f.len()).sum()
+            }
+            Direct::Missed { messages, .. } => messages.iter().map(|m| m.body.len() + 300).sum(),
+            Direct::Unread(_) | Direct::Entering { .. } | Direct::NotEntered { .. } => 0,
+        }
+    }
+}
+
+/// Bytes of a socket's own replies (history, catch-up, errors) queued and not yet written.
+///
+/// The reader takes the next action only while this is under `MAX_REPLY_BACKLOG`: a client
+/// that asks and asks but never reads would otherwise have the node hold every answer, up
+/// to the queue's thousand slots of history pages each.
+#[derive(Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    drained: Notify,
+}
+
+/// See `Backlog`.
+const MAX_REPLY_BACKLOG: usize = 256 * 1024;
+
+impl Backlog {
+    fn queued(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn written(&self, bytes: usize) {
+        if bytes > 0 {
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until fewer than `MAX_REPLY_BACKLOG` bytes of replies wait to be written.
+    async fn wait_for_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.bytes.load(Ordering::Relaxed) < MAX_REPLY_BACKLOG {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+/// What a catch-up found.
+enum CatchUp {
+    /// The client missed the messages after its position through `last`, at most
+    /// `catch_up_limit` of them (see `Session::send_missed`).
+    Missed { last: i64 },
+    /// The client is further behind than that (or names a position the room never had):
+    /// it is shown the room afresh. `missed` is how many messages it did not see, when known.
+    TooFar { missed: Option<i64> },
+}
+
 /// Where a reconnecting client left off.
 #[derive(Debug, Default, Clone)]
 pub struct Resume {
@@ -86,8 +153,6 @@ pub mod close_code {
     pub const TRY_AGAIN: u16 = 1013;
 }
 
-/// Catch-up is read in pages of this many messages.
-const CATCH_UP_PAGE: i64 = 500;
 /// A socket announces typing at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
 
@@ -134,11 +199,18 @@ async fn serve(
         hub.layer.registry().next_socket_id(),
         hub.limits.outbound_queue,
     );
-    let mut writer = tokio::spawn(write_loop(hub.clone(), member.clone(), sink));
+    let backlog = Arc::new(Backlog::default());
+    let mut writer = tokio::spawn(write_loop(
+        hub.clone(),
+        member.clone(),
+        backlog.clone(),
+        sink,
+    ));
     let mut session = Session {
         hub,
         user,
         member,
+        backlog,
         active: None,
         last_typing: None,
         peers: Vec::new(),
@@ -169,6 +241,8 @@ async fn serve(
 struct ActiveRoom {
     room: Room,
     group: String,
+    /// The other person, for a private room.
+    peer: Option<User>,
 }
 
 /// A room about to become the active one, and how to show it.
@@ -197,6 +271,7 @@ struct Session {
     hub: Arc<Hub>,
     user: User,
     member: Member,
+    backlog: Arc<Backlog>,
     active: Option<ActiveRoom>,
     last_typing: Option<Instant>,
     /// Ids of the people the user has conversations with, told when the user comes or goes.
@@ -231,6 +306,7 @@ impl Session {
     /// fills its queue like any slow reader and is closed; once the writer has ended, the
     /// session ends too and nothing more is queued.
     fn send(&self, direct: Direct) {
+        self.backlog.queued(direct.weight());
         self.hub
             .layer
             .registry()
@@ -371,7 +447,10 @@ impl Session {
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
         while let Some(Ok(message)) = stream.next().await {
             match message {
-                Message::Text(text) => self.handle(text.as_str()).await,
+                Message::Text(text) => {
+                    self.backlog.wait_for_room().await;
+                    self.handle(text.as_str()).await
+                }
                 Message::Binary(_) => self.send_error("Send text frames holding JSON."),
                 Message::Close(_) => break,
                 Message::Ping(_) | Message::Pong(_) => {}
@@ -397,6 +476,13 @@ impl Session {
     }
 
     async fn act(&mut self, action: Action) -> Result<(), ActionError> {
+        let cost = action_cost(&action);
+        if cost > 0.0 && !self.hub.budget.spend(&self.user.id, cost) {
+            if action == Action::Typing {
+                return Ok(());
+            }
+            return refuse("You are doing that too fast; wait a moment and try again.");
+        }
         match action {
             Action::ChangeGroup { name, is_group } if is_group => self.enter_group(&name).await,
             Action::CreateGroup { name } => self.enter_group(&name).await,
@@ -407,11 +493,21 @@ impl Session {
                 let Some(active) = &self.active else {
                     return Ok(());
                 };
-                let messages = self.catch_up(&active.room.id, after_seq).await?;
-                self.send(Direct::Missed {
-                    room: Arc::from(active.room.id.as_str()),
-                    messages,
-                });
+                match self.catch_up(&active.room.id, after_seq).await? {
+                    CatchUp::Missed { last } => {
+                        let room = Arc::from(active.room.id.as_str());
+                        self.send_missed(&room, after_seq, last).await?;
+                    }
+                    CatchUp::TooFar { .. } => {
+                        let entry = Entry {
+                            room: active.room.clone(),
+                            peer: active.peer.clone(),
+                            resume_after: None,
+                            mark_read: false,
+                        };
+                        self.enter(entry).await?;
+                    }
+                }
                 Ok(())
             }
             Action::Typing => {
@@ -568,6 +664,7 @@ impl Session {
         self.active = Some(ActiveRoom {
             room: room.clone(),
             group,
+            peer: peer.clone(),
         });
         let members = if same_room {
             self.hub.presence.in_room(&room.id).await
@@ -610,22 +707,27 @@ impl Session {
             frame(&format!("#unread-{}", room.id), Swap::Inner, ""),
             frame("#typing", Swap::Inner, ""),
         ];
-        let mut missed = None;
-        let floor = match resume_after {
-            Some(after) => {
-                missed = Some(self.catch_up(&room.id, after).await?);
-                after
+        let (mut missed, mut skipped) = (None, None);
+        if let Some(after) = resume_after {
+            match self.catch_up(&room.id, after).await? {
+                CatchUp::Missed { last } => missed = Some((after, last)),
+                CatchUp::TooFar { missed } => skipped = Some(missed),
             }
+        }
+        let floor = match &missed {
+            Some((after, _)) => *after,
             None => {
                 let history = self
                     .hub
                     .store
                     .latest_messages(&room.id, views::PAGE_SIZE)
                     .await?;
+                self.charge_read(history.len());
                 frames.push(frame(
                     "#history-controls",
                     Swap::Inner,
-                    &views::load_older(views::older_after_page(&history)).into_string(),
+                    &views::history_controls(views::older_after_page(&history), skipped)
+                        .into_string(),
                 ));
                 frames.push(frame(
                     "#messages-list",
@@ -640,11 +742,8 @@ impl Session {
             floor,
             frames,
         });
-        if let Some(messages) = missed {
-            self.send(Direct::Missed {
-                room: room_key,
-                messages,
-            });
+        if let Some((after, last)) = missed {
+            self.send_missed(&room_key, after, last).await?;
         }
         Ok(())
     }
@@ -674,29 +773,56 @@ impl Session {
             .await;
     }
 
-    /// Every message in `room` after `after_seq`.
-    async fn catch_up(
+    /// Every message in `room` after `after_seq`, when there are at most `catch_up_limit`
+    /// of them: the cost of a catch-up is bounded whatever the room's history.
+    async fn catch_up(&self, room_id: &str, after_seq: i64) -> Result<CatchUp, StoreError> {
+        let limit = self.hub.limits.catch_up_limit;
+        let Some(last) = self.hub.store.last_seq(room_id).await? else {
+            return Ok(CatchUp::TooFar { missed: None });
+        };
+        if after_seq < 0 || after_seq > last {
+            return Ok(CatchUp::TooFar { missed: None });
+        }
+        if last - after_seq > limit {
+            return Ok(CatchUp::TooFar {
+                missed: Some(last - after_seq),
+            });
+        }
+        Ok(CatchUp::Missed { last })
+    }
+
+    /// Sends the messages of `room` after `after` through `last`, a page at a time, each
+    /// once the socket has written most of the one before: however far behind, a client
+    /// that stops reading holds at most about a page of them in the node's memory.
+    async fn send_missed(
         &self,
-        room_id: &str,
-        after_seq: i64,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
-        let mut messages = Vec::new();
-        let mut after = after_seq;
-        loop {
+        room: &Arc<str>,
+        mut after: i64,
+        last: i64,
+    ) -> Result<(), StoreError> {
+        while after < last {
+            self.backlog.wait_for_room().await;
             let page = self
                 .hub
                 .store
-                .messages_after(room_id, after, CATCH_UP_PAGE)
+                .messages_after(room, after, views::PAGE_SIZE)
                 .await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            let full = page.len() as i64 >= CATCH_UP_PAGE;
-            messages.extend(page);
-            if !full {
-                break;
-            }
+            let Some(newest) = page.last() else { break };
+            after = newest.seq;
+            self.charge_read(page.len());
+            self.send(Direct::Missed {
+                room: room.clone(),
+                messages: page,
+            });
         }
-        Ok(messages)
+        Ok(())
+    }
+
+    /// Charges the user's budget for `messages` read from history.
+    fn charge_read(&self, messages: usize) {
+        self.hub
+            .budget
+            .charge(&self.user.id, messages as f64 / MESSAGES_PER_UNIT);
     }
 
     async fn post(&mut self, raw: &str) -> Result<(), ActionError> {
@@ -748,6 +874,7 @@ impl Session {
             .store
             .messages_before(&active.room.id, before_seq, views::PAGE_SIZE)
             .await?;
+        self.charge_read(page.len());
         self.send(Direct::Frames(vec![
             messages_frame(&page, Swap::AfterBegin),
             frame(
@@ -970,33 +1097,31 @@ impl View {
         }
     }
 
-    /// After a gap in delivery: everything from the first hole on that is not shown yet.
+    /// After a gap in delivery: what is not shown yet from the first hole on, up to the
+    /// catch-up limit. Further behind, the page finds the gap after these and asks to
+    /// `Catch up`, which shows the room afresh.
     async fn missed_frames(&mut self, hub: &Hub, out: &mut Vec<Utf8Bytes>) {
         let Some(room) = self.active.clone() else {
             return;
         };
-        let mut after = self.shown_through;
-        loop {
-            match hub.store.messages_after(&room, after, CATCH_UP_PAGE).await {
-                Ok(page) => {
-                    let Some(last) = page.last() else { return };
-                    after = last.seq;
-                    let full = page.len() as i64 >= CATCH_UP_PAGE;
-                    self.show_missed(page, out);
-                    if !full {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not fetch missed messages");
-                    return;
-                }
-            }
+        let limit = hub.limits.catch_up_limit;
+        match hub
+            .store
+            .messages_after(&room, self.shown_through, limit)
+            .await
+        {
+            Ok(page) => self.show_missed(page, out),
+            Err(e) => tracing::warn!(error = %e, "could not fetch missed messages"),
         }
     }
 }
 
-async fn write_loop(hub: Arc<Hub>, member: Member, mut sink: SplitSink<WebSocket, Message>) {
+async fn write_loop(
+    hub: Arc<Hub>,
+    member: Member,
+    backlog: Arc<Backlog>,
+    mut sink: SplitSink<WebSocket, Message>,
+) {
     let outbox = &member.outbox;
     let mut view = View::default();
     let mut taken = VecDeque::new();
@@ -1023,7 +1148,11 @@ async fn write_loop(hub: Arc<Hub>, member: Member, mut sink: SplitSink<WebSocket
                 return close_for(&mut sink, Stop::Lagging).await;
             }
         }
+        let mut replies = 0;
         for outbound in taken.drain(..) {
+            if let Outbound::Direct(direct) = &outbound {
+                replies += direct.weight();
+            }
             view.frames(outbound, &hub, &member, &mut frames);
         }
         if taken.capacity() > KEEP_SLOTS {
@@ -1049,6 +1178,7 @@ async fn write_loop(hub: Arc<Hub>, member: Member, mut sink: SplitSink<WebSocket
             written = write => if written.is_err() { return },
             _ = outbox.stopped() => return,
         }
+        backlog.written(replies);
         let metrics = hub.layer.registry().metrics();
         metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
         // Only a busy node needs the time; a quiet one forgets it and reads no clock.

@@ -32,6 +32,8 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Rooms one user may belong to.
     pub max_rooms_per_user: i64,
+    /// Most messages a catch-up or resume sends before the room is shown afresh instead.
+    pub catch_up_limit: i64,
 }
 
 impl Default for Limits {
@@ -41,6 +43,7 @@ impl Default for Limits {
             outbound_queue: 1024,
             max_frame_bytes: 64 * 1024,
             max_rooms_per_user: 500,
+            catch_up_limit: 500,
         }
     }
 }
@@ -50,7 +53,10 @@ pub struct Hub {
     pub layer: Arc<dyn ChannelLayer>,
     pub presence: Arc<dyn Presence>,
     pub limits: Limits,
+    /// Messages per user.
     pub rate: RateLimiter,
+    /// Cost units per user for every other action (see `chat::rate::action_cost`).
+    pub budget: RateLimiter,
     /// Cancelled when the node shuts down; every socket then closes with 1012.
     pub shutdown: CancellationToken,
     /// The capped "Online" list new sockets are shown.

@@ -60,6 +60,15 @@ impl Store {
         self.batcher.post(room_id, author, body, Some(then)).await
     }
 
+    /// The room's newest seq, or None when there is no such room.
+    pub async fn last_seq(&self, room_id: &str) -> StoreResult<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM rooms WHERE id = $1")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(seq,)| seq))
+    }
+
     /// The newest `limit` messages, oldest first.
     pub async fn latest_messages(
         &self,

@@ -295,6 +295,21 @@ pub fn load_older(oldest_seq: Option<i64>) -> Markup {
     }
 }
 
+/// Above a room's history: "Load older" (see `load_older`) and, when the client was shown
+/// the room afresh because it had missed too much to catch up, how much it missed.
+pub fn history_controls(oldest_seq: Option<i64>, skipped: Option<Option<i64>>) -> Markup {
+    html! {
+        @match skipped {
+            Some(Some(missed)) => p.notice role="status" {
+                (missed) " messages arrived while you were away; the newest are below."
+            },
+            Some(None) => p.notice role="status" { "Showing the newest messages." },
+            None => {},
+        }
+        (load_older(oldest_seq))
+    }
+}
+
 /// A page of older history is the oldest seq or None; whether to offer more depends on
 /// whether the page was full.
 pub fn older_after_page(page: &[StoredMessage]) -> Option<i64> {

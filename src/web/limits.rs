@@ -7,18 +7,19 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderMap;
 
+use super::client::Proxies;
 use crate::chat::rate::{RateConfig, RateLimiter};
 use crate::config::AuthRateLimit;
 
 pub struct AccessLimits {
     auth: Option<RateLimiter>,
-    trust_proxy: bool,
+    pub proxies: Proxies,
     max_sockets_per_user: usize,
     sockets: Mutex<HashMap<String, usize>>,
 }
 
 impl AccessLimits {
-    pub fn new(auth: AuthRateLimit, trust_proxy: bool, max_sockets_per_user: usize) -> Self {
+    pub fn new(auth: AuthRateLimit, proxies: Proxies, max_sockets_per_user: usize) -> Self {
         AccessLimits {
             auth: match auth {
                 AuthRateLimit::Off => None,
@@ -27,28 +28,15 @@ impl AccessLimits {
                     burst: f64::from(n.max(1)),
                 })),
             },
-            trust_proxy,
+            proxies,
             max_sockets_per_user: max_sockets_per_user.max(1),
             sockets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The client's address: the peer, or with a trusted proxy in front, the address the
-    /// proxy appended last to `X-Forwarded-For` (earlier entries are the client's to forge).
+    /// The client's address (see `Proxies::client_ip`).
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        if self.trust_proxy {
-            let forwarded = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|ip| ip.trim().parse().ok())
-                .next_back();
-            if let Some(ip) = forwarded {
-                return ip;
-            }
-        }
-        peer.ip()
+        self.proxies.client_ip(peer, headers)
     }
 
     /// Takes one sign-in attempt for each key (an address, an account); false if any is
@@ -103,7 +91,7 @@ mod tests {
 
     #[test]
     fn sockets_per_user_are_capped_and_released() {
-        let limits = Arc::new(AccessLimits::new(AuthRateLimit::Off, false, 2));
+        let limits = Arc::new(AccessLimits::new(AuthRateLimit::Off, Proxies::default(), 2));
         let a = limits.open_socket("u");
         let b = limits.open_socket("u");
         assert!(a.is_some() && b.is_some());
@@ -111,19 +99,5 @@ mod tests {
         assert!(limits.open_socket("other").is_some());
         drop(a);
         assert!(limits.open_socket("u").is_some());
-    }
-
-    #[test]
-    fn forwarded_for_is_used_only_behind_a_trusted_proxy() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "6.6.6.6, 10.0.0.7".parse().unwrap());
-        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let direct = AccessLimits::new(AuthRateLimit::Off, false, 1);
-        assert_eq!(direct.client_ip(peer, &headers), peer.ip());
-        let proxied = AccessLimits::new(AuthRateLimit::Off, true, 1);
-        assert_eq!(
-            proxied.client_ip(peer, &headers),
-            "10.0.0.7".parse::<IpAddr>().unwrap()
-        );
     }
 }

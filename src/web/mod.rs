@@ -4,6 +4,7 @@
 
 mod assets;
 mod auth;
+mod client;
 mod health;
 mod limits;
 mod pages;
@@ -12,8 +13,8 @@ mod ws;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRef, Request};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{FromRef, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::Key;
@@ -23,6 +24,7 @@ use tower_http::compression::CompressionLayer;
 use crate::hub::Hub;
 
 pub use auth::SESSION_COOKIE;
+pub use client::{Net, Proxies};
 pub use limits::AccessLimits;
 
 #[derive(Clone)]
@@ -53,28 +55,41 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(ws::router())
         .merge(health::router())
-        .layer(middleware::from_fn(same_origin_posts))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            same_origin_posts,
+        ))
         .layer(middleware::map_response(security_headers))
         .with_state(state)
 }
 
-/// True when the request's `Origin` names the host it was sent to. Browsers send `Origin`
-/// with every cross-site POST and WebSocket handshake, so this stops forged requests.
-pub(crate) fn origin_matches_host(headers: &HeaderMap) -> Option<bool> {
-    let origin = headers.get(header::ORIGIN)?.to_str().ok()?;
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok())?;
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))?;
-    Some(authority.eq_ignore_ascii_case(host))
+impl AppState {
+    /// The scheme the browser used to reach this site.
+    fn scheme(&self, headers: &axum::http::HeaderMap) -> &'static str {
+        self.access.proxies.scheme(headers, self.secure_cookies)
+    }
 }
 
-/// Refuses state-changing requests that another site's page started (CSRF).
-async fn same_origin_posts(request: Request, next: Next) -> Response {
-    if request.method() == Method::POST && origin_matches_host(request.headers()) == Some(false) {
+/// Refuses state-changing requests that another site's page started (CSRF): a POST must
+/// carry this site's `Origin`, or, with no `Origin`, the browser's word that it was sent
+/// from this site (`Sec-Fetch-Site`). An opaque origin (`null`) is another site.
+async fn same_origin_posts(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() == Method::POST
+        && client::sender(request.headers(), state.scheme(request.headers()))
+            == client::Sender::Elsewhere
+    {
+        tracing::info!(
+            path = request.uri().path(),
+            origin = ?request.headers().get(header::ORIGIN),
+            "refused a POST that did not come from this site's pages"
+        );
         return (
             StatusCode::FORBIDDEN,
-            "Cross-site form submissions are refused.",
+            "This form must be sent from wirechat's own page; cross-site submissions are refused.",
         )
             .into_response();
     }

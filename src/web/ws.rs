@@ -10,8 +10,9 @@ use axum_extra::extract::SignedCookieJar;
 use futures_util::FutureExt;
 use serde::Deserialize;
 
+use super::AppState;
 use super::auth::signed_in;
-use super::{AppState, origin_matches_host};
+use super::client::origin_is_this_site;
 use crate::error::AppError;
 use crate::session::{self, Resume};
 
@@ -42,7 +43,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
     // Before the session is read: that query also reads the sidebar's rooms.
-    if origin_matches_host(&headers) != Some(true) {
+    if !origin_is_this_site(&headers, state.scheme(&headers)) {
         return Ok((StatusCode::FORBIDDEN, "The Origin must be this site.").into_response());
     }
     let Some(signed_in) = signed_in(&state, &jar).await? else {

@@ -82,6 +82,7 @@ async fn signup_login_logout(backend: Backend) {
         .http()
         .post(app.url("/logout"))
         .header("cookie", &cookie)
+        .header("origin", app.origin())
         .send()
         .await
         .unwrap();

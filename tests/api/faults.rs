@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use crate::helpers::{
     Backend, PATIENCE, TestApp, fresh_database, fresh_prefix, message_ids, seqs, wait_for_metric,
 };
-use crate::process::{Output, OwnRedis, Process, caddy, free_port};
+use crate::process::{Node, OwnRedis, Process, caddy, free_port, start_node};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// How long a gap in the seqs may stay open before the client asks to catch up; the page
@@ -44,28 +44,6 @@ const PACE: Duration = Duration::from_millis(50);
 
 // ---------------------------------------------------------------------------------------
 // Processes
-
-/// A wirechat node in a child process.
-struct Node {
-    process: Process,
-    addr: SocketAddr,
-}
-
-/// Starts a node on `addr` (port 0: any free port).
-async fn start_node(addr: &str, database_url: &str, args: &[String], name: &str) -> Node {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wirechat"));
-    command
-        .args(["--addr", addr, "--database-url", database_url])
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "wirechat=info");
-    let (process, addr) = Process::start(command, name, Output::Stdout, |line| {
-        let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
-        rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-    })
-    .await;
-    Node { process, addr }
-}
 
 /// A PostgreSQL server of the test's own (initdb + pg_ctl from the installed PostgreSQL) on
 /// a free port, with its data under the temp dir, so it can be stopped without touching the

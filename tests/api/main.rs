@@ -1,6 +1,7 @@
 //! Integration tests: the real app on port 0, over HTTP and WebSocket, against a fresh
 //! SQLite file and a fresh PostgreSQL database.
 
+mod abuse;
 mod auth;
 mod browser;
 mod chat;

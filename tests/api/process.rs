@@ -111,6 +111,45 @@ impl Drop for Process {
     }
 }
 
+/// A wirechat node in a child process.
+pub struct Node {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl Node {
+    /// The node's resident memory and its peak since start, in KiB, from `/proc`.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.child.id()))
+            .expect("/proc/<pid>/status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/<pid>/status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+/// Starts a node on `addr` (port 0: any free port).
+pub async fn start_node(addr: &str, database_url: &str, args: &[String], name: &str) -> Node {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wirechat"));
+    command
+        .args(["--addr", addr, "--database-url", database_url])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "wirechat=info");
+    let (process, addr) = Process::start(command, name, Output::Stdout, |line| {
+        let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
+        rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+    })
+    .await;
+    Node { process, addr }
+}
+
 /// A port nothing listens on right now.
 ///
 /// Chosen below the kernel's ephemeral range (32768 and up): a port from `bind(0)` comes
