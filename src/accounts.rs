@@ -55,7 +55,7 @@ fn dummy_hash() -> &'static str {
 }
 
 /// A plausible username (`fake`), made valid and, with a numeric suffix, likely unique.
-pub fn generated_username() -> String {
+pub fn generated_username() -> Username {
     let base: String = FakeUsername().fake();
     let mut name: String = base
         .chars()
@@ -66,7 +66,11 @@ pub fn generated_username() -> String {
     if name.len() < Username::MIN_CHARS {
         name = "guest".into();
     }
-    format!("{name}{:04}", rand::random::<u16>() % 10_000)
+    let name = format!("{name}{:04}", rand::random::<u16>() % 10_000);
+    Username::parse(&name).unwrap_or_else(|_| {
+        Username::parse(&format!("guest{:04}", rand::random::<u16>() % 10_000))
+            .expect("letters and digits make a valid name")
+    })
 }
 
 /// Creates a guest account with a generated name, retrying on the rare name collision.
@@ -86,7 +90,7 @@ pub async fn seed_users(store: &Store, count: u32, password: &str) -> anyhow::Re
     let hash = hash_password(password.to_owned()).await?;
     let mut created = 0;
     while created < u64::from(count) {
-        let batch: Vec<(String, String)> = (created..u64::from(count))
+        let batch: Vec<(Username, String)> = (created..u64::from(count))
             .map(|_| (generated_username(), SafeEmail().fake()))
             .collect();
         created += store.create_users_bulk(&batch, &hash).await?;
@@ -102,7 +106,7 @@ mod tests {
     fn generated_names_are_valid() {
         for _ in 0..200 {
             let name = generated_username();
-            assert!(Username::parse(&name).is_ok(), "{name}");
+            assert!(Username::parse(name.as_str()).is_ok(), "{name:?}");
         }
     }
 

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, RedisPresence, WritePacing, redis};
 use crate::store::Store;
-use crate::web::{self, AccessLimits, AppState, Proxies};
+use crate::web::{self, AccessLimits, AppState, LoginGuard, Proxies};
 
 /// How long shutdown waits for sockets to say goodbye.
 const SOCKET_DRAIN: Duration = Duration::from_secs(5);
@@ -129,6 +129,10 @@ impl Application {
                 sockets: TaskTracker::new(),
                 access: Arc::new(AccessLimits::new(
                     config.auth_rate_limit,
+                    LoginGuard {
+                        free_per_address: config.login_failures_per_address.max(1),
+                        per_account: config.login_failures_per_account.max(1),
+                    },
                     Proxies::new(config.trust_proxy, config.trusted_proxies.clone()),
                     config.max_sockets_per_user,
                 )),

@@ -211,6 +211,26 @@ pub struct Config {
     )]
     pub auth_rate_limit: AuthRateLimit,
 
+    /// Failed log-ins into one account from one address before each further attempt from
+    /// there waits (1 s, doubling with each failure, up to 15 minutes).
+    #[arg(
+        long,
+        env = "WIRECHAT_LOGIN_FAILURES_PER_ADDRESS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub login_failures_per_address: i64,
+
+    /// Failed log-ins into one account per hour, from all addresses together, before only
+    /// browsers that logged in to it before may try.
+    #[arg(
+        long,
+        env = "WIRECHAT_LOGIN_FAILURES_PER_ACCOUNT",
+        default_value_t = 100,
+        global = true
+    )]
+    pub login_failures_per_account: i64,
+
     /// Take the client address from the `X-Forwarded-For` header set by the proxy in front
     /// (Caddy); only when every request comes through it.
     #[arg(

@@ -570,7 +570,7 @@ impl Session {
         let Ok(name) = Username::parse(raw_name) else {
             return refuse(no_such_user());
         };
-        let Some(peer) = self.hub.store.user_by_name(name.as_str()).await? else {
+        let Some(peer) = self.hub.store.user_by_name(&name).await? else {
             return refuse(no_such_user());
         };
         if peer.id == self.user.id {

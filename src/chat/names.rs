@@ -59,7 +59,8 @@ impl GroupName {
     }
 }
 
-/// A username: 3–32 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+/// A username: 3–32 of `A-Z a-z 0-9 . _ -`, starting and ending with a letter or digit.
+/// Two names with the same `key` are the same name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
 
@@ -80,13 +81,11 @@ impl Username {
         let valid_chars = name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        let starts_well = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-        if !valid_chars || !starts_well {
+        let ends_well = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid_chars || !ends_well {
             return refuse(
-                "Usernames use letters, digits, '.', '_' and '-', and start with a letter or digit.",
+                "Usernames use letters, digits, '.', '_' and '-', and start and end with a letter or digit.",
             );
         }
         Ok(Username(name.to_owned()))
@@ -95,6 +94,32 @@ impl Username {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// What makes two names the same name: upper and lower case are one, letters that look
+    /// alike are one (UTS #39 confusable skeletons: `I`, `1` and `l`; `0` and `O`; `rn`
+    /// and `m`; and, beyond them, `i` and `l`, `vv` and `w`), and separators do not count.
+    /// So with `alice` taken, `Alice`, `aIice`, `al1ce`, `a.lice` and `allce` are taken too.
+    pub fn key(&self) -> String {
+        name_key(&self.0)
+    }
+}
+
+/// See `Username::key`; also for names stored before the rules were what they are.
+/// Skeleton, then case folding, then skeleton again: the skeleton maps `I` to `l` before
+/// folding would make it `i`, and folding `M` makes an `m` to map.
+pub fn name_key(name: &str) -> String {
+    let skeleton: String = unicode_security::skeleton(name).collect();
+    let folded = skeleton.to_lowercase();
+    let mut key = String::with_capacity(folded.len() + 4);
+    for c in unicode_security::skeleton(&folded) {
+        match c {
+            '.' | '_' | '-' => {}
+            'i' => key.push('l'),
+            'w' => key.push_str("vv"),
+            c => key.push(c),
+        }
+    }
+    key
 }
 
 /// A password's only rule is its length: long enough to resist guessing, short enough that
@@ -181,12 +206,42 @@ mod tests {
         for bad in [
             "ab",
             ".ann",
+            "ann.",
+            "ann-",
             "ann lee",
             "<b>ann</b>",
             &"x".repeat(33),
             "ann\0",
         ] {
             assert!(Username::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn lookalike_names_share_a_key() {
+        let key = |name: &str| Username::parse(name).unwrap().key();
+        for lookalike in [
+            "Aliceucjs",
+            "ALICEUCJS",
+            "aIiceucjs",
+            "allceucjs",
+            "al1ceucjs",
+            "alice.ucjs",
+            "alice_ucjs",
+            "a-l-i-c-e-ucjs",
+        ] {
+            assert_eq!(key(lookalike), key("aliceucjs"), "{lookalike}");
+        }
+        for (a, b) in [("mary", "rnary"), ("Oscar", "0scar"), ("will", "vvill")] {
+            assert_eq!(key(a), key(b));
+        }
+        for (a, b) in [
+            ("ann", "anna"),
+            ("bob1", "bob2"),
+            ("clara", "dara"),
+            ("tom", "tim"),
+        ] {
+            assert_ne!(key(a), key(b));
         }
     }
 

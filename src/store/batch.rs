@@ -453,7 +453,14 @@ mod tests {
 
     async fn racing_posts(url: &str) {
         let store = Store::connect(url).await.expect("a fresh store");
-        let author = store.create_user("batcher", None, None).await.unwrap();
+        let author = store
+            .create_user(
+                &crate::chat::names::Username::parse("batcher").unwrap(),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
         let rooms = [
             "00000000-0000-7000-8000-000000000001",
             "00000000-0000-7000-8000-000000000002",

@@ -21,7 +21,7 @@ use sqlx::{AnyPool, Connection, Executor};
 pub use batch::AfterCommit;
 pub use messages::StoredMessage;
 pub use rooms::{Room, RoomKind, RoomSummary, SignedIn};
-pub use users::User;
+pub use users::{LoginFailures, User};
 
 /// Which database the pool talks to; decides the migration folder and connection set-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +168,13 @@ impl Store {
             batcher,
         };
         store.migrate().await?;
+        let keyed = store.backfill_name_keys().await?;
+        if keyed > 0 {
+            tracing::info!(
+                accounts = keyed,
+                "gave older usernames their lookalike keys"
+            );
+        }
         Ok(store)
     }
 
@@ -234,7 +241,7 @@ fn normalise_url(url: &str) -> (Dialect, String) {
     (Dialect::Sqlite, url)
 }
 
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

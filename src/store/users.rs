@@ -1,9 +1,10 @@
-//! Accounts and server-side sessions.
+//! Accounts, server-side sessions, and failed log-ins.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, StoreResult, conflict_or, now_ms};
+use crate::chat::names::{Username, name_key};
 
 /// The fixed ids of the groups every new account joins (see migration 0002).
 const DEFAULT_GROUP_IDS: [&str; 4] = [
@@ -28,25 +29,43 @@ impl User {
     }
 }
 
+/// Failed log-ins into one account (see `Store::login_failures`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoginFailures {
+    /// From any address, recently.
+    pub recent: i64,
+    /// From the address asking, since its last success.
+    pub here: i64,
+    /// When the last of those was.
+    pub last_here_ms: Option<i64>,
+}
+
+/// Finding an account by name: its exact spelling first, then its key.
+const BY_NAME_SELECT: &str = "SELECT id, username";
+const BY_NAME_WHERE: &str =
+    "FROM users WHERE username = $1 OR name_key = $2 ORDER BY username = $1 DESC LIMIT 1";
+
 impl Store {
-    /// Creates an account and makes it a member of the default groups. A taken username is
-    /// `StoreError::Conflict`.
+    /// Creates an account and makes it a member of the default groups. A taken username (or
+    /// one with the same key: see `Username::key`) is `StoreError::Conflict`.
     pub async fn create_user(
         &self,
-        username: &str,
+        username: &Username,
         email: Option<&str>,
         password_hash: Option<&str>,
     ) -> StoreResult<User> {
         let user = User {
             id: uuid::Uuid::now_v7().to_string(),
-            username: username.to_owned(),
+            username: username.as_str().to_owned(),
         };
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO users (id, username, email, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO users (id, username, name_key, email, password_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&user.id)
         .bind(&user.username)
+        .bind(username.key())
         .bind(email)
         .bind(password_hash)
         .bind(now_ms())
@@ -68,7 +87,7 @@ impl Store {
     /// Returns how many were created.
     pub async fn create_users_bulk(
         &self,
-        users: &[(String, String)],
+        users: &[(Username, String)],
         password_hash: &str,
     ) -> StoreResult<u64> {
         let mut created = 0;
@@ -88,22 +107,111 @@ impl Store {
     /// The account and its password hash (None for guests), for logging in.
     pub async fn user_credentials(
         &self,
-        username: &str,
+        username: &Username,
     ) -> StoreResult<Option<(User, Option<String>)>> {
-        let row = sqlx::query("SELECT id, username, password_hash FROM users WHERE username = $1")
-            .bind(username)
+        let row = sqlx::query(&format!("{BY_NAME_SELECT}, password_hash {BY_NAME_WHERE}"))
+            .bind(username.as_str())
+            .bind(username.key())
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| Ok((User::from_row(&row)?, row.try_get("password_hash")?)))
             .transpose()
     }
 
-    pub async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
-        let row = sqlx::query("SELECT id, username FROM users WHERE username = $1")
-            .bind(username)
+    /// The account a name means: the one of that name, else the one whose name is the
+    /// same under `Username::key` (`Alice` finds `alice`).
+    pub async fn user_by_name(&self, username: &Username) -> StoreResult<Option<User>> {
+        let row = sqlx::query(&format!("{BY_NAME_SELECT} {BY_NAME_WHERE}"))
+            .bind(username.as_str())
+            .bind(username.key())
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| User::from_row(&r)).transpose()?)
+    }
+
+    /// Gives the accounts made before names had keys theirs, a batch at a time. A key that
+    /// an earlier name already holds is left unset: that account keeps its name, found by
+    /// its exact spelling.
+    pub async fn backfill_name_keys(&self) -> StoreResult<u64> {
+        let mut done = 0;
+        let mut after = String::new();
+        loop {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, username FROM users WHERE name_key IS NULL AND id > $1 \
+                 ORDER BY id LIMIT 500",
+            )
+            .bind(&after)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(done);
+            };
+            after = last.clone();
+            for (id, username) in rows {
+                let keyed = sqlx::query("UPDATE users SET name_key = $1 WHERE id = $2")
+                    .bind(name_key(&username))
+                    .bind(&id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(conflict_or);
+                match keyed {
+                    Ok(_) => done += 1,
+                    Err(StoreError::Conflict) => {
+                        tracing::warn!(username, "a name that looks like an older one keeps no key")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Failed log-ins into `user_id`: from `address`, and from anywhere since `since_ms`.
+    pub async fn login_failures(
+        &self,
+        user_id: &str,
+        address: &str,
+        since_ms: i64,
+    ) -> StoreResult<LoginFailures> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN last_failure_at > $3 THEN failures ELSE 0 END), \
+             0) AS BIGINT) AS recent, MAX(CASE WHEN address = $2 THEN failures END) AS here, \
+             MAX(CASE WHEN address = $2 THEN last_failure_at END) AS here_at \
+             FROM login_failures WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(address)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(LoginFailures {
+            recent: row.try_get("recent")?,
+            here: row.try_get::<Option<i64>, _>("here")?.unwrap_or(0),
+            last_here_ms: row.try_get("here_at")?,
+        })
+    }
+
+    pub async fn record_login_failure(&self, user_id: &str, address: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO login_failures (user_id, address, failures, last_failure_at) \
+             VALUES ($1, $2, 1, $3) ON CONFLICT (user_id, address) DO UPDATE \
+             SET failures = login_failures.failures + 1, last_failure_at = $3",
+        )
+        .bind(user_id)
+        .bind(address)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A successful log-in from `address` forgets the failures from there.
+    pub async fn clear_login_failures(&self, user_id: &str, address: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_failures WHERE user_id = $1 AND address = $2")
+            .bind(user_id)
+            .bind(address)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn create_session(&self, user_id: &str, ttl_ms: i64) -> StoreResult<String> {

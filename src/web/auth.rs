@@ -3,9 +3,11 @@
 //! Sessions live in the database; the cookie holds only the session id, signed with the
 //! node's key so a forged id is rejected before any lookup.
 
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
 use axum::Form;
 use axum::Router;
-use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,13 +18,19 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use serde::Deserialize;
 
 use super::AppState;
+use super::limits::{LoginGuard, LoginWait};
 use crate::accounts;
 use crate::chat::names::{Password, Username};
 use crate::error::AppError;
-use crate::store::{SignedIn, StoreError, User};
+use crate::store::{SignedIn, StoreError, User, now_ms};
 use crate::views;
 
 pub const SESSION_COOKIE: &str = "wirechat_session";
+/// Names the account this browser last logged in to (signed): such a browser may still log
+/// in while the account refuses new ones after many failed attempts.
+const KNOWN_COOKIE: &str = "wirechat_known";
+/// How long a browser stays known.
+const KNOWN_FOR: time::Duration = time::Duration::days(400);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -70,29 +78,24 @@ fn refused(status: StatusCode, reason: &str, username: &str) -> Response {
         .into_response()
 }
 
-/// Answers a sign-in attempt past the limit, or None to let it through.
-fn throttled(
-    state: &AppState,
-    peer: SocketAddr,
-    headers: &HeaderMap,
-    account: Option<&str>,
-) -> Option<Response> {
-    let ip = format!("ip:{}", state.access.client_ip(peer, headers));
-    let account = account.map(|name| format!("account:{}", name.trim().to_lowercase()));
-    let mut keys = vec![ip.as_str()];
-    keys.extend(account.as_deref());
-    if state.access.allow_sign_in(&keys) {
+/// Answers a sign-in attempt past its address's limit, or None to let it through.
+fn throttled(state: &AppState, ip: IpAddr) -> Option<Response> {
+    if state.access.allow_sign_in(ip) {
         return None;
     }
-    let mut response = refused(
-        StatusCode::TOO_MANY_REQUESTS,
+    Some(too_many(
         "Too many attempts; wait a minute and try again.",
-        "",
-    );
+        Duration::from_secs(60),
+    ))
+}
+
+fn too_many(reason: &str, retry_after: Duration) -> Response {
+    let mut response = refused(StatusCode::TOO_MANY_REQUESTS, reason, "");
+    let seconds = retry_after.as_secs().max(1).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-    Some(response)
 }
 
 /// Starts a fresh session for `user` (a new id on every login) and sends them to the chat.
@@ -113,7 +116,14 @@ async fn start_session(
         .secure(state.secure_cookies)
         .max_age(time::Duration::milliseconds(state.session_ttl_ms))
         .build();
-    Ok((jar.add(cookie), Redirect::to("/")).into_response())
+    let known = Cookie::build((KNOWN_COOKIE, user.id.clone()))
+        .path("/login")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(state.secure_cookies)
+        .max_age(KNOWN_FOR)
+        .build();
+    Ok((jar.add(cookie).add(known), Redirect::to("/")).into_response())
 }
 
 async fn login(
@@ -123,27 +133,82 @@ async fn login(
     jar: SignedCookieJar,
     Form(form): Form<Credentials>,
 ) -> Result<Response, AppError> {
-    if let Some(response) = throttled(&state, peer, &headers, Some(&form.username)) {
+    let ip = state.access.client_ip(peer, &headers);
+    if let Some(response) = throttled(&state, ip) {
         return Ok(response);
     }
-    let found = state
-        .hub
-        .store
-        .user_credentials(form.username.trim())
-        .await?;
+    // No account has a name outside the rules, nor a password longer than they allow:
+    // such an attempt is answered before any lookup or hashing, and nothing of it is kept.
+    let Ok(username) = Username::parse(&form.username) else {
+        return Ok(wrong_credentials(""));
+    };
+    if form.password.chars().count() > Password::MAX_CHARS {
+        return Ok(wrong_credentials(username.as_str()));
+    }
+    let found = state.hub.store.user_credentials(&username).await?;
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), hash),
         None => (None, None),
     };
+    let address = ip.to_string();
+    if let (Some(user), Some(guard)) = (&user, state.access.login_guard()) {
+        let since = now_ms() - LoginGuard::ACCOUNT_WINDOW.as_millis() as i64;
+        let failures = state
+            .hub
+            .store
+            .login_failures(&user.id, &address, since)
+            .await?;
+        let known = jar.get(KNOWN_COOKIE).is_some_and(|c| c.value() == user.id);
+        match guard.wait(&failures, known, now_ms()) {
+            Some(LoginWait::Address(wait)) => {
+                return Ok(too_many(
+                    "Too many failed attempts from here; wait a while and try again.",
+                    wait,
+                ));
+            }
+            Some(LoginWait::Account(wait)) => {
+                return Ok(too_many(
+                    "After many failed attempts this account takes no log-ins from new \
+                     browsers for a while; try again later, or from a browser you have \
+                     logged in with before.",
+                    wait,
+                ));
+            }
+            None => {}
+        }
+    }
     let valid = accounts::verify_password(form.password, hash).await;
     match user {
-        Some(user) if valid => start_session(&state, jar, &user).await,
-        _ => Ok(refused(
-            StatusCode::UNAUTHORIZED,
-            "Wrong username or password.",
-            &form.username,
-        )),
+        Some(user) if valid => {
+            if state.access.login_guard().is_some() {
+                state
+                    .hub
+                    .store
+                    .clear_login_failures(&user.id, &address)
+                    .await?;
+            }
+            start_session(&state, jar, &user).await
+        }
+        Some(user) => {
+            if state.access.login_guard().is_some() {
+                state
+                    .hub
+                    .store
+                    .record_login_failure(&user.id, &address)
+                    .await?;
+            }
+            Ok(wrong_credentials(username.as_str()))
+        }
+        None => Ok(wrong_credentials(username.as_str())),
     }
+}
+
+fn wrong_credentials(username: &str) -> Response {
+    refused(
+        StatusCode::UNAUTHORIZED,
+        "Wrong username or password.",
+        username,
+    )
 }
 
 async fn signup(
@@ -153,7 +218,7 @@ async fn signup(
     jar: SignedCookieJar,
     Form(form): Form<Credentials>,
 ) -> Result<Response, AppError> {
-    if let Some(response) = throttled(&state, peer, &headers, None) {
+    if let Some(response) = throttled(&state, state.access.client_ip(peer, &headers)) {
         return Ok(response);
     }
     let username = match Username::parse(&form.username) {
@@ -171,13 +236,13 @@ async fn signup(
     match state
         .hub
         .store
-        .create_user(username.as_str(), None, Some(&hash))
+        .create_user(&username, None, Some(&hash))
         .await
     {
         Ok(user) => start_session(&state, jar, &user).await,
         Err(StoreError::Conflict) => Ok(refused(
             StatusCode::CONFLICT,
-            "That username is taken; pick another.",
+            "That username is taken (or one too like it is); pick another.",
             "",
         )),
         Err(e) => Err(e.into()),
@@ -190,7 +255,7 @@ async fn guest(
     headers: HeaderMap,
     jar: SignedCookieJar,
 ) -> Result<Response, AppError> {
-    if let Some(response) = throttled(&state, peer, &headers, None) {
+    if let Some(response) = throttled(&state, state.access.client_ip(peer, &headers)) {
         return Ok(response);
     }
     let user = accounts::create_guest(&state.hub.store).await?;

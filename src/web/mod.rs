@@ -25,7 +25,7 @@ use crate::hub::Hub;
 
 pub use auth::SESSION_COOKIE;
 pub use client::{Net, Proxies};
-pub use limits::AccessLimits;
+pub use limits::{AccessLimits, LoginGuard};
 
 #[derive(Clone)]
 pub struct AppState {

@@ -11,6 +11,8 @@ on_both_databases!(
     actions_share_one_budget_across_a_users_sockets,
     a_resume_position_past_the_end_shows_the_room_afresh,
     only_this_sites_pages_may_sign_in_or_out,
+    strangers_failures_do_not_lock_the_owner_out,
+    lookalike_names_are_taken,
 );
 
 /// Writes `count` messages of `chars` characters by `author` into the room, straight into
@@ -304,4 +306,178 @@ async fn only_this_sites_pages_may_sign_in_or_out(backend: Backend) {
         .expect("POST");
     assert_eq!(downgraded.status(), 403);
     proxied.stop().await;
+}
+
+/// The sign-in limiter once kept every attempted account name as a key: 100 log-ins with a
+/// 1.9 MB name took 260 MB, and kept 204 MB. A name longer than any account's is now
+/// refused before any lookup or key, and the limiter's keys are hashes in a map of fixed
+/// size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_attempts_with_huge_names_keep_nothing() {
+    let database_url = fresh_database(Backend::Sqlite).await;
+    let args = ["--auth-rate-limit", "1000"].map(String::from);
+    let node = start_node("127.0.0.1:0", &database_url, &args, "node").await;
+    let app = TestApp::at(node.addr, &database_url);
+    let (before, _) = node.memory_kib();
+    let huge = "a".repeat(1_900_000);
+    for i in 0..100 {
+        let response = app
+            .post_form(
+                "/login",
+                &[
+                    ("username", &format!("{huge}{i}")),
+                    ("password", "password123"),
+                ],
+            )
+            .await;
+        assert_eq!(response.status(), 401);
+        let page = response.text().await.expect("page");
+        assert!(page.len() < 100_000, "the name is not echoed back");
+    }
+    let (after, _) = node.memory_kib();
+    let grown_mib = after.saturating_sub(before) / 1024;
+    eprintln!("resident memory {before} KiB before, {after} KiB after");
+    assert!(grown_mib < 40, "resident memory grew by {grown_mib} MiB");
+}
+
+/// A log-in from `address` (through a trusted proxy), with `cookies` sent along.
+async fn log_in_from(
+    app: &TestApp,
+    address: &str,
+    username: &str,
+    password: &str,
+    cookies: &str,
+) -> reqwest::Response {
+    app.http()
+        .post(app.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", app.origin())
+        .header("x-forwarded-for", address)
+        .header("cookie", cookies)
+        .body(format!("username={username}&password={password}"))
+        .send()
+        .await
+        .expect("POST /login")
+}
+
+/// The `name=value` of a cookie a response sets.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
+/// 20 wrong passwords from two addresses once locked the owner out everywhere (the
+/// account's bucket was shared by all). Now each address is slowed on its own, the account
+/// has a much larger ceiling, and past it a browser that logged in before still may, on
+/// every node.
+async fn strangers_failures_do_not_lock_the_owner_out(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--trust-proxy", "--auth-rate-limit", "1000"]).await;
+    app.signup("owner").await;
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let address = ["10.0.0.1", "10.0.0.2"][i % 2];
+        let wrong = log_in_from(&app, address, "owner", "wrong-password", "").await;
+        statuses.push(wrong.status().as_u16());
+    }
+    // Five failures an address, then the wait (a second, doubling) refuses at once.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        10,
+        "{statuses:?}"
+    );
+    let slowed = log_in_from(&app, "10.0.0.1", "owner", "password123", "").await;
+    assert_eq!(
+        slowed.status(),
+        429,
+        "the guessing address waits, even with the password"
+    );
+    assert!(slowed.headers().contains_key("retry-after"));
+    let owner = log_in_from(&app, "10.0.0.3", "owner", "password123", "").await;
+    assert_eq!(
+        owner.status(),
+        303,
+        "the owner, elsewhere, is not locked out"
+    );
+
+    // Past the account's ceiling, only browsers that logged in to it before may try, on
+    // any node: the failures are kept in the database.
+    let args: Vec<String> = ["--trust-proxy", "--auth-rate-limit", "1000"]
+        .into_iter()
+        .chain(["--login-failures-per-account", "8"])
+        .map(String::from)
+        .collect();
+    app.signup("keeper").await;
+    let node_a = TestApp::start(app.database_url.clone(), args.clone()).await;
+    let node_b = TestApp::start(app.database_url.clone(), args).await;
+    let first = log_in_from(&node_a, "10.0.1.1", "keeper", "password123", "").await;
+    assert_eq!(first.status(), 303);
+    let known = set_cookie(&first, "wirechat_known").expect("a known-browser cookie");
+    for i in 0..10 {
+        let address = format!("10.0.2.{i}");
+        let wrong = log_in_from(&node_a, &address, "keeper", "wrong-password", "").await;
+        let expected = if i < 8 { 401 } else { 429 };
+        assert_eq!(wrong.status(), expected, "attempt {i}");
+    }
+    let new_browser = log_in_from(&node_b, "10.0.3.1", "keeper", "password123", "").await;
+    assert_eq!(new_browser.status(), 429);
+    let text = new_browser.text().await.expect("page");
+    assert!(text.contains("new browsers"), "{text}");
+    let known_browser = log_in_from(&node_b, "10.0.3.1", "keeper", "password123", &known).await;
+    assert_eq!(
+        known_browser.status(),
+        303,
+        "a browser that logged in before still may"
+    );
+}
+
+/// `aIiceucjs` (capital i) once signed up beside `aliceucjs`, and looked the same in every
+/// list. Names are now unique under case folding and confusable skeletons.
+async fn lookalike_names_are_taken(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.signup("aliceucjs").await;
+    for lookalike in [
+        "Aliceucjs",
+        "ALICEUCJS",
+        "aIiceucjs",
+        "allceucjs",
+        "al1ceucjs",
+        "alice.ucjs",
+    ] {
+        let response = app
+            .post_form(
+                "/signup",
+                &[("username", lookalike), ("password", "password123")],
+            )
+            .await;
+        assert_eq!(response.status(), 409, "{lookalike}");
+        let text = response.text().await.expect("page");
+        assert!(text.contains("taken"), "{lookalike}: {text}");
+    }
+    let trailing_dot = app
+        .post_form(
+            "/signup",
+            &[("username", "aliceucjs."), ("password", "password123")],
+        )
+        .await;
+    assert_eq!(trailing_dot.status(), 422);
+    // The owner may type her name in any case.
+    let login = app
+        .post_form(
+            "/login",
+            &[("username", "ALICEUCJS"), ("password", "password123")],
+        )
+        .await;
+    assert_eq!(login.status(), 303);
+    app.signup("bob").await;
 }

@@ -27,7 +27,14 @@ async fn signup_login_logout(backend: Backend) {
         .await;
     assert_eq!(signup.status(), 303);
     assert_eq!(signup.headers()["location"], "/");
-    let set_cookie = signup.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let set_cookie = signup
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("wirechat_session="))
+        .expect("a session cookie")
+        .to_owned();
     assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
     assert!(set_cookie.contains("SameSite=Lax"), "{set_cookie}");
 
