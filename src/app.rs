@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use axum_extra::extract::cookie::Key;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,7 @@ use crate::config::Config;
 use crate::hub::{Hub, Limits};
 use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, RedisPresence, WritePacing, redis};
 use crate::store::Store;
+use crate::web::listener::Admission;
 use crate::web::{self, AccessLimits, AppState, LoginGuard, Proxies};
 
 /// How long shutdown waits for sockets to say goodbye.
@@ -27,6 +27,7 @@ const REDIS_START_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Application {
     listener: TcpListener,
+    admission: Admission,
     state: AppState,
     node_id: String,
     presence_every: Duration,
@@ -96,6 +97,8 @@ impl Application {
                 max_message_chars: config.max_message_chars,
                 max_rooms_per_user: config.max_rooms_per_user,
                 catch_up_limit: config.catch_up_limit.max(1),
+                new_groups_per_hour: config.new_groups_per_hour,
+                new_conversations_per_hour: config.new_conversations_per_hour,
                 outbound_queue: config.outbound_queue.max(1),
                 ..Limits::default()
             },
@@ -106,6 +109,10 @@ impl Application {
             budget: RateLimiter::new(RateConfig {
                 per_second: config.action_budget_per_second,
                 burst: config.action_budget_burst.max(1.0),
+            }),
+            new_groups_by_address: RateLimiter::new(RateConfig {
+                per_second: config.new_groups_per_hour as f64 / 3600.0,
+                burst: config.new_groups_per_hour.max(1) as f64,
             }),
             shutdown,
             roster: Default::default(),
@@ -119,8 +126,15 @@ impl Application {
         });
         let listener =
             listen(config.addr).with_context(|| format!("listening on {}", config.addr))?;
+        let admission = Admission {
+            header_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
+            // Behind a proxy every connection comes from it: the proxy must cap them.
+            per_address: (config.max_connections_per_address > 0 && !config.trust_proxy)
+                .then_some(config.max_connections_per_address),
+        };
         Ok(Application {
             listener,
+            admission,
             state: AppState {
                 hub,
                 cookie_key,
@@ -189,18 +203,13 @@ impl Application {
             }
         });
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
-        let service = web::router(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        // Chat frames are small and latency-bound: without TCP_NODELAY, Nagle's algorithm
-        // holds a frame back until the client acknowledges the previous one, and a client's
-        // delayed ACK can take 40 ms.
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        web::listener::serve(
+            self.listener,
+            web::router(self.state),
+            self.admission,
+            shutdown.clone(),
+        )
+        .await;
         // The sockets are closing (told when shutdown started); wait for them a while.
         sockets.close();
         if tokio::time::timeout(SOCKET_DRAIN, sockets.wait())

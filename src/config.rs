@@ -252,6 +252,26 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<crate::web::Net>,
 
+    /// Seconds a client has to send a request's headers, from when its connection opens or
+    /// its previous response was sent; then the connection is closed.
+    #[arg(
+        long,
+        env = "WIRECHAT_HEADER_TIMEOUT_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub header_timeout_secs: u64,
+
+    /// Connections one address may hold open at once (sockets included); 0: no cap. Not
+    /// applied with `--trust-proxy`, where every connection comes from the proxy.
+    #[arg(
+        long,
+        env = "WIRECHAT_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_connections_per_address: usize,
+
     /// Open chat sockets one user may hold on one node.
     #[arg(
         long,
@@ -261,7 +281,27 @@ pub struct Config {
     )]
     pub max_sockets_per_user: usize,
 
-    /// Rooms (groups and conversations) one user may belong to.
+    /// Groups one user may create an hour, and groups created from one address an hour
+    /// (on each node).
+    #[arg(
+        long,
+        env = "WIRECHAT_NEW_GROUPS_PER_HOUR",
+        default_value_t = 10,
+        global = true
+    )]
+    pub new_groups_per_hour: i64,
+
+    /// Conversations one user may start an hour.
+    #[arg(
+        long,
+        env = "WIRECHAT_NEW_CONVERSATIONS_PER_HOUR",
+        default_value_t = 30,
+        global = true
+    )]
+    pub new_conversations_per_hour: i64,
+
+    /// Rooms one user may be in by their own choice: the groups they joined and the
+    /// conversations they started (not those others started with them).
     #[arg(
         long,
         env = "WIRECHAT_MAX_ROOMS_PER_USER",

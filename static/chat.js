@@ -139,7 +139,9 @@
       try { apply(JSON.parse(e.data)); } catch (err) { console.error(err); }
       localTimes();
     };
-    socket.onclose = async () => {
+    socket.onclose = async (e) => {
+      // Logged out (on this tab or another, on any node): nothing to reconnect to.
+      if (e.code === 4001) return location.assign('/login');
       status('Reconnecting…');
       if (!opened && attempts > 1) {
         // Refused handshakes are often an expired session: let the server decide.
@@ -152,12 +154,24 @@
     };
   }
 
+  const browse = $('#browse-dialog');
   document.addEventListener('click', (e) => {
     const link = e.target.closest('a[data-group-name]');
     if (link) {
       e.preventDefault();
       send('Change group', { groupName: link.dataset.groupName, isGroup: link.dataset.isGroup === 'true' });
+      if (browse.open) browse.close();
       $('#message-text').focus();
+    }
+    // Buttons the server rendered with the action they stand for (leave, hide, block…).
+    const action = e.target.closest('button[data-action]');
+    if (action && (!action.dataset.confirm || confirm(action.dataset.confirm))) {
+      send(action.dataset.action, JSON.parse(action.dataset.payload || '{}'));
+    }
+    if (e.target.closest('#browse-open')) {
+      $('#browse-query').value = '';
+      send('Browse groups', { query: '' });
+      browse.showModal();
     }
     const older = e.target.closest('button#load-older');
     if (older) send('Load older', { beforeSeq: Number(older.dataset.beforeSeq) });
@@ -165,13 +179,15 @@
 
   document.addEventListener('submit', (e) => {
     const form = e.target;
-    if (form.method === 'post') return; // real forms (log out) go to the server
+    // Real forms (log out) go to the server; dialog forms close their dialog.
+    if (form.method === 'post' || form.method === 'dialog') return;
     e.preventDefault();
     const input = form.querySelector('input, textarea');
     const value = input.value;
     if (form.id === 'message-form') send('New message', { message: value });
     if (form.id === 'new-group') send('Create group', { groupName: value });
     if (form.id === 'new-direct') send('Change group', { groupName: value, isGroup: false });
+    if (form.id === 'browse-form') return send('Browse groups', { query: value });
     input.value = '';
     $('#message-text').focus();
   });

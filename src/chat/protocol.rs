@@ -35,6 +35,26 @@ pub enum Action {
     },
     /// The user is typing in the active room.
     Typing,
+    /// One page of the public groups whose names start with `query`, after `after`.
+    BrowseGroups {
+        query: String,
+        after: String,
+    },
+    /// Leave a group: it leaves the sidebar, and its messages stop coming.
+    LeaveGroup {
+        name: String,
+    },
+    /// Take the conversation with a user out of the sidebar until someone writes in it.
+    HideConversation {
+        username: String,
+    },
+    /// Refuse conversations with a user, both ways, until unblocked.
+    BlockUser {
+        username: String,
+    },
+    UnblockUser {
+        username: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -80,6 +100,19 @@ struct CreateGroupData {
     group_name: String,
 }
 
+#[derive(Deserialize)]
+struct BrowseGroupsData {
+    #[serde(default)]
+    query: String,
+    #[serde(default)]
+    after: String,
+}
+
+#[derive(Deserialize)]
+struct UserData {
+    username: String,
+}
+
 fn data<T: serde::de::DeserializeOwned>(
     action: &str,
     value: serde_json::Value,
@@ -118,6 +151,25 @@ impl Action {
                 name: data::<CreateGroupData>(action, envelope.data)?.group_name,
             },
             "Typing" => Action::Typing,
+            "Browse groups" => {
+                let d: BrowseGroupsData = data(action, envelope.data)?;
+                Action::BrowseGroups {
+                    query: d.query,
+                    after: d.after,
+                }
+            }
+            "Leave group" => Action::LeaveGroup {
+                name: data::<CreateGroupData>(action, envelope.data)?.group_name,
+            },
+            "Hide conversation" => Action::HideConversation {
+                username: data::<UserData>(action, envelope.data)?.username,
+            },
+            "Block user" => Action::BlockUser {
+                username: data::<UserData>(action, envelope.data)?.username,
+            },
+            "Unblock user" => Action::UnblockUser {
+                username: data::<UserData>(action, envelope.data)?.username,
+            },
             _ => {
                 let shown: String = action.chars().take(40).collect();
                 return Err(InputError(format!("Unknown action \"{shown}\".")));
@@ -295,6 +347,11 @@ mod tests {
                 Just("Catch up".to_string()),
                 Just("Create group".to_string()),
                 Just("Typing".to_string()),
+                Just("Browse groups".to_string()),
+                Just("Leave group".to_string()),
+                Just("Hide conversation".to_string()),
+                Just("Block user".to_string()),
+                Just("Unblock user".to_string()),
                 ".*",
             ]
         }

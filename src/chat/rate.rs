@@ -22,7 +22,14 @@ pub fn action_cost(action: &Action) -> f64 {
     match action {
         Action::NewMessage { .. } => 0.0,
         Action::Typing => 1.0,
-        Action::ChangeGroup { .. } | Action::LoadOlder { .. } | Action::CatchUp { .. } => 2.0,
+        Action::ChangeGroup { .. }
+        | Action::LoadOlder { .. }
+        | Action::CatchUp { .. }
+        | Action::BrowseGroups { .. }
+        | Action::LeaveGroup { .. }
+        | Action::HideConversation { .. }
+        | Action::BlockUser { .. }
+        | Action::UnblockUser { .. } => 2.0,
         Action::CreateGroup { .. } => 5.0,
     }
 }

@@ -34,6 +34,10 @@ pub struct Limits {
     pub max_rooms_per_user: i64,
     /// Most messages a catch-up or resume sends before the room is shown afresh instead.
     pub catch_up_limit: i64,
+    /// Groups one user (or address) may create an hour.
+    pub new_groups_per_hour: i64,
+    /// Conversations one user may start an hour.
+    pub new_conversations_per_hour: i64,
 }
 
 impl Default for Limits {
@@ -44,6 +48,8 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024,
             max_rooms_per_user: 500,
             catch_up_limit: 500,
+            new_groups_per_hour: 10,
+            new_conversations_per_hour: 30,
         }
     }
 }
@@ -57,6 +63,8 @@ pub struct Hub {
     pub rate: RateLimiter,
     /// Cost units per user for every other action (see `chat::rate::action_cost`).
     pub budget: RateLimiter,
+    /// Groups created per address on this node, an hour.
+    pub new_groups_by_address: RateLimiter,
     /// Cancelled when the node shuts down; every socket then closes with 1012.
     pub shutdown: CancellationToken,
     /// The capped "Online" list new sockets are shown.

@@ -42,8 +42,18 @@ pub enum Event {
     /// Delivery to this node may have had a gap (the layer lost and regained its
     /// connection): each socket fetches what it missed from the store.
     Resync,
-    /// The user was added to `room` (a new direct conversation): start following it.
+    /// The user was added to `room` (a conversation, a group they joined or created), or
+    /// may use it again: start following it, and show `frame` (its sidebar entry).
     RoomAdded { room: Arc<str>, frame: Utf8Bytes },
+    /// The user left `room`, or may no longer use it (a block): stop following it, take it
+    /// out of the sidebar, and post nothing more to it.
+    RoomRemoved { room: Arc<str> },
+    /// The user hid `room`: take it out of the sidebar, and put `frame` (its entry) back
+    /// when a message comes.
+    RoomHidden { room: Arc<str>, frame: Utf8Bytes },
+    /// A session was ended (logged out): its sockets close. `session` is a digest of the
+    /// session's id, never the id itself.
+    SessionEnded { session: Arc<str> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +78,11 @@ pub trait ChannelLayer: Send + Sync {
     fn join(&self, group: &str, member: &Member) -> BoxFuture<'static, ()> {
         self.registry().join(group, member);
         Box::pin(async {})
+    }
+
+    /// Removes a local socket from one group.
+    fn leave(&self, group: &str, socket: SocketId) {
+        self.registry().leave(group, socket);
     }
 
     /// Removes a local socket from all its groups.

@@ -230,6 +230,12 @@ impl ChannelLayer for RedisLayer {
         })
     }
 
+    fn leave(&self, group: &str, socket: SocketId) {
+        if self.shared.registry.leave(group, socket) {
+            let _ = self.commands.send(Command::Unsubscribe(group.to_owned()));
+        }
+    }
+
     fn leave_all(&self, socket: SocketId) {
         for group in self.shared.registry.leave_all(socket) {
             let _ = self.commands.send(Command::Unsubscribe(group));

@@ -98,6 +98,25 @@ impl Registry {
             .insert(member.id, member.clone());
     }
 
+    /// Removes the socket from `group`; true when that left the group empty on this node.
+    pub fn leave(&self, group: &str, socket: SocketId) -> bool {
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        if groups.viewing.get(&socket).is_some_and(|g| g == group) {
+            groups.stop_viewing(socket);
+        }
+        if let Some(joined) = groups.joined.get_mut(&socket) {
+            joined.remove(group);
+        }
+        let Some(sockets) = groups.members.get_mut(group) else {
+            return false;
+        };
+        if sockets.remove(&socket).is_some() && sockets.is_empty() {
+            groups.members.remove(group);
+            return true;
+        }
+        false
+    }
+
     /// Removes the socket from every group; returns the groups it left empty on this node.
     pub fn leave_all(&self, socket: SocketId) -> Vec<String> {
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());

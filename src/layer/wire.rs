@@ -7,6 +7,9 @@
 //! wc1 V <origin> <room>\n<frame>           for the room's viewers
 //! wc1 A <origin>\n<frame>                  for everyone in the group
 //! wc1 N <origin> <room>\n<frame>           a room was added for the user
+//! wc1 R <origin> <room>\n                  a room was removed for the user
+//! wc1 H <origin> <room>\n<frame>           a room was hidden by the user
+//! wc1 L <origin> <session digest>\n        a session was ended
 //! ```
 //!
 //! The frame is already JSON, so it is not escaped or re-encoded: the node that rendered it
@@ -32,6 +35,13 @@ pub fn encode(origin: &str, event: &Event) -> Option<Vec<u8>> {
         Event::Viewers { room, frame } => (format!("{VERSION} V {origin} {room}\n"), frame),
         Event::All { frame } => (format!("{VERSION} A {origin}\n"), frame),
         Event::RoomAdded { room, frame } => (format!("{VERSION} N {origin} {room}\n"), frame),
+        Event::RoomHidden { room, frame } => (format!("{VERSION} H {origin} {room}\n"), frame),
+        Event::RoomRemoved { room } => {
+            return Some(format!("{VERSION} R {origin} {room}\n").into_bytes());
+        }
+        Event::SessionEnded { session } => {
+            return Some(format!("{VERSION} L {origin} {session}\n").into_bytes());
+        }
         Event::Resync => return None,
     };
     let mut payload = Vec::with_capacity(header.len() + frame.len());
@@ -83,6 +93,16 @@ pub fn decode(payload: Bytes) -> Result<Received, DecodeError> {
         "N" => Event::RoomAdded {
             room: room(fields.next())?,
             frame,
+        },
+        "H" => Event::RoomHidden {
+            room: room(fields.next())?,
+            frame,
+        },
+        "R" => Event::RoomRemoved {
+            room: room(fields.next())?,
+        },
+        "L" => Event::SessionEnded {
+            session: room(fields.next())?,
         },
         _ => return Err(DecodeError("unknown kind")),
     };
@@ -147,6 +167,27 @@ mod tests {
             Event::RoomAdded { room, frame } => {
                 assert_eq!((&*room, frame.as_str()), ("r-3", text));
             }
+            other => panic!("got {other:?}"),
+        }
+        match round_trip(Event::RoomHidden {
+            room: Arc::from("r-4"),
+            frame: f.clone(),
+        }) {
+            Event::RoomHidden { room, frame } => {
+                assert_eq!((&*room, frame.as_str()), ("r-4", text));
+            }
+            other => panic!("got {other:?}"),
+        }
+        match round_trip(Event::RoomRemoved {
+            room: Arc::from("r-5"),
+        }) {
+            Event::RoomRemoved { room } => assert_eq!(&*room, "r-5"),
+            other => panic!("got {other:?}"),
+        }
+        match round_trip(Event::SessionEnded {
+            session: Arc::from("d1g3st"),
+        }) {
+            Event::SessionEnded { session } => assert_eq!(&*session, "d1g3st"),
             other => panic!("got {other:?}"),
         }
         assert!(encode("n1", &Event::Resync).is_none());

@@ -20,7 +20,7 @@ use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::AfterCommit;
 pub use messages::StoredMessage;
-pub use rooms::{Room, RoomKind, RoomSummary, SignedIn};
+pub use rooms::{GroupListing, Room, RoomKind, RoomSummary, SignedIn};
 pub use users::{LoginFailures, User};
 
 /// Which database the pool talks to; decides the migration folder and connection set-up.

@@ -11,6 +11,16 @@ pub enum RoomKind {
     Direct,
 }
 
+impl RoomKind {
+    /// As stored in `rooms.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Group => "group",
+            RoomKind::Direct => "direct",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Room {
     pub id: String,
@@ -26,6 +36,25 @@ pub struct RoomSummary {
     /// For a direct conversation, the other participant.
     pub peer: Option<User>,
     pub unread: i64,
+    /// A conversation the user hid, with nothing new since: not in the sidebar.
+    pub hidden: bool,
+    /// For a direct conversation: the other participant blocked this user, who may read
+    /// it but not post.
+    pub blocked_by_peer: bool,
+    /// For a direct conversation: this user blocked the other participant.
+    pub blocking_peer: bool,
+}
+
+impl RoomSummary {
+    /// Whether a block closed this conversation (either way).
+    pub fn blocked(&self) -> bool {
+        self.blocked_by_peer || self.blocking_peer
+    }
+
+    /// Whether the sidebar lists the room.
+    pub fn listed(&self) -> bool {
+        !self.hidden && !self.blocked()
+    }
 }
 
 /// Who a session belongs to, and the rooms of their sidebar.
@@ -34,8 +63,23 @@ pub struct SignedIn {
     pub user: User,
     /// The user's memberships, as `Store::rooms_of` orders them.
     pub rooms: Vec<RoomSummary>,
-    /// Every public group, by name.
+    /// The groups among them, by name.
     pub groups: Vec<Room>,
+}
+
+/// A public group as "Browse groups" lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub room: Room,
+    /// Its members, counted up to `GroupListing::COUNTED` (so a page costs the same
+    /// however large its groups).
+    pub members: i64,
+    /// Whether the user asking belongs to it.
+    pub joined: bool,
+}
+
+impl GroupListing {
+    pub const COUNTED: i64 = 1000;
 }
 
 fn room_from_row(row: &AnyRow) -> Result<Room, sqlx::Error> {
@@ -79,7 +123,17 @@ macro_rules! memberships_sql {
         CASE WHEN r.kind = 'direct' THEN \
             (SELECT u.username FROM memberships pm JOIN users u ON u.id = pm.user_id \
              WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
-        END AS peer_name \
+        END AS peer_name, \
+        CAST(CASE WHEN m.hidden_through IS NOT NULL AND r.last_seq <= m.hidden_through \
+            THEN 1 ELSE 0 END AS BIGINT) AS hidden, \
+        CAST(CASE WHEN r.kind = 'direct' THEN \
+            (SELECT COUNT(*) FROM memberships pm JOIN blocks b ON b.blocker_id = pm.user_id \
+             WHERE pm.room_id = r.id AND pm.user_id <> m.user_id AND b.blocked_id = m.user_id) \
+            ELSE 0 END AS BIGINT) AS blocked_by_peer, \
+        CAST(CASE WHEN r.kind = 'direct' THEN \
+            (SELECT COUNT(*) FROM memberships pm JOIN blocks b ON b.blocked_id = pm.user_id \
+             WHERE pm.room_id = r.id AND pm.user_id <> m.user_id AND b.blocker_id = m.user_id) \
+            ELSE 0 END AS BIGINT) AS blocking_peer \
     FROM memberships m JOIN rooms r ON r.id = m.room_id \
     WHERE m.user_id = ",
             $user_id
@@ -96,6 +150,9 @@ fn summary_from_row(row: &AnyRow) -> StoreResult<RoomSummary> {
             .zip(peer_name)
             .map(|(id, username)| User { id, username }),
         unread: row.try_get("unread")?,
+        hidden: row.try_get::<i64, _>("hidden")? != 0,
+        blocked_by_peer: row.try_get::<i64, _>("blocked_by_peer")? != 0,
+        blocking_peer: row.try_get::<i64, _>("blocking_peer")? != 0,
     })
 }
 
@@ -109,19 +166,25 @@ impl Store {
         Ok(row.map(|r| room_from_row(&r)).transpose()?)
     }
 
-    /// Returns the group with this name, creating it first if needed; the flag says whether
-    /// this call created it. Two nodes racing to create the same name end with one row.
-    pub async fn find_or_create_group(&self, name: &str) -> StoreResult<(Room, bool)> {
+    /// Returns the group with this name, creating it first (as `creator`'s) if needed; the
+    /// flag says whether this call created it. Two nodes racing to create the same name end
+    /// with one row.
+    pub async fn find_or_create_group(
+        &self,
+        name: &str,
+        creator: &User,
+    ) -> StoreResult<(Room, bool)> {
         if let Some(room) = self.group_by_name(name).await? {
             return Ok((room, false));
         }
         let id = uuid::Uuid::now_v7().to_string();
         let created = sqlx::query(
-            "INSERT INTO rooms (id, kind, name, created_at) VALUES ($1, 'group', $2, $3) \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO rooms (id, kind, name, created_by, created_at) \
+             VALUES ($1, 'group', $2, $3, $4) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&id)
         .bind(name)
+        .bind(&creator.id)
         .bind(now_ms())
         .execute(&self.pool)
         .await?
@@ -134,17 +197,18 @@ impl Store {
         Ok((room, created))
     }
 
-    /// The one direct conversation between two users, created (with both memberships) on
-    /// first use; the flag says whether this call created it.
+    /// The one direct conversation between two users, created (with both memberships, and
+    /// as started by `a`) on first use; the flag says whether this call created it.
     pub async fn find_or_create_direct(&self, a: &User, b: &User) -> StoreResult<(Room, bool)> {
         let key = pair_key(&a.id, &b.id);
         let mut tx = self.pool.begin().await?;
         let created = sqlx::query(
-            "INSERT INTO rooms (id, kind, pair_key, created_at) VALUES ($1, 'direct', $2, $3) \
-             ON CONFLICT (pair_key) DO NOTHING",
+            "INSERT INTO rooms (id, kind, pair_key, created_by, created_at) \
+             VALUES ($1, 'direct', $2, $3, $4) ON CONFLICT (pair_key) DO NOTHING",
         )
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(&key)
+        .bind(&a.id)
         .bind(now_ms())
         .execute(&mut *tx)
         .await?
@@ -177,14 +241,152 @@ impl Store {
         Ok(row.map(|r| room_from_row(&r)).transpose()?)
     }
 
-    /// How many rooms the user belongs to.
-    pub async fn membership_count(&self, user_id: &str) -> StoreResult<i64> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_one(&self.pool)
-                .await?;
+    /// How many rooms the user chose to be in: the groups they belong to, and the
+    /// conversations they started. A conversation someone else started costs them nothing.
+    pub async fn chosen_room_count(&self, user_id: &str) -> StoreResult<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM memberships m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.user_id = $1 AND (r.kind = 'group' OR r.created_by = $1)",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(count)
+    }
+
+    /// How many rooms of `kind` the user created since `since_ms`.
+    pub async fn rooms_created_since(
+        &self,
+        user_id: &str,
+        kind: RoomKind,
+        since_ms: i64,
+    ) -> StoreResult<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM rooms WHERE created_by = $1 AND created_at > $2 AND kind = $3",
+        )
+        .bind(user_id)
+        .bind(since_ms)
+        .bind(kind.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    /// Takes `user_id` out of a group; false when they were not in it (or it is not a group).
+    pub async fn leave_group(&self, room_id: &str, user_id: &str) -> StoreResult<bool> {
+        let left = sqlx::query(
+            "DELETE FROM memberships WHERE room_id = $1 AND user_id = $2 AND EXISTS \
+             (SELECT 1 FROM rooms WHERE id = $1 AND kind = 'group')",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(left.rows_affected() > 0)
+    }
+
+    /// Hides a room from the user's sidebar until a message comes after the newest now.
+    pub async fn hide_room(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE memberships SET hidden_through = \
+             (SELECT last_seq FROM rooms WHERE id = $1) WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Shows a hidden room in the user's sidebar again; true when it was hidden.
+    pub async fn unhide_room(&self, room_id: &str, user_id: &str) -> StoreResult<bool> {
+        let shown = sqlx::query(
+            "UPDATE memberships SET hidden_through = NULL \
+             WHERE room_id = $1 AND user_id = $2 AND hidden_through IS NOT NULL",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(shown.rows_affected() > 0)
+    }
+
+    /// `blocker` blocks `blocked` (idempotent).
+    pub async fn block(&self, blocker: &str, blocked: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(blocker)
+        .bind(blocked)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn unblock(&self, blocker: &str, blocked: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2")
+            .bind(blocker)
+            .bind(blocked)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `a` blocked `b`, and whether `b` blocked `a`.
+    pub async fn blocks_between(&self, a: &str, b: &str) -> StoreResult<(bool, bool)> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT blocker_id FROM blocks WHERE (blocker_id = $1 AND blocked_id = $2) \
+             OR (blocker_id = $2 AND blocked_id = $1)",
+        )
+        .bind(a)
+        .bind(b)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((
+            rows.iter().any(|(blocker,)| blocker == a),
+            rows.iter().any(|(blocker,)| blocker == b),
+        ))
+    }
+
+    /// One page of public groups by name, after `after`, whose names start with `prefix`,
+    /// with their member counts and whether `user_id` is in each.
+    pub async fn browse_groups(
+        &self,
+        user_id: &str,
+        prefix: &str,
+        after: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<GroupListing>> {
+        // Group names are `a-z 0-9 - _`, all below `~`: names with the prefix sort between
+        // it and it followed by `~`.
+        let rows = sqlx::query(
+            "SELECT r.id, r.kind, r.name, \
+             (SELECT COUNT(*) FROM (SELECT 1 FROM memberships mm WHERE mm.room_id = r.id \
+              LIMIT $5) counted) AS members, \
+             (SELECT COUNT(*) FROM memberships me WHERE me.room_id = r.id AND me.user_id = $1) \
+              AS joined \
+             FROM rooms r WHERE r.kind = 'group' AND r.name > $2 AND r.name >= $3 \
+             AND r.name < $4 ORDER BY r.name LIMIT $6",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(prefix)
+        .bind(format!("{prefix}~"))
+        .bind(GroupListing::COUNTED)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(GroupListing {
+                    room: room_from_row(row)?,
+                    members: row.try_get("members")?,
+                    joined: row.try_get::<i64, _>("joined")? > 0,
+                })
+            })
+            .collect()
     }
 
     /// Makes `user` a member of a group (idempotent).
@@ -234,12 +436,11 @@ impl Store {
             "WITH me AS (SELECT u.id, u.username FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = $1 AND s.expires_at > $2) \
              SELECT 'u' AS part, id, 'user' AS kind, username AS name, 0 AS unread, \
-             NULL AS peer_id, NULL AS peer_name FROM me \
+             NULL AS peer_id, NULL AS peer_name, 0 AS hidden, 0 AS blocked_by_peer, \
+             0 AS blocking_peer FROM me \
              UNION ALL SELECT 'a', mine.* FROM (",
             memberships_sql!("(SELECT id FROM me)"),
-            ") mine UNION ALL SELECT 'b', id, kind, name, 0, NULL, NULL FROM rooms \
-             WHERE kind = 'group' AND EXISTS (SELECT 1 FROM me) \
-             ORDER BY part DESC, kind, name, peer_name"
+            ") mine ORDER BY part DESC, kind, name, peer_name"
         );
         let rows = sqlx::query(sql)
             .bind(session_id)
@@ -258,15 +459,14 @@ impl Store {
             id: me.try_get("id")?,
             username: me.try_get("name")?,
         };
-        let (mut rooms, mut groups) = (Vec::new(), Vec::new());
-        for row in rows {
-            let part: String = row.try_get("part")?;
-            if part == "a" {
-                rooms.push(summary_from_row(row)?);
-            } else {
-                groups.push(room_from_row(row)?);
-            }
-        }
+        let rooms = rows
+            .map(summary_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let groups = rooms
+            .iter()
+            .filter(|s| s.room.kind == RoomKind::Group)
+            .map(|s| s.room.clone())
+            .collect();
         Ok(Some(SignedIn {
             user,
             rooms,

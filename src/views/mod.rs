@@ -6,7 +6,7 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::store::{Room, RoomKind, RoomSummary, StoredMessage, User};
+use crate::store::{GroupListing, Room, RoomKind, RoomSummary, StoredMessage, User};
 
 /// How many messages a page of history holds.
 pub const PAGE_SIZE: i64 = 50;
@@ -100,6 +100,7 @@ pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
                         h2 #group-name {}
                         ul #room-members aria-label="In this room" {}
                         span #room-members-more.muted {}
+                        div #room-actions {}
                     }
                     div #history-controls {}
                     section #messages-list aria-live="polite" aria-label="Messages" tabindex="0" {}
@@ -114,8 +115,96 @@ pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
                     }
                 }
             }
+            (browse_dialog())
         },
     )
+}
+
+/// "Browse groups": every public group, a page at a time, with its members and a way in.
+fn browse_dialog() -> Markup {
+    html! {
+        dialog #browse-dialog aria-labelledby="browse-title" {
+            h2 #browse-title { "Browse groups" }
+            form #browse-form.inline-form {
+                label.visually-hidden for="browse-query" { "Group name starts with" }
+                input #browse-query name="query" placeholder="name starts with…" maxlength="32" autocomplete="off";
+                button type="submit" { "Search" }
+            }
+            ul #browse-results {}
+            span #browse-more {}
+            form method="dialog" { button.secondary type="submit" { "Close" } }
+        }
+    }
+}
+
+/// Rows of "Browse groups".
+pub fn group_listings(page: &[GroupListing], first_page: bool) -> Markup {
+    html! {
+        @if page.is_empty() && first_page {
+            li.muted { "No groups by that name yet: create it from the sidebar." }
+        }
+        @for listing in page {
+            @let name = listing.room.name.as_deref().unwrap_or_default();
+            li {
+                span.room-name { "#" (name) }
+                span.muted {
+                    @if listing.members >= GroupListing::COUNTED {
+                        (GroupListing::COUNTED - 1) "+ members"
+                    } @else if listing.members == 1 {
+                        "1 member"
+                    } @else {
+                        (listing.members) " members"
+                    }
+                }
+                @if listing.joined {
+                    a.room-link href="#" data-group-name=(name) data-is-group="true" { "Open" }
+                    button.link type="button" data-action="Leave group"
+                        data-payload=(serde_json::json!({ "groupName": name })) { "Leave" }
+                } @else {
+                    a.room-link.join href="#" data-group-name=(name) data-is-group="true" { "Join" }
+                }
+            }
+        }
+    }
+}
+
+/// The "More" button under the listing, or nothing when the last page is shown.
+pub fn browse_more(query: &str, next: Option<&str>) -> Markup {
+    html! {
+        @if let Some(after) = next {
+            button #browse-more.secondary type="button" data-action="Browse groups"
+                data-payload=(serde_json::json!({ "query": query, "after": after })) { "More" }
+        } @else {
+            span #browse-more {}
+        }
+    }
+}
+
+/// What the user can do with the active room: leave a group; hide a conversation, or
+/// block its other person.
+pub fn room_actions(room: &Room, peer: Option<&User>) -> Markup {
+    html! {
+        @match (room.kind, peer) {
+            (RoomKind::Direct, Some(peer)) => {
+                @let who = serde_json::json!({ "username": peer.username });
+                button.link type="button" data-action="Hide conversation" data-payload=(who)
+                    title="Take it out of the sidebar until someone writes" { "Hide" }
+                button.link type="button" data-action="Block user" data-payload=(who)
+                    data-confirm={ "Block " (peer.username) "? Neither of you will be able to open this conversation." } { "Block" }
+            }
+            _ => {
+                button.link type="button" data-action="Leave group"
+                    data-payload=(serde_json::json!({ "groupName": room.name.as_deref().unwrap_or_default() })) { "Leave group" }
+            }
+        }
+    }
+}
+
+/// Where the room would be, when the user is in none.
+pub fn no_room() -> Markup {
+    html! {
+        p.notice { "You are in no rooms yet. Browse the groups to join one, or message someone." }
+    }
 }
 
 /// The sidebar for a socket: `view.online` is who is listed, `more` how many others are
@@ -130,7 +219,7 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
     };
     html! {
         nav {
-            h2 { "Groups" }
+            h2 { "Groups" button.link #browse-open type="button" { "Browse" } }
             ul #groups {
                 @for room in view.groups {
                     (group_item(room, unread_of(&room.id).unwrap_or(0)))
@@ -143,7 +232,7 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
             }
             h2 { "Direct messages" }
             ul #directs {
-                @for summary in view.rooms {
+                @for summary in view.rooms.iter().filter(|s| s.listed()) {
                     @if let Some(peer) = &summary.peer {
                         (direct_item(&summary.room, peer, summary.unread))
                     }
@@ -215,7 +304,7 @@ pub fn direct_item(room: &Room, peer: &User, unread: i64) -> Markup {
         li id={ "room-" (room.id) } {
             a.room-link href="#" data-group-name=(peer.username) data-is-group="false" data-room-id=(room.id) {
                 span.dot data-user=(peer.id) {}
-                span.room-name { (peer.username) } (badge(&room.id, unread))
+                span.room-name { bdi { (peer.username) } } (badge(&room.id, unread))
             }
         }
     }
@@ -231,7 +320,7 @@ pub fn person(user: &User) -> Markup {
     html! {
         li id={ "person-" (user.id) } {
             a.room-link href="#" data-group-name=(user.username) data-is-group="false" {
-                span.dot.online data-user=(user.id) {} span.room-name { (user.username) }
+                span.dot.online data-user=(user.id) {} span.room-name { bdi { (user.username) } }
             }
         }
     }
@@ -246,11 +335,11 @@ pub fn room_title(room: &Room, peer: Option<&User>) -> String {
 }
 
 pub fn room_title_markup(room: &Room, title: &str) -> Markup {
-    html! { span data-room-id=(room.id) { (title) } }
+    html! { span data-room-id=(room.id) { bdi { (title) } } }
 }
 
 pub fn member(user: &User) -> Markup {
-    html! { li id={ "member-" (user.id) } { span.dot.online data-user=(user.id) {} (user.username) } }
+    html! { li id={ "member-" (user.id) } { span.dot.online data-user=(user.id) {} bdi { (user.username) } } }
 }
 
 pub fn members(users: &[User]) -> Markup {
@@ -271,10 +360,10 @@ pub fn message(m: &StoredMessage) -> Markup {
         article.message id={ "msg-" (m.id) } data-seq=(m.seq) data-author=(m.author.id) {
             div.bubble {
                 header {
-                    strong.author { (m.author.username) }
+                    strong.author { bdi { (m.author.username) } }
                     time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
                 }
-                p.body { (m.body) }
+                p.body dir="auto" { (m.body) }
             }
         }
     }
@@ -324,6 +413,22 @@ pub fn error(text: &str) -> Markup {
     html! { p.error role="alert" { (text) } }
 }
 
+/// What an action did, where errors go.
+pub fn notice(text: &str) -> Markup {
+    html! { p.notice role="status" { (text) } }
+}
+
+/// Refusing to open a conversation with someone the user blocked, with a way back.
+pub fn blocked(peer: &User) -> Markup {
+    html! {
+        p.error role="alert" {
+            "You blocked " bdi { (peer.username) } "; unblock them to talk. "
+            button.link type="button" data-action="Unblock user"
+                data-payload=(serde_json::json!({ "username": peer.username })) { "Unblock" }
+        }
+    }
+}
+
 pub fn typing(user: &User) -> Markup {
-    html! { span data-user=(user.id) { (user.username) " is typing…" } }
+    html! { span data-user=(user.id) { bdi { (user.username) } " is typing…" } }
 }

@@ -4,6 +4,7 @@
 //! node's key so a forged id is rejected before any lookup.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Form;
@@ -22,6 +23,7 @@ use super::limits::{LoginGuard, LoginWait};
 use crate::accounts;
 use crate::chat::names::{Password, Username};
 use crate::error::AppError;
+use crate::layer::{Event, user_group};
 use crate::store::{SignedIn, StoreError, User, now_ms};
 use crate::views;
 
@@ -68,6 +70,13 @@ pub async fn signed_in(
         return Ok(None);
     };
     Ok(state.hub.store.signed_in(cookie.value()).await?)
+}
+
+/// What names a session to the sockets opened with it: a digest, so that the id itself (the
+/// cookie's secret) never travels through the channel layer.
+pub fn session_digest(session_id: &str) -> String {
+    use blake2::{Blake2s256, Digest};
+    hex::encode(&Blake2s256::digest(session_id.as_bytes())[..16])
 }
 
 fn refused(status: StatusCode, reason: &str, username: &str) -> Response {
@@ -263,8 +272,17 @@ async fn guest(
 }
 
 async fn logout(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Response, AppError> {
-    if let Some(cookie) = jar.get(SESSION_COOKIE) {
+    if let Some(cookie) = jar.get(SESSION_COOKIE)
+        && let Some(user) = state.hub.store.session_user(cookie.value()).await?
+    {
         state.hub.store.delete_session(cookie.value()).await?;
+        // Every socket opened with this session closes, on every node.
+        let ended = Event::SessionEnded {
+            session: Arc::from(session_digest(cookie.value())),
+        };
+        if let Err(e) = state.hub.layer.publish(&user_group(&user.id), ended).await {
+            tracing::warn!(error = %e, "the end of a session was not published");
+        }
     }
     let jar = jar.remove(Cookie::build(SESSION_COOKIE).path("/"));
     Ok((jar, Redirect::to("/login")).into_response())

@@ -7,6 +7,7 @@ mod auth;
 mod client;
 mod health;
 mod limits;
+pub mod listener;
 mod pages;
 mod ws;
 

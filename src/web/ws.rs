@@ -2,7 +2,10 @@
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -11,10 +14,10 @@ use futures_util::FutureExt;
 use serde::Deserialize;
 
 use super::AppState;
-use super::auth::signed_in;
+use super::auth::{SESSION_COOKIE, session_digest, signed_in};
 use super::client::origin_is_this_site;
 use crate::error::AppError;
-use crate::session::{self, Resume};
+use crate::session::{self, Client, Resume};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws/chat/", get(upgrade))
@@ -37,6 +40,7 @@ const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
 async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     jar: SignedCookieJar,
     headers: HeaderMap,
     Query(resume): Query<ResumeQuery>,
@@ -63,6 +67,14 @@ async fn upgrade(
         room: resume.room,
         after_seq: resume.after,
     };
+    let client = Client {
+        address: state.access.client_ip(peer, &headers),
+        session: Arc::from(
+            jar.get(SESSION_COOKIE)
+                .map(|c| session_digest(c.value()))
+                .unwrap_or_default(),
+        ),
+    };
     Ok(ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -72,7 +84,7 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             // No async block around the session: it would keep its own copy of the socket.
             tracker.track_future(
-                session::run(hub, signed_in, socket, resume).map(move |()| drop(slot)),
+                session::run(hub, signed_in, client, socket, resume).map(move |()| drop(slot)),
             )
         })
         .into_response())

@@ -13,6 +13,10 @@ on_both_databases!(
     only_this_sites_pages_may_sign_in_or_out,
     strangers_failures_do_not_lock_the_owner_out,
     lookalike_names_are_taken,
+    group_creation_is_limited_per_account_and_address,
+    strangers_cannot_use_up_someones_rooms,
+    people_leave_groups_hide_conversations_and_block,
+    logging_out_closes_that_sessions_sockets,
 );
 
 /// Writes `count` messages of `chars` characters by `author` into the room, straight into
@@ -480,4 +484,281 @@ async fn lookalike_names_are_taken(backend: Backend) {
         .await;
     assert_eq!(login.status(), 303);
     app.signup("bob").await;
+}
+
+/// Four guests once created 1,984 groups in 7 s: every page grew to 747 KB, and every
+/// socket got every group. Creating groups is now limited an hour, per account and per
+/// address, and a new group is announced to its members alone.
+async fn group_creation_is_limited_per_account_and_address(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--new-groups-per-hour", "3"]).await;
+    let mut bystander = app.connect(&app.signup("bystander").await).await;
+    let mut first = app.connect(&app.guest().await).await;
+    for i in 0..3 {
+        first
+            .act("Create group", json!({ "groupName": format!("spam-{i}") }))
+            .await;
+        let title = first.wait_for(|f| f.selector == "#group-name").await;
+        assert!(title.html.contains(&format!("#spam-{i}")));
+    }
+    first
+        .act("Create group", json!({ "groupName": "spam-3" }))
+        .await;
+    let error = first.wait_for_error().await;
+    assert!(error.contains("3 new groups an hour"), "{error}");
+    // Joining a group that exists is no creation, and still works.
+    first.enter_group("python").await;
+    // Another account from the same address has no groups left to create either.
+    let mut second = app.connect(&app.guest().await).await;
+    second
+        .act(
+            "Change group",
+            json!({ "groupName": "spam-4", "isGroup": true }),
+        )
+        .await;
+    let error = second.wait_for_error().await;
+    assert!(error.contains("new groups an hour"), "{error}");
+    let told = bystander.frames_until_own_marker().await;
+    assert!(told.iter().all(|f| !f.html.contains("spam-")), "{told:?}");
+    let page = app.page(&app.signup("newcomer").await.cookie).await;
+    assert!(
+        !page.contains("spam-"),
+        "the sidebar lists the groups one joined"
+    );
+}
+
+/// 520 guests each opening a conversation with one user once filled that user's room cap:
+/// they could join nothing more. Only the rooms a person chose count now.
+async fn strangers_cannot_use_up_someones_rooms(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--max-rooms-per-user", "6"]).await;
+    let victim = app.signup("victim").await;
+    for _ in 0..8 {
+        let mut stranger = app.connect(&app.guest().await).await;
+        stranger.enter_direct("victim").await;
+    }
+    // The victim's four default groups and two more fill the victim's own six.
+    let mut socket = app.connect(&victim).await;
+    for group in ["mine-1", "mine-2"] {
+        socket
+            .act("Create group", json!({ "groupName": group }))
+            .await;
+        let title = socket.wait_for(|f| f.selector == "#group-name").await;
+        assert!(title.html.contains(group));
+    }
+    socket
+        .act("Create group", json!({ "groupName": "mine-3" }))
+        .await;
+    assert!(socket.wait_for_error().await.contains("6 rooms"));
+    // And the conversations a person starts count against their own.
+    let mut opener = app.connect(&app.signup("opener").await).await;
+    for name in ["victim", "bystander"] {
+        if name == "bystander" {
+            app.signup("bystander").await;
+        }
+        opener.enter_direct(name).await;
+    }
+    opener
+        .act("Create group", json!({ "groupName": "one-more" }))
+        .await;
+    assert!(opener.wait_for_error().await.contains("6 rooms"));
+}
+
+/// A person can leave a group, hide a conversation, and block someone: a block closes
+/// the conversation both ways until it is lifted.
+async fn people_leave_groups_hide_conversations_and_block(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut a2 = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+
+    // Leaving: every socket of hers drops the group and can no longer post in it.
+    a2.enter_group("python").await;
+    let python = a2.room_id.clone();
+    a.act("Leave group", json!({ "groupName": "python" })).await;
+    let notice = a.wait_for(|f| f.selector == "#errors").await;
+    assert!(notice.html.contains("You left #python"), "{}", notice.html);
+    let removed = format!("#room-{python}");
+    a2.wait_for(|f| f.selector == removed && f.swap == "remove")
+        .await;
+    a2.say("still here?").await;
+    assert!(a2.wait_for_error().await.contains("no longer post"));
+    assert!(!app.page(&ann.cookie).await.contains("#python"));
+    b.enter_group("python").await;
+    b.say("python news").await;
+    b.wait_for_message("python news").await;
+    let heard = a.frames_until_own_marker().await;
+    assert!(heard.iter().all(|f| !f.html.contains("python news")));
+    a2.enter_group("hi").await;
+
+    // Hiding: the conversation leaves her sidebar until bob writes in it.
+    a.enter_direct("bob").await;
+    let direct = a.room_id.clone();
+    b.enter_direct("ann").await;
+    b.enter_group("hi").await;
+    a.act("Hide conversation", json!({ "username": "bob" }))
+        .await;
+    let entry = format!("#room-{direct}");
+    a2.wait_for(|f| f.selector == entry && f.swap == "remove")
+        .await;
+    assert!(!app.page(&ann.cookie).await.contains(&direct));
+    b.enter_direct("ann").await;
+    b.say("are you there?").await;
+    let back = a2
+        .wait_for(|f| f.selector == "#directs" && f.html.contains(&direct))
+        .await;
+    assert_eq!(back.swap, "beforeend");
+    assert!(app.page(&ann.cookie).await.contains(&direct));
+
+    // Blocking: bob can neither post in their conversation nor open it again; nor can
+    // she, until she unblocks him.
+    a.act("Block user", json!({ "username": "bob" })).await;
+    assert!(
+        a.wait_for(|f| f.selector == "#errors")
+            .await
+            .html
+            .contains("You blocked bob")
+    );
+    b.wait_for(|f| f.selector == entry && f.swap == "remove")
+        .await;
+    b.say("let me in").await;
+    assert!(b.wait_for_error().await.contains("no longer post"));
+    b.act(
+        "Change group",
+        json!({ "groupName": "ann", "isGroup": false }),
+    )
+    .await;
+    assert!(
+        b.wait_for_error()
+            .await
+            .contains("does not take messages from you")
+    );
+    a.act(
+        "Change group",
+        json!({ "groupName": "bob", "isGroup": false }),
+    )
+    .await;
+    let refused = a.wait_for_error().await;
+    assert!(refused.contains("Unblock"), "{refused}");
+    let mut b_again = app.connect(&bob).await;
+    let resumed = app
+        .connect_at(&bob, &format!("/ws/chat/?room={direct}&after=0"))
+        .await;
+    assert_ne!(resumed.room_id, direct, "no way back in by resuming");
+    b_again.say("from #hi").await;
+    b_again.wait_for_message("from #hi").await;
+
+    a.act("Unblock user", json!({ "username": "bob" })).await;
+    b.wait_for(|f| f.selector == "#directs" && f.html.contains(&direct))
+        .await;
+    b.enter_direct("ann").await;
+    b.say("thanks").await;
+    b.wait_for_message("thanks").await;
+}
+
+/// Sockets opened before a logout once kept posting. Logging out now closes every socket
+/// of that session, on every node, and leaves the user's other sessions be.
+async fn logging_out_closes_that_sessions_sockets(backend: Backend) {
+    let database_url = fresh_database(backend).await;
+    let args = vec![
+        "--redis-url".to_owned(),
+        "redis://127.0.0.1:6379".to_owned(),
+        "--redis-prefix".to_owned(),
+        crate::helpers::fresh_prefix(),
+    ];
+    let one = TestApp::start(database_url.clone(), args.clone()).await;
+    let two = TestApp::start(database_url, args).await;
+    let ann = one.signup("ann").await;
+    let elsewhere = crate::helpers::TestUser {
+        username: "ann".into(),
+        cookie: crate::helpers::session_cookie(
+            &one.post_form(
+                "/login",
+                &[("username", "ann"), ("password", "password123")],
+            )
+            .await,
+        )
+        .expect("a second session"),
+    };
+    let mut here = one.connect(&ann).await;
+    let mut there = two.connect(&ann).await;
+    let mut other_session = two.connect(&elsewhere).await;
+    let logout = one
+        .http()
+        .post(one.url("/logout"))
+        .header("cookie", &ann.cookie)
+        .header("origin", one.origin())
+        .send()
+        .await
+        .expect("POST /logout");
+    assert_eq!(logout.status(), 303);
+    for socket in [&mut here, &mut there] {
+        loop {
+            match socket.receive().await {
+                crate::helpers::Received::Frame(_) => continue,
+                crate::helpers::Received::Closed(close) => {
+                    let close = close.expect("a close frame");
+                    assert_eq!(u16::from(close.code), 4001);
+                    break;
+                }
+            }
+        }
+    }
+    other_session.say("still signed in").await;
+    other_session.wait_for_message("still signed in").await;
+}
+
+/// Reads from `stream` until the server closes it (or resets it); panics if it answers
+/// with anything but a close.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(crate::helpers::PATIENCE, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Connections that sent half their headers once stayed open for 300 s and more: a cheap
+/// way to spend a node's 20,000 descriptors. They are now closed after the header timeout,
+/// and one address holds at most its share of connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_time_out_and_one_address_holds_its_share() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let app = TestApp::spawn_with(Backend::Sqlite, &["--header-timeout-secs", "1"]).await;
+    let mut half = TcpStream::connect(app.addr).await.expect("connect");
+    half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a request");
+    assert!(
+        closed_by_server(&mut half).await,
+        "a half-sent request stays open"
+    );
+
+    let capped =
+        TestApp::spawn_with(Backend::Sqlite, &["--max-connections-per-address", "5"]).await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(capped.addr).await.expect("connect"));
+    }
+    // The sixth is closed at once: the first five are still open, so nothing else could.
+    let mut sixth = TcpStream::connect(capped.addr).await.expect("connect");
+    assert!(closed_by_server(&mut sixth).await);
+    drop(held.pop());
+    // Once the server has seen one go, the address may connect again.
+    let deadline = tokio::time::Instant::now() + crate::helpers::PATIENCE;
+    loop {
+        if let Ok(response) = capped.http().get(capped.url("/login")).send().await {
+            assert_eq!(response.status(), 200);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

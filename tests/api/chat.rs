@@ -14,7 +14,7 @@ on_both_databases!(
     presence_is_live_and_counts_users_not_tabs,
     a_crowded_room_lists_some_and_counts_the_rest,
     reconnect_catches_up_without_duplicates,
-    new_groups_appear_for_everyone,
+    new_groups_appear_for_their_members,
     slow_reader_is_cut_off,
     a_busy_node_gathers_frames_into_fewer_writes,
 );
@@ -38,7 +38,14 @@ async fn group_message_is_one_fragment_for_everyone(backend: Backend) {
         let uuid = uuid::Uuid::parse_str(ids[0].trim_start_matches("msg-")).unwrap();
         assert_eq!(uuid.get_version_num(), 7);
         assert_eq!(seqs(&frame.html), vec![1]);
-        assert!(frame.html.contains("<strong class=\"author\">ann</strong>"));
+        assert!(
+            frame
+                .html
+                .contains("<strong class=\"author\"><bdi>ann</bdi></strong>")
+        );
+        // Text that reads right to left, or overrides direction, cannot flip its
+        // neighbours: the body picks its own direction, names are isolated.
+        assert!(frame.html.contains("<p class=\"body\" dir=\"auto\">"));
     }
     // Exactly once: nothing else about it arrives before the next message.
     b.say("second").await;
@@ -331,20 +338,45 @@ async fn reconnect_catches_up_without_duplicates(backend: Backend) {
     assert!(skipped.iter().all(|f| !f.html.contains("missed")));
 }
 
-async fn new_groups_appear_for_everyone(backend: Backend) {
+/// A new group is listed for its members only (on each of their sockets); everyone else
+/// finds it under "Browse groups", and joining lists it for them.
+async fn new_groups_appear_for_their_members(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
     let mut a = app.connect(&ann).await;
+    let mut a2 = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
     a.act("Create group", json!({ "groupName": "#Rust-Lang" }))
         .await;
     let title = a.wait_for(|f| f.selector == "#group-name").await;
     assert!(title.html.contains("#rust-lang"));
-    let listed = b.wait_for(|f| f.selector == "#groups").await;
+    let listed = a2.wait_for(|f| f.selector == "#groups").await;
     assert_eq!(listed.swap, "beforeend");
     assert!(listed.html.contains("#rust-lang"));
-    let page = app.page(&bob.cookie).await;
-    assert!(page.contains("#rust-lang"), "groups come from the database");
+    let told_bob = b.frames_until_own_marker().await;
+    assert!(
+        told_bob.iter().all(|f| !f.html.contains("rust-lang")),
+        "{told_bob:?}"
+    );
+    assert!(app.page(&ann.cookie).await.contains("#rust-lang"));
+    assert!(!app.page(&bob.cookie).await.contains("#rust-lang"));
+
+    b.act("Browse groups", json!({ "query": "#ru" })).await;
+    let found = b.wait_for(|f| f.selector == "#browse-results").await;
+    assert!(found.html.contains("#rust-lang"), "{}", found.html);
+    assert!(found.html.contains("1 member"), "{}", found.html);
+    assert!(found.html.contains("Join"), "{}", found.html);
+    b.enter_group("rust-lang").await;
+    assert!(
+        app.page(&bob.cookie).await.contains("#rust-lang"),
+        "groups come from the database"
+    );
+    b.act("Browse groups", json!({})).await;
+    let all = b.wait_for(|f| f.selector == "#browse-results").await;
+    for group in ["#events", "#hi", "#off-topic", "#python", "#rust-lang"] {
+        assert!(all.html.contains(group), "{group} in {}", all.html);
+    }
+    assert!(all.html.contains("2 members"), "{}", all.html);
 }
 
 async fn slow_reader_is_cut_off(backend: Backend) {

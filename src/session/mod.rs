@@ -9,24 +9,31 @@
 //! which seqs it has shown, so catch-up reads and resyncs after a delivery gap add only
 //! what is missing.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt;
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::Notify;
 
-use crate::chat::names::{GroupName, InputError, MessageText, Username};
+use crate::chat::names::{InputError, MessageText};
 use crate::chat::protocol::{Action, Swap, frame, frame_around, json_escaped};
 use crate::chat::rate::{MESSAGES_PER_UNIT, action_cost};
 use crate::hub::Hub;
-use crate::layer::outbox::{KEEP_SLOTS, Stop};
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
-use crate::store::{AfterCommit, Room, RoomSummary, SignedIn, StoreError, StoredMessage, User};
+use crate::store::{
+    AfterCommit, Room, RoomKind, RoomSummary, SignedIn, StoreError, StoredMessage, User,
+};
 use crate::views;
+
+mod membership;
+mod view;
+mod writer;
+
+use view::Revoked;
+use writer::{Backlog, write_loop};
 
 /// What a socket's writer receives.
 ///
@@ -50,8 +57,12 @@ pub enum Direct {
     Frame(Utf8Bytes),
     /// Frames for this socket alone, queued as one so that they go out in one write.
     Frames(Vec<Utf8Bytes>),
-    /// The socket's unread counts, as stored when it connected.
-    Unread(HashMap<String, i64>),
+    /// The socket's unread counts, as stored when it connected, and the entries of the
+    /// rooms hidden from its sidebar.
+    Rooms {
+        unread: HashMap<String, i64>,
+        hidden: HashMap<Arc<str>, Utf8Bytes>,
+    },
     /// The socket is about to make `room` active: from here on the writer holds that
     /// room's messages and member-list changes back until the matching `Enter` shows the
     /// history and the list they follow.
@@ -65,6 +76,8 @@ pub enum Direct {
         floor: i64,
         frames: Vec<Utf8Bytes>,
     },
+    /// The socket shows no room now: show `frames` (saying so).
+    NoRoom(Vec<Utf8Bytes>),
     /// Messages of `room` read from the store (catch-up); the writer shows those the
     /// socket has not shown yet.
     Missed {
@@ -79,51 +92,11 @@ impl Direct {
     fn weight(&self) -> usize {
         match self {
             Direct::Frame(f) => f.len(),
-            Direct::Frames(frames) | Direct::Enter { frames, .. } => {
+            Direct::Frames(frames) | Direct::NoRoom(frames) | Direct::Enter { frames, .. } => {
                 frames.iter().map(|f| f.len()).sum()
             }
             Direct::Missed { messages, .. } => messages.iter().map(|m| m.body.len() + 300).sum(),
-            Direct::Unread(_) | Direct::Entering { .. } | Direct::NotEntered { .. } => 0,
-        }
-    }
-}
-
-/// Bytes of a socket's own replies (history, catch-up, errors) queued and not yet written.
-///
-/// The reader takes the next action only while this is under `MAX_REPLY_BACKLOG`: a client
-/// that asks and asks but never reads would otherwise have the node hold every answer, up
-/// to the queue's thousand slots of history pages each.
-#[derive(Default)]
-struct Backlog {
-    bytes: AtomicUsize,
-    drained: Notify,
-}
-
-/// See `Backlog`.
-const MAX_REPLY_BACKLOG: usize = 256 * 1024;
-
-impl Backlog {
-    fn queued(&self, bytes: usize) {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    fn written(&self, bytes: usize) {
-        if bytes > 0 {
-            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.drained.notify_waiters();
-        }
-    }
-
-    /// Waits until fewer than `MAX_REPLY_BACKLOG` bytes of replies wait to be written.
-    async fn wait_for_room(&self) {
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if self.bytes.load(Ordering::Relaxed) < MAX_REPLY_BACKLOG {
-                return;
-            }
-            drained.await;
+            Direct::Rooms { .. } | Direct::Entering { .. } | Direct::NotEntered { .. } => 0,
         }
     }
 }
@@ -136,6 +109,14 @@ enum CatchUp {
     /// The client is further behind than that (or names a position the room never had):
     /// it is shown the room afresh. `missed` is how many messages it did not see, when known.
     TooFar { missed: Option<i64> },
+}
+
+/// Who a socket is for, beyond the user: where the client connects from, and a digest of
+/// its session (see `Event::SessionEnded`).
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub address: IpAddr,
+    pub session: Arc<str>,
 }
 
 /// Where a reconnecting client left off.
@@ -151,6 +132,8 @@ pub mod close_code {
     pub const RESTARTING: u16 = 1012;
     /// The socket fell behind its queue; reconnect and catch up.
     pub const TRY_AGAIN: u16 = 1013;
+    /// The socket's session ended (logged out, on any tab or node): sign in again.
+    pub const LOGGED_OUT: u16 = 4001;
 }
 
 /// A socket announces typing at most this often.
@@ -163,6 +146,7 @@ const TYPING_EVERY: Duration = Duration::from_secs(2);
 pub fn run(
     hub: Arc<Hub>,
     signed_in: SignedIn,
+    client: Client,
     socket: WebSocket,
     resume: Resume,
 ) -> impl Future<Output = ()> + Send + 'static {
@@ -178,7 +162,7 @@ pub fn run(
         groups,
         resume,
     });
-    serve(hub, user, sink, stream, opening)
+    serve(hub, user, client, sink, stream, opening)
 }
 
 /// What a socket starts from: the rooms read with its session, and where it was before.
@@ -191,6 +175,7 @@ struct Opening {
 async fn serve(
     hub: Arc<Hub>,
     user: User,
+    client: Client,
     sink: SplitSink<WebSocket, Message>,
     stream: SplitStream<WebSocket>,
     opening: Box<Opening>,
@@ -200,10 +185,13 @@ async fn serve(
         hub.limits.outbound_queue,
     );
     let backlog = Arc::new(Backlog::default());
+    let revoked = Arc::new(Revoked::default());
     let mut writer = tokio::spawn(write_loop(
         hub.clone(),
         member.clone(),
         backlog.clone(),
+        revoked.clone(),
+        client.session,
         sink,
     ));
     let mut session = Session {
@@ -211,6 +199,8 @@ async fn serve(
         user,
         member,
         backlog,
+        revoked,
+        address: client.address,
         active: None,
         last_typing: None,
         peers: Vec::new(),
@@ -272,6 +262,9 @@ struct Session {
     user: User,
     member: Member,
     backlog: Arc<Backlog>,
+    revoked: Arc<Revoked>,
+    /// Where the client connects from.
+    address: IpAddr,
     active: Option<ActiveRoom>,
     last_typing: Option<Instant>,
     /// Ids of the people the user has conversations with, told when the user comes or goes.
@@ -283,6 +276,8 @@ struct Session {
 enum ActionError {
     Input(InputError),
     Store(StoreError),
+    /// The user blocked this person: shown with a way to unblock.
+    Blocked(User),
 }
 
 impl From<InputError> for ActionError {
@@ -321,6 +316,15 @@ impl Session {
         )));
     }
 
+    /// Tells the user what an action did, where errors go.
+    fn send_notice(&self, text: &str) {
+        self.send(Direct::Frame(frame(
+            "#errors",
+            Swap::Inner,
+            &views::notice(text).into_string(),
+        )));
+    }
+
     /// Joins the socket's groups, announces the user, and shows the first room.
     ///
     /// The rooms were read with the session, before the handshake finished: a conversation
@@ -331,7 +335,7 @@ impl Session {
         // Unboxed here, so that the box is freed when starting ends, not with the socket.
         let Opening {
             rooms,
-            mut groups,
+            groups,
             resume,
         } = *opening;
         let layer = &self.hub.layer;
@@ -339,16 +343,31 @@ impl Session {
             layer.join(LOBBY, &self.member),
             layer.join(&user_group(&self.user.id), &self.member),
         ];
+        // A conversation closed by a block is not followed, nor posted in; a hidden one is
+        // followed, so that a new message can bring it back.
+        let mut hidden = HashMap::new();
         for summary in &rooms {
+            if summary.blocked() {
+                self.revoked.insert(Arc::from(summary.room.id.as_str()));
+                continue;
+            }
             joins.push(layer.join(&room_group(&summary.room.id), &self.member));
+            if let (true, Some(peer)) = (summary.hidden, &summary.peer) {
+                let entry = views::direct_item(&summary.room, peer, 0).into_string();
+                hidden.insert(
+                    Arc::from(summary.room.id.as_str()),
+                    frame("#directs", Swap::BeforeEnd, &entry),
+                );
+            }
         }
         futures_util::future::join_all(joins).await;
-        self.send(Direct::Unread(
-            rooms
+        self.send(Direct::Rooms {
+            unread: rooms
                 .iter()
                 .map(|s| (s.room.id.clone(), s.unread))
                 .collect(),
-        ));
+            hidden,
+        });
 
         self.peers = rooms
             .iter()
@@ -399,49 +418,53 @@ impl Session {
             frame_around("#aside", Swap::Inner, before, &people, after),
         ]));
 
-        // The rooms read with the session are the user's memberships, the same gate `room_for_member`
-        // applies, and the groups include `#hi`: a connect needs no more queries to choose.
-        let unread_in = |room_id: &str| {
-            rooms
-                .iter()
-                .find(|s| s.room.id == room_id)
-                .map(|s| s.unread)
-        };
-        let resumed = resume.room.as_deref().and_then(|room_id| {
-            rooms
-                .iter()
-                .find(|s| s.room.id == room_id)
-                .map(|s| (s.room.clone(), s.peer.clone(), s.unread))
+        // The rooms read with the session are the user's memberships, the same gate
+        // `room_for_member` applies: a connect needs no more queries to choose. The room
+        // resumed, else `#hi`, else the first group, else the first conversation listed.
+        let resumed = resume
+            .room
+            .as_deref()
+            .and_then(|room_id| rooms.iter().find(|s| s.room.id == room_id))
+            .filter(|s| !s.blocked());
+        let first = resumed.or_else(|| {
+            rooms.iter().filter(|s| s.listed()).min_by_key(|s| {
+                (
+                    s.room.name.as_deref() != Some("hi"),
+                    s.room.kind != RoomKind::Group,
+                )
+            })
         });
-        match resumed {
-            Some((room, peer, unread)) => {
-                self.enter(Entry {
-                    room,
-                    peer,
-                    resume_after: resume.after_seq,
-                    mark_read: unread > 0,
-                })
-                .await
-            }
-            None => {
-                let first = match groups.iter().position(|g| g.name.as_deref() == Some("hi")) {
-                    Some(hi) => Some(groups.swap_remove(hi)),
-                    None => groups.into_iter().next(),
-                };
-                if let Some(room) = first {
-                    // Marking read is a write: skipped when nothing is unread.
-                    let mark_read = match unread_in(&room.id) {
-                        Some(unread) => unread > 0,
-                        None => {
-                            self.hub.store.join_group(&room.id, &self.user.id).await?;
-                            true
-                        }
-                    };
-                    self.enter(Entry::group(room, mark_read)).await?;
-                }
-                Ok(())
-            }
+        let Some(first) = first else {
+            self.enter_nothing().await;
+            return Ok(());
+        };
+        // Marking read is a write: skipped when nothing is unread.
+        self.enter(Entry {
+            room: first.room.clone(),
+            peer: first.peer.clone(),
+            resume_after: resumed.and(resume.after_seq),
+            mark_read: first.unread > 0,
+        })
+        .await
+    }
+
+    /// Shows no room: the user is in none (or left the last one).
+    async fn enter_nothing(&mut self) {
+        if let Some(previous) = self.active.take() {
+            self.leave(&previous).await;
         }
+        self.send(Direct::NoRoom(vec![
+            frame("#group-name", Swap::Inner, ""),
+            frame("#room-members", Swap::Inner, ""),
+            frame("#room-members-more", Swap::Inner, ""),
+            frame("#room-actions", Swap::Inner, ""),
+            frame("#history-controls", Swap::Inner, ""),
+            frame(
+                "#messages-list",
+                Swap::Inner,
+                &views::no_room().into_string(),
+            ),
+        ]));
     }
 
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
@@ -466,6 +489,11 @@ impl Session {
         match result {
             Ok(()) => {}
             Err(ActionError::Input(e)) => self.send_error(&e.0),
+            Err(ActionError::Blocked(peer)) => self.send(Direct::Frame(frame(
+                "#errors",
+                Swap::Inner,
+                &views::blocked(&peer).into_string(),
+            ))),
             Err(ActionError::Store(e)) => {
                 tracing::error!(error = %e, user = %self.user.username, "action failed");
                 self.send_error(
@@ -514,107 +542,12 @@ impl Session {
                 self.typing().await;
                 Ok(())
             }
+            Action::BrowseGroups { query, after } => self.browse_groups(&query, &after).await,
+            Action::LeaveGroup { name } => self.leave_group(&name).await,
+            Action::HideConversation { username } => self.hide_conversation(&username).await,
+            Action::BlockUser { username } => self.block_user(&username).await,
+            Action::UnblockUser { username } => self.unblock_user(&username).await,
         }
-    }
-
-    async fn enter_group(&mut self, raw_name: &str) -> Result<(), ActionError> {
-        let name = GroupName::parse(raw_name)?;
-        let store = &self.hub.store;
-        let member = match store.group_by_name(name.as_str()).await? {
-            Some(room) => store
-                .room_for_member(&room.id, &self.user.id)
-                .await?
-                .is_some(),
-            None => false,
-        };
-        if !member {
-            // Checked before anything is created, so a refused request changes nothing.
-            self.check_room_limit().await?;
-        }
-        let (room, created) = store.find_or_create_group(name.as_str()).await?;
-        if created {
-            tracing::info!(group = name.as_str(), by = %self.user.username, "group created");
-            self.publish(
-                LOBBY,
-                Event::All {
-                    frame: frame(
-                        "#groups",
-                        Swap::BeforeEnd,
-                        &views::group_item(&room, 0).into_string(),
-                    ),
-                },
-            )
-            .await;
-        }
-        if !member {
-            self.hub.store.join_group(&room.id, &self.user.id).await?;
-        }
-        self.enter(Entry::group(room, true)).await?;
-        Ok(())
-    }
-
-    /// Refuses a new membership once the user belongs to as many rooms as allowed.
-    async fn check_room_limit(&self) -> Result<(), ActionError> {
-        let max = self.hub.limits.max_rooms_per_user;
-        if self.hub.store.membership_count(&self.user.id).await? >= max {
-            return refuse(format!(
-                "You belong to {max} rooms, the most allowed; you can still use those."
-            ));
-        }
-        Ok(())
-    }
-
-    async fn enter_direct(&mut self, raw_name: &str) -> Result<(), ActionError> {
-        let shown: String = raw_name.chars().take(32).collect();
-        let no_such_user = || format!("There is no user named \"{shown}\".");
-        let Ok(name) = Username::parse(raw_name) else {
-            return refuse(no_such_user());
-        };
-        let Some(peer) = self.hub.store.user_by_name(&name).await? else {
-            return refuse(no_such_user());
-        };
-        if peer.id == self.user.id {
-            return refuse("That is you: pick someone else to talk to.");
-        }
-        if self
-            .hub
-            .store
-            .find_direct(&self.user, &peer)
-            .await?
-            .is_none()
-        {
-            self.check_room_limit().await?;
-        }
-        let (room, created) = self
-            .hub
-            .store
-            .find_or_create_direct(&self.user, &peer)
-            .await?;
-        if !self.peers.contains(&peer.id) {
-            self.peers.push(peer.id.clone());
-        }
-        if created {
-            // Both people's sockets, on every node, start following the new room.
-            for (owner, other) in [(&peer, &self.user), (&self.user, &peer)] {
-                let item = views::direct_item(&room, other, 0).into_string();
-                self.publish(
-                    &user_group(&owner.id),
-                    Event::RoomAdded {
-                        room: Arc::from(room.id.as_str()),
-                        frame: frame("#directs", Swap::BeforeEnd, &item),
-                    },
-                )
-                .await;
-            }
-        }
-        self.enter(Entry {
-            room,
-            peer: Some(peer),
-            resume_after: None,
-            mark_read: true,
-        })
-        .await?;
-        Ok(())
     }
 
     /// Makes `room` the active one: presence moves, and the room's header, members and
@@ -631,7 +564,10 @@ impl Session {
             room: room_key.clone(),
         });
         let entered = self.show_room(entry, group, room_key.clone()).await;
-        if entered.is_err() {
+        if entered.is_ok() {
+            // Every way in checked that the user may use the room.
+            self.revoked.remove(&room_key);
+        } else {
             self.send(Direct::NotEntered { room: room_key });
             // Presence may already list the socket in the room it could not show.
             if let Some(active) = self.active.take() {
@@ -706,6 +642,11 @@ impl Session {
             ),
             frame(&format!("#unread-{}", room.id), Swap::Inner, ""),
             frame("#typing", Swap::Inner, ""),
+            frame(
+                "#room-actions",
+                Swap::Inner,
+                &views::room_actions(&room, peer.as_ref()).into_string(),
+            ),
         ];
         let (mut missed, mut skipped) = (None, None);
         if let Some(after) = resume_after {
@@ -829,6 +770,9 @@ impl Session {
         let Some(active) = &self.active else {
             return refuse("Enter a room before posting.");
         };
+        if self.revoked.contains(&active.room.id) {
+            return refuse("You can no longer post here.");
+        }
         if !self.hub.rate.allow(&self.user.id) {
             return refuse("You are sending messages too fast; wait a moment and try again.");
         }
@@ -933,295 +877,10 @@ impl Session {
     }
 }
 
-fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Bytes {
+pub(crate) fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Bytes {
     frame(
         "#messages-list",
         swap,
         &views::messages(messages).into_string(),
     )
-}
-
-/// The socket's view, owned by its writer.
-#[derive(Default)]
-struct View {
-    active: Option<Arc<str>>,
-    /// Every message of the active room up to this seq has been shown.
-    shown_through: i64,
-    /// Seqs above `shown_through` already shown (messages from one node can overtake
-    /// another's); with it, nothing is shown twice and a resync knows where the hole is.
-    shown_above: BTreeSet<i64>,
-    unread: HashMap<String, i64>,
-    /// Set by `Event::Resync`; the writer then reads what was missed from the store.
-    resync: bool,
-    /// The room being entered and what arrived for it before its history and list did.
-    entering: Option<(Arc<str>, Vec<Held>)>,
-}
-
-/// Waiting for its room's history and member list to be shown first.
-enum Held {
-    /// A message, by seq.
-    Message(i64, Utf8Bytes),
-    /// A change of the member list.
-    Viewers(Utf8Bytes),
-}
-
-impl View {
-    /// The frames `outbound` puts on the wire for this socket, in order.
-    fn frames(&mut self, outbound: Outbound, hub: &Hub, member: &Member, out: &mut Vec<Utf8Bytes>) {
-        let direct = match outbound {
-            Outbound::Event(event) => return self.event(&event, hub, member, out),
-            Outbound::Direct(direct) => *direct,
-        };
-        match direct {
-            Direct::Frame(f) => out.push(f),
-            Direct::Frames(frames) => out.extend(frames),
-            Direct::Unread(unread) => self.unread = unread,
-            Direct::Entering { room } => self.entering = Some((room, Vec::new())),
-            Direct::NotEntered { room } => {
-                if self.entering.as_ref().is_some_and(|(r, _)| *r == room) {
-                    self.entering = None;
-                }
-            }
-            Direct::Enter {
-                room,
-                floor,
-                frames,
-            } => {
-                out.extend(frames);
-                self.unread.insert(room.to_string(), 0);
-                self.shown_through = floor;
-                self.shown_above.clear();
-                let held = match self.entering.take() {
-                    Some((entering, held)) if entering == room => held,
-                    _ => Vec::new(),
-                };
-                self.active = Some(room);
-                for held in held {
-                    match held {
-                        Held::Message(seq, f) => self.show(seq, f, out),
-                        Held::Viewers(f) => out.push(f),
-                    }
-                }
-            }
-            Direct::Missed { room, messages } => {
-                if self.active.as_ref() == Some(&room) {
-                    self.show_missed(messages, out);
-                }
-            }
-        }
-    }
-
-    /// The frames a published event puts on the wire for this socket.
-    fn event(&mut self, event: &Event, hub: &Hub, member: &Member, out: &mut Vec<Utf8Bytes>) {
-        match event {
-            Event::Message {
-                room,
-                seq,
-                frame: f,
-            } => {
-                if let Some(held) = self.held_for(room) {
-                    held.push(Held::Message(*seq, f.clone()));
-                } else if self.active.as_ref() == Some(room) {
-                    self.show(*seq, f.clone(), out);
-                } else {
-                    let count = self.unread.entry(room.to_string()).or_insert(0);
-                    *count += 1;
-                    out.push(frame(
-                        &format!("#unread-{room}"),
-                        Swap::Inner,
-                        &views::badge_count(*count),
-                    ));
-                }
-            }
-            Event::Viewers { room, frame: f } => {
-                if let Some(held) = self.held_for(room) {
-                    held.push(Held::Viewers(f.clone()));
-                } else if self.active.as_ref() == Some(room) {
-                    out.push(f.clone());
-                }
-            }
-            Event::All { frame: f } => out.push(f.clone()),
-            Event::Resync => self.resync = true,
-            Event::RoomAdded { room, frame: f } => {
-                // Registered now; confirmation is not awaited, as the room is new.
-                drop(hub.layer.join(&room_group(room), member));
-                self.unread.entry(room.to_string()).or_insert(0);
-                out.push(f.clone());
-            }
-        }
-    }
-}
-
-impl View {
-    /// While `room` is being entered, where its events wait for its history and list.
-    fn held_for(&mut self, room: &str) -> Option<&mut Vec<Held>> {
-        self.entering
-            .as_mut()
-            .filter(|(entering, _)| **entering == *room)
-            .map(|(_, held)| held)
-    }
-
-    /// Records `seq` as shown; false when it already was.
-    fn mark_shown(&mut self, seq: i64) -> bool {
-        // The usual case, the next seq with no gap before it, touches no set: a set's first
-        // entry allocates, and this runs for every message to every socket.
-        if seq == self.shown_through + 1 && self.shown_above.is_empty() {
-            self.shown_through = seq;
-            return true;
-        }
-        if seq <= self.shown_through || !self.shown_above.insert(seq) {
-            return false;
-        }
-        while self.shown_above.remove(&(self.shown_through + 1)) {
-            self.shown_through += 1;
-        }
-        true
-    }
-
-    /// Shows a live message of the active room unless it is already on screen.
-    fn show(&mut self, seq: i64, frame: Utf8Bytes, out: &mut Vec<Utf8Bytes>) {
-        if self.mark_shown(seq) {
-            out.push(frame);
-        }
-    }
-
-    /// Shows the messages from a store read that are not on screen yet, in frames of a
-    /// history page's size so no frame grows past what a client takes in one piece.
-    fn show_missed(&mut self, messages: Vec<StoredMessage>, out: &mut Vec<Utf8Bytes>) {
-        let fresh: Vec<StoredMessage> = messages
-            .into_iter()
-            .filter(|m| self.mark_shown(m.seq))
-            .collect();
-        for chunk in fresh.chunks(views::PAGE_SIZE as usize) {
-            out.push(messages_frame(chunk, Swap::BeforeEnd));
-        }
-    }
-
-    /// After a gap in delivery: what is not shown yet from the first hole on, up to the
-    /// catch-up limit. Further behind, the page finds the gap after these and asks to
-    /// `Catch up`, which shows the room afresh.
-    async fn missed_frames(&mut self, hub: &Hub, out: &mut Vec<Utf8Bytes>) {
-        let Some(room) = self.active.clone() else {
-            return;
-        };
-        let limit = hub.limits.catch_up_limit;
-        match hub
-            .store
-            .messages_after(&room, self.shown_through, limit)
-            .await
-        {
-            Ok(page) => self.show_missed(page, out),
-            Err(e) => tracing::warn!(error = %e, "could not fetch missed messages"),
-        }
-    }
-}
-
-async fn write_loop(
-    hub: Arc<Hub>,
-    member: Member,
-    backlog: Arc<Backlog>,
-    mut sink: SplitSink<WebSocket, Message>,
-) {
-    let outbox = &member.outbox;
-    let mut view = View::default();
-    let mut taken = VecDeque::new();
-    let mut frames = Vec::new();
-    let mut last_write: Option<Instant> = None;
-    loop {
-        if let Err(stop) = outbox.take(&mut taken).await {
-            return close_for(&mut sink, stop).await;
-        }
-        // A socket that wrote moments ago is busy: gather what arrives until its gap is
-        // over and send it in one write. Loopback or not, each write is a system call and a
-        // TCP segment; a busy room otherwise costs one of each per message per socket.
-        if let Some(due) = last_write.map(|at| at + hub.pacing.gap())
-            && Instant::now() < due
-        {
-            tokio::select! {
-                biased;
-                _ = outbox.stopped() => {}
-                _ = tokio::time::sleep_until(due.into()) => {}
-            }
-            // Falling behind drops what is queued; a shutdown lets it out first, and the
-            // close follows at the next take.
-            if let Err(Stop::Lagging) = outbox.take_queued(&mut taken) {
-                return close_for(&mut sink, Stop::Lagging).await;
-            }
-        }
-        let mut replies = 0;
-        for outbound in taken.drain(..) {
-            if let Outbound::Direct(direct) = &outbound {
-                replies += direct.weight();
-            }
-            view.frames(outbound, &hub, &member, &mut frames);
-        }
-        if taken.capacity() > KEEP_SLOTS {
-            // After a burst: let the memory go rather than hold it for the socket's life.
-            taken = VecDeque::new();
-        }
-        if view.resync {
-            view.resync = false;
-            Box::pin(view.missed_frames(&hub, &mut frames)).await;
-        }
-        // One flush for everything taken: one system call for many frames.
-        let write = async {
-            for f in frames.drain(..) {
-                sink.feed(Message::Text(f)).await?;
-            }
-            sink.flush().await
-        };
-        // A client that stops reading blocks the write; if it is meanwhile stopped as
-        // lagging (or the node stops), the connection is dropped, as no close frame could
-        // reach it.
-        tokio::select! {
-            biased;
-            written = write => if written.is_err() { return },
-            _ = outbox.stopped() => return,
-        }
-        backlog.written(replies);
-        let metrics = hub.layer.registry().metrics();
-        metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
-        // Only a busy node needs the time; a quiet one forgets it and reads no clock.
-        last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
-    }
-}
-
-async fn close_for(sink: &mut SplitSink<WebSocket, Message>, stop: Stop) {
-    let (code, reason) = match stop {
-        Stop::Shutdown => (close_code::RESTARTING, "Server restarting; reconnect."),
-        Stop::Lagging => (
-            close_code::TRY_AGAIN,
-            "You fell behind; reconnect to catch up.",
-        ),
-    };
-    close(sink, code, reason).await;
-}
-
-async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::View;
-
-    #[test]
-    fn each_seq_is_shown_once_whatever_the_order() {
-        let mut view = View::default();
-        assert!(view.mark_shown(1));
-        assert!(!view.mark_shown(1));
-        // 3 overtakes 2: shown, and 2 is still awaited.
-        assert!(view.mark_shown(3));
-        assert_eq!(view.shown_through, 1);
-        assert!(view.mark_shown(2));
-        assert_eq!(view.shown_through, 3);
-        assert!(view.shown_above.is_empty());
-        assert!(!view.mark_shown(2) && !view.mark_shown(3));
-        assert!(view.mark_shown(4));
-    }
 }

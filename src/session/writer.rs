@@ -1,0 +1,153 @@
+//! The socket's writer: drains the socket's queue through its view onto the wire, one
+//! flush for everything taken, and closes the socket with the code its reason calls for.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use tokio::sync::Notify;
+
+use super::view::{Revoked, View};
+use super::{Outbound, close_code};
+use crate::hub::Hub;
+use crate::layer::Member;
+use crate::layer::outbox::{KEEP_SLOTS, Stop};
+
+/// Bytes of a socket's own replies (history, catch-up, errors) queued and not yet written.
+///
+/// The reader takes the next action only while this is under `MAX_REPLY_BACKLOG`: a client
+/// that asks and asks but never reads would otherwise have the node hold every answer, up
+/// to the queue's thousand slots of history pages each.
+#[derive(Default)]
+pub(super) struct Backlog {
+    bytes: AtomicUsize,
+    drained: Notify,
+}
+
+/// See `Backlog`.
+const MAX_REPLY_BACKLOG: usize = 256 * 1024;
+
+impl Backlog {
+    pub(super) fn queued(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn written(&self, bytes: usize) {
+        if bytes > 0 {
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Waits until fewer than `MAX_REPLY_BACKLOG` bytes of replies wait to be written.
+    pub(super) async fn wait_for_room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.bytes.load(Ordering::Relaxed) < MAX_REPLY_BACKLOG {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+pub(super) async fn write_loop(
+    hub: Arc<Hub>,
+    member: Member,
+    backlog: Arc<Backlog>,
+    revoked: Arc<Revoked>,
+    session: Arc<str>,
+    mut sink: SplitSink<WebSocket, Message>,
+) {
+    let outbox = &member.outbox;
+    let mut view = View::new(revoked, session);
+    let mut taken = VecDeque::new();
+    let mut frames = Vec::new();
+    let mut last_write: Option<Instant> = None;
+    loop {
+        if let Err(stop) = outbox.take(&mut taken).await {
+            return close_for(&mut sink, stop).await;
+        }
+        // A socket that wrote moments ago is busy: gather what arrives until its gap is
+        // over and send it in one write. Loopback or not, each write is a system call and a
+        // TCP segment; a busy room otherwise costs one of each per message per socket.
+        if let Some(due) = last_write.map(|at| at + hub.pacing.gap())
+            && Instant::now() < due
+        {
+            tokio::select! {
+                biased;
+                _ = outbox.stopped() => {}
+                _ = tokio::time::sleep_until(due.into()) => {}
+            }
+            // Falling behind drops what is queued; a shutdown lets it out first, and the
+            // close follows at the next take.
+            if let Err(Stop::Lagging) = outbox.take_queued(&mut taken) {
+                return close_for(&mut sink, Stop::Lagging).await;
+            }
+        }
+        let mut replies = 0;
+        for outbound in taken.drain(..) {
+            if let Outbound::Direct(direct) = &outbound {
+                replies += direct.weight();
+            }
+            view.frames(outbound, &hub, &member, &mut frames);
+        }
+        if taken.capacity() > KEEP_SLOTS {
+            // After a burst: let the memory go rather than hold it for the socket's life.
+            taken = VecDeque::new();
+        }
+        if view.resync {
+            view.resync = false;
+            Box::pin(view.missed_frames(&hub, &mut frames)).await;
+        }
+        // One flush for everything taken: one system call for many frames.
+        let write = async {
+            for f in frames.drain(..) {
+                sink.feed(Message::Text(f)).await?;
+            }
+            sink.flush().await
+        };
+        // A client that stops reading blocks the write; if it is meanwhile stopped as
+        // lagging (or the node stops), the connection is dropped, as no close frame could
+        // reach it.
+        tokio::select! {
+            biased;
+            written = write => if written.is_err() { return },
+            _ = outbox.stopped() => return,
+        }
+        backlog.written(replies);
+        if view.ended {
+            return close(&mut sink, close_code::LOGGED_OUT, "Logged out.").await;
+        }
+        let metrics = hub.layer.registry().metrics();
+        metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
+        // Only a busy node needs the time; a quiet one forgets it and reads no clock.
+        last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
+    }
+}
+
+async fn close_for(sink: &mut SplitSink<WebSocket, Message>, stop: Stop) {
+    let (code, reason) = match stop {
+        Stop::Shutdown => (close_code::RESTARTING, "Server restarting; reconnect."),
+        Stop::Lagging => (
+            close_code::TRY_AGAIN,
+            "You fell behind; reconnect to catch up.",
+        ),
+    };
+    close(sink, code, reason).await;
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })))
+        .await;
+}
