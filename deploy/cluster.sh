@@ -68,6 +68,11 @@ caddyfile() {
 {
 	admin off
 	auto_https off
+	servers {
+		timeouts {
+			read_header 10s
+		}
+	}
 }
 
 http://127.0.0.1:$port, http://localhost:$port {

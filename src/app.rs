@@ -28,6 +28,7 @@ const REDIS_START_WAIT: Duration = Duration::from_secs(3);
 pub struct Application {
     listener: TcpListener,
     admission: Admission,
+    guest_retention: Duration,
     state: AppState,
     node_id: String,
     presence_every: Duration,
@@ -135,6 +136,9 @@ impl Application {
         Ok(Application {
             listener,
             admission,
+            guest_retention: Duration::from_secs(
+                config.guest_retention_days.saturating_mul(86_400),
+            ),
             state: AppState {
                 hub,
                 cookie_key,
@@ -177,6 +181,11 @@ impl Application {
             self.presence_every,
         ));
         tokio::spawn(crate::hub::maintain_roster(hub.clone()));
+        tokio::spawn(crate::store::purge_now_and_then(
+            hub.store.clone(),
+            self.guest_retention,
+            hub.shutdown.clone(),
+        ));
         tokio::spawn(crate::hub::announce_room_members(hub.clone()));
         tokio::spawn({
             let hub = hub.clone();

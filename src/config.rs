@@ -192,6 +192,16 @@ pub struct Config {
     )]
     pub session_hours: i64,
 
+    /// Days a guest account is kept at least; after that, once it has no live session
+    /// (so nobody can sign in as it again) and if it never posted, it is purged.
+    #[arg(
+        long,
+        env = "WIRECHAT_GUEST_RETENTION_DAYS",
+        default_value_t = 7,
+        global = true
+    )]
+    pub guest_retention_days: u64,
+
     /// Mark the session cookie `Secure` (set this when users reach wirechat over HTTPS).
     #[arg(
         long,

@@ -7,6 +7,7 @@
 
 mod batch;
 mod messages;
+mod purge;
 mod rooms;
 mod users;
 
@@ -20,6 +21,7 @@ use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::AfterCommit;
 pub use messages::StoredMessage;
+pub use purge::{Purged, purge_now_and_then};
 pub use rooms::{GroupListing, Room, RoomKind, RoomSummary, SignedIn};
 pub use users::{LoginFailures, User};
 

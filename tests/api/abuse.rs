@@ -17,6 +17,7 @@ on_both_databases!(
     strangers_cannot_use_up_someones_rooms,
     people_leave_groups_hide_conversations_and_block,
     logging_out_closes_that_sessions_sockets,
+    nothing_nobody_can_use_is_kept_forever,
 );
 
 /// Writes `count` messages of `chars` characters by `author` into the room, straight into
@@ -761,4 +762,87 @@ async fn half_sent_requests_time_out_and_one_address_holds_its_share() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Expired sessions and guest accounts nobody can sign in as again once lived forever.
+/// They are purged now (one node at a time), except guests whose name is on a message.
+async fn nothing_nobody_can_use_is_kept_forever(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let log_out = |user: &crate::helpers::TestUser| {
+        app.http()
+            .post(app.url("/logout"))
+            .header("cookie", &user.cookie)
+            .header("origin", app.origin())
+            .send()
+    };
+    let silent = app.guest().await;
+    let poster = app.guest().await;
+    let mut socket = app.connect(&poster).await;
+    socket.say("a guest was here").await;
+    socket.wait_for_message("a guest was here").await;
+    socket.close().await;
+    let recent = app.guest().await;
+    for guest in [&silent, &poster, &recent] {
+        assert_eq!(log_out(guest).await.expect("logout").status(), 303);
+    }
+    app.signup("member").await;
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.database_url)
+        .await
+        .expect("the test's database");
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.expect(sql);
+            n
+        }
+    };
+    // Every guest but the most recent joined long ago; the member's session has expired.
+    let (recent_id,): (String,) =
+        sqlx::query_as("SELECT id FROM users WHERE password_hash IS NULL ORDER BY id DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .expect("the recent guest");
+    sqlx::query("UPDATE users SET created_at = 0 WHERE id <> $1")
+        .bind(&recent_id)
+        .execute(&pool)
+        .await
+        .expect("aged");
+    sqlx::query("UPDATE sessions SET expires_at = 1")
+        .execute(&pool)
+        .await
+        .expect("expired");
+    let guests = "SELECT COUNT(*) FROM users WHERE password_hash IS NULL";
+    assert_eq!(count(guests).await, 3);
+
+    let store = wirechat::store::Store::connect(&app.database_url)
+        .await
+        .expect("a second node's store");
+    let now = wirechat::store::now_ms();
+    let purged = store
+        .purge(now, now - 86_400_000)
+        .await
+        .expect("purge")
+        .expect("the first node to ask purges");
+    assert_eq!(purged.guests, 1, "{purged:?}");
+    assert!(purged.sessions >= 1, "{purged:?}");
+    assert_eq!(
+        count(guests).await,
+        2,
+        "the guest who posted, and the recent one, stay"
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM sessions").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM messages").await, 1);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM users WHERE password_hash IS NOT NULL").await,
+        1
+    );
+    // Another node asking now finds the turn taken.
+    assert_eq!(
+        store.purge(now, now - 86_400_000).await.expect("purge"),
+        None
+    );
+    store.close().await;
+    pool.close().await;
 }
