@@ -53,6 +53,8 @@
         const els = [...t.content.children];
         if (frame.swap === 'afterbegin') els.reverse();
         els.forEach((el) => place(target, el, frame.swap));
+        // A further page of groups: show where it starts.
+        if (target.id === 'browse-results' && els[0]) els[0].scrollIntoView({ block: 'nearest' });
         break;
       }
       default: target.innerHTML = frame.html;
@@ -68,7 +70,8 @@
     if (frame.selector === '#load-older') loadingOlder = false;
     if (frame.selector === '#errors' || frame.selector === '#typing') {
       clearTimeout(timers[frame.selector]);
-      timers[frame.selector] = setTimeout(() => { target.innerHTML = ''; }, 5000);
+      // A message with something to do (Unblock) stays until the next one.
+      if (!target.querySelector('button')) timers[frame.selector] = setTimeout(() => { target.innerHTML = ''; }, 5000);
     }
     if (frame.selector === '#group-name') { status(''); markActive(); }
   }
@@ -191,6 +194,8 @@
     input.value = '';
     $('#message-text').focus();
   });
+
+  $('#blocked').addEventListener('toggle', (e) => { if (e.target.open) send('Blocked people', {}); });
 
   let loadingOlder = false;
   list().addEventListener('scroll', () => {

@@ -55,6 +55,8 @@ pub enum Action {
     UnblockUser {
         username: String,
     },
+    /// The people the user blocked, into the sidebar.
+    BlockedPeople,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +172,7 @@ impl Action {
             "Unblock user" => Action::UnblockUser {
                 username: data::<UserData>(action, envelope.data)?.username,
             },
+            "Blocked people" => Action::BlockedPeople,
             _ => {
                 let shown: String = action.chars().take(40).collect();
                 return Err(InputError(format!("Unknown action \"{shown}\".")));
@@ -352,6 +355,7 @@ mod tests {
                 Just("Hide conversation".to_string()),
                 Just("Block user".to_string()),
                 Just("Unblock user".to_string()),
+                Just("Blocked people".to_string()),
                 ".*",
             ]
         }

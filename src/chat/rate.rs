@@ -29,7 +29,8 @@ pub fn action_cost(action: &Action) -> f64 {
         | Action::LeaveGroup { .. }
         | Action::HideConversation { .. }
         | Action::BlockUser { .. }
-        | Action::UnblockUser { .. } => 2.0,
+        | Action::UnblockUser { .. }
+        | Action::BlockedPeople => 2.0,
         Action::CreateGroup { .. } => 5.0,
     }
 }

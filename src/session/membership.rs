@@ -8,12 +8,14 @@ use std::sync::Arc;
 use super::{ActionError, Entry, Session, refuse};
 use crate::chat::names::{GroupName, InputError, Username};
 use crate::chat::protocol::{Swap, frame};
-use crate::layer::{Event, room_group, user_group};
+use crate::layer::{Event, user_group};
 use crate::store::{Room, RoomKind, User, now_ms};
 use crate::views;
 
 /// Groups listed on one page of "Browse groups".
 const BROWSE_PAGE: i64 = 20;
+/// People listed under "Blocked people", at most (the most recently blocked).
+const BLOCKED_LISTED: i64 = 200;
 /// The window of the per-hour limits on new rooms.
 const HOUR_MS: i64 = 3_600_000;
 
@@ -46,8 +48,17 @@ impl Session {
             self.hub.store.join_group(&room.id, &self.user.id).await?;
             // Only the new member hears of it: on each of their sockets, on every node.
             self.announce_room(&self.user.clone(), &room, None).await;
+            self.refresh_listing(&room).await?;
         }
-        self.enter(Entry::group(room, true)).await?;
+        self.enter(Entry::group(room.clone(), true)).await?;
+        if !member {
+            let name = room.name.as_deref().unwrap_or_default();
+            if created {
+                self.send_notice(&format!("You created #{name}."));
+            } else {
+                self.send_notice(&format!("You joined #{name}."));
+            }
+        }
         Ok(())
     }
 
@@ -115,6 +126,7 @@ impl Session {
         }
         self.remove_room(&self.user.id.clone(), &room).await;
         self.step_out_of(&room.id).await?;
+        self.refresh_listing(&room).await?;
         self.send_notice(&format!("You left #{}.", name.as_str()));
         Ok(())
     }
@@ -136,6 +148,10 @@ impl Session {
         )
         .await;
         self.step_out_of(&room.id).await?;
+        self.send_notice(&format!(
+            "Your conversation with {} is hidden until one of you writes in it.",
+            peer.username
+        ));
         Ok(())
     }
 
@@ -154,9 +170,11 @@ impl Session {
         }
         tracing::info!(by = %self.user.username, blocked = %peer.username, "user blocked");
         self.send_notice(&format!(
-            "You blocked {}: neither of you can open your conversation until you unblock them.",
+            "You blocked {}: neither of you can open your conversation until you unblock \
+             them (under \"Blocked people\" in the sidebar).",
             peer.username
         ));
+        self.list_blocked().await?;
         Ok(())
     }
 
@@ -176,18 +194,67 @@ impl Session {
             }
         }
         self.send_notice(&format!("You unblocked {}.", peer.username));
+        self.list_blocked().await?;
+        Ok(())
+    }
+
+    /// The people the user blocked, each with a way to unblock, into the sidebar's list.
+    pub(super) async fn list_blocked(&self) -> Result<(), ActionError> {
+        let blocked = self
+            .hub
+            .store
+            .blocked_by(&self.user.id, BLOCKED_LISTED)
+            .await?;
+        self.send(super::Direct::Frame(frame(
+            "#blocked-list",
+            Swap::Inner,
+            &views::blocked_people(&blocked).into_string(),
+        )));
+        Ok(())
+    }
+
+    /// Replaces the group's row in an open "Browse groups" dialog, after joining or leaving.
+    async fn refresh_listing(&self, room: &Room) -> Result<(), ActionError> {
+        let name = room.name.as_deref().unwrap_or_default();
+        let listing = self
+            .hub
+            .store
+            .browse_groups(&self.user.id, name, "", 1)
+            .await?;
+        if let Some(listing) = listing.first().filter(|l| l.room.id == room.id) {
+            self.send(super::Direct::Frame(frame(
+                &format!("#browse-{}", room.id),
+                Swap::Outer,
+                &views::group_listings(std::slice::from_ref(listing), false).into_string(),
+            )));
+        }
         Ok(())
     }
 
     /// One page of the public groups, with member counts, into the browse dialog.
     pub(super) async fn browse_groups(&self, query: &str, after: &str) -> Result<(), ActionError> {
-        let prefix = match query.trim() {
-            "" | "#" => String::new(),
-            q => GroupName::parse(q)?.as_str().to_owned(),
+        let parsed = |raw: &str| match raw.trim() {
+            "" | "#" => Ok(String::new()),
+            q => GroupName::parse(q).map(|n| n.as_str().to_owned()),
         };
-        let after = match after.trim() {
-            "" => String::new(),
-            a => GroupName::parse(a)?.as_str().to_owned(),
+        let (prefix, after) = match (parsed(query), parsed(after)) {
+            (Ok(prefix), Ok(after)) => (prefix, after),
+            (Err(e), _) | (_, Err(e)) => {
+                // Said in the dialog, where the person is looking.
+                self.send(super::Direct::Frames(vec![
+                    frame(
+                        "#browse-results",
+                        Swap::Inner,
+                        &maud::html! { li.error role="alert" { (e.0) } }.into_string(),
+                    ),
+                    frame(
+                        "#browse-more",
+                        Swap::Outer,
+                        &views::browse_more("", None).into_string(),
+                    ),
+                ]));
+                return Ok(());
+            }
         };
         let mut page = self
             .hub
@@ -221,6 +288,9 @@ impl Session {
 
     /// The user a name means, or a refusal saying there is none.
     async fn user_named(&self, raw_name: &str) -> Result<User, ActionError> {
+        if raw_name.trim().is_empty() {
+            return refuse("Type a username.");
+        }
         let shown: String = raw_name.chars().take(32).collect();
         let no_such_user = || InputError(format!("There is no user named \"{shown}\"."));
         let name = Username::parse(raw_name).map_err(|_| no_such_user())?;
@@ -297,11 +367,10 @@ impl Session {
 
     /// When this socket shows `room_id`, shows another of the user's rooms instead (`#hi`
     /// first), or none.
-    async fn step_out_of(&mut self, room_id: &str) -> Result<(), ActionError> {
+    pub(super) async fn step_out_of(&mut self, room_id: &str) -> Result<(), ActionError> {
         if self.active.as_ref().is_none_or(|a| a.room.id != room_id) {
             return Ok(());
         }
-        self.hub.layer.leave(&room_group(room_id), self.member.id);
         let rooms = self.hub.store.rooms_of(&self.user.id).await?;
         let next = rooms
             .iter()

@@ -448,6 +448,31 @@ impl Session {
         .await
     }
 
+    /// When the room shown is one the user may no longer use, shows another, saying why.
+    async fn step_out_of_revoked(&mut self) -> Result<(), StoreError> {
+        let Some(active) = &self.active else {
+            return Ok(());
+        };
+        if !self.revoked.contains(&active.room.id) {
+            return Ok(());
+        }
+        let why = match &active.peer {
+            Some(peer) => format!("Your conversation with {} is closed.", peer.username),
+            None => format!(
+                "You left #{}.",
+                active.room.name.as_deref().unwrap_or_default()
+            ),
+        };
+        let room_id = active.room.id.clone();
+        match self.step_out_of(&room_id).await {
+            Ok(()) => {}
+            Err(ActionError::Store(e)) => return Err(e),
+            Err(_) => {}
+        }
+        self.send_notice(&why);
+        Ok(())
+    }
+
     /// Shows no room: the user is in none (or left the last one).
     async fn enter_nothing(&mut self) {
         if let Some(previous) = self.active.take() {
@@ -468,7 +493,21 @@ impl Session {
     }
 
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
-        while let Some(Ok(message)) = stream.next().await {
+        loop {
+            let message = tokio::select! {
+                message = stream.next() => match message {
+                    Some(Ok(message)) => message,
+                    _ => break,
+                },
+                // The room shown was taken away on another socket (left, or closed by a
+                // block): move on, as that socket did.
+                () = self.revoked.changed() => {
+                    if let Err(e) = Box::pin(self.step_out_of_revoked()).await {
+                        tracing::warn!(error = %e, "could not move on from a room taken away");
+                    }
+                    continue;
+                }
+            };
             match message {
                 Message::Text(text) => {
                     self.backlog.wait_for_room().await;
@@ -547,6 +586,7 @@ impl Session {
             Action::HideConversation { username } => self.hide_conversation(&username).await,
             Action::BlockUser { username } => self.block_user(&username).await,
             Action::UnblockUser { username } => self.unblock_user(&username).await,
+            Action::BlockedPeople => self.list_blocked().await,
         }
     }
 

@@ -5,6 +5,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::Notify;
+
 use axum::extract::ws::Utf8Bytes;
 
 use super::{Direct, Outbound, messages_frame};
@@ -43,11 +45,19 @@ pub(super) struct View {
 /// conversations closed by a block. The writer keeps it as events say so; the reader
 /// reads it before posting.
 #[derive(Default)]
-pub(super) struct Revoked(Mutex<HashSet<Arc<str>>>);
+pub(super) struct Revoked {
+    rooms: Mutex<HashSet<Arc<str>>>,
+    added: Notify,
+}
 
 impl Revoked {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves once a room was added since the last time it did.
+    pub(super) async fn changed(&self) {
+        self.added.notified().await
     }
 
     pub(super) fn contains(&self, room: &str) -> bool {
@@ -56,6 +66,7 @@ impl Revoked {
 
     pub(super) fn insert(&self, room: Arc<str>) {
         self.lock().insert(room);
+        self.added.notify_one();
     }
 
     pub(super) fn remove(&self, room: &str) {

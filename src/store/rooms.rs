@@ -334,6 +334,22 @@ impl Store {
         Ok(())
     }
 
+    /// The people `blocker` blocked, most recent first, at most `limit`.
+    pub async fn blocked_by(&self, blocker: &str, limit: i64) -> StoreResult<Vec<User>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT u.id, u.username FROM blocks b JOIN users u ON u.id = b.blocked_id \
+             WHERE b.blocker_id = $1 ORDER BY b.created_at DESC LIMIT $2",
+        )
+        .bind(blocker)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, username)| User { id, username })
+            .collect())
+    }
+
     /// Whether `a` blocked `b`, and whether `b` blocked `a`.
     pub async fn blocks_between(&self, a: &str, b: &str) -> StoreResult<(bool, bool)> {
         let rows: Vec<(String,)> = sqlx::query_as(

@@ -145,7 +145,7 @@ pub fn group_listings(page: &[GroupListing], first_page: bool) -> Markup {
         }
         @for listing in page {
             @let name = listing.room.name.as_deref().unwrap_or_default();
-            li {
+            li id={ "browse-" (listing.room.id) } {
                 span.room-name { "#" (name) }
                 span.muted {
                     @if listing.members >= GroupListing::COUNTED {
@@ -189,8 +189,8 @@ pub fn room_actions(room: &Room, peer: Option<&User>) -> Markup {
                 @let who = serde_json::json!({ "username": peer.username });
                 button.link type="button" data-action="Hide conversation" data-payload=(who)
                     title="Take it out of the sidebar until someone writes" { "Hide" }
-                button.link type="button" data-action="Block user" data-payload=(who)
-                    data-confirm={ "Block " (peer.username) "? Neither of you will be able to open this conversation." } { "Block" }
+                button.link.danger type="button" data-action="Block user" data-payload=(who)
+                    data-confirm={ "Block " (peer.username) "? Neither of you will be able to open or write in this conversation until you unblock them (under \"Blocked people\" in the sidebar). Its history is kept." } { "Block" }
             }
             _ => {
                 button.link type="button" data-action="Leave group"
@@ -242,6 +242,10 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
                 label.visually-hidden for="new-direct-name" { "Username to message" }
                 input #new-direct-name name="username" placeholder="username" maxlength="32";
                 button type="submit" { "Message" }
+            }
+            details #blocked {
+                summary { "Blocked people" }
+                ul #blocked-list {}
             }
             h2 { "Online" }
             ul #people {
@@ -416,6 +420,22 @@ pub fn error(text: &str) -> Markup {
 /// What an action did, where errors go.
 pub fn notice(text: &str) -> Markup {
     html! { p.notice role="status" { (text) } }
+}
+
+/// The people the user blocked, each with a way to unblock.
+pub fn blocked_people(people: &[User]) -> Markup {
+    html! {
+        @if people.is_empty() {
+            li.muted { "Nobody." }
+        }
+        @for person in people {
+            li {
+                span.room-name { bdi { (person.username) } }
+                button.link type="button" data-action="Unblock user"
+                    data-payload=(serde_json::json!({ "username": person.username })) { "Unblock" }
+            }
+        }
+    }
 }
 
 /// Refusing to open a conversation with someone the user blocked, with a way back.

@@ -572,17 +572,17 @@ async fn people_leave_groups_hide_conversations_and_block(backend: Backend) {
     let mut a2 = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
 
-    // Leaving: every socket of hers drops the group and can no longer post in it.
+    // Leaving: every socket of hers drops the group, and one showing it moves on.
     a2.enter_group("python").await;
     let python = a2.room_id.clone();
     a.act("Leave group", json!({ "groupName": "python" })).await;
-    let notice = a.wait_for(|f| f.selector == "#errors").await;
-    assert!(notice.html.contains("You left #python"), "{}", notice.html);
+    a.wait_for_notice("You left #python").await;
     let removed = format!("#room-{python}");
     a2.wait_for(|f| f.selector == removed && f.swap == "remove")
         .await;
-    a2.say("still here?").await;
-    assert!(a2.wait_for_error().await.contains("no longer post"));
+    let moved = a2.wait_for(|f| f.selector == "#group-name").await;
+    assert!(!moved.html.contains(&python), "{}", moved.html);
+    a2.wait_for_notice("You left #python").await;
     assert!(!app.page(&ann.cookie).await.contains("#python"));
     b.enter_group("python").await;
     b.say("python news").await;
@@ -604,25 +604,29 @@ async fn people_leave_groups_hide_conversations_and_block(backend: Backend) {
     assert!(!app.page(&ann.cookie).await.contains(&direct));
     b.enter_direct("ann").await;
     b.say("are you there?").await;
-    let back = a2
-        .wait_for(|f| f.selector == "#directs" && f.html.contains(&direct))
-        .await;
-    assert_eq!(back.swap, "beforeend");
+    // Back on every socket of hers, the one that hid it too, with its unread badge.
+    for socket in [&mut a, &mut a2] {
+        let back = socket
+            .wait_for(|f| f.selector == "#directs" && f.html.contains(&direct))
+            .await;
+        assert_eq!(back.swap, "beforeend");
+        let badge = format!("#unread-{direct}");
+        let unread = socket.wait_for(|f| f.selector == badge).await;
+        assert_eq!(unread.html, "1");
+    }
     assert!(app.page(&ann.cookie).await.contains(&direct));
 
-    // Blocking: bob can neither post in their conversation nor open it again; nor can
-    // she, until she unblocks him.
+    // Blocking: bob is moved out of their conversation and can neither post in it nor
+    // open it again; nor can she, until she unblocks him.
     a.act("Block user", json!({ "username": "bob" })).await;
-    assert!(
-        a.wait_for(|f| f.selector == "#errors")
-            .await
-            .html
-            .contains("You blocked bob")
-    );
+    a.wait_for_notice("You blocked bob").await;
+    let listed = a.wait_for(|f| f.selector == "#blocked-list").await;
+    assert!(listed.html.contains("Unblock"), "{}", listed.html);
     b.wait_for(|f| f.selector == entry && f.swap == "remove")
         .await;
-    b.say("let me in").await;
-    assert!(b.wait_for_error().await.contains("no longer post"));
+    let moved = b.wait_for(|f| f.selector == "#group-name").await;
+    assert!(!moved.html.contains(&direct), "{}", moved.html);
+    b.wait_for_notice("is closed").await;
     b.act(
         "Change group",
         json!({ "groupName": "ann", "isGroup": false }),

@@ -366,7 +366,25 @@ async fn new_groups_appear_for_their_members(backend: Backend) {
     assert!(found.html.contains("#rust-lang"), "{}", found.html);
     assert!(found.html.contains("1 member"), "{}", found.html);
     assert!(found.html.contains("Join"), "{}", found.html);
-    b.enter_group("rust-lang").await;
+    b.act(
+        "Change group",
+        json!({ "groupName": "rust-lang", "isGroup": true }),
+    )
+    .await;
+    // The row in an open dialog now says so.
+    let row = b
+        .wait_for(|f| {
+            f.selector.starts_with("#browse-")
+                && f.selector != "#browse-more"
+                && f.swap == "outerHTML"
+        })
+        .await;
+    assert!(
+        row.html.contains("2 members") && row.html.contains("Leave"),
+        "{}",
+        row.html
+    );
+    b.wait_for_notice("You joined #rust-lang").await;
     assert!(
         app.page(&bob.cookie).await.contains("#rust-lang"),
         "groups come from the database"

@@ -433,10 +433,20 @@ impl Client {
         .await
     }
 
-    /// Waits for an error fragment and returns its text.
+    /// Waits for an error fragment (not a notice) and returns its text.
     pub async fn wait_for_error(&mut self) -> String {
-        let frame = self.wait_for(|f| f.selector == "#errors").await;
+        let frame = self
+            .wait_for(|f| f.selector == "#errors" && f.html.contains("class=\"error\""))
+            .await;
         frame.html
+    }
+
+    /// Waits for a notice (what an action did) that says `text`.
+    pub async fn wait_for_notice(&mut self, text: &str) {
+        self.wait_for(|f| {
+            f.selector == "#errors" && f.html.contains("class=\"notice\"") && f.html.contains(text)
+        })
+        .await;
     }
 
     /// Sends a marker message and returns every frame that arrived before its echo: a way to
