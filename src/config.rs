@@ -211,8 +211,8 @@ pub struct Config {
     )]
     pub secure_cookies: bool,
 
-    /// Sign-in attempts (log in, sign up, guest) allowed per minute from one address, and
-    /// log-in attempts per minute for one account; `off` for load tests.
+    /// Sign-in attempts (log in, sign up, guest) allowed per minute from one address; `off`
+    /// turns off every sign-in limit (failed log-ins too), for load tests.
     #[arg(
         long,
         env = "WIRECHAT_AUTH_RATE_LIMIT",

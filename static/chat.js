@@ -67,7 +67,7 @@
       if (frame.swap === 'innerHTML') $('#new-pill').hidden = true;
       checkGaps();
     }
-    if (frame.selector === '#load-older') loadingOlder = false;
+    if (frame.selector === '#load-older' || frame.selector === '#errors') loadingOlder = false;
     if (frame.selector === '#errors' || frame.selector === '#typing') {
       clearTimeout(timers[frame.selector]);
       // A message with something to do (Unblock) stays until the next one.
@@ -86,13 +86,18 @@
     }
     return null;
   }
+  let gapDelay = 1000;
   function checkGaps() {
     clearTimeout(gapTimer);
-    if (firstGap() === null) return;
+    if (firstGap() === null) { gapDelay = 1000; return; }
     gapTimer = setTimeout(() => {
       const after = firstGap();
-      if (after !== null) send('Catch up', { afterSeq: after });
-    }, 1000);
+      if (after === null) return;
+      send('Catch up', { afterSeq: after });
+      // Keep asking, less and less often, while the gap stays (a refusal, a quiet room).
+      gapDelay = Math.min(gapDelay * 2, 30000);
+      checkGaps();
+    }, gapDelay);
   }
 
   function localTimes() {

@@ -119,8 +119,12 @@ fn data<T: serde::de::DeserializeOwned>(
     action: &str,
     value: serde_json::Value,
 ) -> Result<T, InputError> {
-    serde_json::from_value(value)
-        .map_err(|e| InputError(format!("Invalid data for \"{action}\": {e}.")))
+    serde_json::from_value(value).map_err(|e| {
+        // serde quotes the offending value: a long one would make the answer longer than
+        // the question.
+        let reason: String = e.to_string().chars().take(160).collect();
+        InputError(format!("Invalid data for \"{action}\": {reason}."))
+    })
 }
 
 impl Action {
@@ -309,6 +313,11 @@ mod tests {
         }
         let deep = "[".repeat(10_000);
         assert!(Action::parse(&deep).is_err());
+        let long = format!(
+            r#"{{"action":"Load older","data":{{"beforeSeq":"{}"}}}}"#,
+            "x".repeat(40_000)
+        );
+        assert!(Action::parse(&long).unwrap_err().0.len() < 300);
     }
 
     #[test]

@@ -12,8 +12,10 @@ use std::time::Instant;
 
 use super::protocol::Action;
 
-/// Messages read from history that cost one unit of a user's action budget.
+/// Messages read from history that cost one unit of a user's action budget...
 pub const MESSAGES_PER_UNIT: f64 = 25.0;
+/// ...or bytes of their text, whichever costs more.
+pub const BYTES_PER_UNIT: f64 = 64.0 * 1024.0;
 
 /// What an action costs from its user's budget before anything it reads from history (which
 /// is charged afterwards, per `MESSAGES_PER_UNIT`): about one unit per store query or

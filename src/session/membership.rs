@@ -50,6 +50,8 @@ impl Session {
             self.announce_room(&self.user.clone(), &room, None).await;
             self.refresh_listing(&room).await?;
         }
+        // A member again, whatever another socket was told before.
+        self.revoked.remove(&room.id);
         self.enter(Entry::group(room.clone(), true)).await?;
         if !member {
             let name = room.name.as_deref().unwrap_or_default();
@@ -104,6 +106,8 @@ impl Session {
             let me = self.user.clone();
             self.announce_room(&me, &room, Some(&peer)).await;
         }
+        // No block either way, as just checked.
+        self.revoked.remove(&room.id);
         self.enter(Entry {
             room,
             peer: Some(peer),
@@ -180,17 +184,21 @@ impl Session {
 
     pub(super) async fn unblock_user(&mut self, raw_name: &str) -> Result<(), ActionError> {
         let peer = self.user_named(raw_name).await?;
-        self.hub.store.unblock(&self.user.id, &peer.id).await?;
+        if !self.hub.store.unblock(&self.user.id, &peer.id).await? {
+            return refuse(format!("You had not blocked {}.", peer.username));
+        }
         if let Some(room) = self.hub.store.find_direct(&self.user, &peer).await? {
             let (_, blocked_me) = self
                 .hub
                 .store
                 .blocks_between(&self.user.id, &peer.id)
                 .await?;
-            if !blocked_me {
-                let me = self.user.clone();
-                self.announce_room(&me, &room, Some(&peer)).await;
-                self.announce_room(&peer, &room, Some(&me)).await;
+            // The conversation comes back for each of them who had not hidden it.
+            let me = self.user.clone();
+            for (owner, other) in [(&me, &peer), (&peer, &me)] {
+                if !blocked_me && !self.hub.store.hidden_for(&room.id, &owner.id).await? {
+                    self.announce_room(owner, &room, Some(other)).await;
+                }
             }
         }
         self.send_notice(&format!("You unblocked {}.", peer.username));
@@ -384,6 +392,8 @@ impl Session {
             .cloned();
         match next {
             Some(next) => {
+                // Read from the memberships just now, and not closed by a block.
+                self.revoked.remove(&next.room.id);
                 self.enter(Entry {
                     room: next.room,
                     peer: next.peer,

@@ -20,7 +20,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 
 use crate::chat::names::{InputError, MessageText};
 use crate::chat::protocol::{Action, Swap, frame, frame_around, json_escaped};
-use crate::chat::rate::{MESSAGES_PER_UNIT, action_cost};
+use crate::chat::rate::{BYTES_PER_UNIT, MESSAGES_PER_UNIT, action_cost};
 use crate::hub::Hub;
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
 use crate::store::{
@@ -95,7 +95,10 @@ impl Direct {
             Direct::Frames(frames) | Direct::NoRoom(frames) | Direct::Enter { frames, .. } => {
                 frames.iter().map(|f| f.len()).sum()
             }
-            Direct::Missed { messages, .. } => messages.iter().map(|m| m.body.len() + 300).sum(),
+            // Escaped, a character of text can take six bytes (`"` is `&quot;`).
+            Direct::Missed { messages, .. } => {
+                messages.iter().map(|m| 6 * m.body.len() + 400).sum()
+            }
             Direct::Rooms { .. } | Direct::Entering { .. } | Direct::NotEntered { .. } => 0,
         }
     }
@@ -523,7 +526,10 @@ impl Session {
     async fn handle(&mut self, text: &str) {
         let result = match Action::parse(text) {
             Ok(action) => Box::pin(self.act(action)).await,
-            Err(e) => Err(ActionError::Input(e)),
+            // Refusing costs a unit too, and past the budget nothing is said: a stream of
+            // bad frames is not answered frame for frame.
+            Err(e) if self.hub.budget.spend(&self.user.id, 1.0) => Err(ActionError::Input(e)),
+            Err(_) => Ok(()),
         };
         match result {
             Ok(()) => {}
@@ -542,6 +548,18 @@ impl Session {
         }
     }
 
+    /// The room this socket shows, unless the user may no longer use it (left on another
+    /// socket, or closed by a block): then nothing is read from or sent to it.
+    fn usable_room(&self) -> Result<&ActiveRoom, ActionError> {
+        match &self.active {
+            None => refuse("Enter a room first."),
+            Some(active) if self.revoked.contains(&active.room.id) => {
+                refuse("You can no longer use this room.")
+            }
+            Some(active) => Ok(active),
+        }
+    }
+
     async fn act(&mut self, action: Action) -> Result<(), ActionError> {
         let cost = action_cost(&action);
         if cost > 0.0 && !self.hub.budget.spend(&self.user.id, cost) {
@@ -557,9 +575,7 @@ impl Session {
             Action::NewMessage { text } => self.post(&text).await,
             Action::LoadOlder { before_seq } => self.load_older(before_seq).await,
             Action::CatchUp { after_seq } => {
-                let Some(active) = &self.active else {
-                    return Ok(());
-                };
+                let active = self.usable_room()?;
                 match self.catch_up(&active.room.id, after_seq).await? {
                     CatchUp::Missed { last } => {
                         let room = Arc::from(active.room.id.as_str());
@@ -604,10 +620,7 @@ impl Session {
             room: room_key.clone(),
         });
         let entered = self.show_room(entry, group, room_key.clone()).await;
-        if entered.is_ok() {
-            // Every way in checked that the user may use the room.
-            self.revoked.remove(&room_key);
-        } else {
+        if entered.is_err() {
             self.send(Direct::NotEntered { room: room_key });
             // Presence may already list the socket in the room it could not show.
             if let Some(active) = self.active.take() {
@@ -703,7 +716,7 @@ impl Session {
                     .store
                     .latest_messages(&room.id, views::PAGE_SIZE)
                     .await?;
-                self.charge_read(history.len());
+                self.charge_read(&history);
                 frames.push(frame(
                     "#history-controls",
                     Swap::Inner,
@@ -790,7 +803,7 @@ impl Session {
                 .await?;
             let Some(newest) = page.last() else { break };
             after = newest.seq;
-            self.charge_read(page.len());
+            self.charge_read(&page);
             self.send(Direct::Missed {
                 room: room.clone(),
                 messages: page,
@@ -799,20 +812,16 @@ impl Session {
         Ok(())
     }
 
-    /// Charges the user's budget for `messages` read from history.
-    fn charge_read(&self, messages: usize) {
-        self.hub
-            .budget
-            .charge(&self.user.id, messages as f64 / MESSAGES_PER_UNIT);
+    /// Charges the user's budget for `messages` read from history: by their count, or by
+    /// their size where they are long (a page of 4,000-character messages is a megabyte).
+    fn charge_read(&self, messages: &[StoredMessage]) {
+        let bytes: usize = messages.iter().map(|m| m.body.len()).sum();
+        let units = (messages.len() as f64 / MESSAGES_PER_UNIT).max(bytes as f64 / BYTES_PER_UNIT);
+        self.hub.budget.charge(&self.user.id, units);
     }
 
     async fn post(&mut self, raw: &str) -> Result<(), ActionError> {
-        let Some(active) = &self.active else {
-            return refuse("Enter a room before posting.");
-        };
-        if self.revoked.contains(&active.room.id) {
-            return refuse("You can no longer post here.");
-        }
+        let active = self.usable_room()?;
         if !self.hub.rate.allow(&self.user.id) {
             return refuse("You are sending messages too fast; wait a moment and try again.");
         }
@@ -850,15 +859,13 @@ impl Session {
     }
 
     async fn load_older(&self, before_seq: i64) -> Result<(), ActionError> {
-        let Some(active) = &self.active else {
-            return Ok(());
-        };
+        let active = self.usable_room()?;
         let page = self
             .hub
             .store
             .messages_before(&active.room.id, before_seq, views::PAGE_SIZE)
             .await?;
-        self.charge_read(page.len());
+        self.charge_read(&page);
         self.send(Direct::Frames(vec![
             messages_frame(&page, Swap::AfterBegin),
             frame(
@@ -871,14 +878,15 @@ impl Session {
     }
 
     async fn typing(&mut self) {
-        let Some(active) = &self.active else { return };
         if self
             .last_typing
             .is_some_and(|at| at.elapsed() < TYPING_EVERY)
         {
             return;
         }
-        self.last_typing = Some(Instant::now());
+        let Ok(active) = self.usable_room() else {
+            return;
+        };
         let event = Event::Viewers {
             room: Arc::from(active.room.id.as_str()),
             frame: frame(
@@ -888,6 +896,7 @@ impl Session {
             ),
         };
         let group = active.group.clone();
+        self.last_typing = Some(Instant::now());
         self.publish(&group, event).await;
     }
 
@@ -923,4 +932,41 @@ pub(crate) fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Byte
         swap,
         &views::messages(messages).into_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reply backlog counts what a catch-up puts on the wire, escaping included, or a
+    /// client that never reads could hold far more than the backlog allows.
+    #[test]
+    fn a_catch_ups_weight_is_at_least_its_frames() {
+        for text in ["plain text", "\"quoted\"", "<&>", "é"] {
+            let messages: Vec<StoredMessage> = (1..=50)
+                .map(|seq| StoredMessage {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    room_id: "r".into(),
+                    seq,
+                    author: User {
+                        id: "u".into(),
+                        username: "ann".into(),
+                    },
+                    body: text.repeat(4000 / text.len()),
+                    created_at_ms: 0,
+                })
+                .collect();
+            let frame = messages_frame(&messages, Swap::BeforeEnd);
+            let missed = Direct::Missed {
+                room: Arc::from("r"),
+                messages,
+            };
+            assert!(
+                missed.weight() >= frame.len(),
+                "{text}: {} < {}",
+                missed.weight(),
+                frame.len()
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
@@ -56,6 +56,9 @@ impl Backlog {
         }
     }
 }
+
+/// How long one write may wait for a client to read before the socket is dropped.
+const WRITE_DEADLINE: Duration = Duration::from_secs(20);
 
 pub(super) async fn write_loop(
     hub: Arc<Hub>,
@@ -114,12 +117,17 @@ pub(super) async fn write_loop(
             sink.flush().await
         };
         // A client that stops reading blocks the write; if it is meanwhile stopped as
-        // lagging (or the node stops), the connection is dropped, as no close frame could
-        // reach it.
+        // lagging (or the node stops), or the write is still blocked at its deadline (a
+        // quiet room overflows no queue), the connection is dropped, as no close frame
+        // could reach it.
         tokio::select! {
             biased;
             written = write => if written.is_err() { return },
             _ = outbox.stopped() => return,
+            _ = tokio::time::sleep(WRITE_DEADLINE) => {
+                tracing::debug!(socket = member.id, "a write was stuck; dropping the socket");
+                return;
+            }
         }
         backlog.written(replies);
         if view.ended {

@@ -57,20 +57,42 @@ impl Store {
                 .rows_affected();
         loop {
             // A guest has no password: with no session left, nobody can be them again.
-            let n = sqlx::query(
-                "DELETE FROM users WHERE id IN (SELECT u.id FROM users u \
-                 WHERE u.password_hash IS NULL AND u.created_at < $1 \
+            let guests: Vec<(String,)> = sqlx::query_as(
+                "SELECT u.id FROM users u WHERE u.password_hash IS NULL AND u.created_at < $1 \
                  AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = u.id) \
-                 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.author_id = u.id) \
-                 LIMIT $2)",
+                 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.author_id = u.id) LIMIT $2",
             )
             .bind(guests_before_ms)
             .bind(BATCH)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            purged.guests += n;
-            if n < BATCH as u64 {
+            .fetch_all(&self.pool)
+            .await?;
+            if guests.is_empty() {
+                break;
+            }
+            let list = (1..=guests.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            // Their conversations go too: the other person could neither open nor hide
+            // one with nobody in it.
+            let rooms = format!(
+                "DELETE FROM rooms WHERE kind = 'direct' AND id IN \
+                 (SELECT room_id FROM memberships WHERE user_id IN ({list}))"
+            );
+            let users = format!("DELETE FROM users WHERE id IN ({list})");
+            let mut tx = self.pool.begin().await?;
+            for sql in [&rooms, &users] {
+                let mut query = sqlx::query(sql);
+                for (id,) in &guests {
+                    query = query.bind(id);
+                }
+                let deleted = query.execute(&mut *tx).await?.rows_affected();
+                if sql == &users {
+                    purged.guests += deleted;
+                }
+            }
+            tx.commit().await?;
+            if (guests.len() as i64) < BATCH {
                 break;
             }
         }

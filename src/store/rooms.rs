@@ -325,13 +325,28 @@ impl Store {
         Ok(())
     }
 
-    pub async fn unblock(&self, blocker: &str, blocked: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2")
+    /// Lifts `blocker`'s block on `blocked`; false when there was none.
+    pub async fn unblock(&self, blocker: &str, blocked: &str) -> StoreResult<bool> {
+        let lifted = sqlx::query("DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2")
             .bind(blocker)
             .bind(blocked)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(lifted.rows_affected() > 0)
+    }
+
+    /// Whether `user_id` hid the room, with nothing new in it since.
+    pub async fn hidden_for(&self, room_id: &str, user_id: &str) -> StoreResult<bool> {
+        let (hidden,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM memberships m JOIN rooms r ON r.id = m.room_id \
+             WHERE m.room_id = $1 AND m.user_id = $2 AND m.hidden_through IS NOT NULL \
+             AND r.last_seq <= m.hidden_through",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(hidden > 0)
     }
 
     /// The people `blocker` blocked, most recent first, at most `limit`.

@@ -32,7 +32,7 @@ impl User {
 /// Failed log-ins into one account (see `Store::login_failures`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoginFailures {
-    /// From any address, recently.
+    /// From any address, in the windows that started in the last hour.
     pub recent: i64,
     /// From the address asking, since its last success.
     pub here: i64,
@@ -165,7 +165,8 @@ impl Store {
         }
     }
 
-    /// Failed log-ins into `user_id`: from `address`, and from anywhere since `since_ms`.
+    /// Failed log-ins into `user_id`: from `address`, and from anywhere in windows that
+    /// started after `since_ms`.
     pub async fn login_failures(
         &self,
         user_id: &str,
@@ -173,8 +174,8 @@ impl Store {
         since_ms: i64,
     ) -> StoreResult<LoginFailures> {
         let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(CASE WHEN last_failure_at > $3 THEN failures ELSE 0 END), \
-             0) AS BIGINT) AS recent, MAX(CASE WHEN address = $2 THEN failures END) AS here, \
+            "SELECT CAST(COALESCE(SUM(CASE WHEN window_started_at > $3 THEN window_failures \
+             ELSE 0 END), 0) AS BIGINT) AS recent, MAX(CASE WHEN address = $2 THEN failures END) AS here, \
              MAX(CASE WHEN address = $2 THEN last_failure_at END) AS here_at \
              FROM login_failures WHERE user_id = $1",
         )
@@ -190,15 +191,29 @@ impl Store {
         })
     }
 
-    pub async fn record_login_failure(&self, user_id: &str, address: &str) -> StoreResult<()> {
+    /// Counts a failed log-in from `address`: one more since its last success, and one
+    /// more in its current window (a new window once the last is `window_ms` old).
+    pub async fn record_login_failure(
+        &self,
+        user_id: &str,
+        address: &str,
+        window_ms: i64,
+    ) -> StoreResult<()> {
+        let now = now_ms();
         sqlx::query(
-            "INSERT INTO login_failures (user_id, address, failures, last_failure_at) \
-             VALUES ($1, $2, 1, $3) ON CONFLICT (user_id, address) DO UPDATE \
-             SET failures = login_failures.failures + 1, last_failure_at = $3",
+            "INSERT INTO login_failures (user_id, address, failures, last_failure_at, \
+             window_failures, window_started_at) VALUES ($1, $2, 1, $3, 1, $3) \
+             ON CONFLICT (user_id, address) DO UPDATE SET \
+             failures = login_failures.failures + 1, last_failure_at = $3, \
+             window_failures = CASE WHEN login_failures.window_started_at > $4 \
+                 THEN login_failures.window_failures + 1 ELSE 1 END, \
+             window_started_at = CASE WHEN login_failures.window_started_at > $4 \
+                 THEN login_failures.window_started_at ELSE $3 END",
         )
         .bind(user_id)
         .bind(address)
-        .bind(now_ms())
+        .bind(now)
+        .bind(now - window_ms)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -203,7 +203,11 @@ async fn login(
                 state
                     .hub
                     .store
-                    .record_login_failure(&user.id, &address)
+                    .record_login_failure(
+                        &user.id,
+                        &address,
+                        LoginGuard::ACCOUNT_WINDOW.as_millis() as i64,
+                    )
                     .await?;
             }
             Ok(wrong_credentials(username.as_str()))

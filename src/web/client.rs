@@ -119,6 +119,15 @@ impl Proxies {
     }
 }
 
+/// The address limits are kept by: an IPv4 address, or an IPv6 address's /64 (one
+/// subscriber commonly has a whole /64 to pick addresses from).
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
+        v4 => v4,
+    }
+}
+
 fn parse_forwarded(entry: &str) -> Option<IpAddr> {
     entry
         .parse::<IpAddr>()
@@ -206,6 +215,19 @@ mod tests {
         // Garbage where the proxy's entry should be: the peer, not a guess.
         let garbage = headers(&[("x-forwarded-for", "1.2.3.4, garbage")]);
         assert_eq!(proxied.client_ip(peer, &garbage), peer.ip());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(network_of(a), network_of(b));
+        assert_ne!(
+            network_of(a),
+            network_of("2001:db8:1:3::1".parse().unwrap())
+        );
+        let v4: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(network_of(v4), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::HeaderMap;
 
-use super::client::Proxies;
+use super::client::{Proxies, network_of};
 use crate::chat::rate::{RateConfig, RateLimiter};
 use crate::config::AuthRateLimit;
 use crate::store::LoginFailures;
@@ -43,9 +43,9 @@ impl AccessLimits {
         }
     }
 
-    /// The client's address (see `Proxies::client_ip`).
+    /// The client's address as limits see it (see `Proxies::client_ip`, `network_of`).
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        self.proxies.client_ip(peer, headers)
+        network_of(self.proxies.client_ip(peer, headers))
     }
 
     /// Takes one sign-in attempt (log in, sign up, guest) from `ip`; false when its

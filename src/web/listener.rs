@@ -58,7 +58,7 @@ pub async fn serve(
         };
         let slot = match admission.per_address {
             None => None,
-            Some(max) => match open.take(peer.ip().to_canonical(), max) {
+            Some(max) => match open.take(super::client::network_of(peer.ip()), max) {
                 Some(slot) => Some(slot),
                 None => {
                     tracing::debug!(%peer, "too many connections from one address; closed");
@@ -72,6 +72,7 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
+        cap_send_buffer(&stream);
         let Ok(service) = make_service.call(peer).await;
         let io = TokioIo::new(Counted {
             stream,
@@ -100,6 +101,30 @@ pub async fn serve(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// The kernel's send buffer for a connection. Left alone, Linux grows it to `tcp_wmem`'s
+/// maximum (4 MiB by default) while a client does not read: a few hundred such sockets
+/// held a gigabyte of kernel memory. Chat frames need far less, even to a slow link; the
+/// kernel doubles what is asked, for its own bookkeeping.
+const SEND_BUFFER: libc::c_int = 128 * 1024;
+
+fn cap_send_buffer(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setsockopt on a descriptor this stream owns, with a pointer to an int and
+    // its size, as SO_SNDBUF takes.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&SEND_BUFFER as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "could not cap the send buffer");
+    }
 }
 
 /// Open connections by address.

@@ -53,6 +53,15 @@ async fn upgrade(
     let Some(signed_in) = signed_in(&state, &jar).await? else {
         return Ok((StatusCode::UNAUTHORIZED, "Log in first.").into_response());
     };
+    // Each connect reads history, charged to the user's budget: a user in debt (reconnecting
+    // over and over) waits until it is paid back.
+    if !state.hub.budget.has(&signed_in.user.id, 0.0) {
+        return Ok((
+            StatusCode::TOO_MANY_REQUESTS,
+            "Reconnecting too often; wait a moment.",
+        )
+            .into_response());
+    }
     let Some(slot) = state.access.open_socket(&signed_in.user.id) else {
         return Ok((
             StatusCode::TOO_MANY_REQUESTS,

@@ -18,6 +18,8 @@ on_both_databases!(
     people_leave_groups_hide_conversations_and_block,
     logging_out_closes_that_sessions_sockets,
     nothing_nobody_can_use_is_kept_forever,
+    bad_frames_are_answered_briefly_and_within_the_budget,
+    failed_log_ins_count_against_an_account_for_an_hour,
 );
 
 /// Writes `count` messages of `chars` characters by `author` into the room, straight into
@@ -67,25 +69,20 @@ async fn drain(client: &mut Client) -> Vec<crate::helpers::Frame> {
 
 /// One guest with 20 sockets asks each to catch up on a 5,000-message history of long
 /// messages, three times, and then resumes on 20 new sockets from before the beginning. It
-/// once took a node from 22 MB to 443 MB (every catch-up read the whole history); now each
-/// answer is the room's newest page, or a refusal once the guest's budget is spent, and the
-/// node's peak memory barely moves. The same with a budget too large to matter: the
-/// catch-up window alone bounds it.
+/// once took a node from 22 MB to 443 MB (every catch-up read the whole history). With the
+/// default budget, the guest's connects (each reads a page of history) spend it, and the
+/// next connects and catch-ups are refused; with a budget too large to matter, every
+/// catch-up and resume is shown the room's newest page, and the node's peak memory barely
+/// moves either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_and_resume_are_bounded_whatever_the_history() {
-    let (afresh, refused) = catch_up_attack(&[]).await;
-    assert!(
-        refused > 0,
-        "the guest's budget ran out ({afresh} shown afresh)"
-    );
-    let unlimited = ["--action-budget-burst", "1000000"].map(String::from);
-    let (afresh, refused) = catch_up_attack(&unlimited).await;
-    assert_eq!((afresh, refused), (60, 0));
+    catch_up_attack(&[]).await;
+    catch_up_attack(&["--action-budget-burst", "1000000"].map(String::from)).await;
 }
 
-/// The attack above on a node started with `args`: how many catch-ups were shown afresh,
-/// and how many refused.
-async fn catch_up_attack(args: &[String]) -> (usize, usize) {
+/// The attack above on a node started with `args`.
+async fn catch_up_attack(args: &[String]) {
+    let budgeted = args.is_empty();
     let database_url = fresh_database(Backend::Sqlite).await;
     let node = start_node("127.0.0.1:0", &database_url, args, "node").await;
     let app = TestApp::at(node.addr, &database_url);
@@ -97,8 +94,21 @@ async fn catch_up_attack(args: &[String]) -> (usize, usize) {
 
     let attacker = app.guest().await;
     let mut sockets = Vec::new();
+    let mut refused_connects = 0;
     for _ in 0..20 {
-        sockets.push(app.connect(&attacker).await);
+        match app.open_socket(&attacker, "/ws/chat/").await {
+            Ok(mut socket) => {
+                socket
+                    .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
+                    .await;
+                sockets.push(socket);
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 429);
+                refused_connects += 1;
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
     }
     for socket in &mut sockets {
         for _ in 0..3 {
@@ -118,15 +128,50 @@ async fn catch_up_attack(args: &[String]) -> (usize, usize) {
             }
         }
     }
-    assert_eq!(afresh + refused, 60, "each catch-up answered once");
-    eprintln!("{afresh} catch-ups shown afresh, {refused} refused");
+    eprintln!(
+        "{} sockets ({refused_connects} refused), {afresh} catch-ups shown afresh, {refused} refused",
+        sockets.len()
+    );
+    assert_eq!(
+        afresh + refused,
+        3 * sockets.len(),
+        "each catch-up answered once"
+    );
+    if budgeted {
+        assert!(refused_connects > 0, "connecting spends the budget too");
+        assert!(refused > afresh, "the budget was spent");
+    } else {
+        assert_eq!((sockets.len(), afresh), (20, 60));
+    }
     for socket in sockets.drain(..) {
         socket.close().await;
     }
 
-    // Resuming from before the beginning (and from the very start) is shown afresh too.
+    // Resuming from before the beginning (and from the very start) is shown afresh too;
+    // with the budget spent, reconnecting waits.
     for after in ["-1", "0"] {
         let path = format!("/ws/chat/?room={room}&after={after}");
+        if budgeted {
+            // Each resume reads a page of history: the budget runs out again at once.
+            let refused = async {
+                for _ in 0..30 {
+                    match app.open_socket(&attacker, &path).await {
+                        Ok(socket) => socket.abandon(),
+                        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                            assert_eq!(response.status(), 429);
+                            return true;
+                        }
+                        Err(e) => panic!("connect: {e}"),
+                    }
+                }
+                false
+            };
+            assert!(
+                refused.await,
+                "reconnecting over and over was never refused"
+            );
+            continue;
+        }
         let mut socket = app.connect_at(&attacker, &path).await;
         let (_, skipped) = socket
             .wait_for_with_skipped(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
@@ -147,11 +192,13 @@ async fn catch_up_attack(args: &[String]) -> (usize, usize) {
         }
         sockets.push(socket);
     }
-    for _ in 0..18 {
-        sockets.push(
-            app.connect_at(&attacker, &format!("/ws/chat/?room={room}&after=-1"))
-                .await,
-        );
+    if !budgeted {
+        for _ in 0..18 {
+            sockets.push(
+                app.connect_at(&attacker, &format!("/ws/chat/?room={room}&after=-1"))
+                    .await,
+            );
+        }
     }
     for socket in &mut sockets {
         drain(socket).await;
@@ -167,7 +214,36 @@ async fn catch_up_attack(args: &[String]) -> (usize, usize) {
         grown_mib < 64,
         "peak memory grew by {grown_mib} MiB during the attack"
     );
-    (afresh, refused)
+}
+
+/// Frames that cannot be parsed cost a unit each, and are answered only within the
+/// budget, briefly: a flood of long bad frames once got each answered with an error four
+/// times its size.
+async fn bad_frames_are_answered_briefly_and_within_the_budget(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            "--action-budget-burst",
+            "5",
+            "--action-budget-per-second",
+            "0",
+        ],
+    )
+    .await;
+    let mut socket = app.connect(&app.signup("ann").await).await;
+    let long = "\"".repeat(20_000);
+    for _ in 0..20 {
+        socket.act("Load older", json!({ "beforeSeq": long })).await;
+    }
+    let answered: Vec<_> = socket
+        .frames_until_own_marker()
+        .await
+        .into_iter()
+        .filter(|f| f.selector == "#errors")
+        .collect();
+    assert!(answered.len() <= 5, "{} answers", answered.len());
+    assert!(!answered.is_empty());
+    assert!(answered.iter().all(|f| f.html.len() < 1_000));
 }
 
 /// Catching up is charged by what it reads; entering rooms, reading history and typing
@@ -627,6 +703,22 @@ async fn people_leave_groups_hide_conversations_and_block(backend: Backend) {
     let moved = b.wait_for(|f| f.selector == "#group-name").await;
     assert!(!moved.html.contains(&direct), "{}", moved.html);
     b.wait_for_notice("is closed").await;
+    // No way back in by catching up, which once re-entered the room shown.
+    b.act("Catch up", json!({ "afterSeq": -1 })).await;
+    b.say("sneaking in").await;
+    b.wait_for_message("sneaking in").await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.database_url)
+        .await
+        .expect("the test's database");
+    let (sneaked,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM messages WHERE room_id = $1 AND body = 'sneaking in'")
+            .bind(&direct)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(sneaked, 0, "posted into the closed conversation");
+    pool.close().await;
     b.act(
         "Change group",
         json!({ "groupName": "ann", "isGroup": false }),
@@ -652,6 +744,12 @@ async fn people_leave_groups_hide_conversations_and_block(backend: Backend) {
     b_again.say("from #hi").await;
     b_again.wait_for_message("from #hi").await;
 
+    // Unblocking someone one never blocked changes nothing (it once brought back a
+    // conversation its other person had hidden).
+    b_again
+        .act("Unblock user", json!({ "username": "ann" }))
+        .await;
+    assert!(b_again.wait_for_error().await.contains("had not blocked"));
     a.act("Unblock user", json!({ "username": "bob" })).await;
     b.wait_for(|f| f.selector == "#directs" && f.html.contains(&direct))
         .await;
@@ -849,4 +947,48 @@ async fn nothing_nobody_can_use_is_kept_forever(backend: Backend) {
     );
     store.close().await;
     pool.close().await;
+}
+
+/// An address that tried now and then kept adding to the account's count forever, and in
+/// a day locked the owner's new browsers out. The count is per hour now.
+async fn failed_log_ins_count_against_an_account_for_an_hour(backend: Backend) {
+    let url = fresh_database(backend).await;
+    let store = wirechat::store::Store::connect(&url)
+        .await
+        .expect("a fresh store");
+    let name = wirechat::chat::names::Username::parse("owner").expect("a name");
+    let owner = store.create_user(&name, None, None).await.expect("owner");
+    let hour = 3_600_000;
+    for _ in 0..5 {
+        store
+            .record_login_failure(&owner.id, "10.0.0.7", hour)
+            .await
+            .expect("counted");
+    }
+    let since = wirechat::store::now_ms() - hour;
+    let failures = store
+        .login_failures(&owner.id, "10.0.0.7", since)
+        .await
+        .expect("read");
+    assert_eq!((failures.here, failures.recent), (5, 5));
+    // The same failures an hour and more ago count for the address's delay, not for the
+    // account's hour.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.expect("the database");
+    sqlx::query("UPDATE login_failures SET window_started_at = window_started_at - $1")
+        .bind(2 * hour)
+        .execute(&pool)
+        .await
+        .expect("aged");
+    store
+        .record_login_failure(&owner.id, "10.0.0.7", hour)
+        .await
+        .expect("counted");
+    let failures = store
+        .login_failures(&owner.id, "10.0.0.7", since)
+        .await
+        .expect("read");
+    assert_eq!((failures.here, failures.recent), (6, 1));
+    pool.close().await;
+    store.close().await;
 }
