@@ -63,8 +63,8 @@ const unexpectedCloses = new Counter('ws_unexpected_closes');
 
 // The server's message fragments, as JSON-decoded HTML.
 const SEQ_RE = /data-seq="(\d+)"/g;
-const BODY_RE = /<p class="body">k6 (\S+) (\d+) (\d+) (\d+)<\/p>/g;
-const ROOM_RE = /data-room-id="([^"]+)">([^<]*)</;
+const BODY_RE = /<p class="body"[^>]*>k6 (\S+) (\d+) (\d+) (\d+)<\/p>/g;
+const ROOM_RE = /data-room-id="([^"]+)">(?:<bdi>)?([^<]*)</;
 
 function session() {
   const origin = BASE;
@@ -145,7 +145,8 @@ export default function () {
       return;
     }
     if (frame.selector === '#errors') {
-      errorFrames.add(1);
+      // A notice says what an action did (you joined a group); an error is a refusal.
+      if (frame.html.includes('class="error"')) errorFrames.add(1);
       return;
     }
     if (frame.selector !== '#messages-list') return;

@@ -55,7 +55,7 @@ static FIND: LazyLock<Finders> = LazyLock::new(|| Finders {
     html: Finder::new("\"html\":\""),
     swap: FinderRev::new("\"swap\":\""),
     seq: Finder::new("data-seq=\\\""),
-    body: Finder::new("<p class=\\\"body\\\">"),
+    body: Finder::new("<p class=\\\"body\\\""),
     body_end: Finder::new("</p>"),
     room_id: Finder::new("data-room-id=\\\""),
     title: Finder::new("\\\">"),
@@ -121,12 +121,21 @@ pub fn parse(text: &str) -> Frame<'_> {
             let room_id = after(html, &find.room_id)
                 .and_then(|rest| rest.split_once('\\'))
                 .map_or("", |(id, _)| id);
+            // The title is isolated for direction: `<bdi>#hi</bdi>`.
+            let title = between(html, &find.title, &find.span_end).unwrap_or("");
             Frame::RoomTitle {
                 room_id,
-                title: between(html, &find.title, &find.span_end).unwrap_or(""),
+                title: title
+                    .strip_prefix("<bdi>")
+                    .and_then(|t| t.strip_suffix("</bdi>"))
+                    .unwrap_or(title),
             }
         }
-        "#errors" => Frame::Error(string_field(text, &find.html).unwrap_or("")),
+        // A notice says what an action did; only an error is a refusal.
+        "#errors" => match string_field(text, &find.html) {
+            Some(html) if html.contains("class=\\\"notice\\\"") => Frame::Other,
+            html => Frame::Error(html.unwrap_or("")),
+        },
         _ => Frame::Other,
     }
 }
@@ -142,7 +151,11 @@ pub fn articles(html: &str) -> impl Iterator<Item = Article<'_>> {
             let Ok(seq) = rest[..digits].parse::<i64>() else {
                 continue;
             };
-            let body = between(rest, &find.body, &find.body_end).unwrap_or("");
+            // The body's tag may carry more attributes (`dir`) after its class.
+            let body = after(rest, &find.body)
+                .and_then(|tag| tag.split_once('>'))
+                .and_then(|(_, text)| text.get(..find.body_end.find(text.as_bytes())?))
+                .unwrap_or("");
             return Some(Article { seq, body });
         }
     })
@@ -172,7 +185,7 @@ mod tests {
 
     #[test]
     fn message_frames_yield_seq_and_body() {
-        let html = r#"<article class="message" id="msg-1" data-seq="41" data-author="u"><header><strong class="author">ann</strong></header><p class="body">lt abc 3 7 1700000000000000</p></article><article class="message" id="msg-2" data-seq="42" data-author="u"><p class="body">hello &amp; "bye"</p></article>"#;
+        let html = r#"<article class="message" id="msg-1" data-seq="41" data-author="u"><header><strong class="author">ann</strong></header><p class="body" dir="auto">lt abc 3 7 1700000000000000</p></article><article class="message" id="msg-2" data-seq="42" data-author="u"><p class="body">hello &amp; "bye"</p></article>"#;
         let text = server_frame("#messages-list", "beforeend", html);
         let Frame::Messages { replace, html } = parse(&text) else {
             panic!("not a message frame: {text}");
@@ -199,7 +212,7 @@ mod tests {
         let text = server_frame(
             "#group-name",
             "innerHTML",
-            r##"<span data-room-id="0191-abc">#lt-x-1</span>"##,
+            r##"<span data-room-id="0191-abc"><bdi>#lt-x-1</bdi></span>"##,
         );
         assert_eq!(
             parse(&text),
@@ -208,6 +221,18 @@ mod tests {
                 title: "#lt-x-1"
             }
         );
+    }
+
+    #[test]
+    fn notices_are_not_errors() {
+        let notice = server_frame(
+            "#errors",
+            "innerHTML",
+            r#"<p class="notice">You joined #x.</p>"#,
+        );
+        assert_eq!(parse(&notice), Frame::Other);
+        let error = server_frame("#errors", "innerHTML", r#"<p class="error">No.</p>"#);
+        assert!(matches!(parse(&error), Frame::Error(_)));
     }
 
     #[test]
