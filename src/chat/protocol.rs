@@ -18,8 +18,11 @@ pub enum Action {
         name: String,
         is_group: bool,
     },
+    /// Post to the active room. `client_id` (a UUID the client chose) makes posting the
+    /// same message again harmless.
     NewMessage {
         text: String,
+        client_id: Option<String>,
     },
     /// One page of history before `before_seq` in the active room.
     LoadOlder {
@@ -82,6 +85,8 @@ fn default_true() -> bool {
 #[derive(Deserialize)]
 struct NewMessageData {
     message: String,
+    #[serde(rename = "clientId", default)]
+    client_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -144,9 +149,21 @@ impl Action {
                     is_group: d.is_group,
                 }
             }
-            "New message" => Action::NewMessage {
-                text: data::<NewMessageData>(action, envelope.data)?.message,
-            },
+            "New message" => {
+                let d: NewMessageData = data(action, envelope.data)?;
+                let client_id = match d.client_id {
+                    None => None,
+                    Some(id) => Some(
+                        uuid::Uuid::parse_str(&id)
+                            .map_err(|_| InputError("\"clientId\" must be a UUID.".into()))?
+                            .to_string(),
+                    ),
+                };
+                Action::NewMessage {
+                    text: d.message,
+                    client_id,
+                }
+            }
             "Load older" => Action::LoadOlder {
                 before_seq: data::<LoadOlderData>(action, envelope.data)?.before_seq,
             },
@@ -288,7 +305,19 @@ mod tests {
         );
         assert_eq!(
             Action::parse(r#"{"action":"New message","data":{"message":"hi"}}"#),
-            Ok(Action::NewMessage { text: "hi".into() })
+            Ok(Action::NewMessage {
+                text: "hi".into(),
+                client_id: None
+            })
+        );
+        assert_eq!(
+            Action::parse(
+                r#"{"action":"New message","data":{"message":"hi","clientId":"0191B2C3-0000-7000-8000-000000000001"}}"#
+            ),
+            Ok(Action::NewMessage {
+                text: "hi".into(),
+                client_id: Some("0191b2c3-0000-7000-8000-000000000001".into())
+            })
         );
     }
 
@@ -301,6 +330,10 @@ mod tests {
             (
                 r#"{"action":"New message","data":{"message":5}}"#,
                 "invalid type",
+            ),
+            (
+                r#"{"action":"New message","data":{"message":"hi","clientId":"nope"}}"#,
+                "must be a UUID",
             ),
             (
                 r#"{"action":"Load older","data":{"beforeSeq":1e400}}"#,
@@ -386,7 +419,7 @@ mod tests {
             #[test]
             fn message_text_round_trips(text in ".*") {
                 let frame = serde_json::json!({ "action": "New message", "data": { "message": text } }).to_string();
-                prop_assert_eq!(Action::parse(&frame), Ok(Action::NewMessage { text: text.clone() }));
+                prop_assert_eq!(Action::parse(&frame), Ok(Action::NewMessage { text: text.clone(), client_id: None }));
                 if let Ok(valid) = MessageText::parse(&text, 4000) {
                     prop_assert!(!valid.as_str().is_empty());
                     prop_assert!(!valid.as_str().chars().any(|c| c.is_control() && c != '\n' && c != '\t'));

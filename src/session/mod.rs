@@ -24,7 +24,8 @@ use crate::chat::rate::{BYTES_PER_UNIT, MESSAGES_PER_UNIT, action_cost};
 use crate::hub::Hub;
 use crate::layer::{Event, LOBBY, Member, room_group, user_group};
 use crate::store::{
-    AfterCommit, Room, RoomKind, RoomSummary, SignedIn, StoreError, StoredMessage, User,
+    AfterCommit, Draft, Posted, Room, RoomKind, RoomSummary, SignedIn, StoreError, StoredMessage,
+    User,
 };
 use crate::views;
 
@@ -70,12 +71,19 @@ pub enum Direct {
     /// Entering `room` failed: what was held for it is let go.
     NotEntered { room: Arc<str> },
     /// The socket now has `room` active: show `frames`, which hold every message up to
-    /// `floor`; live messages up to there are dropped.
+    /// `floor`; live messages up to there are dropped. When `catching_up`, the messages
+    /// after `floor` come next (`Missed`), and live ones wait for `CaughtUp`, so that a
+    /// resuming client gets its backlog before anything newer.
     Enter {
         room: Arc<str>,
         floor: i64,
         frames: Vec<Utf8Bytes>,
+        catching_up: bool,
     },
+    /// The backlog of `room` is sent: live messages held since `Enter` follow.
+    CaughtUp { room: Arc<str> },
+    /// The client closed the socket: answer its close and stop.
+    Goodbye,
     /// The socket shows no room now: show `frames` (saying so).
     NoRoom(Vec<Utf8Bytes>),
     /// Messages of `room` read from the store (catch-up); the writer shows those the
@@ -99,7 +107,11 @@ impl Direct {
             Direct::Missed { messages, .. } => {
                 messages.iter().map(|m| 6 * m.body.len() + 400).sum()
             }
-            Direct::Rooms { .. } | Direct::Entering { .. } | Direct::NotEntered { .. } => 0,
+            Direct::Rooms { .. }
+            | Direct::Entering { .. }
+            | Direct::NotEntered { .. }
+            | Direct::CaughtUp { .. }
+            | Direct::Goodbye => 0,
         }
     }
 }
@@ -128,6 +140,18 @@ pub struct Resume {
     pub room: Option<String>,
     pub after_seq: Option<i64>,
 }
+
+/// How a socket's reading ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client sent a close frame.
+    ByClient,
+    /// The connection broke, or the session could not start.
+    Broken,
+}
+
+/// How long a socket's writer has to answer a client's close.
+const GOODBYE: Duration = Duration::from_secs(2);
 
 /// WebSocket close codes the client acts on.
 pub mod close_code {
@@ -215,12 +239,18 @@ async fn serve(
             // small read loop, not the state of the largest action it might run.
             match Box::pin(session.start(opening)).await {
                 Ok(()) => session.read_loop(stream).await,
-                Err(e) => tracing::error!(error = %e, "could not start chat session"),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start chat session");
+                    Ended::Broken
+                }
             }
         };
         tokio::select! {
             _ = &mut writer => {}
-            _ = reader => {}
+            ended = reader => if ended == Ended::ByClient {
+                // The writer answers the client's close, as RFC 6455 asks, and ends.
+                let _ = tokio::time::timeout(GOODBYE, &mut writer).await;
+            }
         }
     }
     writer.abort();
@@ -281,6 +311,8 @@ enum ActionError {
     Store(StoreError),
     /// The user blocked this person: shown with a way to unblock.
     Blocked(User),
+    /// A post with a client id was refused: said with the id.
+    PostRefused(InputError, String),
 }
 
 impl From<InputError> for ActionError {
@@ -495,12 +527,12 @@ impl Session {
         ]));
     }
 
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
+    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> Ended {
         loop {
             let message = tokio::select! {
                 message = stream.next() => match message {
                     Some(Ok(message)) => message,
-                    _ => break,
+                    _ => return Ended::Broken,
                 },
                 // The room shown was taken away on another socket (left, or closed by a
                 // block): move on, as that socket did.
@@ -517,7 +549,10 @@ impl Session {
                     self.handle(text.as_str()).await
                 }
                 Message::Binary(_) => self.send_error("Send text frames holding JSON."),
-                Message::Close(_) => break,
+                Message::Close(_) => {
+                    self.send(Direct::Goodbye);
+                    return Ended::ByClient;
+                }
                 Message::Ping(_) | Message::Pong(_) => {}
             }
         }
@@ -534,6 +569,11 @@ impl Session {
         match result {
             Ok(()) => {}
             Err(ActionError::Input(e)) => self.send_error(&e.0),
+            Err(ActionError::PostRefused(e, client_id)) => self.send(Direct::Frame(frame(
+                "#errors",
+                Swap::Inner,
+                &views::post_refused(&e.0, &client_id).into_string(),
+            ))),
             Err(ActionError::Blocked(peer)) => self.send(Direct::Frame(frame(
                 "#errors",
                 Swap::Inner,
@@ -572,7 +612,16 @@ impl Session {
             Action::ChangeGroup { name, is_group } if is_group => self.enter_group(&name).await,
             Action::CreateGroup { name } => self.enter_group(&name).await,
             Action::ChangeGroup { name, .. } => self.enter_direct(&name).await,
-            Action::NewMessage { text } => self.post(&text).await,
+            Action::NewMessage { text, client_id } => {
+                match self.post(&text, client_id.as_deref()).await {
+                    // Said with the post's id, so the page can show which one was not sent.
+                    Err(ActionError::Input(e)) => match client_id {
+                        Some(client_id) => Err(ActionError::PostRefused(e, client_id)),
+                        None => Err(ActionError::Input(e)),
+                    },
+                    other => other,
+                }
+            }
             Action::LoadOlder { before_seq } => self.load_older(before_seq).await,
             Action::CatchUp { after_seq } => {
                 let active = self.usable_room()?;
@@ -735,9 +784,13 @@ impl Session {
             room: room_key.clone(),
             floor,
             frames,
+            catching_up: missed.is_some(),
         });
         if let Some((after, last)) = missed {
-            self.send_missed(&room_key, after, last).await?;
+            let sent = self.send_missed(&room_key, after, last).await;
+            // The live messages held meanwhile follow the backlog, in seq order.
+            self.send(Direct::CaughtUp { room: room_key });
+            sent?;
         }
         Ok(())
     }
@@ -820,7 +873,7 @@ impl Session {
         self.hub.budget.charge(&self.user.id, units);
     }
 
-    async fn post(&mut self, raw: &str) -> Result<(), ActionError> {
+    async fn post(&mut self, raw: &str, client_id: Option<&str>) -> Result<(), ActionError> {
         let active = self.usable_room()?;
         if !self.hub.rate.allow(&self.user.id) {
             return refuse("You are sending messages too fast; wait a moment and try again.");
@@ -844,13 +897,31 @@ impl Session {
                 }
             })
         });
-        let stored = self
-            .hub
-            .store
-            .post_message_then(&active.room.id, &self.user, text.as_str(), publish)
-            .await;
-        match stored {
-            Ok(_) => Ok(()),
+        let draft = Draft {
+            room_id: &active.room.id,
+            author: &self.user,
+            body: text.as_str(),
+            client_id,
+        };
+        match self.hub.store.post_message_then(draft, publish).await {
+            Ok(Posted { repeat: false, .. }) => Ok(()),
+            // Posted before (a retry whose first answer was lost): stored and published
+            // then. The sender is answered as the first time, with the same article
+            // (which replaces itself on a page that has it), if it still shows that room.
+            Ok(Posted {
+                message,
+                repeat: true,
+            }) => {
+                if self
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.room.id == message.room_id)
+                {
+                    let article = messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd);
+                    self.send(Direct::Frame(article));
+                }
+                Ok(())
+            }
             Err(e) => {
                 tracing::error!(error = %e, "message not stored");
                 refuse("Your message could not be stored, so it was not sent. Please try again.")
@@ -954,6 +1025,7 @@ mod tests {
                     },
                     body: text.repeat(4000 / text.len()),
                     created_at_ms: 0,
+                    client_id: Some(uuid::Uuid::now_v7().to_string()),
                 })
                 .collect();
             let frame = messages_frame(&messages, Swap::BeforeEnd);

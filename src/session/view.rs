@@ -12,6 +12,7 @@ use axum::extract::ws::Utf8Bytes;
 use super::{Direct, Outbound, messages_frame};
 use crate::chat::protocol::{Swap, frame};
 use crate::hub::Hub;
+use crate::layer::outbox::Stop;
 use crate::layer::{Event, Member, room_group};
 use crate::store::StoredMessage;
 use crate::views;
@@ -39,6 +40,8 @@ pub(super) struct View {
     session: Arc<str>,
     /// Set when the socket's session ended: the writer then closes it.
     pub(super) ended: bool,
+    /// Set when the client closed the socket: the writer answers and stops.
+    pub(super) goodbye: bool,
 }
 
 /// Rooms a socket may no longer post in: groups the user left (on any socket) and
@@ -125,6 +128,7 @@ impl View {
                 room,
                 floor,
                 frames,
+                catching_up,
             } => {
                 out.extend(frames);
                 self.unread.insert(room.to_string(), 0);
@@ -134,11 +138,20 @@ impl View {
                     Some((entering, held)) if entering == room => held,
                     _ => Vec::new(),
                 };
-                self.active = Some(room);
-                for held in held {
-                    match held {
-                        Held::Message(seq, f) => self.show(seq, f, out),
-                        Held::Viewers(f) => out.push(f),
+                self.active = Some(room.clone());
+                if catching_up {
+                    self.entering = Some((room, held));
+                } else {
+                    self.release(held, out);
+                }
+            }
+            Direct::Goodbye => self.goodbye = true,
+            Direct::CaughtUp { room } => {
+                if let Some((entering, held)) = self.entering.take() {
+                    if entering == room {
+                        self.release(held, out);
+                    } else {
+                        self.entering = Some((entering, held));
                     }
                 }
             }
@@ -160,6 +173,11 @@ impl View {
             } => {
                 if let Some(held) = self.held_for(room) {
                     held.push(Held::Message(*seq, f.clone()));
+                    // A client that reads its backlog slower than the room talks falls
+                    // behind as surely as one with a full queue.
+                    if held.len() >= hub.limits.outbound_queue {
+                        member.outbox.stop(Stop::Lagging);
+                    }
                 } else if self.active.as_ref() == Some(room) {
                     self.show(*seq, f.clone(), out);
                 } else {
@@ -209,6 +227,16 @@ impl View {
 }
 
 impl View {
+    /// Shows what was held while entering, in the order it came.
+    fn release(&mut self, held: Vec<Held>, out: &mut Vec<Utf8Bytes>) {
+        for held in held {
+            match held {
+                Held::Message(seq, f) => self.show(seq, f, out),
+                Held::Viewers(f) => out.push(f),
+            }
+        }
+    }
+
     /// While `room` is being entered, where its events wait for its history and list.
     fn held_for(&mut self, room: &str) -> Option<&mut Vec<Held>> {
         self.entering

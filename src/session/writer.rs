@@ -133,6 +133,11 @@ pub(super) async fn write_loop(
         if view.ended {
             return close(&mut sink, close_code::LOGGED_OUT, "Logged out.").await;
         }
+        if view.goodbye {
+            // The socket answers the client's close frame on its own; this sends it.
+            let _ = sink.close().await;
+            return;
+        }
         let metrics = hub.layer.registry().metrics();
         metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
         // Only a busy node needs the time; a quiet one forgets it and reads no clock.

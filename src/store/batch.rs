@@ -13,8 +13,13 @@
 //! every poster in it gets the error. A room always goes to the same writer, and each
 //! writer hands committed batches to one publishing task, so a room's messages are
 //! published in seq order.
+//!
+//! A post may carry its client's id for it: a batch first looks up which of those its
+//! authors already used, and answers those posts with the message stored then, storing and
+//! publishing nothing. Two nodes storing the same one at once meet in the unique index; the
+//! batch that loses is stored again, and finds it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -23,10 +28,11 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::messages::{Draft, Posted, SELECT_MESSAGES, message_from_row};
 use super::{Dialect, StoreError, StoreResult, StoredMessage, User, now_ms};
 
 /// Posts stored in one transaction, at most. It also bounds the statement's parameters
-/// (five a row), well under SQLite's and PostgreSQL's limits.
+/// (six a row), well under SQLite's and PostgreSQL's limits.
 const MAX_BATCH: usize = 256;
 /// Posts waiting for each writer before posters wait to queue theirs.
 const QUEUE: usize = 4 * MAX_BATCH;
@@ -42,15 +48,25 @@ struct Post {
     room_id: String,
     author: User,
     body: String,
+    client_id: Option<String>,
     then: Option<AfterCommit>,
-    reply: oneshot::Sender<StoreResult<StoredMessage>>,
+    reply: oneshot::Sender<StoreResult<Posted>>,
 }
 
-/// A batch's posts and, index for index, what became of them: `None` for a post to a room
-/// that does not exist.
+/// What became of one post of a batch.
+#[derive(Debug)]
+enum Outcome {
+    Stored(StoredMessage),
+    /// Its author had posted it already (same client id): the message stored then.
+    Repeat(StoredMessage),
+    /// Its room does not exist.
+    NoRoom,
+}
+
+/// A batch's posts and, index for index, what became of them.
 struct Committed {
     posts: Vec<Post>,
-    stored: Result<Vec<Option<StoredMessage>>, Arc<sqlx::Error>>,
+    stored: Result<Vec<Outcome>, Arc<sqlx::Error>>,
 }
 
 /// The queues in front of this node's writers.
@@ -82,21 +98,20 @@ impl Batcher {
     /// Queues a post with the writer that owns its room and waits for the outcome.
     pub(super) async fn post(
         &self,
-        room_id: &str,
-        author: &User,
-        body: &str,
+        draft: Draft<'_>,
         then: Option<AfterCommit>,
-    ) -> StoreResult<StoredMessage> {
+    ) -> StoreResult<Posted> {
         let (reply, answer) = oneshot::channel();
         let post = Post {
-            room_id: room_id.to_owned(),
-            author: author.clone(),
-            body: body.to_owned(),
+            room_id: draft.room_id.to_owned(),
+            author: draft.author.clone(),
+            body: draft.body.to_owned(),
+            client_id: draft.client_id.map(str::to_owned),
             then,
             reply,
         };
         let mut hasher = DefaultHasher::new();
-        room_id.hash(&mut hasher);
+        draft.room_id.hash(&mut hasher);
         let writer = &self.writers[hasher.finish() as usize % self.writers.len()];
         let closed = || StoreError::Database(sqlx::Error::PoolClosed);
         writer.send(post).await.map_err(|_| closed())?;
@@ -124,13 +139,14 @@ async fn write_loop(
             }
             taken = inbox.recv_many(&mut posts, MAX_BATCH) => if taken == 0 { return },
         }
-        let stored = match &mut conn {
-            Some(c) => store(c, dialect, &posts).await,
-            None => match pool.acquire().await {
-                Ok(c) => store(conn.insert(c), dialect, &posts).await,
-                Err(e) => Err(e),
-            },
-        };
+        let mut stored = store_on(&mut conn, &pool, dialect, &posts).await;
+        if let Err(sqlx::Error::Database(e)) = &stored
+            && e.is_unique_violation()
+        {
+            // Another node stored one of these client ids meanwhile: this time the batch
+            // finds it and answers with it.
+            stored = store_on(&mut conn, &pool, dialect, &posts).await;
+        }
         if stored.is_err() {
             // The connection may be what failed; the next batch starts on a fresh one.
             conn = None;
@@ -146,24 +162,43 @@ async fn write_loop(
     }
 }
 
+/// `store` on the writer's connection, taking one from the pool when it has none.
+async fn store_on(
+    conn: &mut Option<PoolConnection<Any>>,
+    pool: &AnyPool,
+    dialect: Dialect,
+    posts: &[Post],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    match conn {
+        Some(c) => store(c, dialect, posts).await,
+        None => {
+            let c = pool.acquire().await?;
+            store(conn.insert(c), dialect, posts).await
+        }
+    }
+}
+
 /// Stores `posts` in one transaction; the result lines up with `posts`.
 async fn store(
     conn: &mut AnyConnection,
     dialect: Dialect,
     posts: &[Post],
-) -> Result<Vec<Option<StoredMessage>>, sqlx::Error> {
-    // Rooms in id order: transactions on other nodes then take row locks in the same order
-    // and cannot deadlock.
-    let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, post) in posts.iter().enumerate() {
-        by_room.entry(&post.room_id).or_default().push(i);
-    }
+) -> Result<Vec<Outcome>, sqlx::Error> {
     if dialect == Dialect::Postgres {
-        return store_in_one_statement(conn, posts, &by_room).await;
+        let (repeats, fresh) = sort_repeats(posts, find_repeats(conn, posts).await?);
+        let by_room = by_room(posts, &fresh);
+        let stored = store_in_one_statement(conn, posts, &by_room).await?;
+        return Ok(outcomes(stored, repeats));
     }
     let created_at_ms = now_ms();
     let ids = new_ids(posts);
     let mut tx = conn.begin().await?;
+    let (repeats, fresh) = sort_repeats(posts, find_repeats(&mut tx, posts).await?);
+    let by_room = by_room(posts, &fresh);
+    if by_room.is_empty() {
+        tx.commit().await?;
+        return Ok(outcomes(posts.iter().map(|_| None).collect(), repeats));
+    }
     // One statement for every room in the batch: each statement is a round trip (to the
     // server, or to SQLite's worker thread), and a batch may span hundreds of rooms.
     let sql = bump_sql(by_room.len());
@@ -183,12 +218,121 @@ async fn store(
                 .bind(&m.room_id)
                 .bind(m.seq)
                 .bind(&m.author.id)
-                .bind(&m.body);
+                .bind(&m.body)
+                .bind(&m.client_id);
         }
         insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(stored)
+    Ok(outcomes(stored, repeats))
+}
+
+/// Where a post stands before storing: new, a repeat of a message stored before, or a
+/// repeat of an earlier post in the same batch (by index).
+enum Repeat {
+    No,
+    Of(StoredMessage),
+    OfPost(usize),
+}
+
+/// The messages the batch's authors already stored under the client ids its posts carry,
+/// by (author, client id).
+async fn find_repeats(
+    conn: &mut AnyConnection,
+    posts: &[Post],
+) -> Result<HashMap<(String, String), StoredMessage>, sqlx::Error> {
+    let keyed: Vec<(&str, &str)> = posts
+        .iter()
+        .filter_map(|p| Some((p.author.id.as_str(), p.client_id.as_deref()?)))
+        .collect();
+    if keyed.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut sql = format!("{SELECT_MESSAGES} WHERE ");
+    for k in 0..keyed.len() {
+        if k > 0 {
+            sql.push_str(" OR ");
+        }
+        sql.push_str(&format!(
+            "(m.author_id = ${} AND m.client_id = ${})",
+            2 * k + 1,
+            2 * k + 2
+        ));
+    }
+    let mut query = sqlx::query(&sql);
+    for (author, client_id) in &keyed {
+        query = query.bind(*author).bind(*client_id);
+    }
+    let rows = query.fetch_all(conn).await?;
+    let mut found = HashMap::new();
+    for row in &rows {
+        let message = message_from_row(row)?;
+        if let Some(client_id) = message.client_id.clone() {
+            found.insert((message.author.id.clone(), client_id), message);
+        }
+    }
+    Ok(found)
+}
+
+/// Each post's `Repeat`, and the indices of the posts to store.
+fn sort_repeats(
+    posts: &[Post],
+    mut stored_before: HashMap<(String, String), StoredMessage>,
+) -> (Vec<Repeat>, Vec<usize>) {
+    let mut first_in_batch: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut repeats = Vec::with_capacity(posts.len());
+    let mut fresh = Vec::with_capacity(posts.len());
+    for (i, post) in posts.iter().enumerate() {
+        let Some(client_id) = post.client_id.as_deref() else {
+            repeats.push(Repeat::No);
+            fresh.push(i);
+            continue;
+        };
+        let key = (post.author.id.as_str(), client_id);
+        if let Some(message) = stored_before.get(&(key.0.to_owned(), key.1.to_owned())) {
+            repeats.push(Repeat::Of(message.clone()));
+        } else if let Some(&first) = first_in_batch.get(&key) {
+            repeats.push(Repeat::OfPost(first));
+        } else {
+            first_in_batch.insert(key, i);
+            repeats.push(Repeat::No);
+            fresh.push(i);
+        }
+    }
+    stored_before.clear();
+    (repeats, fresh)
+}
+
+/// The posts to store, by room: rooms in id order, so that transactions on other nodes
+/// take row locks in the same order and cannot deadlock.
+fn by_room<'a>(posts: &'a [Post], fresh: &[usize]) -> BTreeMap<&'a str, Vec<usize>> {
+    let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for &i in fresh {
+        by_room.entry(&posts[i].room_id).or_default().push(i);
+    }
+    by_room
+}
+
+/// Each post's outcome, from what was stored (index for index, `None` where nothing was)
+/// and what repeated.
+fn outcomes(stored: Vec<Option<StoredMessage>>, repeats: Vec<Repeat>) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = stored
+        .into_iter()
+        .map(|m| m.map_or(Outcome::NoRoom, Outcome::Stored))
+        .collect();
+    for (i, repeat) in repeats.into_iter().enumerate() {
+        outcomes[i] = match repeat {
+            Repeat::No => continue,
+            Repeat::Of(message) => Outcome::Repeat(message),
+            Repeat::OfPost(first) => match &outcomes[first] {
+                Outcome::Stored(message) | Outcome::Repeat(message) => {
+                    Outcome::Repeat(message.clone())
+                }
+                Outcome::NoRoom => Outcome::NoRoom,
+            },
+        };
+    }
+    outcomes
 }
 
 /// PostgreSQL: the bump and the insert as one statement (data-modifying CTEs), committed on
@@ -199,9 +343,14 @@ async fn store_in_one_statement(
     posts: &[Post],
     by_room: &BTreeMap<&str, Vec<usize>>,
 ) -> Result<Vec<Option<StoredMessage>>, sqlx::Error> {
+    if by_room.is_empty() {
+        // Every post repeated one stored before.
+        return Ok(posts.iter().map(|_| None).collect());
+    }
     let created_at_ms = now_ms();
     let ids = new_ids(posts);
-    let sql = bump_and_insert_sql(by_room.len(), posts.len());
+    let rows = by_room.values().map(Vec::len).sum();
+    let sql = bump_and_insert_sql(by_room.len(), rows);
     let mut query = sqlx::query_as::<_, (String, i64)>(&sql).bind(created_at_ms);
     for (room_id, indices) in by_room {
         query = query.bind(*room_id).bind(indices.len() as i64);
@@ -216,7 +365,8 @@ async fn store_in_one_statement(
                 .bind(&post.room_id)
                 .bind(k as i64 + 1)
                 .bind(&post.author.id)
-                .bind(&post.body);
+                .bind(&post.body)
+                .bind(&post.client_id);
         }
     }
     let bumped = query.fetch_all(conn).await?;
@@ -256,6 +406,7 @@ fn numbered(
                 author: post.author.clone(),
                 body: post.body.clone(),
                 created_at_ms,
+                client_id: post.client_id.clone(),
             });
         }
     }
@@ -263,22 +414,23 @@ fn numbered(
 }
 
 /// One PostgreSQL statement for a batch: `$1` is the creation time, then (room, count)
-/// pairs for `rooms` rooms, then (id, room, k, author, body) for `rows` posts, `k` counting
-/// from 1 within each room. Posts to a room that does not exist match no bumped row and are
+/// pairs for `rooms` rooms, then (id, room, k, author, body, client id) for `rows` posts,
+/// `k` counting from 1 within each room. Posts to a room that does not exist match no bumped row and are
 /// not inserted; the rooms it returns say which were.
 fn bump_and_insert_sql(rooms: usize, rows: usize) -> String {
-    let mut sql = String::with_capacity(400 + rooms * 12 + rows * 32);
+    let mut sql = String::with_capacity(400 + rooms * 12 + rows * 40);
     sql.push_str("WITH v (room, n) AS (VALUES ");
     push_tuples(&mut sql, rooms, 2, 2, "");
     sql.push_str(
         "), bumped AS (UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v \
          WHERE rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), \
-         m (id, room, k, author, body) AS (VALUES ",
+         m (id, room, k, author, body, client) AS (VALUES ",
     );
-    push_tuples(&mut sql, rows, 5, 2 + 2 * rooms, "");
+    push_tuples(&mut sql, rows, 6, 2 + 2 * rooms, "");
     sql.push_str(
-        "), inserted AS (INSERT INTO messages (id, room_id, seq, author_id, body, created_at) \
-         SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, m.body, $1 \
+        "), inserted AS (INSERT INTO messages \
+         (id, room_id, seq, author_id, body, client_id, created_at) \
+         SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, m.body, m.client, $1 \
          FROM m JOIN bumped b ON b.id = m.room) \
          SELECT id, last_seq FROM bumped",
     );
@@ -301,11 +453,13 @@ fn bump_sql(rooms: usize) -> String {
 }
 
 /// `INSERT … VALUES (…), (…)` for `rows` messages: `$1` is the shared creation time, then
-/// five numbered parameters a row (numbered placeholders work on both dialects).
+/// six numbered parameters a row (numbered placeholders work on both dialects).
 fn insert_sql(rows: usize) -> String {
-    let mut sql = String::with_capacity(80 + rows * 32);
-    sql.push_str("INSERT INTO messages (id, room_id, seq, author_id, body, created_at) VALUES ");
-    push_tuples(&mut sql, rows, 5, 2, ", $1");
+    let mut sql = String::with_capacity(100 + rows * 40);
+    sql.push_str(
+        "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at) VALUES ",
+    );
+    push_tuples(&mut sql, rows, 6, 2, ", $1");
     sql
 }
 
@@ -344,15 +498,22 @@ async fn publish_loop(mut committed: mpsc::Receiver<Committed>) {
         };
         let mut steps = Vec::new();
         let mut answers = Vec::with_capacity(posts.len());
-        for (post, message) in posts.into_iter().zip(stored) {
-            let answer = match message {
-                Some(message) => {
+        for (post, outcome) in posts.into_iter().zip(stored) {
+            let answer = match outcome {
+                Outcome::Stored(message) => {
                     if let Some(then) = post.then {
                         steps.push(then(&message));
                     }
-                    Ok(message)
+                    Ok(Posted {
+                        message,
+                        repeat: false,
+                    })
                 }
-                None => Err(StoreError::Database(sqlx::Error::RowNotFound)),
+                Outcome::Repeat(message) => Ok(Posted {
+                    message,
+                    repeat: true,
+                }),
+                Outcome::NoRoom => Err(StoreError::Database(sqlx::Error::RowNotFound)),
             };
             answers.push((post.reply, answer));
         }
@@ -388,7 +549,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::{bump_and_insert_sql, bump_sql, insert_sql};
-    use crate::store::{AfterCommit, Store, StoreError};
+    use crate::store::{AfterCommit, Draft, Store, StoreError};
 
     #[test]
     fn rooms_are_bumped_in_one_statement() {
@@ -403,22 +564,23 @@ mod tests {
     fn rows_number_their_parameters_after_the_shared_time() {
         assert_eq!(
             insert_sql(2),
-            "INSERT INTO messages (id, room_id, seq, author_id, body, created_at) VALUES \
-             ($2, $3, $4, $5, $6, $1), ($7, $8, $9, $10, $11, $1)"
+            "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at) \
+             VALUES ($2, $3, $4, $5, $6, $7, $1), ($8, $9, $10, $11, $12, $13, $1)"
         );
     }
 
     #[test]
     fn postgres_bumps_and_inserts_in_one_statement() {
         assert_eq!(
-            bump_and_insert_sql(2, 3),
+            bump_and_insert_sql(2, 2),
             "WITH v (room, n) AS (VALUES ($2, $3), ($4, $5)), bumped AS (UPDATE rooms SET \
              last_seq = rooms.last_seq + v.n FROM v WHERE rooms.id = v.room RETURNING \
-             rooms.id, rooms.last_seq, v.n), m (id, room, k, author, body) AS (VALUES \
-             ($6, $7, $8, $9, $10), ($11, $12, $13, $14, $15), ($16, $17, $18, $19, $20)), \
+             rooms.id, rooms.last_seq, v.n), m (id, room, k, author, body, client) AS \
+             (VALUES ($6, $7, $8, $9, $10, $11), ($12, $13, $14, $15, $16, $17)), \
              inserted AS (INSERT INTO messages (id, room_id, seq, author_id, body, \
-             created_at) SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, m.body, $1 \
-             FROM m JOIN bumped b ON b.id = m.room) SELECT id, last_seq FROM bumped"
+             client_id, created_at) SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, \
+             m.body, m.client, $1 FROM m JOIN bumped b ON b.id = m.room) \
+             SELECT id, last_seq FROM bumped"
         );
     }
 
@@ -476,21 +638,45 @@ mod tests {
                     published.entry(m.room_id.clone()).or_default().push(m.seq);
                     Box::pin(async {})
                 });
+                // Posts 20k and 20k + 2 (both to the first room) carry one client id, as a
+                // retry does: stored once.
+                let client_id = format!("{:08}-0000-7000-8000-000000000000", i / 20);
+                let draft = Draft {
+                    room_id: room,
+                    author: &author,
+                    body: &format!("m{i}"),
+                    client_id: matches!(i % 20, 0 | 2).then_some(client_id.as_str()),
+                };
                 store
-                    .post_message_then(room, &author, &format!("m{i}"), then)
+                    .post_message_then(draft, then)
                     .await
+                    .map(|posted| (i, posted))
             }));
         }
         let missing = store.post_message("no-such-room", &author, "lost").await;
-        assert!(matches!(missing, Err(StoreError::Database(_))));
+        assert!(
+            matches!(missing, Err(StoreError::Database(_))),
+            "{missing:?}"
+        );
+        let mut by_client_id: HashMap<String, Vec<crate::store::Posted>> = HashMap::new();
         for post in posts {
-            post.await.unwrap().expect("stored");
+            let (i, posted) = post.await.unwrap().expect("stored");
+            if matches!(i % 20, 0 | 2) {
+                let key = posted.message.client_id.clone().expect("its client id");
+                by_client_id.entry(key).or_default().push(posted);
+            }
+        }
+        assert_eq!(by_client_id.len(), 20);
+        for pair in by_client_id.values() {
+            assert_eq!(pair.len(), 2);
+            assert_eq!(pair[0].message.id, pair[1].message.id, "one message");
+            assert_eq!(pair.iter().filter(|p| p.repeat).count(), 1);
         }
         let published = published.lock().unwrap().clone();
-        for room in rooms {
-            assert_eq!(published[room], (1..=200).collect::<Vec<i64>>());
+        for (room, count) in rooms.into_iter().zip([180, 200]) {
+            assert_eq!(published[room], (1..=count).collect::<Vec<i64>>());
             let stored = store.latest_messages(room, 500).await.unwrap();
-            assert_eq!(stored.len(), 200);
+            assert_eq!(stored.len(), count as usize);
         }
         store.close().await;
     }

@@ -6,6 +6,25 @@ use sqlx::any::AnyRow;
 
 use super::{AfterCommit, Store, StoreResult, User};
 
+/// A message to be posted.
+#[derive(Debug, Clone, Copy)]
+pub struct Draft<'a> {
+    pub room_id: &'a str,
+    pub author: &'a User,
+    pub body: &'a str,
+    /// The id the author's client gave it, so that posting it again stores nothing new.
+    pub client_id: Option<&'a str>,
+}
+
+/// What became of a posted draft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posted {
+    pub message: StoredMessage,
+    /// The author had posted it before (same `client_id`): this is that message, and
+    /// nothing new was stored or published.
+    pub repeat: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     /// UUIDv7, the message's identity (and its DOM id).
@@ -15,9 +34,11 @@ pub struct StoredMessage {
     pub author: User,
     pub body: String,
     pub created_at_ms: i64,
+    /// The id the author's client gave the post, if it gave one (see `Store::post_message`).
+    pub client_id: Option<String>,
 }
 
-fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
+pub(super) fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
     Ok(StoredMessage {
         id: row.try_get("id")?,
         room_id: row.try_get("room_id")?,
@@ -28,11 +49,12 @@ fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
         },
         body: row.try_get("body")?,
         created_at_ms: row.try_get("created_at")?,
+        client_id: row.try_get("client_id")?,
     })
 }
 
-const SELECT_MESSAGES: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, m.body, m.created_at \
-     FROM messages m JOIN users u ON u.id = m.author_id";
+pub(super) const SELECT_MESSAGES: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, \
+     u.username, m.body, m.created_at, m.client_id FROM messages m JOIN users u ON u.id = m.author_id";
 
 impl Store {
     /// Stores a message and returns it with its sequence number. Only after this returns
@@ -44,20 +66,27 @@ impl Store {
         author: &User,
         body: &str,
     ) -> StoreResult<StoredMessage> {
-        self.batcher.post(room_id, author, body, None).await
+        let draft = Draft {
+            room_id,
+            author,
+            body,
+            client_id: None,
+        };
+        Ok(self.batcher.post(draft, None).await?.message)
     }
 
     /// Like `post_message`, and runs `then` once the message is committed, before this
     /// returns: in seq order among the room's messages, and to completion even when the
     /// caller stops waiting. This is how a message is published exactly when it is stored.
+    ///
+    /// A draft whose `client_id` its author already used is not stored again, and `then`
+    /// does not run: the answer is the message stored the first time, on whichever node.
     pub async fn post_message_then(
         &self,
-        room_id: &str,
-        author: &User,
-        body: &str,
+        draft: Draft<'_>,
         then: AfterCommit,
-    ) -> StoreResult<StoredMessage> {
-        self.batcher.post(room_id, author, body, Some(then)).await
+    ) -> StoreResult<Posted> {
+        self.batcher.post(draft, Some(then)).await
     }
 
     /// The room's newest seq, or None when there is no such room.

@@ -20,7 +20,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::AfterCommit;
-pub use messages::StoredMessage;
+pub use messages::{Draft, Posted, StoredMessage};
 pub use purge::{Purged, purge_now_and_then};
 pub use rooms::{GroupListing, Room, RoomKind, RoomSummary, SignedIn};
 pub use users::{LoginFailures, User};

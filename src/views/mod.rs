@@ -361,7 +361,8 @@ pub fn message(m: &StoredMessage) -> Markup {
         .format(time::macros::format_description!("[hour]:[minute]"))
         .unwrap_or_default();
     html! {
-        article.message id={ "msg-" (m.id) } data-seq=(m.seq) data-author=(m.author.id) {
+        article.message id={ "msg-" (m.id) } data-seq=(m.seq) data-author=(m.author.id)
+            data-client-id=[m.client_id.as_deref()] {
             div.bubble {
                 header {
                     strong.author { bdi { (m.author.username) } }
@@ -415,6 +416,11 @@ pub fn older_after_page(page: &[StoredMessage]) -> Option<i64> {
 
 pub fn error(text: &str) -> Markup {
     html! { p.error role="alert" { (text) } }
+}
+
+/// A post refused, with the id its client gave it, so the page marks that one "not sent".
+pub fn post_refused(text: &str, client_id: &str) -> Markup {
+    html! { p.error role="alert" data-client-id=(client_id) { (text) } }
 }
 
 /// What an action did, where errors go.

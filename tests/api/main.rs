@@ -11,4 +11,5 @@ mod helpers;
 mod input;
 mod limits;
 mod operations;
+mod posting;
 mod process;

@@ -1,0 +1,181 @@
+//! Nothing a person types is lost: a post carries its client's id and is stored once
+//! however often it is sent; a resuming socket gets what it missed before anything newer;
+//! a client's close is answered.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::helpers::{Backend, Client, PATIENCE, TestApp, attr, message_ids, seqs};
+use crate::on_both_databases;
+
+on_both_databases!(
+    a_repeated_client_id_stores_and_delivers_once,
+    a_resumed_socket_gets_its_backlog_before_anything_newer,
+    a_client_close_is_answered_with_a_close,
+);
+
+async fn say_with_id(client: &mut Client, text: &str, client_id: &str) {
+    client
+        .act(
+            "New message",
+            json!({ "message": text, "clientId": client_id }),
+        )
+        .await;
+}
+
+/// How many messages with this body the room's history holds.
+async fn stored(app: &TestApp, body: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.database_url)
+        .await
+        .expect("the test's database");
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body = $1")
+        .bind(body)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    pool.close().await;
+    n
+}
+
+/// A retry (the same `clientId`) on the same socket, another socket, after the node
+/// restarted, stores and delivers nothing new, and is answered with the first article.
+async fn a_repeated_client_id_stores_and_delivers_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut first = app.connect(&ann).await;
+    let mut bob_socket = app.connect(&bob).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    say_with_id(&mut first, "only once", &id).await;
+    let echo = first.wait_for_message("only once").await;
+    let article = message_ids(&echo.html);
+    assert_eq!(
+        attr(&echo.html, "data-client-id").as_deref(),
+        Some(id.as_str())
+    );
+
+    say_with_id(&mut first, "only once", &id).await;
+    let again = first.wait_for_message("only once").await;
+    assert_eq!(message_ids(&again.html), article, "the same article");
+    let mut second = app.connect(&ann).await;
+    say_with_id(&mut second, "only once", &id).await;
+    let again = second.wait_for_message("only once").await;
+    assert_eq!(message_ids(&again.html), article);
+
+    // Bob saw it once, and nothing more of it before his own next message.
+    let heard = bob_socket.frames_until_own_marker().await;
+    let copies: usize = heard
+        .iter()
+        .filter(|f| f.html.contains("only once"))
+        .count();
+    assert_eq!(copies, 1, "{heard:?}");
+
+    // After a restart, on a new socket: still one message, and its article again.
+    let app = app.restart().await;
+    let mut third = app.connect(&ann).await;
+    say_with_id(&mut third, "only once", &id).await;
+    let again = third.wait_for_message("only once").await;
+    assert_eq!(message_ids(&again.html), article);
+    assert_eq!(stored(&app, "only once").await, 1);
+
+    // The id is the author's: someone else's post with it is theirs.
+    let mut bob_socket = app.connect(&bob).await;
+    say_with_id(&mut bob_socket, "only once", &id).await;
+    let bobs = bob_socket.wait_for_message("only once").await;
+    assert_ne!(message_ids(&bobs.html), article);
+    assert_eq!(stored(&app, "only once").await, 2);
+
+    // Not a UUID: refused, and said so with nothing stored.
+    third
+        .act(
+            "New message",
+            json!({ "message": "bad id", "clientId": "nope" }),
+        )
+        .await;
+    assert!(third.wait_for_error().await.contains("UUID"));
+    assert_eq!(stored(&app, "bad id").await, 0);
+}
+
+/// A socket resuming while others post once got the newest messages first and its backlog
+/// after them; it now gets them in seq order.
+async fn a_resumed_socket_gets_its_backlog_before_anything_newer(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &["--rate-burst", "100000", "--rate-per-second", "100000"],
+    )
+    .await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut poster = app.connect(&ann).await;
+    let room = poster.room_id.clone();
+    for i in 0..30 {
+        poster.say(&format!("backlog {i}")).await;
+    }
+    poster.wait_for_message("backlog 29").await;
+    // A steady stream of new messages while bob resumes, again and again.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let talking = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                poster.say(&format!("live {n}")).await;
+                poster.wait_for_message(&format!("live {n}")).await;
+                n += 1;
+            }
+        }
+    });
+    for _ in 0..6 {
+        let mut resumed = app
+            .connect_at(&bob, &format!("/ws/chat/?room={room}&after=2"))
+            .await;
+        let mut shown = Vec::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !shown.contains(&30) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the backlog never came"
+            );
+            let frame = resumed.next_frame().await;
+            if frame.selector == "#messages-list" && frame.swap == "beforeend" {
+                shown.extend(seqs(&frame.html));
+            }
+        }
+        assert!(
+            shown.windows(2).all(|w| w[0] < w[1]),
+            "shown out of order: {shown:?}"
+        );
+        assert_eq!(shown[0], 3, "{shown:?}");
+        resumed.close().await;
+    }
+    stop.cancel();
+    talking.await.expect("the poster");
+}
+
+/// The server once dropped the connection when a client closed it (the client saw 1006);
+/// it now answers with a close frame, as RFC 6455 asks.
+async fn a_client_close_is_answered_with_a_close(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let mut client = app.connect(&app.signup("ann").await).await;
+    client
+        .stream()
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await
+        .expect("close sent");
+    let answer = loop {
+        match tokio::time::timeout(PATIENCE, client.stream().next())
+            .await
+            .expect("an answer in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("the connection ended without a close: {other:?}"),
+        }
+    };
+    assert_eq!(answer.map(|f| f.code), Some(CloseCode::Normal));
+}
