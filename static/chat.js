@@ -1,26 +1,129 @@
 // wirechat's client: the server renders, this places. It applies {selector, html, swap}
-// frames, sends the user's actions, and reconnects (resuming where it left off).
+// frames, sends the user's actions, keeps what the user typed until the server has it
+// (the outbox), and reconnects, resuming where it left off.
 (() => {
   'use strict';
   const $ = (s) => document.querySelector(s);
   const list = () => $('#messages-list');
   if (!list()) return;
+  const me = document.body.dataset.me;
+  // On a phone, Enter makes a new line (the Send button sends) and picking a room does not
+  // open the keyboard.
+  const touch = matchMedia('(pointer: coarse)').matches;
 
   let socket = null;
   let attempts = 0;
+  let retryTimer = null;
   let gapTimer = null;
+  let gapDelay = 1000;
+  let loadingOlder = false;
+  // Set while the address changes because of Back/Forward, so it is not pushed again.
+  let fromHistory = false;
   const timers = {};
 
   const seqOf = (el) => Number(el.dataset.seq);
   const newestSeq = () => { const a = list().lastElementChild; return a ? seqOf(a) : 0; };
   const activeRoom = () => $('#group-name [data-room-id]')?.dataset.roomId;
+  const activeTitle = () => $('#group-name')?.textContent.trim() || '';
   const nearBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+  const isOpen = () => socket && socket.readyState === WebSocket.OPEN;
 
   function send(action, data) {
-    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ action, data }));
+    if (isOpen()) socket.send(JSON.stringify({ action, data }));
+    return isOpen();
   }
 
-  function status(text) { $('#connection').textContent = text; }
+  // A UUID v4 from the browser's random numbers (randomUUID needs a secure context).
+  function uuid() {
+    if (crypto.randomUUID && isSecureContext) return crypto.randomUUID();
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const h = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  // ---- The outbox: sent messages the server has not confirmed yet. Kept in sessionStorage
+  // (a reload keeps them, closing the tab does not), shown dimmed under the messages, and
+  // sent in order, a few at a time, while the socket is open and their room is shown. A
+  // message's clientId makes sending it twice harmless: the server stores it once.
+  const OUTBOX = `wirechat-outbox-${me}`;
+  const IN_FLIGHT = 5;
+  let outbox = [];
+  try { outbox = JSON.parse(sessionStorage.getItem(OUTBOX) || '[]'); } catch (_) { outbox = []; }
+  const inFlight = new Set();
+  const saveOutbox = () => { try { sessionStorage.setItem(OUTBOX, JSON.stringify(outbox)); } catch (_) { /* full: kept in memory */ } };
+
+  function pendingItem(m) {
+    const li = document.createElement('li');
+    li.id = `pending-${m.clientId}`;
+    li.className = m.failed ? 'pending failed' : 'pending';
+    const body = document.createElement('p');
+    body.className = 'body';
+    body.dir = 'auto';
+    body.textContent = m.text;
+    const status = document.createElement('span');
+    status.className = 'status';
+    status.textContent = m.failed ? `Not sent: ${m.failed}` : (isOpen() ? 'Sending…' : 'Waiting for the connection…');
+    li.append(body, status);
+    if (m.failed) {
+      for (const [what, label] of [['retry', 'Retry'], ['discard', 'Delete']]) {
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.className = 'link';
+        b.dataset.outbox = what;
+        b.dataset.clientId = m.clientId;
+        b.textContent = label;
+        li.append(b);
+      }
+    }
+    return li;
+  }
+
+  function renderOutbox() {
+    const room = activeRoom();
+    $('#outbox').replaceChildren(...outbox.filter((m) => m.room === room).map(pendingItem));
+  }
+
+  function flushOutbox() {
+    if (!isOpen()) return;
+    const room = activeRoom();
+    for (const m of outbox) {
+      if (inFlight.size >= IN_FLIGHT) break;
+      if (m.room !== room || m.failed || inFlight.has(m.clientId)) continue;
+      // Stored already (its echo was lost, and the history shows it): nothing to send.
+      if (list().querySelector(`article[data-client-id="${m.clientId}"]`)) { confirmed(m.clientId); return; }
+      inFlight.add(m.clientId);
+      send('New message', { message: m.text, clientId: m.clientId });
+    }
+  }
+
+  function confirmed(clientId) {
+    const i = outbox.findIndex((m) => m.clientId === clientId);
+    if (i < 0) return;
+    outbox.splice(i, 1);
+    inFlight.delete(clientId);
+    saveOutbox();
+    document.getElementById(`pending-${clientId}`)?.remove();
+    flushOutbox();
+  }
+
+  function refused(clientId, reason, retry) {
+    const m = outbox.find((x) => x.clientId === clientId);
+    if (!m) return;
+    inFlight.delete(clientId);
+    if (retry) {
+      // Too fast, or not stored: it goes again by itself in a moment.
+      setTimeout(flushOutbox, 1500);
+      return;
+    }
+    m.failed = reason;
+    saveOutbox();
+    renderOutbox();
+    flushOutbox();
+  }
+
+  // ---- Placing the server's frames.
 
   // Articles go where their seq says, so a late or repeated message never lands twice or
   // out of order; any element whose id is already on the page replaces it.
@@ -35,14 +138,27 @@
     swap === 'afterbegin' ? target.prepend(el) : target.append(el);
   }
 
+  // The first message at least partly in view, and how far from the top of the view.
+  function anchor() {
+    const box = list();
+    const top = box.getBoundingClientRect().top;
+    for (const a of box.children) {
+      const r = a.getBoundingClientRect();
+      if (r.bottom > top) return { el: a, offset: r.top - top };
+    }
+    return null;
+  }
+
   function apply(frame) {
     const target = document.querySelector(frame.selector);
     if (!target) return;
     // The typing notice goes to the whole room; the typist needs no notice of themself.
-    if (frame.selector === '#typing' && frame.html.includes(`data-user="${document.body.dataset.me}"`)) return;
+    if (frame.selector === '#typing' && frame.html.includes(`data-user="${me}"`)) return;
     const messages = target === list();
     const stick = messages && nearBottom(target);
-    const height = target.scrollHeight;
+    // Older history goes above what is read: the message in view stays where it is.
+    const kept = messages && frame.swap === 'afterbegin' ? anchor() : null;
+    let added = [];
     switch (frame.swap) {
       case 'remove': target.remove(); break;
       case 'outerHTML': target.outerHTML = frame.html; break;
@@ -50,34 +166,77 @@
       case 'afterbegin': {
         const t = document.createElement('template');
         t.innerHTML = frame.html;
-        const els = [...t.content.children];
-        if (frame.swap === 'afterbegin') els.reverse();
+        added = [...t.content.children];
+        const els = frame.swap === 'afterbegin' ? [...added].reverse() : added;
         els.forEach((el) => place(target, el, frame.swap));
         // A further page of groups: show where it starts.
-        if (target.id === 'browse-results' && els[0]) els[0].scrollIntoView({ block: 'nearest' });
+        if (target.id === 'browse-results' && added[0]) added[0].scrollIntoView({ block: 'nearest' });
         break;
       }
       default: target.innerHTML = frame.html;
     }
     if (messages) {
-      if (frame.swap === 'afterbegin') target.scrollTop += target.scrollHeight - height;
+      arrange();
+      if (kept) target.scrollTop += kept.el.getBoundingClientRect().top - target.getBoundingClientRect().top - kept.offset;
       else if (stick || frame.swap === 'innerHTML') target.scrollTop = target.scrollHeight;
       // Someone reading older messages is not yanked down; a pill offers the way back.
       else $('#new-pill').hidden = false;
       if (frame.swap === 'innerHTML') $('#new-pill').hidden = true;
+      for (const a of target.querySelectorAll('article[data-client-id]')) {
+        if (outbox.length && outbox.some((m) => m.clientId === a.dataset.clientId)) confirmed(a.dataset.clientId);
+      }
+      if (frame.swap === 'beforeend') announce(added);
       checkGaps();
     }
     if (frame.selector === '#load-older' || frame.selector === '#errors') loadingOlder = false;
+    if (frame.selector === '#errors') {
+      const refusal = target.querySelector('p.error[data-client-id]');
+      if (refusal) {
+        refused(refusal.dataset.clientId, refusal.textContent, refusal.dataset.retry === 'true');
+        // The message itself says it, where it is.
+        target.innerHTML = '';
+        return;
+      }
+      formFeedback(target);
+    }
     if (frame.selector === '#errors' || frame.selector === '#typing') {
       clearTimeout(timers[frame.selector]);
       // A message with something to do (Unblock) stays until the next one.
-      if (!target.querySelector('button')) timers[frame.selector] = setTimeout(() => { target.innerHTML = ''; }, 5000);
+      if (!target.querySelector('button')) timers[frame.selector] = setTimeout(() => { target.innerHTML = ''; }, 8000);
     }
-    if (frame.selector === '#group-name') { status(''); markActive(); }
+    if (frame.selector === '#group-name') entered();
+    if (frame.selector.startsWith('#unread-') || frame.selector === '#aside') updateTitle();
+  }
+
+  // A room is shown: the banner goes, the address follows, what waits in the outbox for
+  // this room is shown and sent.
+  function entered() {
+    showConnection(null);
+    markActive();
+    updateAddress();
+    updateTitle();
+    renderOutbox();
+    flushOutbox();
+    if (pendingForm) {
+      pendingForm.querySelector('input').value = '';
+      pendingForm = null;
+    }
+    document.body.classList.remove('rooms-open');
+    $('#rooms-toggle').setAttribute('aria-expanded', 'false');
+  }
+
+  // New messages from others, read out one by one (the list itself is not a live region:
+  // a room's history would be read out whole).
+  function announce(articles) {
+    const said = articles
+      .filter((a) => a.matches?.('article') && a.dataset.author !== me)
+      .map((a) => `${a.querySelector('.author')?.textContent || ''}: ${(a.querySelector('.body')?.textContent || '').slice(0, 200)}`);
+    if (said.length) $('#announce').textContent = said.join('. ');
   }
 
   // A gap in seqs means a message is still on its way (another node published it later)
-  // or was missed; if it has not filled in a moment, ask for everything after it.
+  // or was missed; if it has not filled in a moment, ask for everything after it, and keep
+  // asking, less and less often, while it stays.
   function firstGap() {
     let prev = null;
     for (const a of list().children) {
@@ -86,7 +245,6 @@
     }
     return null;
   }
-  let gapDelay = 1000;
   function checkGaps() {
     clearTimeout(gapTimer);
     if (firstGap() === null) { gapDelay = 1000; return; }
@@ -94,27 +252,20 @@
       const after = firstGap();
       if (after === null) return;
       send('Catch up', { afterSeq: after });
-      // Keep asking, less and less often, while the gap stays (a refusal, a quiet room).
       gapDelay = Math.min(gapDelay * 2, 30000);
       checkGaps();
     }, gapDelay);
   }
 
-  function localTimes() {
+  // Local times, dots for who is online, the author shown once for a run of messages by one
+  // person, a divider for each new day.
+  function arrange() {
     document.querySelectorAll('time[data-ts]:not([data-local])').forEach((t) => {
       const d = new Date(Number(t.dataset.ts));
       t.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
       t.title = d.toLocaleString();
       t.dataset.local = '1';
     });
-    const me = document.body.dataset.me;
-    document.querySelectorAll('.dot[data-user]').forEach((d) => {
-      const id = d.dataset.user;
-      // Listed under "Online", or (past the list's cap) marked as a partner who is online.
-      d.classList.toggle('online', !!(document.getElementById('person-' + id) || document.getElementById('on-' + id)));
-    });
-    // Consecutive messages by one author within five minutes share a header; a new day
-    // gets a divider.
     let prev = null;
     for (const a of list().children) {
       a.classList.toggle('mine', a.dataset.author === me);
@@ -128,6 +279,14 @@
     }
   }
 
+  function dots() {
+    document.querySelectorAll('.dot[data-user]').forEach((d) => {
+      const id = d.dataset.user;
+      // Listed under "Online", or (past the list's cap) marked as a partner who is online.
+      d.classList.toggle('online', !!(document.getElementById('person-' + id) || document.getElementById('on-' + id)));
+    });
+  }
+
   function markActive() {
     const room = activeRoom();
     document.querySelectorAll('a[data-room-id]').forEach((a) => {
@@ -136,54 +295,173 @@
     });
   }
 
+  // ---- The room in the address: /r/<group> or /dm/<user>; Back and Forward move between
+  // rooms, and a reload or a link opens the room it names.
+  function roomPath() {
+    const title = activeTitle();
+    if (!activeRoom() || !title) return '/';
+    return title.startsWith('#') ? `/r/${encodeURIComponent(title.slice(1))}` : `/dm/${encodeURIComponent(title)}`;
+  }
+  function namedRoom() {
+    const m = location.pathname.match(/^\/(r|dm)\/([^/]+)$/);
+    if (!m) return null;
+    return { name: decodeURIComponent(m[2]), isGroup: m[1] === 'r' };
+  }
+  let shownOnce = false;
+  function updateAddress() {
+    const path = roomPath();
+    if (path !== location.pathname) {
+      // The first room shown names the page's own entry; each room after, a new one.
+      if (fromHistory || !shownOnce) history.replaceState(null, '', path);
+      else history.pushState(null, '', path);
+    }
+    shownOnce = true;
+    fromHistory = false;
+  }
+  addEventListener('popstate', () => {
+    const room = namedRoom();
+    if (!room) return;
+    fromHistory = true;
+    send('Change group', { groupName: room.name, isGroup: room.isGroup });
+  });
+
+  function updateTitle() {
+    const unread = [...document.querySelectorAll('#aside .badge')]
+      .reduce((sum, b) => sum + (parseInt(b.textContent, 10) || 0), 0);
+    const room = activeTitle();
+    document.title = `${unread ? `(${unread}) ` : ''}${room ? `${room} · ` : ''}wirechat`;
+  }
+
+  // ---- The connection: a banner while it is down, with "Retry now"; the first retry
+  // comes well under a second after a drop, then less and less often.
+  function showConnection(text) {
+    const banner = $('#connection');
+    banner.hidden = !text;
+    $('#connection-text').textContent = text || '';
+    document.body.classList.toggle('offline', !!text);
+    if (!text) for (const li of document.querySelectorAll('#outbox .status')) if (li.textContent.startsWith('Waiting')) li.textContent = 'Sending…';
+  }
+
   function connect() {
+    clearTimeout(retryTimer);
+    if (socket && socket.readyState <= WebSocket.OPEN) return;
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const room = activeRoom();
-    const resume = room ? `?room=${encodeURIComponent(room)}&after=${newestSeq()}` : '';
+    const named = namedRoom();
+    // Resume the room shown, unless the address names another (a room picked offline).
+    let query = '';
+    if (room && (!named || roomPath() === location.pathname)) query = `?room=${encodeURIComponent(room)}&after=${newestSeq()}`;
+    else if (named) query = named.isGroup ? `?group=${encodeURIComponent(named.name)}` : `?with=${encodeURIComponent(named.name)}`;
     let opened = false;
-    socket = new WebSocket(`${proto}//${location.host}/ws/chat/${resume}`);
-    socket.onopen = () => { opened = true; attempts = 0; };
-    socket.onmessage = (e) => {
+    const ws = new WebSocket(`${proto}//${location.host}/ws/chat/${query}`);
+    socket = ws;
+    ws.onopen = () => { opened = true; attempts = 0; inFlight.clear(); };
+    ws.onmessage = (e) => {
       try { apply(JSON.parse(e.data)); } catch (err) { console.error(err); }
-      localTimes();
+      dots();
     };
-    socket.onclose = async (e) => {
+    ws.onclose = async (e) => {
+      if (socket !== ws) return;
+      socket = null;
+      inFlight.clear();
       // Logged out (on this tab or another, on any node): nothing to reconnect to.
       if (e.code === 4001) return location.assign('/login');
-      status('Reconnecting…');
+      showConnection('Connection lost. Reconnecting…');
+      renderOutbox();
       if (!opened && attempts > 1) {
         // Refused handshakes are often an expired session: let the server decide.
         const r = await fetch('/', { redirect: 'manual' }).catch(() => null);
         if (r && r.type === 'opaqueredirect') return location.assign('/login');
       }
-      const delay = Math.min(15000, 300 * 2 ** attempts) * (0.5 + Math.random());
+      const delay = Math.min(15000, 250 * 2 ** attempts) * (0.5 + Math.random());
       attempts += 1;
-      setTimeout(connect, delay);
+      retryTimer = setTimeout(connect, delay);
     };
   }
+  $('#retry-now').addEventListener('click', () => { attempts = 0; connect(); });
+  addEventListener('online', () => { attempts = 0; if (!isOpen()) connect(); });
 
-  const browse = $('#browse-dialog');
+  // A page kept in the back/forward cache keeps no socket: the person left.
+  addEventListener('pagehide', () => {
+    clearTimeout(retryTimer);
+    if (socket) { const ws = socket; socket = null; ws.close(1000, 'Page left'); }
+  });
+  addEventListener('pageshow', (e) => {
+    if (e.persisted) { attempts = 0; connect(); }
+  });
+
+  // ---- What the person does.
+
+  // The sidebar's forms (new group, message someone) keep what was typed until it worked,
+  // and show a refusal beside themselves.
+  let pendingForm = null;
+  function formFeedback(errors) {
+    const error = errors.querySelector('p.error');
+    if (!pendingForm || !error) return;
+    const slot = pendingForm.nextElementSibling?.classList.contains('form-error')
+      ? pendingForm.nextElementSibling
+      : pendingForm.insertAdjacentElement('afterend', Object.assign(document.createElement('p'), { className: 'form-error error', role: 'alert' }));
+    slot.textContent = error.textContent;
+    errors.innerHTML = '';
+    pendingForm = null;
+  }
+
   document.addEventListener('click', (e) => {
     const link = e.target.closest('a[data-group-name]');
     if (link) {
       e.preventDefault();
-      send('Change group', { groupName: link.dataset.groupName, isGroup: link.dataset.isGroup === 'true' });
+      const browse = $('#browse-dialog');
       if (browse.open) browse.close();
-      $('#message-text').focus();
+      if (!send('Change group', { groupName: link.dataset.groupName, isGroup: link.dataset.isGroup === 'true' })) {
+        // Offline: the room is remembered in the address and entered on reconnecting.
+        history.pushState(null, '', link.dataset.isGroup === 'true' ? `/r/${encodeURIComponent(link.dataset.groupName)}` : `/dm/${encodeURIComponent(link.dataset.groupName)}`);
+        showConnection('Offline: the room opens when the connection is back. Reconnecting…');
+      }
+      if (!touch) $('#message-text').focus();
+      return;
     }
     // Buttons the server rendered with the action they stand for (leave, hide, block…).
     const action = e.target.closest('button[data-action]');
     if (action && (!action.dataset.confirm || confirm(action.dataset.confirm))) {
       send(action.dataset.action, JSON.parse(action.dataset.payload || '{}'));
     }
+    const fix = e.target.closest('button[data-outbox]');
+    if (fix) {
+      const m = outbox.find((x) => x.clientId === fix.dataset.clientId);
+      if (m && fix.dataset.outbox === 'retry') delete m.failed;
+      if (m && fix.dataset.outbox === 'discard') outbox.splice(outbox.indexOf(m), 1);
+      saveOutbox();
+      renderOutbox();
+      flushOutbox();
+    }
     if (e.target.closest('#browse-open')) {
       $('#browse-query').value = '';
       send('Browse groups', { query: '' });
-      browse.showModal();
+      $('#browse-dialog').showModal();
+    }
+    if (e.target.closest('#rooms-toggle')) {
+      const open = document.body.classList.toggle('rooms-open');
+      $('#rooms-toggle').setAttribute('aria-expanded', String(open));
     }
     const older = e.target.closest('button#load-older');
     if (older) send('Load older', { beforeSeq: Number(older.dataset.beforeSeq) });
   });
+
+  const composer = $('#message-text');
+  const MAX = Number(composer.dataset.max) || 4000;
+
+  // The composer grows with its text, up to about six lines, and counts near the limit.
+  function fitComposer() {
+    // Its stylesheet caps the height; past it, the box scrolls.
+    composer.style.height = 'auto';
+    composer.style.height = `${composer.scrollHeight + 2}px`;
+    const n = [...composer.value].length;
+    const count = $('#message-count');
+    count.textContent = n > MAX * 0.9 ? `${n} / ${MAX}` : '';
+    count.classList.toggle('error', n > MAX);
+    $('#message-form button[type=submit]').disabled = n > MAX;
+  }
+  composer.addEventListener('input', fitComposer);
 
   document.addEventListener('submit', (e) => {
     const form = e.target;
@@ -192,17 +470,30 @@
     e.preventDefault();
     const input = form.querySelector('input, textarea');
     const value = input.value;
-    if (form.id === 'message-form') send('New message', { message: value });
+    if (form.id === 'message-form') {
+      const text = value.trim();
+      if (!text || [...text].length > MAX) return;
+      const room = activeRoom();
+      if (!room) return;
+      // Safe in the outbox (and sessionStorage) before the box is cleared.
+      const m = { clientId: uuid(), room, text };
+      outbox.push(m);
+      saveOutbox();
+      input.value = '';
+      fitComposer();
+      $('#outbox').append(pendingItem(m));
+      list().scrollTop = list().scrollHeight;
+      flushOutbox();
+      if (!touch) input.focus();
+      return;
+    }
+    if (form.id === 'browse-form') return send('Browse groups', { query: value });
+    form.nextElementSibling?.classList.contains('form-error') && form.nextElementSibling.remove();
+    pendingForm = form;
     if (form.id === 'new-group') send('Create group', { groupName: value });
     if (form.id === 'new-direct') send('Change group', { groupName: value, isGroup: false });
-    if (form.id === 'browse-form') return send('Browse groups', { query: value });
-    input.value = '';
-    $('#message-text').focus();
   });
 
-  $('#blocked').addEventListener('toggle', (e) => { if (e.target.open) send('Blocked people', {}); });
-
-  let loadingOlder = false;
   list().addEventListener('scroll', () => {
     const el = list();
     if (nearBottom(el)) $('#new-pill').hidden = true;
@@ -216,18 +507,29 @@
     list().scrollTop = list().scrollHeight;
     $('#new-pill').hidden = true;
   });
+  $('#blocked').addEventListener('toggle', (e) => { if (e.target.open) send('Blocked people', {}); });
 
   let lastTyping = 0;
   document.addEventListener('keydown', (e) => {
+    // Alt+↑ / Alt+↓ move to the room above or below in the sidebar.
+    if (e.altKey && (e.key === 'ArrowUp' || e.key === 'ArrowDown')) {
+      const rooms = [...document.querySelectorAll('#groups a[data-group-name], #directs a[data-group-name]')];
+      const at = rooms.findIndex((a) => a.getAttribute('aria-current'));
+      const next = rooms[at + (e.key === 'ArrowUp' ? -1 : 1)];
+      if (next) { e.preventDefault(); next.click(); }
+      return;
+    }
     if (e.target.id !== 'message-text') return;
-    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !touch) {
       e.preventDefault();
       e.target.form.requestSubmit();
-    } else if (Date.now() - lastTyping > 2000) {
+    } else if (Date.now() - lastTyping > 2000 && e.key.length === 1) {
       lastTyping = Date.now();
       send('Typing', {});
     }
   });
+  composer.placeholder = touch ? 'Write a message…' : 'Write a message… (Enter sends, Shift+Enter: new line)';
 
+  renderOutbox();
   connect();
 })();

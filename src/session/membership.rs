@@ -64,6 +64,16 @@ impl Session {
         Ok(())
     }
 
+    /// Enters the group a link names: one that exists (joining it, as "Join" does), never
+    /// a new one.
+    pub(super) async fn open_group_link(&mut self, raw_name: &str) -> Result<(), ActionError> {
+        let name = GroupName::parse(raw_name)?;
+        if self.hub.store.group_by_name(name.as_str()).await?.is_none() {
+            return refuse(format!("There is no group #{}.", name.as_str()));
+        }
+        self.enter_group(name.as_str()).await
+    }
+
     /// Opens the conversation with a user, creating it on first use.
     pub(super) async fn enter_direct(&mut self, raw_name: &str) -> Result<(), ActionError> {
         let peer = self.user_named(raw_name).await?;

@@ -139,6 +139,16 @@ pub struct Client {
 pub struct Resume {
     pub room: Option<String>,
     pub after_seq: Option<i64>,
+    /// The room the page's address names (`/r/<group>`, `/dm/<user>`), when it is not
+    /// resuming one.
+    pub named: Option<Named>,
+}
+
+/// A room by the name a link gives it.
+#[derive(Debug, Clone)]
+pub enum Named {
+    Group(String),
+    Direct(String),
 }
 
 /// How a socket's reading ended.
@@ -311,8 +321,14 @@ enum ActionError {
     Store(StoreError),
     /// The user blocked this person: shown with a way to unblock.
     Blocked(User),
-    /// A post with a client id was refused: said with the id.
-    PostRefused(InputError, String),
+    /// Refused for now (too fast, not stored): the same may work in a moment.
+    Busy(InputError),
+    /// A post with a client id was refused: said with the id, and whether to retry.
+    PostRefused {
+        reason: InputError,
+        client_id: String,
+        retry: bool,
+    },
 }
 
 impl From<InputError> for ActionError {
@@ -461,6 +477,19 @@ impl Session {
             .as_deref()
             .and_then(|room_id| rooms.iter().find(|s| s.room.id == room_id))
             .filter(|s| !s.blocked());
+        // A page opened at a room's address (a link, a reload) enters that room, as
+        // clicking it would; failing that, says why and goes on to the usual one.
+        if let (None, Some(named)) = (resumed, resume.named) {
+            let entered = match &named {
+                Named::Group(name) => self.open_group_link(name).await,
+                Named::Direct(name) => self.enter_direct(name).await,
+            };
+            match entered {
+                Ok(()) => return Ok(()),
+                Err(ActionError::Store(e)) => return Err(e),
+                Err(refused) => self.report(refused),
+            }
+        }
         let first = resumed.or_else(|| {
             rooms.iter().filter(|s| s.listed()).min_by_key(|s| {
                 (
@@ -566,20 +595,30 @@ impl Session {
             Err(e) if self.hub.budget.spend(&self.user.id, 1.0) => Err(ActionError::Input(e)),
             Err(_) => Ok(()),
         };
-        match result {
-            Ok(()) => {}
-            Err(ActionError::Input(e)) => self.send_error(&e.0),
-            Err(ActionError::PostRefused(e, client_id)) => self.send(Direct::Frame(frame(
+        if let Err(e) = result {
+            self.report(e);
+        }
+    }
+
+    /// Tells the user why an action failed.
+    fn report(&self, error: ActionError) {
+        match error {
+            ActionError::Input(e) | ActionError::Busy(e) => self.send_error(&e.0),
+            ActionError::PostRefused {
+                reason,
+                client_id,
+                retry,
+            } => self.send(Direct::Frame(frame(
                 "#errors",
                 Swap::Inner,
-                &views::post_refused(&e.0, &client_id).into_string(),
+                &views::post_refused(&reason.0, &client_id, retry).into_string(),
             ))),
-            Err(ActionError::Blocked(peer)) => self.send(Direct::Frame(frame(
+            ActionError::Blocked(peer) => self.send(Direct::Frame(frame(
                 "#errors",
                 Swap::Inner,
                 &views::blocked(&peer).into_string(),
             ))),
-            Err(ActionError::Store(e)) => {
+            ActionError::Store(e) => {
                 tracing::error!(error = %e, user = %self.user.username, "action failed");
                 self.send_error(
                     "Something went wrong on our side; nothing was changed. Please try again.",
@@ -613,13 +652,24 @@ impl Session {
             Action::CreateGroup { name } => self.enter_group(&name).await,
             Action::ChangeGroup { name, .. } => self.enter_direct(&name).await,
             Action::NewMessage { text, client_id } => {
-                match self.post(&text, client_id.as_deref()).await {
-                    // Said with the post's id, so the page can show which one was not sent.
-                    Err(ActionError::Input(e)) => match client_id {
-                        Some(client_id) => Err(ActionError::PostRefused(e, client_id)),
-                        None => Err(ActionError::Input(e)),
-                    },
-                    other => other,
+                match (self.post(&text, client_id.as_deref()).await, client_id) {
+                    // Said with the post's id, so the page can show which one was not sent,
+                    // and send it again by itself when that may work.
+                    (Err(ActionError::Input(reason)), Some(client_id)) => {
+                        Err(ActionError::PostRefused {
+                            reason,
+                            client_id,
+                            retry: false,
+                        })
+                    }
+                    (Err(ActionError::Busy(reason)), Some(client_id)) => {
+                        Err(ActionError::PostRefused {
+                            reason,
+                            client_id,
+                            retry: true,
+                        })
+                    }
+                    (result, _) => result,
                 }
             }
             Action::LoadOlder { before_seq } => self.load_older(before_seq).await,
@@ -876,7 +926,9 @@ impl Session {
     async fn post(&mut self, raw: &str, client_id: Option<&str>) -> Result<(), ActionError> {
         let active = self.usable_room()?;
         if !self.hub.rate.allow(&self.user.id) {
-            return refuse("You are sending messages too fast; wait a moment and try again.");
+            return Err(ActionError::Busy(InputError(
+                "You are sending messages too fast; wait a moment and try again.".into(),
+            )));
         }
         let text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
         // Store before send: nothing is published (or acknowledged) until the row commits.
@@ -924,7 +976,10 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(error = %e, "message not stored");
-                refuse("Your message could not be stored, so it was not sent. Please try again.")
+                Err(ActionError::Busy(InputError(
+                    "Your message could not be stored, so it was not sent. Please try again."
+                        .into(),
+                )))
             }
         }
     }

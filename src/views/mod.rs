@@ -11,14 +11,20 @@ use crate::store::{GroupListing, Room, RoomKind, RoomSummary, StoredMessage, Use
 /// How many messages a page of history holds.
 pub const PAGE_SIZE: i64 = 50;
 
+/// The composer's limit, as the page shows it; the server checks its own setting.
+const MAX_MESSAGE_CHARS: usize = 4000;
+
 fn layout(title: &str, body_attrs_me: Option<&str>, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="viewport" content="width=device-width, initial-scale=1, interactive-widget=resizes-content";
+                meta name="description" content="wirechat: real-time chat in rooms and private conversations.";
+                meta name="color-scheme" content="light dark";
                 title { (title) }
+                link rel="icon" href="/static/favicon.svg" type="image/svg+xml";
                 link rel="stylesheet" href="/static/chat.css";
                 script defer src="/static/chat.js" {}
             }
@@ -27,8 +33,19 @@ fn layout(title: &str, body_attrs_me: Option<&str>, content: Markup) -> Markup {
     }
 }
 
+/// Which sign-in form an error answers, and the name to put back in it.
+#[derive(Debug, Clone, Copy)]
+pub enum SignInForm<'a> {
+    LogIn(&'a str),
+    SignUp(&'a str),
+}
+
 /// The sign-in page: log in, sign up, or continue as a guest.
-pub fn login_page(error: Option<&str>, username: &str) -> Markup {
+pub fn login_page(error: Option<&str>, form: SignInForm<'_>) -> Markup {
+    let (login_name, signup_name) = match form {
+        SignInForm::LogIn(name) => (name, ""),
+        SignInForm::SignUp(name) => ("", name),
+    };
     layout(
         "wirechat — sign in",
         None,
@@ -40,13 +57,13 @@ pub fn login_page(error: Option<&str>, username: &str) -> Markup {
                 }
                 form.card method="post" action="/login" {
                     h2 { "Log in" }
-                    label { "Username" input name="username" autocomplete="username" required value=(username); }
+                    label { "Username" input name="username" autocomplete="username" required value=(login_name); }
                     label { "Password" input name="password" type="password" autocomplete="current-password" required; }
                     button type="submit" { "Log in" }
                 }
                 form.card method="post" action="/signup" {
                     h2 { "Sign up" }
-                    label { "Username" input name="username" autocomplete="username" required minlength="3" maxlength="32"; }
+                    label { "Username" input name="username" autocomplete="username" required minlength="3" maxlength="32" value=(signup_name); }
                     label { "Password" input name="password" type="password" autocomplete="new-password" required minlength="8"; }
                     button type="submit" { "Create account" }
                 }
@@ -87,11 +104,16 @@ pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
         "wirechat",
         Some(&view.me.id),
         html! {
+            a.skip href="#message-text" { "Skip to the message box" }
             header.topbar {
+                button #rooms-toggle.secondary type="button" aria-controls="aside" aria-expanded="false" { "Rooms" }
                 h1.title { "wirechat" }
-                p.subtitle { "I'm " span #logged-user { (view.me.username) } }
-                span #connection role="status" {}
+                p.subtitle { "I'm " bdi #logged-user { (view.me.username) } }
                 form method="post" action="/logout" { button.link type="submit" { "Log out" } }
+            }
+            div #connection role="status" hidden {
+                span #connection-text {}
+                button #retry-now.secondary type="button" { "Retry now" }
             }
             div.chat {
                 aside #aside aria-label="Rooms and people" { (sidebar_with(view, more, &[])) }
@@ -103,14 +125,19 @@ pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
                         div #room-actions {}
                     }
                     div #history-controls {}
-                    section #messages-list aria-live="polite" aria-label="Messages" tabindex="0" {}
+                    // A log, but not read out as a whole: a room's history replaces it at
+                    // once. New messages from others are announced one by one (#announce).
+                    section #messages-list role="log" aria-live="off" aria-label="Messages" tabindex="0" {}
+                    ol #outbox aria-label="Not sent yet" {}
                     button #new-pill type="button" hidden { "New messages ↓" }
                     p #typing aria-live="polite" {}
                     div #errors {}
+                    p #announce.visually-hidden aria-live="polite" {}
                     form #message-form autocomplete="off" {
                         label.visually-hidden for="message-text" { "Message" }
-                        textarea #message-text name="message" rows="1" maxlength="4000"
-                            placeholder="Write a message…" title="Enter sends; Shift+Enter starts a new line" {}
+                        textarea #message-text name="message" rows="1" data-max=(MAX_MESSAGE_CHARS)
+                            placeholder="Write a message…" aria-describedby="message-count" {}
+                        span #message-count.muted aria-live="polite" {}
                         button type="submit" { "Send" }
                     }
                 }
@@ -278,15 +305,14 @@ pub fn contact(user_id: &str) -> Markup {
 
 fn badge(room_id: &str, unread: i64) -> Markup {
     html! {
-        span.badge id={ "unread-" (room_id) } aria-label="unread" {
-            @if unread > 0 { (unread) }
-        }
+        span.badge id={ "unread-" (room_id) } { (PreEscaped(badge_count(unread))) }
     }
 }
 
+/// A badge's content: the count, read out as "3 unread"; empty at none.
 pub fn badge_count(unread: i64) -> String {
     if unread > 0 {
-        unread.to_string()
+        format!("{unread}<span class=\"visually-hidden\"> unread</span>")
     } else {
         String::new()
     }
@@ -368,10 +394,51 @@ pub fn message(m: &StoredMessage) -> Markup {
                     strong.author { bdi { (m.author.username) } }
                     time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
                 }
-                p.body dir="auto" { (m.body) }
+                p.body dir="auto" { (linked(&m.body)) }
             }
         }
     }
+}
+
+/// Text with its web addresses made links, opened in a new tab, without the page passing
+/// its address or window, and marked as user content for search engines.
+pub fn linked(text: &str) -> Markup {
+    html! {
+        @for (piece, is_link) in links(text) {
+            @if is_link {
+                a href=(piece) target="_blank" rel="nofollow noopener noreferrer ugc" { (piece) }
+            } @else {
+                (piece)
+            }
+        }
+    }
+}
+
+/// `text` cut into plain pieces and `http(s)://` addresses (up to the next space, less any
+/// closing punctuation that more likely ends the sentence than the address).
+fn links(text: &str) -> Vec<(&str, bool)> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(start) = ["https://", "http://"]
+        .iter()
+        .filter_map(|scheme| rest.find(scheme))
+        .min()
+    {
+        let tail = &rest[start..];
+        let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        let link =
+            tail[..end].trim_end_matches(['.', ',', ';', ':', '!', '?', ')', ']', '}', '\'', '"']);
+        let scheme_only = link == "https://" || link == "http://";
+        if start > 0 {
+            pieces.push((&rest[..start], false));
+        }
+        pieces.push((link, !scheme_only));
+        rest = &tail[link.len()..];
+    }
+    if !rest.is_empty() {
+        pieces.push((rest, false));
+    }
+    pieces
 }
 
 pub fn messages(list: &[StoredMessage]) -> Markup {
@@ -418,9 +485,12 @@ pub fn error(text: &str) -> Markup {
     html! { p.error role="alert" { (text) } }
 }
 
-/// A post refused, with the id its client gave it, so the page marks that one "not sent".
-pub fn post_refused(text: &str, client_id: &str) -> Markup {
-    html! { p.error role="alert" data-client-id=(client_id) { (text) } }
+/// A post refused, with the id its client gave it, so the page marks that one "not sent"
+/// (or, when `retry`, sends it again in a moment by itself).
+pub fn post_refused(text: &str, client_id: &str, retry: bool) -> Markup {
+    html! {
+        p.error role="alert" data-client-id=(client_id) data-retry=[retry.then_some("true")] { (text) }
+    }
 }
 
 /// What an action did, where errors go.
@@ -457,4 +527,35 @@ pub fn blocked(peer: &User) -> Markup {
 
 pub fn typing(user: &User) -> Markup {
     html! { span data-user=(user.id) { bdi { (user.username) } " is typing…" } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_become_links_and_nothing_else_does() {
+        assert_eq!(
+            linked("see https://example.com/a?b=1&c=<2>. ok").into_string(),
+            "see <a href=\"https://example.com/a?b=1&amp;c=&lt;2&gt;\" target=\"_blank\" \
+             rel=\"nofollow noopener noreferrer ugc\">https://example.com/a?b=1&amp;c=&lt;2&gt;</a>. ok"
+        );
+        assert_eq!(
+            linked("javascript:alert(1)").into_string(),
+            "javascript:alert(1)"
+        );
+        assert_eq!(
+            linked("(http://x.y)").into_string().matches("<a ").count(),
+            1
+        );
+        assert_eq!(
+            linked("just http:// here").into_string(),
+            "just http:// here"
+        );
+        assert_eq!(
+            linked("a\"><script>x</script> http://q").into_string(),
+            "a&quot;&gt;&lt;script&gt;x&lt;/script&gt; <a href=\"http://q\" target=\"_blank\" \
+             rel=\"nofollow noopener noreferrer ugc\">http://q</a>"
+        );
+    }
 }

@@ -9,6 +9,7 @@ use super::AppState;
 
 const CHAT_JS: &str = include_str!("../../static/chat.js");
 const CHAT_CSS: &str = include_str!("../../static/chat.css");
+const FAVICON: &str = include_str!("../../static/favicon.svg");
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -19,6 +20,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/static/chat.css",
             get(|| async { asset("text/css; charset=utf-8", CHAT_CSS) }),
+        )
+        .route(
+            "/static/favicon.svg",
+            get(|| async { asset("image/svg+xml", FAVICON) }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::response::Redirect::permanent("/static/favicon.svg") }),
         )
 }
 

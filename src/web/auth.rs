@@ -25,7 +25,7 @@ use crate::chat::names::{Password, Username};
 use crate::error::AppError;
 use crate::layer::{Event, user_group};
 use crate::store::{SignedIn, StoreError, User, now_ms};
-use crate::views;
+use crate::views::{self, SignInForm};
 
 pub const SESSION_COOKIE: &str = "wirechat_session";
 /// Names the account this browser last logged in to (signed): such a browser may still log
@@ -79,10 +79,10 @@ pub fn session_digest(session_id: &str) -> String {
     hex::encode(&Blake2s256::digest(session_id.as_bytes())[..16])
 }
 
-fn refused(status: StatusCode, reason: &str, username: &str) -> Response {
+fn refused(status: StatusCode, reason: &str, form: SignInForm<'_>) -> Response {
     (
         status,
-        Html(views::login_page(Some(reason), username).into_string()),
+        Html(views::login_page(Some(reason), form).into_string()),
     )
         .into_response()
 }
@@ -99,7 +99,7 @@ fn throttled(state: &AppState, ip: IpAddr) -> Option<Response> {
 }
 
 fn too_many(reason: &str, retry_after: Duration) -> Response {
-    let mut response = refused(StatusCode::TOO_MANY_REQUESTS, reason, "");
+    let mut response = refused(StatusCode::TOO_MANY_REQUESTS, reason, SignInForm::LogIn(""));
     let seconds = retry_after.as_secs().max(1).to_string();
     if let Ok(value) = HeaderValue::from_str(&seconds) {
         response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -220,7 +220,7 @@ fn wrong_credentials(username: &str) -> Response {
     refused(
         StatusCode::UNAUTHORIZED,
         "Wrong username or password.",
-        username,
+        SignInForm::LogIn(username),
     )
 }
 
@@ -236,13 +236,25 @@ async fn signup(
     }
     let username = match Username::parse(&form.username) {
         Ok(name) => name,
-        Err(e) => return Ok(refused(StatusCode::UNPROCESSABLE_ENTITY, &e.0, "")),
+        // The name is put back (escaped) unless it is far too long to be one.
+        Err(e) => {
+            let name = if form.username.len() <= 4 * Username::MAX_CHARS {
+                form.username.as_str()
+            } else {
+                ""
+            };
+            return Ok(refused(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &e.0,
+                SignInForm::SignUp(name),
+            ));
+        }
     };
     if let Err(e) = Password::parse(&form.password) {
         return Ok(refused(
             StatusCode::UNPROCESSABLE_ENTITY,
             &e.0,
-            username.as_str(),
+            SignInForm::SignUp(username.as_str()),
         ));
     }
     let hash = accounts::hash_password(form.password).await?;
@@ -256,7 +268,7 @@ async fn signup(
         Err(StoreError::Conflict) => Ok(refused(
             StatusCode::CONFLICT,
             "That username is taken (or one too like it is); pick another.",
-            "",
+            SignInForm::SignUp(username.as_str()),
         )),
         Err(e) => Err(e.into()),
     }

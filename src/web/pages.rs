@@ -13,7 +13,11 @@ use crate::store::SignedIn;
 use crate::views;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/", get(chat))
+    // A room's address is the chat page too; the page's script reads which room.
+    Router::new()
+        .route("/", get(chat))
+        .route("/r/{group}", get(chat))
+        .route("/dm/{user}", get(chat))
 }
 
 /// The chat page for a signed-in user. The socket fills in the active room once it opens.
@@ -48,5 +52,5 @@ pub async fn login_form(
     if current_user(&state, &jar).await?.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
-    Ok(Html(views::login_page(None, "").into_string()).into_response())
+    Ok(Html(views::login_page(None, views::SignInForm::LogIn("")).into_string()).into_response())
 }

@@ -17,17 +17,20 @@ use super::AppState;
 use super::auth::{SESSION_COOKIE, session_digest, signed_in};
 use super::client::origin_is_this_site;
 use crate::error::AppError;
-use crate::session::{self, Client, Resume};
+use crate::session::{self, Client, Named, Resume};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws/chat/", get(upgrade))
 }
 
-/// A reconnecting client names the room it had open and the newest seq it holds there.
+/// A reconnecting client names the room it had open and the newest seq it holds there; a
+/// page opened at a room's address names that room (`group`, or `with` a user).
 #[derive(Deserialize)]
 struct ResumeQuery {
     room: Option<String>,
     after: Option<i64>,
+    group: Option<String>,
+    with: Option<String>,
 }
 
 /// Read buffer per socket. Client frames are small actions; the default (128 KiB) would
@@ -72,9 +75,15 @@ async fn upgrade(
     let limit = state.hub.limits.max_frame_bytes;
     let hub = state.hub.clone();
     let tracker = state.sockets.clone();
+    let named = match (resume.group, resume.with) {
+        (Some(group), _) => Some(Named::Group(group)),
+        (None, Some(user)) => Some(Named::Direct(user)),
+        (None, None) => None,
+    };
     let resume = Resume {
         room: resume.room,
         after_seq: resume.after,
+        named,
     };
     let client = Client {
         address: state.access.client_ip(peer, &headers),

@@ -78,7 +78,7 @@ async fn signup_login_logout(backend: Backend) {
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(
-        html.contains(r#"<span id="logged-user">ann</span>"#),
+        html.contains(r#"<bdi id="logged-user">ann</bdi>"#),
         "{html}"
     );
     for group in ["#hi", "#python", "#events", "#off-topic"] {
@@ -160,7 +160,8 @@ async fn guests_get_a_generated_name(backend: Backend) {
     assert_eq!(guest.status(), 303);
     let cookie = session_cookie(&guest).expect("guest session");
     let html = app.page(&cookie).await;
-    let start = html.find(r#"<span id="logged-user">"#).unwrap() + 23;
+    let open = r#"<bdi id="logged-user">"#;
+    let start = html.find(open).expect("the user's name") + open.len();
     let name = &html[start..start + html[start..].find('<').unwrap()];
     assert!(name.len() >= 3, "generated name {name:?}");
 }

@@ -11,5 +11,6 @@ mod helpers;
 mod input;
 mod limits;
 mod operations;
+mod pages;
 mod posting;
 mod process;
