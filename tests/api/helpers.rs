@@ -551,3 +551,18 @@ pub async fn wait_for_metric(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// How many messages with this body the database holds.
+pub async fn stored(database_url: &str, body: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(database_url)
+        .await
+        .expect("the test's database");
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body = $1")
+        .bind(body)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    pool.close().await;
+    n
+}

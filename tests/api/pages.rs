@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::browser::{Browser, Driver};
-use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database};
+use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database, stored};
 use crate::process::{free_port, start_node};
 
 async fn js(browser: &Browser, script: &str) -> Value {
@@ -41,21 +41,6 @@ async fn shown(browser: &Browser, text: &str) -> usize {
     )
     .await;
     all.as_str().unwrap_or_default().matches(text).count()
-}
-
-/// How many messages with this body the database holds.
-async fn stored(database_url: &str, body: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(database_url)
-        .await
-        .expect("the test's database");
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body = $1")
-        .bind(body)
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    pool.close().await;
-    n
 }
 
 async fn path(browser: &Browser) -> String {

@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::helpers::{Backend, Client, PATIENCE, TestApp, attr, message_ids, seqs};
+use crate::helpers::{Backend, Client, PATIENCE, TestApp, attr, message_ids, seqs, stored};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -24,21 +24,6 @@ async fn say_with_id(client: &mut Client, text: &str, client_id: &str) {
             json!({ "message": text, "clientId": client_id }),
         )
         .await;
-}
-
-/// How many messages with this body the room's history holds.
-async fn stored(app: &TestApp, body: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&app.database_url)
-        .await
-        .expect("the test's database");
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body = $1")
-        .bind(body)
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    pool.close().await;
-    n
 }
 
 /// A retry (the same `clientId`) on the same socket, another socket, after the node
@@ -79,14 +64,14 @@ async fn a_repeated_client_id_stores_and_delivers_once(backend: Backend) {
     say_with_id(&mut third, "only once", &id).await;
     let again = third.wait_for_message("only once").await;
     assert_eq!(message_ids(&again.html), article);
-    assert_eq!(stored(&app, "only once").await, 1);
+    assert_eq!(stored(&app.database_url, "only once").await, 1);
 
     // The id is the author's: someone else's post with it is theirs.
     let mut bob_socket = app.connect(&bob).await;
     say_with_id(&mut bob_socket, "only once", &id).await;
     let bobs = bob_socket.wait_for_message("only once").await;
     assert_ne!(message_ids(&bobs.html), article);
-    assert_eq!(stored(&app, "only once").await, 2);
+    assert_eq!(stored(&app.database_url, "only once").await, 2);
 
     // Not a UUID: refused, and said so with nothing stored.
     third
@@ -96,7 +81,7 @@ async fn a_repeated_client_id_stores_and_delivers_once(backend: Backend) {
         )
         .await;
     assert!(third.wait_for_error().await.contains("UUID"));
-    assert_eq!(stored(&app, "bad id").await, 0);
+    assert_eq!(stored(&app.database_url, "bad id").await, 0);
 }
 
 /// A socket resuming while others post once got the newest messages first and its backlog
