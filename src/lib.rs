@@ -6,23 +6,28 @@
 //! - [`app`]: start-up and graceful shutdown; `Application::build` binds (port 0 in tests)
 //!   and `run_until_stopped` serves.
 //! - [`config`]: flags with environment fallbacks, and the subcommands.
-//! - [`web`]: HTTP routes — pages, sign-in forms and sessions, the WebSocket handshake,
-//!   static assets, health checks — the security headers on every response, and the
-//!   access limits (sign-in attempts, sockets per user).
-//! - [`session`]: one chat socket — a reader turning actions into stores and publications,
-//!   a writer draining a bounded queue onto the wire.
+//! - [`web`]: accepting connections (header deadline, connections per address), HTTP routes
+//!   — pages, sign-in forms and sessions, the WebSocket handshake, static assets, health
+//!   checks — the security headers and the same-site check on every request, who a
+//!   request comes from behind proxies, and the access limits (sign-in attempts, failed
+//!   log-ins, sockets per user).
+//! - [`session`]: one chat socket — a reader turning actions into stores and publications
+//!   (the rooms a person chooses: joining, leaving, hiding, blocking, browsing, in
+//!   `membership`), a writer draining a bounded queue onto the wire through the socket's
+//!   view (`view`: which room is shown, what of it is on screen, what waits).
 //! - [`hub`]: what every socket on a node shares (store, layer, presence, limits, room
 //!   member lists already rendered), and the node's announcements of who came and went.
-//! - [`chat`]: the rules, free of I/O: valid names and messages, the wire protocol, rate
-//!   limiting, presence with its capped room member lists, and the capped Online list
-//!   (roster).
+//! - [`chat`]: the rules, free of I/O: valid names (and when two are the same) and
+//!   messages, the wire protocol, rate limits and the cost of each action, presence with
+//!   its capped room member lists, and the capped Online list (roster).
 //! - [`views`]: maud components; the page and the live fragments come from the same ones.
 //! - [`layer`]: the `ChannelLayer` trait (publish to a group, deliver to local sockets)
 //!   with its in-process backend and its Redis pub/sub backend for several nodes, each
 //!   socket's queue (its outbox), the Redis-backed presence that spans nodes, and the
 //!   counters behind `/metrics`.
-//! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, rooms,
-//!   memberships, messages; posts are stored in batches by per-node writers (group commit).
+//! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
+//!   log-ins, rooms, memberships, blocks, messages; posts are stored in batches by per-node
+//!   writers (group commit), once per client id; what nobody can use any more is purged.
 //! - [`memory`]: giving freed memory back to the system after a load peak.
 //! - [`accounts`]: password hashing, generated names, `seed-users`.
 //! - [`error`]: the HTTP error type.
