@@ -7,6 +7,8 @@
   const list = () => $('#messages-list');
   if (!list()) return;
   const me = document.body.dataset.me;
+  const composer = $('#message-text');
+  const MAX = Number(composer.dataset.max) || 4000;
   // On a phone, Enter makes a new line (the Send button sends) and picking a room does not
   // open the keyboard.
   const touch = matchMedia('(pointer: coarse)').matches;
@@ -45,14 +47,17 @@
 
   // ---- The outbox: sent messages the server has not confirmed yet. Kept in sessionStorage
   // (a reload keeps them, closing the tab does not), shown dimmed under the messages, and
-  // sent in order, a few at a time, while the socket is open and their room is shown. A
-  // message's clientId makes sending it twice harmless: the server stores it once.
+  // sent one at a time, in order, to the room each was written in, while the socket is
+  // open. A message's clientId makes sending it twice harmless: the server stores it once.
   const OUTBOX = `wirechat-outbox-${me}`;
-  const IN_FLIGHT = 5;
-  let outbox = [];
-  try { outbox = JSON.parse(sessionStorage.getItem(OUTBOX) || '[]'); } catch (_) { outbox = []; }
+  const DRAFTS = `wirechat-drafts-${me}`;
+  const load = (key, empty) => { try { return JSON.parse(sessionStorage.getItem(key)) || empty; } catch (_) { return empty; } };
+  const store = (key, value) => { try { sessionStorage.setItem(key, JSON.stringify(value)); } catch (_) { /* full: kept in memory */ } };
+  let outbox = load(OUTBOX, []);
+  const drafts = load(DRAFTS, {});
   const inFlight = new Set();
-  const saveOutbox = () => { try { sessionStorage.setItem(OUTBOX, JSON.stringify(outbox)); } catch (_) { /* full: kept in memory */ } };
+  let flushTimer = null;
+  const saveOutbox = () => store(OUTBOX, outbox);
 
   function pendingItem(m) {
     const li = document.createElement('li');
@@ -65,9 +70,10 @@
     const status = document.createElement('span');
     status.className = 'status';
     status.textContent = m.failed ? `Not sent: ${m.failed}` : (isOpen() ? 'Sending…' : 'Waiting for the connection…');
+    if (m.room !== activeRoom()) status.textContent += ` (in ${m.title || 'another room'})`;
     li.append(body, status);
     if (m.failed) {
-      for (const [what, label] of [['retry', 'Retry'], ['discard', 'Delete']]) {
+      for (const [what, label] of [['retry', 'Retry'], ['edit', 'Edit'], ['discard', 'Delete']]) {
         const b = document.createElement('button');
         b.type = 'button';
         b.className = 'link';
@@ -81,21 +87,24 @@
   }
 
   function renderOutbox() {
-    const room = activeRoom();
-    $('#outbox').replaceChildren(...outbox.filter((m) => m.room === room).map(pendingItem));
+    const box = $('#outbox');
+    box.replaceChildren(...outbox.map(pendingItem));
+    box.scrollTop = box.scrollHeight;
   }
 
+  // Sends the first message waiting, unless one is on its way: one at a time keeps their
+  // order even when the server asks to slow down.
   function flushOutbox() {
-    if (!isOpen()) return;
-    const room = activeRoom();
-    for (const m of outbox) {
-      if (inFlight.size >= IN_FLIGHT) break;
-      if (m.room !== room || m.failed || inFlight.has(m.clientId)) continue;
-      // Stored already (its echo was lost, and the history shows it): nothing to send.
-      if (list().querySelector(`article[data-client-id="${m.clientId}"]`)) { confirmed(m.clientId); return; }
-      inFlight.add(m.clientId);
-      send('New message', { message: m.text, clientId: m.clientId });
-    }
+    clearTimeout(flushTimer);
+    if (!isOpen() || inFlight.size) return;
+    const m = outbox.find((x) => !x.failed);
+    if (!m) return;
+    // Stored already (its answer was lost, and the history shows it): nothing to send.
+    if (list().querySelector(`article[data-client-id="${m.clientId}"]`)) return confirmed(m.clientId);
+    const wait = (m.notBefore || 0) - Date.now();
+    if (wait > 0) { flushTimer = setTimeout(flushOutbox, wait); return; }
+    inFlight.add(m.clientId);
+    send('New message', { message: m.text, clientId: m.clientId, roomId: m.room });
   }
 
   function confirmed(clientId) {
@@ -113,8 +122,9 @@
     if (!m) return;
     inFlight.delete(clientId);
     if (retry) {
-      // Too fast, or not stored: it goes again by itself in a moment.
-      setTimeout(flushOutbox, 1500);
+      // Too fast, or not stored: it goes again by itself in a moment, still first.
+      m.notBefore = Date.now() + 1500;
+      flushOutbox();
       return;
     }
     m.failed = reason;
@@ -150,6 +160,8 @@
   }
 
   function apply(frame) {
+    // A message posted to a room not shown here is stored: the server says so.
+    if (frame.selector.startsWith('#pending-') && frame.swap === 'remove') return confirmed(frame.selector.slice(9));
     const target = document.querySelector(frame.selector);
     if (!target) return;
     // The typing notice goes to the whole room; the typist needs no notice of themself.
@@ -185,7 +197,7 @@
       for (const a of target.querySelectorAll('article[data-client-id]')) {
         if (outbox.length && outbox.some((m) => m.clientId === a.dataset.clientId)) confirmed(a.dataset.clientId);
       }
-      if (frame.swap === 'beforeend') announce(added);
+      if (frame.swap === 'beforeend') { announce(added); stopTyping(added); }
       checkGaps();
     }
     if (frame.selector === '#load-older' || frame.selector === '#errors') loadingOlder = false;
@@ -208,10 +220,29 @@
     if (frame.selector.startsWith('#unread-') || frame.selector === '#aside') updateTitle();
   }
 
-  // A room is shown: the banner goes, the address follows, what waits in the outbox for
-  // this room is shown and sent.
+  // Someone whose message just arrived is no longer typing it.
+  function stopTyping(articles) {
+    const typing = $('#typing [data-user]');
+    if (typing && articles.some((a) => a.dataset?.author === typing.dataset.user)) $('#typing').innerHTML = '';
+  }
+
+  // What is typed and not sent stays with its room.
+  let draftRoom = null;
+  function switchDraft() {
+    const room = activeRoom();
+    if (room === draftRoom) return;
+    if (draftRoom) { drafts[draftRoom] = composer.value; if (!composer.value) delete drafts[draftRoom]; }
+    composer.value = drafts[room] || '';
+    draftRoom = room;
+    store(DRAFTS, drafts);
+    fitComposer();
+  }
+
+  // A room is shown: the banner goes, the address follows, its draft comes back, and what
+  // waits in the outbox is shown and sent.
   function entered() {
     showConnection(null);
+    switchDraft();
     markActive();
     updateAddress();
     updateTitle();
@@ -280,6 +311,13 @@
   }
 
   function dots() {
+    // One's own entry in the Online list leads nowhere.
+    const mine = document.querySelector(`#person-${me} a[data-group-name]`);
+    if (mine) {
+      mine.removeAttribute('data-group-name');
+      mine.removeAttribute('href');
+      mine.querySelector('.room-name')?.append(' (you)');
+    }
     document.querySelectorAll('.dot[data-user]').forEach((d) => {
       const id = d.dataset.user;
       // Listed under "Online", or (past the list's cap) marked as a partner who is online.
@@ -303,7 +341,7 @@
     return title.startsWith('#') ? `/r/${encodeURIComponent(title.slice(1))}` : `/dm/${encodeURIComponent(title)}`;
   }
   function namedRoom() {
-    const m = location.pathname.match(/^\/(r|dm)\/([^/]+)$/);
+    const m = location.pathname.match(/^\/(r|dm)\/([^/]+)\/?$/);
     if (!m) return null;
     return { name: decodeURIComponent(m[2]), isGroup: m[1] === 'r' };
   }
@@ -366,20 +404,26 @@
       inFlight.clear();
       // Logged out (on this tab or another, on any node): nothing to reconnect to.
       if (e.code === 4001) return location.assign('/login');
-      showConnection('Connection lost. Reconnecting…');
+      // A room picked while offline opens once the connection is back: say so.
+      const waiting = namedRoom() && activeRoom() && roomPath() !== location.pathname.replace(/\/$/, '');
+      showConnection(waiting ? `Offline: ${namedRoom().isGroup ? '#' : ''}${namedRoom().name} opens when the connection is back. Reconnecting…` : 'Connection lost. Reconnecting…');
       renderOutbox();
       if (!opened && attempts > 1) {
         // Refused handshakes are often an expired session: let the server decide.
         const r = await fetch('/', { redirect: 'manual' }).catch(() => null);
         if (r && r.type === 'opaqueredirect') return location.assign('/login');
       }
-      const delay = Math.min(15000, 250 * 2 ** attempts) * (0.5 + Math.random());
+      const delay = Math.min(5000, 250 * 2 ** attempts) * (0.5 + Math.random());
       attempts += 1;
       retryTimer = setTimeout(connect, delay);
     };
   }
   $('#retry-now').addEventListener('click', () => { attempts = 0; connect(); });
-  addEventListener('online', () => { attempts = 0; if (!isOpen()) connect(); });
+  // Back online, or back to the tab: try now rather than at the next retry.
+  const tryNow = () => { if (!isOpen() && !socket) { attempts = 0; connect(); } };
+  addEventListener('online', tryNow);
+  addEventListener('focus', tryNow);
+  document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') tryNow(); });
 
   // A page kept in the back/forward cache keeps no socket: the person left.
   addEventListener('pagehide', () => {
@@ -412,13 +456,19 @@
       e.preventDefault();
       const browse = $('#browse-dialog');
       if (browse.open) browse.close();
-      if (!send('Change group', { groupName: link.dataset.groupName, isGroup: link.dataset.isGroup === 'true' })) {
-        // Offline: the room is remembered in the address and entered on reconnecting.
-        history.pushState(null, '', link.dataset.isGroup === 'true' ? `/r/${encodeURIComponent(link.dataset.groupName)}` : `/dm/${encodeURIComponent(link.dataset.groupName)}`);
-        showConnection('Offline: the room opens when the connection is back. Reconnecting…');
-      }
-      if (!touch) $('#message-text').focus();
+      openRoom(link.dataset.groupName, link.dataset.isGroup === 'true');
       return;
+    }
+    // A link in a message to one of this site's rooms opens it here.
+    const inner = e.target.closest('#messages-list a[href]');
+    if (inner) {
+      const url = new URL(inner.href, location.href);
+      const room = url.origin === location.origin && url.pathname.match(/^\/(r|dm)\/([^/]+)\/?$/);
+      if (room) {
+        e.preventDefault();
+        openRoom(decodeURIComponent(room[2]), room[1] === 'r');
+        return;
+      }
     }
     // Buttons the server rendered with the action they stand for (leave, hide, block…).
     const action = e.target.closest('button[data-action]');
@@ -430,6 +480,13 @@
       const m = outbox.find((x) => x.clientId === fix.dataset.clientId);
       if (m && fix.dataset.outbox === 'retry') delete m.failed;
       if (m && fix.dataset.outbox === 'discard') outbox.splice(outbox.indexOf(m), 1);
+      if (m && fix.dataset.outbox === 'edit') {
+        // Back into the box, to change and send again.
+        outbox.splice(outbox.indexOf(m), 1);
+        composer.value = composer.value ? `${composer.value}\n${m.text}` : m.text;
+        fitComposer();
+        composer.focus();
+      }
       saveOutbox();
       renderOutbox();
       flushOutbox();
@@ -447,21 +504,37 @@
     if (older) send('Load older', { beforeSeq: Number(older.dataset.beforeSeq) });
   });
 
-  const composer = $('#message-text');
-  const MAX = Number(composer.dataset.max) || 4000;
-
-  // The composer grows with its text, up to about six lines, and counts near the limit.
+  // The composer grows with its text, up to about six lines (the newest messages stay in
+  // view above it), and counts near the limit.
   function fitComposer() {
+    const stick = nearBottom(list());
     // Its stylesheet caps the height; past it, the box scrolls.
     composer.style.height = 'auto';
     composer.style.height = `${composer.scrollHeight + 2}px`;
+    if (stick) list().scrollTop = list().scrollHeight;
     const n = [...composer.value].length;
     const count = $('#message-count');
-    count.textContent = n > MAX * 0.9 ? `${n} / ${MAX}` : '';
+    count.textContent = n > MAX ? `Too long: ${n} of ${MAX} characters` : n > MAX * 0.9 ? `${n} / ${MAX}` : '';
     count.classList.toggle('error', n > MAX);
     $('#message-form button[type=submit]').disabled = n > MAX;
   }
-  composer.addEventListener('input', fitComposer);
+  composer.addEventListener('input', () => {
+    fitComposer();
+    if (draftRoom) { drafts[draftRoom] = composer.value; store(DRAFTS, drafts); }
+  });
+
+  // Enters a room, or, offline, remembers it in the address and enters it on reconnecting.
+  function openRoom(name, isGroup) {
+    const browse = $('#browse-dialog');
+    if (browse.open) browse.close();
+    document.body.classList.remove('rooms-open');
+    $('#rooms-toggle').setAttribute('aria-expanded', 'false');
+    if (!send('Change group', { groupName: name, isGroup })) {
+      history.pushState(null, '', isGroup ? `/r/${encodeURIComponent(name)}` : `/dm/${encodeURIComponent(name)}`);
+      showConnection(`Offline: ${isGroup ? '#' : ''}${name} opens when the connection is back. Reconnecting…`);
+    }
+    if (!touch) composer.focus();
+  }
 
   document.addEventListener('submit', (e) => {
     const form = e.target;
@@ -476,12 +549,16 @@
       const room = activeRoom();
       if (!room) return;
       // Safe in the outbox (and sessionStorage) before the box is cleared.
-      const m = { clientId: uuid(), room, text };
+      const m = { clientId: uuid(), room, title: activeTitle(), text };
       outbox.push(m);
       saveOutbox();
       input.value = '';
+      delete drafts[room];
+      store(DRAFTS, drafts);
       fitComposer();
-      $('#outbox').append(pendingItem(m));
+      const box = $('#outbox');
+      box.append(pendingItem(m));
+      box.scrollTop = box.scrollHeight;
       list().scrollTop = list().scrollHeight;
       flushOutbox();
       if (!touch) input.focus();

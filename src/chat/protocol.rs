@@ -18,11 +18,12 @@ pub enum Action {
         name: String,
         is_group: bool,
     },
-    /// Post to the active room. `client_id` (a UUID the client chose) makes posting the
-    /// same message again harmless.
+    /// Post to the active room, or to `room_id` (another room of the user's). `client_id`
+    /// (a UUID the client chose) makes posting the same message again harmless.
     NewMessage {
         text: String,
         client_id: Option<String>,
+        room_id: Option<String>,
     },
     /// One page of history before `before_seq` in the active room.
     LoadOlder {
@@ -87,6 +88,8 @@ struct NewMessageData {
     message: String,
     #[serde(rename = "clientId", default)]
     client_id: Option<String>,
+    #[serde(rename = "roomId", default)]
+    room_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -159,9 +162,13 @@ impl Action {
                             .to_string(),
                     ),
                 };
+                if d.room_id.as_ref().is_some_and(|id| id.len() > 64) {
+                    return Err(InputError("\"roomId\" names no room.".into()));
+                }
                 Action::NewMessage {
                     text: d.message,
                     client_id,
+                    room_id: d.room_id,
                 }
             }
             "Load older" => Action::LoadOlder {
@@ -307,7 +314,8 @@ mod tests {
             Action::parse(r#"{"action":"New message","data":{"message":"hi"}}"#),
             Ok(Action::NewMessage {
                 text: "hi".into(),
-                client_id: None
+                client_id: None,
+                room_id: None
             })
         );
         assert_eq!(
@@ -316,7 +324,8 @@ mod tests {
             ),
             Ok(Action::NewMessage {
                 text: "hi".into(),
-                client_id: Some("0191b2c3-0000-7000-8000-000000000001".into())
+                client_id: Some("0191b2c3-0000-7000-8000-000000000001".into()),
+                room_id: None
             })
         );
     }
@@ -419,7 +428,7 @@ mod tests {
             #[test]
             fn message_text_round_trips(text in ".*") {
                 let frame = serde_json::json!({ "action": "New message", "data": { "message": text } }).to_string();
-                prop_assert_eq!(Action::parse(&frame), Ok(Action::NewMessage { text: text.clone(), client_id: None }));
+                prop_assert_eq!(Action::parse(&frame), Ok(Action::NewMessage { text: text.clone(), client_id: None, room_id: None }));
                 if let Ok(valid) = MessageText::parse(&text, 4000) {
                     prop_assert!(!valid.as_str().is_empty());
                     prop_assert!(!valid.as_str().chars().any(|c| c.is_control() && c != '\n' && c != '\t'));

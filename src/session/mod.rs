@@ -651,8 +651,15 @@ impl Session {
             Action::ChangeGroup { name, is_group } if is_group => self.enter_group(&name).await,
             Action::CreateGroup { name } => self.enter_group(&name).await,
             Action::ChangeGroup { name, .. } => self.enter_direct(&name).await,
-            Action::NewMessage { text, client_id } => {
-                match (self.post(&text, client_id.as_deref()).await, client_id) {
+            Action::NewMessage {
+                text,
+                client_id,
+                room_id,
+            } => {
+                let posted = self
+                    .post(&text, client_id.as_deref(), room_id.as_deref())
+                    .await;
+                match (posted, client_id) {
                     // Said with the post's id, so the page can show which one was not sent,
                     // and send it again by itself when that may work.
                     (Err(ActionError::Input(reason)), Some(client_id)) => {
@@ -923,8 +930,26 @@ impl Session {
         self.hub.budget.charge(&self.user.id, units);
     }
 
-    async fn post(&mut self, raw: &str, client_id: Option<&str>) -> Result<(), ActionError> {
-        let active = self.usable_room()?;
+    async fn post(
+        &mut self,
+        raw: &str,
+        client_id: Option<&str>,
+        room_id: Option<&str>,
+    ) -> Result<(), ActionError> {
+        // The room shown, or another the user is in (a message written there while the
+        // connection was down, sent once it is back).
+        let (room_id, elsewhere) = match room_id {
+            Some(id) if self.active.as_ref().is_none_or(|a| a.room.id != id) => {
+                if self.revoked.contains(id) {
+                    return refuse("You can no longer post in that room.");
+                }
+                match self.hub.store.room_for_member(id, &self.user.id).await? {
+                    Some(room) => (room.id, true),
+                    None => return refuse("You are not in that room any more."),
+                }
+            }
+            _ => (self.usable_room()?.room.id.clone(), false),
+        };
         if !self.hub.rate.allow(&self.user.id) {
             return Err(ActionError::Busy(InputError(
                 "You are sending messages too fast; wait a moment and try again.".into(),
@@ -936,7 +961,7 @@ impl Session {
         // committed, in seq order, whether or not this socket is still here to hear the
         // answer: a socket that dies mid-post cannot leave a stored message unpublished.
         let hub = self.hub.clone();
-        let group = active.group.clone();
+        let group = room_group(&room_id);
         let publish: AfterCommit = Box::new(move |message: &StoredMessage| {
             let event = Event::Message {
                 room: Arc::from(message.room_id.as_str()),
@@ -950,12 +975,20 @@ impl Session {
             })
         });
         let draft = Draft {
-            room_id: &active.room.id,
+            room_id: &room_id,
             author: &self.user,
             body: text.as_str(),
             client_id,
         };
-        match self.hub.store.post_message_then(draft, publish).await {
+        let posted = self.hub.store.post_message_then(draft, publish).await;
+        if let (Ok(_), true, Some(client_id)) = (&posted, elsewhere, client_id) {
+            // Its article goes to that room's viewers, not to this socket, which shows
+            // another room: it is told the post is stored.
+            let sent = frame(&format!("#pending-{client_id}"), Swap::Remove, "");
+            self.send(Direct::Frame(sent));
+            return Ok(());
+        }
+        match posted {
             Ok(Posted { repeat: false, .. }) => Ok(()),
             // Posted before (a retry whose first answer was lost): stored and published
             // then. The sender is answered as the first time, with the same article

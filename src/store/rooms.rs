@@ -420,11 +420,13 @@ impl Store {
             .collect()
     }
 
-    /// Makes `user` a member of a group (idempotent).
+    /// Makes `user` a member of a group (idempotent), with what was said before counted as
+    /// read: a newcomer sees the history, not a badge for all of it.
     pub async fn join_group(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO memberships (room_id, user_id) SELECT $1, $2 WHERE EXISTS \
-             (SELECT 1 FROM rooms WHERE id = $1 AND kind = 'group') ON CONFLICT DO NOTHING",
+            "INSERT INTO memberships (room_id, user_id, last_read_seq) \
+             SELECT id, $2, last_seq FROM rooms WHERE id = $1 AND kind = 'group' \
+             ON CONFLICT DO NOTHING",
         )
         .bind(room_id)
         .bind(user_id)

@@ -73,11 +73,15 @@ impl Store {
         .await
         .map_err(conflict_or)?;
         for room in DEFAULT_GROUP_IDS {
-            sqlx::query("INSERT INTO memberships (room_id, user_id) VALUES ($1, $2)")
-                .bind(room)
-                .bind(&user.id)
-                .execute(&mut *tx)
-                .await?;
+            // What was said before counts as read (see `Store::join_group`).
+            sqlx::query(
+                "INSERT INTO memberships (room_id, user_id, last_read_seq) \
+                 SELECT id, $2, last_seq FROM rooms WHERE id = $1",
+            )
+            .bind(room)
+            .bind(&user.id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(user)

@@ -11,9 +11,6 @@ use crate::store::{GroupListing, Room, RoomKind, RoomSummary, StoredMessage, Use
 /// How many messages a page of history holds.
 pub const PAGE_SIZE: i64 = 50;
 
-/// The composer's limit, as the page shows it; the server checks its own setting.
-const MAX_MESSAGE_CHARS: usize = 4000;
-
 fn layout(title: &str, body_attrs_me: Option<&str>, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -98,8 +95,9 @@ pub enum Online<'a> {
 pub const PEOPLE_SLOT: &str = "<!--people-->";
 
 /// The chat page: `view.online` is who is listed and `more` how many others are online,
-/// as for a socket's sidebar (which replaces this one when the socket opens).
-pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
+/// as for a socket's sidebar (which replaces this one when the socket opens);
+/// `max_message_chars` is the longest message the composer takes.
+pub fn chat_page(view: &ChatView<'_>, more: usize, max_message_chars: usize) -> Markup {
     layout(
         "wirechat",
         Some(&view.me.id),
@@ -135,7 +133,7 @@ pub fn chat_page(view: &ChatView<'_>, more: usize) -> Markup {
                     p #announce.visually-hidden aria-live="polite" {}
                     form #message-form autocomplete="off" {
                         label.visually-hidden for="message-text" { "Message" }
-                        textarea #message-text name="message" rows="1" data-max=(MAX_MESSAGE_CHARS)
+                        textarea #message-text name="message" rows="1" data-max=(max_message_chars)
                             placeholder="Write a message…" aria-describedby="message-count" {}
                         span #message-count.muted aria-live="polite" {}
                         button type="submit" { "Send" }
@@ -404,41 +402,80 @@ pub fn message(m: &StoredMessage) -> Markup {
 /// its address or window, and marked as user content for search engines.
 pub fn linked(text: &str) -> Markup {
     html! {
-        @for (piece, is_link) in links(text) {
-            @if is_link {
-                a href=(piece) target="_blank" rel="nofollow noopener noreferrer ugc" { (piece) }
-            } @else {
-                (piece)
+        @for piece in links(text) {
+            @match piece {
+                Piece::Link { shown, href } => {
+                    a href=(href) target="_blank" rel="nofollow noopener noreferrer ugc" { (shown) }
+                }
+                Piece::Text(text) => (text),
             }
         }
     }
 }
 
-/// `text` cut into plain pieces and `http(s)://` addresses (up to the next space, less any
-/// closing punctuation that more likely ends the sentence than the address).
-fn links(text: &str) -> Vec<(&str, bool)> {
+/// A piece of message text: plain, or a web address with the `href` it links to.
+enum Piece<'a> {
+    Text(&'a str),
+    Link { shown: &'a str, href: String },
+}
+
+/// `text` cut into plain pieces and web addresses: `http(s)://…`, or `www.…` where a word
+/// starts (linked as https), up to the next space, less any closing punctuation that more
+/// likely ends the sentence than the address (a `)` stays when it closes a `(` in it).
+fn links(text: &str) -> Vec<Piece<'_>> {
     let mut pieces = Vec::new();
     let mut rest = text;
-    while let Some(start) = ["https://", "http://"]
-        .iter()
-        .filter_map(|scheme| rest.find(scheme))
-        .min()
-    {
+    while let Some((start, prefix)) = next_address(rest) {
         let tail = &rest[start..];
         let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
-        let link =
-            tail[..end].trim_end_matches(['.', ',', ';', ':', '!', '?', ')', ']', '}', '\'', '"']);
-        let scheme_only = link == "https://" || link == "http://";
+        let link = trim_address(&tail[..end]);
         if start > 0 {
-            pieces.push((&rest[..start], false));
+            pieces.push(Piece::Text(&rest[..start]));
         }
-        pieces.push((link, !scheme_only));
+        if link.len() <= prefix {
+            // A scheme with no address after it.
+            pieces.push(Piece::Text(&tail[..prefix]));
+            rest = &tail[prefix..];
+            continue;
+        }
+        let href = if link.starts_with("www.") {
+            format!("https://{link}")
+        } else {
+            link.to_owned()
+        };
+        pieces.push(Piece::Link { shown: link, href });
         rest = &tail[link.len()..];
     }
     if !rest.is_empty() {
-        pieces.push((rest, false));
+        pieces.push(Piece::Text(rest));
     }
     pieces
+}
+
+/// Where the next address in `text` starts, and how long its prefix is.
+fn next_address(text: &str) -> Option<(usize, usize)> {
+    ["https://", "http://", "www."]
+        .iter()
+        .filter_map(|prefix| {
+            let at = text.find(prefix)?;
+            let word_start =
+                at == 0 || text[..at].ends_with(|c: char| c.is_whitespace() || c == '(');
+            (*prefix != "www." || word_start).then_some((at, prefix.len()))
+        })
+        .min()
+}
+
+/// An address without the punctuation after it that belongs to the sentence.
+fn trim_address(mut link: &str) -> &str {
+    loop {
+        let trimmed = link.trim_end_matches(['.', ',', ';', ':', '!', '?', ']', '}', '\'', '"']);
+        let unbalanced =
+            trimmed.ends_with(')') && trimmed.matches(')').count() > trimmed.matches('(').count();
+        if !unbalanced {
+            return trimmed;
+        }
+        link = &trimmed[..trimmed.len() - 1];
+    }
 }
 
 pub fn messages(list: &[StoredMessage]) -> Markup {
@@ -552,6 +589,17 @@ mod tests {
             linked("just http:// here").into_string(),
             "just http:// here"
         );
+        assert_eq!(
+            linked("(see https://en.wikipedia.org/wiki/Foo_(bar))").into_string(),
+            "(see <a href=\"https://en.wikipedia.org/wiki/Foo_(bar)\" target=\"_blank\" \
+             rel=\"nofollow noopener noreferrer ugc\">https://en.wikipedia.org/wiki/Foo_(bar)</a>)"
+        );
+        assert_eq!(
+            linked("go to www.example.org! or www. or").into_string(),
+            "go to <a href=\"https://www.example.org\" target=\"_blank\" \
+             rel=\"nofollow noopener noreferrer ugc\">www.example.org</a>! or www. or"
+        );
+        assert_eq!(linked("awww.nope").into_string(), "awww.nope");
         assert_eq!(
             linked("a\"><script>x</script> http://q").into_string(),
             "a&quot;&gt;&lt;script&gt;x&lt;/script&gt; <a href=\"http://q\" target=\"_blank\" \

@@ -17,7 +17,9 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(chat))
         .route("/r/{group}", get(chat))
+        .route("/r/{group}/", get(chat))
         .route("/dm/{user}", get(chat))
+        .route("/dm/{user}/", get(chat))
 }
 
 /// The chat page for a signed-in user. The socket fills in the active room once it opens.
@@ -41,6 +43,7 @@ async fn chat(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Res
             online: views::Online::People(&online),
         },
         more,
+        state.hub.limits.max_message_chars,
     );
     Ok(Html(page.into_string()).into_response())
 }

@@ -177,6 +177,13 @@ async fn unread_badges_follow_other_rooms(backend: Backend) {
     let two = b.wait_for(|f| f.selector == badge).await;
     assert_eq!(two.html, unread(2));
 
+    // Someone who joins later counts nothing said before as unread.
+    let newcomer = app.signup("newcomer").await;
+    let fresh = app.page(&newcomer.cookie).await;
+    assert!(
+        fresh.contains(&format!(r#"id="unread-{python}"></span>"#)),
+        "{fresh}"
+    );
     // A fresh page shows the stored count; entering the room clears it.
     let page = app.page(&bob.cookie).await;
     assert!(

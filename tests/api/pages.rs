@@ -375,3 +375,69 @@ async fn axe_finds_no_violation_on_the_sign_in_and_chat_pages() {
         browser.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_go_to_their_own_room_in_the_order_they_were_sent() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let driver = Driver::start().await;
+    let ann = driver.desktop().await;
+    ann.sign_up(&app, "ann").await;
+    // Written in #hi while the server is down; then #events is picked.
+    let mut app = app;
+    app.stop().await;
+    ann.wait_for_text("#connection", "Reconnecting").await;
+    ann.say("one for hi").await;
+    ann.say("two for hi").await;
+    ann.click("#groups a[data-group-name='events']").await;
+    let app = app.start_again().await;
+    ann.wait_for_text("#group-name", "#events").await;
+    wait_until(
+        &ann,
+        "return document.querySelector('#outbox').children.length === 0",
+    )
+    .await;
+    let in_hi = |body: &'static str| {
+        let url = app.database_url.clone();
+        async move {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::AnyPool::connect(&url).await.expect("database");
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM messages m JOIN rooms r ON r.id = m.room_id \
+                 WHERE r.name = 'hi' AND m.body = $1",
+            )
+            .bind(body)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+            n
+        }
+    };
+    assert_eq!(in_hi("one for hi").await, 1);
+    assert_eq!(in_hi("two for hi").await, 1);
+
+    // A burst past the rate limit (40 at once): the refused ones go again, in their place.
+    for i in 0..60 {
+        ann.say(&format!("burst {i:02}")).await;
+    }
+    ann.wait_for_text("#messages-list", "burst 59").await;
+    wait_until(
+        &ann,
+        "return document.querySelector('#outbox').children.length === 0",
+    )
+    .await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.database_url)
+        .await
+        .expect("database");
+    let bodies: Vec<(String,)> =
+        sqlx::query_as("SELECT body FROM messages WHERE body LIKE 'burst %' ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("bodies");
+    let expected: Vec<String> = (0..60).map(|i| format!("burst {i:02}")).collect();
+    assert_eq!(
+        bodies.into_iter().map(|(b,)| b).collect::<Vec<_>>(),
+        expected
+    );
+    ann.close().await;
+}

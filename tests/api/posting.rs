@@ -15,6 +15,7 @@ on_both_databases!(
     a_repeated_client_id_stores_and_delivers_once,
     a_resumed_socket_gets_its_backlog_before_anything_newer,
     a_client_close_is_answered_with_a_close,
+    a_message_can_go_to_a_room_not_shown,
 );
 
 async fn say_with_id(client: &mut Client, text: &str, client_id: &str) {
@@ -163,4 +164,54 @@ async fn a_client_close_is_answered_with_a_close(backend: Backend) {
         }
     };
     assert_eq!(answer.map(|f| f.code), Some(CloseCode::Normal));
+}
+
+/// What a page wrote in one room while offline is sent once the connection is back, though
+/// it may show another room by then: to the room it was written in, if the author is still
+/// in it, and the sender is told it is stored.
+async fn a_message_can_go_to_a_room_not_shown(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut bob_socket = app.connect(&bob).await;
+    bob_socket.enter_group("python").await;
+    let python = bob_socket.room_id.clone();
+    let mut ann_socket = app.connect(&ann).await;
+    assert_ne!(ann_socket.room_id, python, "ann shows #hi");
+    let id = uuid::Uuid::new_v4().to_string();
+    ann_socket
+        .act(
+            "New message",
+            json!({ "message": "written in python", "clientId": id, "roomId": python }),
+        )
+        .await;
+    let stored_frame = format!("#pending-{id}");
+    let told = ann_socket.wait_for(|f| f.selector == stored_frame).await;
+    assert_eq!(told.swap, "remove");
+    bob_socket.wait_for_message("written in python").await;
+    // Again: stored once, told again.
+    ann_socket
+        .act(
+            "New message",
+            json!({ "message": "written in python", "clientId": id, "roomId": python }),
+        )
+        .await;
+    ann_socket.wait_for(|f| f.selector == stored_frame).await;
+    assert_eq!(stored(&app.database_url, "written in python").await, 1);
+
+    // A room one is not in: refused, with the post's id.
+    ann_socket
+        .act("Leave group", json!({ "groupName": "python" }))
+        .await;
+    ann_socket.wait_for_notice("You left #python").await;
+    let id = uuid::Uuid::new_v4().to_string();
+    ann_socket
+        .act(
+            "New message",
+            json!({ "message": "too late", "clientId": id, "roomId": python }),
+        )
+        .await;
+    let refused = ann_socket.wait_for_error().await;
+    assert!(refused.contains("that room"), "{refused}");
+    assert!(refused.contains(&id), "{refused}");
+    assert_eq!(stored(&app.database_url, "too late").await, 0);
 }
