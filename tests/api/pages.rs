@@ -53,15 +53,21 @@ async fn path(browser: &Browser) -> String {
         .to_owned()
 }
 
+/// Someone signed in at a desktop browser, and then the server stopped (the page says it is
+/// reconnecting).
+async fn signed_in_then_offline(name: &str) -> (TestApp, Driver, Browser) {
+    let mut app = TestApp::spawn(Backend::Sqlite).await;
+    let driver = Driver::start().await;
+    let browser = driver.desktop().await;
+    browser.sign_up(&app, name).await;
+    app.stop().await;
+    browser.wait_for_text("#connection", "Reconnecting").await;
+    (app, driver, browser)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_offline_waits_even_across_a_reload_and_is_delivered_once() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
-    let driver = Driver::start().await;
-    let ann = driver.desktop().await;
-    ann.sign_up(&app, "ann").await;
-    let mut app = app;
-    app.stop().await;
-    ann.wait_for_text("#connection", "Reconnecting").await;
+    let (app, _driver, ann) = signed_in_then_offline("ann").await;
     // Shown at once as waiting, and the box is free for the next message.
     ann.say("typed while offline").await;
     ann.wait_for_text("#outbox", "typed while offline").await;
@@ -378,14 +384,8 @@ async fn axe_finds_no_violation_on_the_sign_in_and_chat_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_go_to_their_own_room_in_the_order_they_were_sent() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
-    let driver = Driver::start().await;
-    let ann = driver.desktop().await;
-    ann.sign_up(&app, "ann").await;
+    let (app, _driver, ann) = signed_in_then_offline("ann").await;
     // Written in #hi while the server is down; then #events is picked.
-    let mut app = app;
-    app.stop().await;
-    ann.wait_for_text("#connection", "Reconnecting").await;
     ann.say("one for hi").await;
     ann.say("two for hi").await;
     ann.click("#groups a[data-group-name='events']").await;
