@@ -74,7 +74,7 @@ pub fn generated_username() -> Username {
 }
 
 /// Creates a guest account with a generated name, retrying on the rare name collision.
-pub async fn create_guest(store: &Store) -> Result<crate::store::User, StoreError> {
+pub async fn create_guest(store: &Store) -> Result<crate::model::User, StoreError> {
     let mut attempts = 0;
     loop {
         match store.create_user(&generated_username(), None, None).await {

@@ -28,6 +28,8 @@
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
 //!   log-ins, rooms, memberships, blocks, messages; posts are stored in batches by per-node
 //!   writers (group commit), once per client id; what nobody can use any more is purged.
+//! - [`model`]: the domain types (people, rooms, messages) that storage, views, presence
+//!   and the channel layer share.
 //! - [`memory`]: giving freed memory back to the system after a load peak.
 //! - [`accounts`]: password hashing, generated names, `seed-users`.
 //! - [`error`]: the HTTP error type.
@@ -40,6 +42,7 @@ pub mod error;
 pub mod hub;
 pub mod layer;
 pub mod memory;
+pub mod model;
 pub mod session;
 pub mod store;
 pub mod views;

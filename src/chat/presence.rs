@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 
 use crate::chat::roster::SHOWN;
 use crate::layer::SocketId;
-use crate::store::User;
+use crate::model::User;
 
 /// How a room's "who is here" list changed when someone came or went.
 #[derive(Debug, Clone, PartialEq, Eq)]

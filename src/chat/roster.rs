@@ -15,7 +15,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::chat::presence::Members;
-use crate::store::User;
+use crate::model::User;
 
 /// People listed by name, at most.
 pub const SHOWN: usize = 50;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 
-use crate::store::User;
+use crate::model::User;
 
 /// Rooms remembered at most; past that the memory starts over (a node's busy rooms come
 /// back at once, the others were not worth keeping).

@@ -19,7 +19,8 @@ use crate::chat::protocol::{Swap, frame};
 use crate::chat::rate::RateLimiter;
 use crate::chat::roster::Roster;
 use crate::layer::{ChannelLayer, Event, LOBBY, WritePacing, user_group};
-use crate::store::{Store, User};
+use crate::model::User;
+use crate::store::Store;
 use crate::views;
 
 #[derive(Debug, Clone)]

@@ -14,7 +14,7 @@ use super::Hub;
 use crate::chat::presence::Listing;
 use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, room_group};
-use crate::store::User;
+use crate::model::User;
 use crate::views;
 
 /// What this node announced about rooms' "who is here", collected between rounds of

@@ -7,6 +7,7 @@
 
 mod local;
 pub mod metrics;
+mod outbound;
 pub mod outbox;
 mod pacing;
 pub mod redis;
@@ -20,10 +21,11 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 
 pub use local::LocalLayer;
+pub use outbound::{Outbound, Reply};
 pub use pacing::WritePacing;
 pub use redis::RedisLayer;
 pub use redis_presence::RedisPresence;
-pub use registry::{Member, Registry, SocketId};
+pub use registry::{Registry, SocketId, Subscriber};
 
 /// Something that happened in a group, with the frame to show for it.
 #[derive(Debug, Clone)]
@@ -75,7 +77,7 @@ pub trait ChannelLayer: Send + Sync {
     /// future resolves once events published to the group from now on will reach it (for
     /// a distributed layer, once the node's subscription is confirmed), so a caller that
     /// then reads history cannot miss a message between the two.
-    fn join(&self, group: &str, member: &Member) -> BoxFuture<'static, ()> {
+    fn join(&self, group: &str, member: &Subscriber) -> BoxFuture<'static, ()> {
         self.registry().join(group, member);
         Box::pin(async {})
     }

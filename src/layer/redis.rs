@@ -24,7 +24,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{ChannelLayer, Event, Member, PublishError, Registry, SocketId, wire};
+use super::{ChannelLayer, Event, PublishError, Registry, SocketId, Subscriber, wire};
 
 /// Longest wait for Redis to confirm a SUBSCRIBE before a join gives up waiting (the socket
 /// is registered regardless, and a resync follows if the connection was lost).
@@ -203,7 +203,7 @@ impl ChannelLayer for RedisLayer {
         &self.shared.registry
     }
 
-    fn join(&self, group: &str, member: &Member) -> BoxFuture<'static, ()> {
+    fn join(&self, group: &str, member: &Subscriber) -> BoxFuture<'static, ()> {
         let first = self.shared.registry.join(group, member);
         let confirmed = {
             let mut subs = self.shared.subscriptions();

@@ -37,7 +37,7 @@ use futures_util::future::BoxFuture;
 use super::SocketId;
 use crate::chat::presence::{Change, Listing, Members, Presence, sort_by_name};
 use crate::chat::roster::SHOWN;
-use crate::store::User;
+use crate::model::User;
 
 /// What every script starts with: `now` in milliseconds, from the Redis server's clock,
 /// and the rules of the capped lists (each room's, and the Online list). A list change is

@@ -6,21 +6,21 @@ use std::sync::{Arc, RwLock};
 
 use super::Event;
 use super::metrics::LayerMetrics;
+use super::outbound::Outbound;
 use super::outbox::{Outbox, Pushed, Stop};
-use crate::session::Outbound;
 
 pub type SocketId = u64;
 
-/// A socket, as the registry sees it: its id and its queue.
+/// A socket, as the registry sees it: a subscriber to groups, with its id and its queue.
 #[derive(Clone)]
-pub struct Member {
+pub struct Subscriber {
     pub id: SocketId,
     pub outbox: Arc<Outbox<Outbound>>,
 }
 
-impl Member {
+impl Subscriber {
     pub fn new(id: SocketId, queue_capacity: usize) -> Self {
-        Member {
+        Subscriber {
             id,
             outbox: Arc::new(Outbox::new(queue_capacity)),
         }
@@ -29,14 +29,14 @@ impl Member {
 
 #[derive(Default)]
 struct Groups {
-    members: HashMap<String, HashMap<SocketId, Member>>,
+    members: HashMap<String, HashMap<SocketId, Subscriber>>,
     /// socket → its groups, so a closing socket leaves them all at once.
     joined: HashMap<SocketId, HashSet<String>>,
     /// The sockets showing each group's room: `Event::Viewers` goes to these alone. Every
     /// member of a busy room would otherwise be woken for each arrival and departure in it
     /// (everyone is a member of `#hi`, and every connect passes through it), only to drop
     /// the event: quadratic in the room's size.
-    viewers: HashMap<String, HashMap<SocketId, Member>>,
+    viewers: HashMap<String, HashMap<SocketId, Subscriber>>,
     /// socket → the group whose room it shows.
     viewing: HashMap<SocketId, String>,
     /// The node is shutting down: every socket is told to close, and so is any that joins.
@@ -70,7 +70,7 @@ impl Registry {
     }
 
     /// Adds the socket to `group`; true when it is the group's first socket on this node.
-    pub fn join(&self, group: &str, member: &Member) -> bool {
+    pub fn join(&self, group: &str, member: &Subscriber) -> bool {
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
         if groups.stopping {
             member.outbox.stop(Stop::Shutdown);
@@ -87,7 +87,7 @@ impl Registry {
     }
 
     /// The socket now shows the room of `group` (which it joined), and no other.
-    pub fn view(&self, group: &str, member: &Member) {
+    pub fn view(&self, group: &str, member: &Subscriber) {
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
         groups.stop_viewing(member.id);
         groups.viewing.insert(member.id, group.to_owned());
@@ -175,7 +175,7 @@ impl Registry {
 
     /// Queues `outbound` for one socket, counting it as a slow consumer when this push
     /// overflowed its queue.
-    pub fn push(&self, member: &Member, outbound: Outbound) -> Pushed {
+    pub fn push(&self, member: &Subscriber, outbound: Outbound) -> Pushed {
         let pushed = member.outbox.push(outbound);
         if pushed == Pushed::Overflowed {
             self.slow_consumers.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +214,7 @@ impl Registry {
         self.offer(everyone, &event);
     }
 
-    fn offer<'a>(&self, members: impl Iterator<Item = &'a Member>, event: &Arc<Event>) {
+    fn offer<'a>(&self, members: impl Iterator<Item = &'a Subscriber>, event: &Arc<Event>) {
         let mut queued = 0;
         for member in members {
             if self.push(member, Outbound::Event(event.clone())) == Pushed::Queued {
@@ -231,11 +231,11 @@ mod tests {
 
     use std::collections::VecDeque;
 
-    fn member(registry: &Registry) -> Member {
-        Member::new(registry.next_socket_id(), 8)
+    fn member(registry: &Registry) -> Subscriber {
+        Subscriber::new(registry.next_socket_id(), 8)
     }
 
-    fn taken(member: &Member) -> VecDeque<Outbound> {
+    fn taken(member: &Subscriber) -> VecDeque<Outbound> {
         let mut taken = VecDeque::new();
         member.outbox.take_queued(&mut taken).unwrap();
         taken
@@ -278,10 +278,10 @@ mod tests {
     #[test]
     fn a_stopping_node_stops_its_sockets_and_any_that_join_later() {
         let registry = Registry::default();
-        let early = Member::new(registry.next_socket_id(), 8);
+        let early = Subscriber::new(registry.next_socket_id(), 8);
         registry.join("lobby", &early);
         registry.stop_all();
-        let late = Member::new(registry.next_socket_id(), 8);
+        let late = Subscriber::new(registry.next_socket_id(), 8);
         registry.join("lobby", &late);
         let mut taken = VecDeque::new();
         for member in [&early, &late] {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use super::{ActionError, Entry, Session, refuse};
 use crate::chat::names::{GroupName, InputError, Username};
 use crate::chat::protocol::{Swap, frame};
-use crate::layer::{Event, user_group};
-use crate::store::{Room, RoomKind, User, now_ms};
+use crate::layer::{Event, Reply, user_group};
+use crate::model::{Room, RoomKind, User};
+use crate::store::now_ms;
 use crate::views;
 
 /// Groups listed on one page of "Browse groups".
@@ -223,7 +224,7 @@ impl Session {
             .store
             .blocked_by(&self.user.id, BLOCKED_LISTED)
             .await?;
-        self.send(super::Direct::Frame(frame(
+        self.send(Reply::Frame(frame(
             "#blocked-list",
             Swap::Inner,
             &views::blocked_people(&blocked).into_string(),
@@ -240,7 +241,7 @@ impl Session {
             .browse_groups(&self.user.id, name, "", 1)
             .await?;
         if let Some(listing) = listing.first().filter(|l| l.room.id == room.id) {
-            self.send(super::Direct::Frame(frame(
+            self.send(Reply::Frame(frame(
                 &format!("#browse-{}", room.id),
                 Swap::Outer,
                 &views::group_listings(std::slice::from_ref(listing), false).into_string(),
@@ -259,7 +260,7 @@ impl Session {
             (Ok(prefix), Ok(after)) => (prefix, after),
             (Err(e), _) | (_, Err(e)) => {
                 // Said in the dialog, where the person is looking.
-                self.send(super::Direct::Frames(vec![
+                self.send(Reply::Frames(vec![
                     frame(
                         "#browse-results",
                         Swap::Inner,
@@ -289,7 +290,7 @@ impl Session {
         } else {
             Swap::BeforeEnd
         };
-        self.send(super::Direct::Frames(vec![
+        self.send(Reply::Frames(vec![
             frame(
                 "#browse-results",
                 swap,

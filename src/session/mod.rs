@@ -22,11 +22,9 @@ use crate::chat::names::{InputError, MessageText};
 use crate::chat::protocol::{Action, Swap, frame, frame_around, json_escaped};
 use crate::chat::rate::{BYTES_PER_UNIT, MESSAGES_PER_UNIT, action_cost};
 use crate::hub::Hub;
-use crate::layer::{Event, LOBBY, Member, room_group, user_group};
-use crate::store::{
-    AfterCommit, Draft, Posted, Room, RoomKind, RoomSummary, SignedIn, StoreError, StoredMessage,
-    User,
-};
+use crate::layer::{Event, LOBBY, Outbound, Reply, Subscriber, room_group, user_group};
+use crate::model::{Room, RoomKind, RoomSummary, StoredMessage, User};
+use crate::store::{AfterCommit, Draft, Posted, SignedIn, StoreError};
 use crate::views;
 
 mod membership;
@@ -35,86 +33,6 @@ mod writer;
 
 use view::Revoked;
 use writer::{Backlog, write_loop};
-
-/// What a socket's writer receives.
-///
-/// Two words: queues hold their items by value, up to a thousand per socket, so the size
-/// of this enum is paid per slot. Broadcasts share one `Event`; what is for this socket
-/// alone is boxed.
-#[derive(Debug)]
-pub enum Outbound {
-    /// Something published to a group the socket joined.
-    Event(Arc<Event>),
-    /// Something for this socket alone.
-    Direct(Box<Direct>),
-}
-
-const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
-
-/// What a socket's own session tells its writer.
-#[derive(Debug)]
-pub enum Direct {
-    /// A frame for this socket alone.
-    Frame(Utf8Bytes),
-    /// Frames for this socket alone, queued as one so that they go out in one write.
-    Frames(Vec<Utf8Bytes>),
-    /// The socket's unread counts, as stored when it connected, and the entries of the
-    /// rooms hidden from its sidebar.
-    Rooms {
-        unread: HashMap<String, i64>,
-        hidden: HashMap<Arc<str>, Utf8Bytes>,
-    },
-    /// The socket is about to make `room` active: from here on the writer holds that
-    /// room's messages and member-list changes back until the matching `Enter` shows the
-    /// history and the list they follow.
-    Entering { room: Arc<str> },
-    /// Entering `room` failed: what was held for it is let go.
-    NotEntered { room: Arc<str> },
-    /// The socket now has `room` active: show `frames`, which hold every message up to
-    /// `floor`; live messages up to there are dropped. When `catching_up`, the messages
-    /// after `floor` come next (`Missed`), and live ones wait for `CaughtUp`, so that a
-    /// resuming client gets its backlog before anything newer.
-    Enter {
-        room: Arc<str>,
-        floor: i64,
-        frames: Vec<Utf8Bytes>,
-        catching_up: bool,
-    },
-    /// The backlog of `room` is sent: live messages held since `Enter` follow.
-    CaughtUp { room: Arc<str> },
-    /// The client closed the socket: answer its close and stop.
-    Goodbye,
-    /// The socket shows no room now: show `frames` (saying so).
-    NoRoom(Vec<Utf8Bytes>),
-    /// Messages of `room` read from the store (catch-up); the writer shows those the
-    /// socket has not shown yet.
-    Missed {
-        room: Arc<str>,
-        messages: Vec<StoredMessage>,
-    },
-}
-
-impl Direct {
-    /// Roughly how many bytes this puts on the wire: what the socket's own replies hold
-    /// in memory until they are written (see `Backlog`).
-    fn weight(&self) -> usize {
-        match self {
-            Direct::Frame(f) => f.len(),
-            Direct::Frames(frames) | Direct::NoRoom(frames) | Direct::Enter { frames, .. } => {
-                frames.iter().map(|f| f.len()).sum()
-            }
-            // Escaped, a character of text can take six bytes (`"` is `&quot;`).
-            Direct::Missed { messages, .. } => {
-                messages.iter().map(|m| 6 * m.body.len() + 400).sum()
-            }
-            Direct::Rooms { .. }
-            | Direct::Entering { .. }
-            | Direct::NotEntered { .. }
-            | Direct::CaughtUp { .. }
-            | Direct::Goodbye => 0,
-        }
-    }
-}
 
 /// What a catch-up found.
 enum CatchUp {
@@ -217,7 +135,7 @@ async fn serve(
     stream: SplitStream<WebSocket>,
     opening: Box<Opening>,
 ) {
-    let member = Member::new(
+    let member = Subscriber::new(
         hub.layer.registry().next_socket_id(),
         hub.limits.outbound_queue,
     );
@@ -303,7 +221,7 @@ impl Entry {
 struct Session {
     hub: Arc<Hub>,
     user: User,
-    member: Member,
+    member: Subscriber,
     backlog: Arc<Backlog>,
     revoked: Arc<Revoked>,
     /// Where the client connects from.
@@ -351,16 +269,16 @@ impl Session {
     /// Queues `direct` for this socket. A client that stops reading its own answers
     /// fills its queue like any slow reader and is closed; once the writer has ended, the
     /// session ends too and nothing more is queued.
-    fn send(&self, direct: Direct) {
-        self.backlog.queued(direct.weight());
+    fn send(&self, reply: Reply) {
+        self.backlog.queued(reply.weight());
         self.hub
             .layer
             .registry()
-            .push(&self.member, Outbound::Direct(Box::new(direct)));
+            .push(&self.member, Outbound::Reply(Box::new(reply)));
     }
 
     fn send_error(&self, text: &str) {
-        self.send(Direct::Frame(frame(
+        self.send(Reply::Frame(frame(
             "#errors",
             Swap::Inner,
             &views::error(text).into_string(),
@@ -369,7 +287,7 @@ impl Session {
 
     /// Tells the user what an action did, where errors go.
     fn send_notice(&self, text: &str) {
-        self.send(Direct::Frame(frame(
+        self.send(Reply::Frame(frame(
             "#errors",
             Swap::Inner,
             &views::notice(text).into_string(),
@@ -412,7 +330,7 @@ impl Session {
             }
         }
         futures_util::future::join_all(joins).await;
-        self.send(Direct::Rooms {
+        self.send(Reply::Rooms {
             unread: rooms
                 .iter()
                 .map(|s| (s.room.id.clone(), s.unread))
@@ -460,7 +378,7 @@ impl Session {
         let (before, after) = sidebar
             .split_once(views::PEOPLE_SLOT)
             .unwrap_or((&sidebar, ""));
-        self.send(Direct::Frames(vec![
+        self.send(Reply::Frames(vec![
             frame(
                 "#logged-user",
                 Swap::Inner,
@@ -542,7 +460,7 @@ impl Session {
         if let Some(previous) = self.active.take() {
             self.leave(&previous).await;
         }
-        self.send(Direct::NoRoom(vec![
+        self.send(Reply::NoRoom(vec![
             frame("#group-name", Swap::Inner, ""),
             frame("#room-members", Swap::Inner, ""),
             frame("#room-members-more", Swap::Inner, ""),
@@ -579,7 +497,7 @@ impl Session {
                 }
                 Message::Binary(_) => self.send_error("Send text frames holding JSON."),
                 Message::Close(_) => {
-                    self.send(Direct::Goodbye);
+                    self.send(Reply::Goodbye);
                     return Ended::ByClient;
                 }
                 Message::Ping(_) | Message::Pong(_) => {}
@@ -608,12 +526,12 @@ impl Session {
                 reason,
                 client_id,
                 retry,
-            } => self.send(Direct::Frame(frame(
+            } => self.send(Reply::Frame(frame(
                 "#errors",
                 Swap::Inner,
                 &views::post_refused(&reason.0, &client_id, retry).into_string(),
             ))),
-            ActionError::Blocked(peer) => self.send(Direct::Frame(frame(
+            ActionError::Blocked(peer) => self.send(Reply::Frame(frame(
                 "#errors",
                 Swap::Inner,
                 &views::blocked(&peer).into_string(),
@@ -722,12 +640,12 @@ impl Session {
         // Before presence and history are read: what is published about the room from
         // now until `Enter` is queued is held and played after them, so the list and the
         // history shown miss nothing, whenever below they are read.
-        self.send(Direct::Entering {
+        self.send(Reply::Entering {
             room: room_key.clone(),
         });
         let entered = self.show_room(entry, group, room_key.clone()).await;
         if entered.is_err() {
-            self.send(Direct::NotEntered { room: room_key });
+            self.send(Reply::NotEntered { room: room_key });
             // Presence may already list the socket in the room it could not show.
             if let Some(active) = self.active.take() {
                 self.leave_presence(&active.room.id).await;
@@ -837,7 +755,7 @@ impl Session {
                 history.last().map_or(0, |m| m.seq)
             }
         };
-        self.send(Direct::Enter {
+        self.send(Reply::Enter {
             room: room_key.clone(),
             floor,
             frames,
@@ -846,7 +764,7 @@ impl Session {
         if let Some((after, last)) = missed {
             let sent = self.send_missed(&room_key, after, last).await;
             // The live messages held meanwhile follow the backlog, in seq order.
-            self.send(Direct::CaughtUp { room: room_key });
+            self.send(Reply::CaughtUp { room: room_key });
             sent?;
         }
         Ok(())
@@ -914,7 +832,7 @@ impl Session {
             let Some(newest) = page.last() else { break };
             after = newest.seq;
             self.charge_read(&page);
-            self.send(Direct::Missed {
+            self.send(Reply::Missed {
                 room: room.clone(),
                 messages: page,
             });
@@ -985,7 +903,7 @@ impl Session {
             // Its article goes to that room's viewers, not to this socket, which shows
             // another room: it is told the post is stored.
             let sent = frame(&format!("#pending-{client_id}"), Swap::Remove, "");
-            self.send(Direct::Frame(sent));
+            self.send(Reply::Frame(sent));
             return Ok(());
         }
         match posted {
@@ -1003,7 +921,7 @@ impl Session {
                     .is_some_and(|a| a.room.id == message.room_id)
                 {
                     let article = messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd);
-                    self.send(Direct::Frame(article));
+                    self.send(Reply::Frame(article));
                 }
                 Ok(())
             }
@@ -1025,7 +943,7 @@ impl Session {
             .messages_before(&active.room.id, before_seq, views::PAGE_SIZE)
             .await?;
         self.charge_read(&page);
-        self.send(Direct::Frames(vec![
+        self.send(Reply::Frames(vec![
             messages_frame(&page, Swap::AfterBegin),
             frame(
                 "#load-older",
@@ -1117,7 +1035,7 @@ mod tests {
                 })
                 .collect();
             let frame = messages_frame(&messages, Swap::BeforeEnd);
-            let missed = Direct::Missed {
+            let missed = Reply::Missed {
                 room: Arc::from("r"),
                 messages,
             };

@@ -9,12 +9,13 @@ use tokio::sync::Notify;
 
 use axum::extract::ws::Utf8Bytes;
 
-use super::{Direct, Outbound, messages_frame};
+use super::messages_frame;
 use crate::chat::protocol::{Swap, frame};
 use crate::hub::Hub;
 use crate::layer::outbox::Stop;
-use crate::layer::{Event, Member, room_group};
-use crate::store::StoredMessage;
+use crate::layer::{Event, Subscriber, room_group};
+use crate::layer::{Outbound, Reply};
+use crate::model::StoredMessage;
 use crate::views;
 
 /// The socket's view, owned by its writer.
@@ -99,32 +100,32 @@ impl View {
         &mut self,
         outbound: Outbound,
         hub: &Hub,
-        member: &Member,
+        member: &Subscriber,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        let direct = match outbound {
+        let reply = match outbound {
             Outbound::Event(event) => return self.event(&event, hub, member, out),
-            Outbound::Direct(direct) => *direct,
+            Outbound::Reply(reply) => *reply,
         };
-        match direct {
-            Direct::Frame(f) => out.push(f),
-            Direct::Frames(frames) => out.extend(frames),
-            Direct::NoRoom(frames) => {
+        match reply {
+            Reply::Frame(f) => out.push(f),
+            Reply::Frames(frames) => out.extend(frames),
+            Reply::NoRoom(frames) => {
                 out.extend(frames);
                 self.active = None;
                 self.entering = None;
             }
-            Direct::Rooms { unread, hidden } => {
+            Reply::Rooms { unread, hidden } => {
                 self.unread = unread;
                 self.hidden = hidden;
             }
-            Direct::Entering { room } => self.entering = Some((room, Vec::new())),
-            Direct::NotEntered { room } => {
+            Reply::Entering { room } => self.entering = Some((room, Vec::new())),
+            Reply::NotEntered { room } => {
                 if self.entering.as_ref().is_some_and(|(r, _)| *r == room) {
                     self.entering = None;
                 }
             }
-            Direct::Enter {
+            Reply::Enter {
                 room,
                 floor,
                 frames,
@@ -145,8 +146,8 @@ impl View {
                     self.release(held, out);
                 }
             }
-            Direct::Goodbye => self.goodbye = true,
-            Direct::CaughtUp { room } => {
+            Reply::Goodbye => self.goodbye = true,
+            Reply::CaughtUp { room } => {
                 if let Some((entering, held)) = self.entering.take() {
                     if entering == room {
                         self.release(held, out);
@@ -155,7 +156,7 @@ impl View {
                     }
                 }
             }
-            Direct::Missed { room, messages } => {
+            Reply::Missed { room, messages } => {
                 if self.active.as_ref() == Some(&room) {
                     self.show_missed(messages, out);
                 }
@@ -164,7 +165,7 @@ impl View {
     }
 
     /// The frames a published event puts on the wire for this socket.
-    fn event(&mut self, event: &Event, hub: &Hub, member: &Member, out: &mut Vec<Utf8Bytes>) {
+    fn event(&mut self, event: &Event, hub: &Hub, member: &Subscriber, out: &mut Vec<Utf8Bytes>) {
         match event {
             Event::Message {
                 room,

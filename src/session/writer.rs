@@ -11,10 +11,11 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::Notify;
 
+use super::close_code;
 use super::view::{Revoked, View};
-use super::{Outbound, close_code};
 use crate::hub::Hub;
-use crate::layer::Member;
+use crate::layer::Outbound;
+use crate::layer::Subscriber;
 use crate::layer::outbox::{KEEP_SLOTS, Stop};
 
 /// Bytes of a socket's own replies (history, catch-up, errors) queued and not yet written.
@@ -62,7 +63,7 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(20);
 
 pub(super) async fn write_loop(
     hub: Arc<Hub>,
-    member: Member,
+    member: Subscriber,
     backlog: Arc<Backlog>,
     revoked: Arc<Revoked>,
     session: Arc<str>,
@@ -96,8 +97,8 @@ pub(super) async fn write_loop(
         }
         let mut replies = 0;
         for outbound in taken.drain(..) {
-            if let Outbound::Direct(direct) = &outbound {
-                replies += direct.weight();
+            if let Outbound::Reply(reply) = &outbound {
+                replies += reply.weight();
             }
             view.frames(outbound, &hub, &member, &mut frames);
         }

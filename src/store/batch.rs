@@ -29,7 +29,8 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::{Draft, Posted, SELECT_MESSAGES, message_from_row};
-use super::{Dialect, StoreError, StoreResult, StoredMessage, User, now_ms};
+use super::{Dialect, StoreError, StoreResult, now_ms};
+use crate::model::{StoredMessage, User};
 
 /// Posts stored in one transaction, at most. It also bounds the statement's parameters
 /// (six a row), well under SQLite's and PostgreSQL's limits.

@@ -4,7 +4,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{AfterCommit, Store, StoreResult, User};
+use super::{AfterCommit, Store, StoreResult};
+use crate::model::{StoredMessage, User};
 
 /// A message to be posted.
 #[derive(Debug, Clone, Copy)]
@@ -23,19 +24,6 @@ pub struct Posted {
     /// The author had posted it before (same `client_id`): this is that message, and
     /// nothing new was stored or published.
     pub repeat: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    /// UUIDv7, the message's identity (and its DOM id).
-    pub id: String,
-    pub room_id: String,
-    pub seq: i64,
-    pub author: User,
-    pub body: String,
-    pub created_at_ms: i64,
-    /// The id the author's client gave the post, if it gave one (see `Store::post_message`).
-    pub client_id: Option<String>,
 }
 
 pub(super) fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Error> {

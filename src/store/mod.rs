@@ -20,10 +20,10 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::AfterCommit;
-pub use messages::{Draft, Posted, StoredMessage};
+pub use messages::{Draft, Posted};
 pub use purge::{Purged, purge_now_and_then};
-pub use rooms::{GroupListing, Room, RoomKind, RoomSummary, SignedIn};
-pub use users::{LoginFailures, User};
+pub use rooms::SignedIn;
+pub use users::LoginFailures;
 
 /// Which database the pool talks to; decides the migration folder and connection set-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

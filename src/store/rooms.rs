@@ -3,59 +3,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, StoreResult, User, conflict_or, now_ms};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoomKind {
-    Group,
-    Direct,
-}
-
-impl RoomKind {
-    /// As stored in `rooms.kind`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RoomKind::Group => "group",
-            RoomKind::Direct => "direct",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Room {
-    pub id: String,
-    pub kind: RoomKind,
-    /// The group's name; None for a direct conversation.
-    pub name: Option<String>,
-}
-
-/// A room as one user sees it in the sidebar.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoomSummary {
-    pub room: Room,
-    /// For a direct conversation, the other participant.
-    pub peer: Option<User>,
-    pub unread: i64,
-    /// A conversation the user hid, with nothing new since: not in the sidebar.
-    pub hidden: bool,
-    /// For a direct conversation: the other participant blocked this user, who may read
-    /// it but not post.
-    pub blocked_by_peer: bool,
-    /// For a direct conversation: this user blocked the other participant.
-    pub blocking_peer: bool,
-}
-
-impl RoomSummary {
-    /// Whether a block closed this conversation (either way).
-    pub fn blocked(&self) -> bool {
-        self.blocked_by_peer || self.blocking_peer
-    }
-
-    /// Whether the sidebar lists the room.
-    pub fn listed(&self) -> bool {
-        !self.hidden && !self.blocked()
-    }
-}
+use super::{Store, StoreError, StoreResult, conflict_or, now_ms};
+use crate::model::{GroupListing, Room, RoomKind, RoomSummary, User};
 
 /// Who a session belongs to, and the rooms of their sidebar.
 #[derive(Debug, Clone)]
@@ -65,21 +14,6 @@ pub struct SignedIn {
     pub rooms: Vec<RoomSummary>,
     /// The groups among them, by name.
     pub groups: Vec<Room>,
-}
-
-/// A public group as "Browse groups" lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupListing {
-    pub room: Room,
-    /// Its members, counted up to `GroupListing::COUNTED` (so a page costs the same
-    /// however large its groups).
-    pub members: i64,
-    /// Whether the user asking belongs to it.
-    pub joined: bool,
-}
-
-impl GroupListing {
-    pub const COUNTED: i64 = 1000;
 }
 
 fn room_from_row(row: &AnyRow) -> Result<Room, sqlx::Error> {

@@ -5,6 +5,7 @@ use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, StoreResult, conflict_or, now_ms};
 use crate::chat::names::{Username, name_key};
+use crate::model::User;
 
 /// The fixed ids of the groups every new account joins (see migration 0002).
 const DEFAULT_GROUP_IDS: [&str; 4] = [
@@ -14,19 +15,11 @@ const DEFAULT_GROUP_IDS: [&str; 4] = [
     "00000000-0000-7000-8000-000000000004",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub id: String,
-    pub username: String,
-}
-
-impl User {
-    fn from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
-        Ok(User {
-            id: row.try_get("id")?,
-            username: row.try_get("username")?,
-        })
-    }
+fn user_from_row(row: &AnyRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        id: row.try_get("id")?,
+        username: row.try_get("username")?,
+    })
 }
 
 /// Failed log-ins into one account (see `Store::login_failures`).
@@ -118,7 +111,7 @@ impl Store {
             .bind(username.key())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| Ok((User::from_row(&row)?, row.try_get("password_hash")?)))
+        row.map(|row| Ok((user_from_row(&row)?, row.try_get("password_hash")?)))
             .transpose()
     }
 
@@ -130,7 +123,7 @@ impl Store {
             .bind(username.key())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| User::from_row(&r)).transpose()?)
+        Ok(row.map(|r| user_from_row(&r)).transpose()?)
     }
 
     /// Gives the accounts made before names had keys theirs, a batch at a time. A key that
@@ -254,7 +247,7 @@ impl Store {
         .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| User::from_row(&r)).transpose()?)
+        Ok(row.map(|r| user_from_row(&r)).transpose()?)
     }
 
     pub async fn delete_session(&self, session_id: &str) -> StoreResult<()> {

@@ -6,7 +6,7 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::store::{GroupListing, Room, RoomKind, RoomSummary, StoredMessage, User};
+use crate::model::{GroupListing, Room, RoomKind, RoomSummary, StoredMessage, User};
 
 /// How many messages a page of history holds.
 pub const PAGE_SIZE: i64 = 50;

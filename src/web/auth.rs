@@ -24,7 +24,8 @@ use crate::accounts;
 use crate::chat::names::{Password, Username};
 use crate::error::AppError;
 use crate::layer::{Event, user_group};
-use crate::store::{SignedIn, StoreError, User, now_ms};
+use crate::model::User;
+use crate::store::{SignedIn, StoreError, now_ms};
 use crate::views::{self, SignInForm};
 
 pub const SESSION_COOKIE: &str = "wirechat_session";

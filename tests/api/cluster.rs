@@ -610,7 +610,7 @@ async fn lose_keys(redis: &mut redis::aio::MultiplexedConnection, prefix: &str) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
-    use wirechat::store::User;
+    use wirechat::model::User;
 
     let [node_a, node_b] = shared_presence(Duration::from_millis(800));
     let ann = User {
@@ -698,7 +698,7 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
 async fn a_crowded_room_is_listed_alike_on_every_node() {
     use wirechat::chat::presence::{Change, Listing, Presence};
     use wirechat::chat::roster::SHOWN;
-    use wirechat::store::User;
+    use wirechat::model::User;
 
     let [node_a, node_b] = shared_presence(Duration::from_millis(800));
     let people: Vec<User> = (0..SHOWN + 3)
@@ -786,7 +786,7 @@ async fn a_crowded_room_is_listed_alike_on_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_list_change_overtaken_by_another_node_is_corrected() {
     use wirechat::chat::presence::{Listing, Presence};
-    use wirechat::store::User;
+    use wirechat::model::User;
 
     let cluster = Cluster::new(SHARED_REDIS, &[]).await;
     let node = cluster.node().await;
@@ -923,7 +923,7 @@ async fn member_lists_are_right_again_after_redis_loses_its_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_after_redis_lost_the_entry_still_unlists() {
     use wirechat::chat::presence::{Listing, Presence};
-    use wirechat::store::User;
+    use wirechat::model::User;
 
     let prefix = fresh_prefix();
     let node = presence_node(SHARED_REDIS, &prefix, "node-a", PATIENCE);
@@ -952,7 +952,7 @@ async fn leaving_after_redis_lost_the_entry_still_unlists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_says_when_it_answers_from_this_node_alone() {
     use wirechat::chat::presence::Presence;
-    use wirechat::store::User;
+    use wirechat::model::User;
 
     let mut own = OwnRedis::start(free_port()).await;
     let node = presence_node(&own.url(), "p:", "node-a", PATIENCE);
@@ -975,7 +975,7 @@ async fn presence_says_when_it_answers_from_this_node_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_online_list_with_room_fills_at_the_heartbeat() {
     use wirechat::chat::presence::Presence;
-    use wirechat::store::User;
+    use wirechat::model::User;
 
     let prefix = fresh_prefix();
     let node = presence_node(SHARED_REDIS, &prefix, "node-a", PATIENCE);
@@ -1002,7 +1002,7 @@ async fn an_online_list_with_room_fills_at_the_heartbeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
     use wirechat::chat::presence::{Change, Listing, Members, Presence};
-    use wirechat::store::User;
+    use wirechat::model::User;
 
     let [node] = shared_presence(Duration::from_secs(10));
     let ann = User {

@@ -1,0 +1,89 @@
+//! The chat's domain: people, rooms, messages, as every part of wirechat speaks of them.
+//! Storage reads and writes them, views render them, the channel layer and presence carry
+//! them; none of those depends on another for them.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomKind {
+    Group,
+    Direct,
+}
+
+impl RoomKind {
+    /// As stored in `rooms.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Group => "group",
+            RoomKind::Direct => "direct",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Room {
+    pub id: String,
+    pub kind: RoomKind,
+    /// The group's name; None for a direct conversation.
+    pub name: Option<String>,
+}
+
+/// A room as one user sees it in the sidebar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub room: Room,
+    /// For a direct conversation, the other participant.
+    pub peer: Option<User>,
+    pub unread: i64,
+    /// A conversation the user hid, with nothing new since: not in the sidebar.
+    pub hidden: bool,
+    /// For a direct conversation: the other participant blocked this user, who may read
+    /// it but not post.
+    pub blocked_by_peer: bool,
+    /// For a direct conversation: this user blocked the other participant.
+    pub blocking_peer: bool,
+}
+
+impl RoomSummary {
+    /// Whether a block closed this conversation (either way).
+    pub fn blocked(&self) -> bool {
+        self.blocked_by_peer || self.blocking_peer
+    }
+
+    /// Whether the sidebar lists the room.
+    pub fn listed(&self) -> bool {
+        !self.hidden && !self.blocked()
+    }
+}
+
+/// A public group as "Browse groups" lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub room: Room,
+    /// Its members, counted up to `GroupListing::COUNTED` (so a page costs the same
+    /// however large its groups).
+    pub members: i64,
+    /// Whether the user asking belongs to it.
+    pub joined: bool,
+}
+
+impl GroupListing {
+    pub const COUNTED: i64 = 1000;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// UUIDv7, the message's identity (and its DOM id).
+    pub id: String,
+    pub room_id: String,
+    pub seq: i64,
+    pub author: User,
+    pub body: String,
+    pub created_at_ms: i64,
+    /// The id the author's client gave the post, if it gave one (see `Store::post_message`).
+    pub client_id: Option<String>,
+}
