@@ -11,11 +11,11 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::chat::presence::{LocalPresence, Presence};
 use crate::chat::rate::{RateConfig, RateLimiter};
 use crate::config::Config;
 use crate::hub::{Hub, Limits};
-use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, RedisPresence, WritePacing, redis};
+use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, WritePacing, redis};
+use crate::presence::{LocalPresence, Presence, RedisPresence};
 use crate::store::Store;
 use crate::web::listener::Admission;
 use crate::web::{self, AccessLimits, AppState, LoginGuard, Proxies};

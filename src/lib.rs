@@ -18,13 +18,13 @@
 //! - [`hub`]: what every socket on a node shares (store, layer, presence, limits, room
 //!   member lists already rendered), and the node's announcements of who came and went.
 //! - [`chat`]: the rules, free of I/O: valid names (and when two are the same) and
-//!   messages, the wire protocol, rate limits and the cost of each action, presence with
-//!   its capped room member lists, and the capped Online list (roster).
+//!   messages, the wire protocol, rate limits and the cost of each action.
+//! - [`presence`]: who is online and in which room, with capped lists (the Online list,
+//!   room member lists), kept in memory for one node or in Redis for several.
 //! - [`views`]: maud components; the page and the live fragments come from the same ones.
 //! - [`layer`]: the `ChannelLayer` trait (publish to a group, deliver to local sockets)
 //!   with its in-process backend and its Redis pub/sub backend for several nodes, each
-//!   socket's queue (its outbox), the Redis-backed presence that spans nodes, and the
-//!   counters behind `/metrics`.
+//!   socket's queue (its outbox) and what goes in it, and the counters behind `/metrics`.
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
 //!   log-ins, rooms, memberships, blocks, messages; posts are stored in batches by per-node
 //!   writers (group commit), once per client id; what nobody can use any more is purged.
@@ -43,6 +43,7 @@ pub mod hub;
 pub mod layer;
 pub mod memory;
 pub mod model;
+pub mod presence;
 pub mod session;
 pub mod store;
 pub mod views;

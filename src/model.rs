@@ -2,6 +2,9 @@
 //! Storage reads and writes them, views render them, the channel layer and presence carry
 //! them; none of those depends on another for them.
 
+/// A socket, by the number its node gave it.
+pub type SocketId = u64;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub id: String,

@@ -14,12 +14,12 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::chat::presence::{Change, Presence};
 use crate::chat::protocol::{Swap, frame};
 use crate::chat::rate::RateLimiter;
-use crate::chat::roster::Roster;
 use crate::layer::{ChannelLayer, Event, LOBBY, WritePacing, user_group};
 use crate::model::User;
+use crate::presence::Roster;
+use crate::presence::{Change, Presence};
 use crate::store::Store;
 use crate::views;
 

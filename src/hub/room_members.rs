@@ -11,10 +11,10 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 use super::Hub;
-use crate::chat::presence::Listing;
 use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, room_group};
 use crate::model::User;
+use crate::presence::Listing;
 use crate::views;
 
 /// What this node announced about rooms' "who is here", collected between rounds of

@@ -11,7 +11,6 @@ mod outbound;
 pub mod outbox;
 mod pacing;
 pub mod redis;
-mod redis_presence;
 mod registry;
 mod wire;
 
@@ -20,12 +19,12 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::future::BoxFuture;
 
+pub use crate::model::SocketId;
 pub use local::LocalLayer;
 pub use outbound::{Outbound, Reply};
 pub use pacing::WritePacing;
 pub use redis::RedisLayer;
-pub use redis_presence::RedisPresence;
-pub use registry::{Registry, SocketId, Subscriber};
+pub use registry::{Registry, Subscriber};
 
 /// Something that happened in a group, with the frame to show for it.
 #[derive(Debug, Clone)]

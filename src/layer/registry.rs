@@ -8,8 +8,7 @@ use super::Event;
 use super::metrics::LayerMetrics;
 use super::outbound::Outbound;
 use super::outbox::{Outbox, Pushed, Stop};
-
-pub type SocketId = u64;
+use crate::model::SocketId;
 
 /// A socket, as the registry sees it: a subscriber to groups, with its id and its queue.
 #[derive(Clone)]

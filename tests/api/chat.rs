@@ -237,7 +237,7 @@ async fn presence_is_live_and_counts_users_not_tabs(backend: Backend) {
 }
 
 async fn a_crowded_room_lists_some_and_counts_the_rest(backend: Backend) {
-    use wirechat::chat::roster::SHOWN;
+    use wirechat::presence::SHOWN;
     let app = TestApp::spawn_with(backend, &["--auth-rate-limit", "1000"]).await;
     let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
     let mut a = app.connect(&ann).await;

@@ -562,7 +562,7 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
 
 /// Presence as `N` nodes (`node-a`, `node-b`, …) see it, sharing Redis under a fresh key
 /// prefix; a node's entries outlive its last heartbeat by `ttl`.
-fn shared_presence<const N: usize>(ttl: Duration) -> [wirechat::layer::RedisPresence; N] {
+fn shared_presence<const N: usize>(ttl: Duration) -> [wirechat::presence::RedisPresence; N] {
     let prefix = fresh_prefix();
     std::array::from_fn(|i| {
         let name = format!("node-{}", char::from(b'a' + i as u8));
@@ -576,9 +576,9 @@ fn presence_node(
     prefix: &str,
     name: &str,
     ttl: Duration,
-) -> wirechat::layer::RedisPresence {
+) -> wirechat::presence::RedisPresence {
     let pool = wirechat::layer::redis::pool(url).expect("pool");
-    wirechat::layer::RedisPresence::new(pool, prefix, name, ttl)
+    wirechat::presence::RedisPresence::new(pool, prefix, name, ttl)
 }
 
 async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
@@ -609,8 +609,8 @@ async fn lose_keys(redis: &mut redis::aio::MultiplexedConnection, prefix: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
-    use wirechat::chat::presence::{Change, Listing, Members, Presence};
     use wirechat::model::User;
+    use wirechat::presence::{Change, Listing, Members, Presence};
 
     let [node_a, node_b] = shared_presence(Duration::from_millis(800));
     let ann = User {
@@ -696,9 +696,9 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowded_room_is_listed_alike_on_every_node() {
-    use wirechat::chat::presence::{Change, Listing, Presence};
-    use wirechat::chat::roster::SHOWN;
+    use wirechat::presence::SHOWN;
     use wirechat::model::User;
+    use wirechat::presence::{Change, Listing, Presence};
 
     let [node_a, node_b] = shared_presence(Duration::from_millis(800));
     let people: Vec<User> = (0..SHOWN + 3)
@@ -785,8 +785,8 @@ async fn a_crowded_room_is_listed_alike_on_every_node() {
 /// announced and puts right what the list now says otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_list_change_overtaken_by_another_node_is_corrected() {
-    use wirechat::chat::presence::{Listing, Presence};
     use wirechat::model::User;
+    use wirechat::presence::{Listing, Presence};
 
     let cluster = Cluster::new(SHARED_REDIS, &[]).await;
     let node = cluster.node().await;
@@ -864,8 +864,8 @@ impl ListedSeen {
 /// old one with the new names added.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_lists_are_right_again_after_redis_loses_its_data() {
-    use wirechat::chat::presence::Presence;
-    use wirechat::chat::roster::SHOWN;
+    use wirechat::presence::SHOWN;
+    use wirechat::presence::Presence;
 
     let mut args = SHORT_PRESENCE.to_vec();
     args.extend(["--auth-rate-limit", "1000"]);
@@ -922,8 +922,8 @@ async fn member_lists_are_right_again_after_redis_loses_its_data() {
 /// before, and no one else will tell them otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_after_redis_lost_the_entry_still_unlists() {
-    use wirechat::chat::presence::{Listing, Presence};
     use wirechat::model::User;
+    use wirechat::presence::{Listing, Presence};
 
     let prefix = fresh_prefix();
     let node = presence_node(SHARED_REDIS, &prefix, "node-a", PATIENCE);
@@ -951,8 +951,8 @@ async fn leaving_after_redis_lost_the_entry_still_unlists() {
 /// show a newcomer; presence says so, so that no one corrects other nodes' lists by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_says_when_it_answers_from_this_node_alone() {
-    use wirechat::chat::presence::Presence;
     use wirechat::model::User;
+    use wirechat::presence::Presence;
 
     let mut own = OwnRedis::start(free_port()).await;
     let node = presence_node(&own.url(), "p:", "node-a", PATIENCE);
@@ -974,8 +974,8 @@ async fn presence_says_when_it_answers_from_this_node_alone() {
 /// kept no such list left it empty) fills at the next heartbeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_online_list_with_room_fills_at_the_heartbeat() {
-    use wirechat::chat::presence::Presence;
     use wirechat::model::User;
+    use wirechat::presence::Presence;
 
     let prefix = fresh_prefix();
     let node = presence_node(SHARED_REDIS, &prefix, "node-a", PATIENCE);
@@ -1001,8 +1001,8 @@ async fn an_online_list_with_room_fills_at_the_heartbeat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
-    use wirechat::chat::presence::{Change, Listing, Members, Presence};
     use wirechat::model::User;
+    use wirechat::presence::{Change, Listing, Members, Presence};
 
     let [node] = shared_presence(Duration::from_secs(10));
     let ann = User {

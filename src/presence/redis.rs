@@ -34,10 +34,8 @@ use deadpool_redis::Pool;
 use deadpool_redis::redis::{FromRedisValue, Script};
 use futures_util::future::BoxFuture;
 
-use super::SocketId;
-use crate::chat::presence::{Change, Listing, Members, Presence, sort_by_name};
-use crate::chat::roster::SHOWN;
-use crate::model::User;
+use super::{Change, Listing, Members, Presence, SHOWN, sort_by_name};
+use crate::model::{SocketId, User};
 
 /// What every script starts with: `now` in milliseconds, from the Redis server's clock,
 /// and the rules of the capped lists (each room's, and the Online list). A list change is

@@ -14,11 +14,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::chat::presence::Members;
+use super::{Members, SHOWN};
 use crate::model::User;
-
-/// People listed by name, at most.
-pub const SHOWN: usize = 50;
 
 #[derive(Default)]
 pub struct Roster {
