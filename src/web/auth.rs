@@ -19,13 +19,14 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use serde::Deserialize;
 
 use super::AppState;
+use super::identity::{CurrentUser, SessionId};
 use super::limits::{LoginGuard, LoginWait};
 use crate::accounts;
 use crate::chat::names::{Password, Username};
 use crate::error::AppError;
 use crate::layer::{Event, user_group};
 use crate::model::User;
-use crate::store::{SignedIn, StoreError, now_ms};
+use crate::store::{StoreError, now_ms};
 use crate::views::{self, SignInForm};
 
 pub const SESSION_COOKIE: &str = "wirechat_session";
@@ -37,7 +38,7 @@ const KNOWN_FOR: time::Duration = time::Duration::days(400);
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/login", post(login).get(super::pages::login_form))
+        .route("/login", post(login).get(login_form))
         .route("/signup", post(signup))
         .route("/guest", post(guest))
         .route("/logout", post(logout))
@@ -51,26 +52,12 @@ pub struct Credentials {
     password: String,
 }
 
-/// The user behind the request's session cookie, if the session is live.
-pub async fn current_user(
-    state: &AppState,
-    jar: &SignedCookieJar,
-) -> Result<Option<User>, AppError> {
-    let Some(cookie) = jar.get(SESSION_COOKIE) else {
-        return Ok(None);
-    };
-    Ok(state.hub.store.session_user(cookie.value()).await?)
-}
-
-/// `current_user` together with the rooms of their sidebar, read in one query.
-pub async fn signed_in(
-    state: &AppState,
-    jar: &SignedCookieJar,
-) -> Result<Option<SignedIn>, AppError> {
-    let Some(cookie) = jar.get(SESSION_COOKIE) else {
-        return Ok(None);
-    };
-    Ok(state.hub.store.signed_in(cookie.value()).await?)
+/// The sign-in page; someone signed in already goes to the chat.
+async fn login_form(CurrentUser(user): CurrentUser) -> Response {
+    if user.is_some() {
+        return Redirect::to("/").into_response();
+    }
+    Html(views::login_page(None, SignInForm::LogIn("")).into_string()).into_response()
 }
 
 /// What names a session to the sockets opened with it: a digest, so that the id itself (the
@@ -288,14 +275,18 @@ async fn guest(
     start_session(&state, jar, &user).await
 }
 
-async fn logout(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Response, AppError> {
-    if let Some(cookie) = jar.get(SESSION_COOKIE)
-        && let Some(user) = state.hub.store.session_user(cookie.value()).await?
+async fn logout(
+    State(state): State<AppState>,
+    SessionId(session): SessionId,
+    jar: SignedCookieJar,
+) -> Result<Response, AppError> {
+    if let Some(session) = session
+        && let Some(user) = state.hub.store.session_user(&session).await?
     {
-        state.hub.store.delete_session(cookie.value()).await?;
+        state.hub.store.delete_session(&session).await?;
         // Every socket opened with this session closes, on every node.
         let ended = Event::SessionEnded {
-            session: Arc::from(session_digest(cookie.value())),
+            session: Arc::from(session_digest(&session)),
         };
         if let Err(e) = state.hub.layer.publish(&user_group(&user.id), ended).await {
             tracing::warn!(error = %e, "the end of a session was not published");

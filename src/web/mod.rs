@@ -6,6 +6,7 @@ mod assets;
 mod auth;
 mod client;
 mod health;
+mod identity;
 mod limits;
 pub mod listener;
 mod pages;
@@ -15,13 +16,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{FromRef, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::Key;
 use tokio_util::task::TaskTracker;
 use tower_http::compression::CompressionLayer;
 
+use crate::error::AppError;
 use crate::hub::Hub;
 
 pub use auth::SESSION_COOKIE;
@@ -88,11 +90,10 @@ async fn same_origin_posts(
             path = request.uri().path(),
             "refused a POST that did not come from this site's pages"
         );
-        return (
-            StatusCode::FORBIDDEN,
+        return AppError::Forbidden(
             "This form must be sent from wirechat's own page; cross-site submissions are refused.",
         )
-            .into_response();
+        .into_response();
     }
     next.run(request).await
 }

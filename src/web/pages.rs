@@ -1,13 +1,12 @@
-//! The two pages: the chat, and the sign-in forms.
+//! The chat page (the sign-in page is with the sign-in forms, in `auth`).
 
 use axum::Router;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum_extra::extract::SignedCookieJar;
 
 use super::AppState;
-use super::auth::{current_user, signed_in};
+use super::identity::SignedInUser;
 use crate::error::AppError;
 use crate::store::SignedIn;
 use crate::views;
@@ -23,12 +22,15 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The chat page for a signed-in user. The socket fills in the active room once it opens.
-async fn chat(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Response, AppError> {
+async fn chat(
+    State(state): State<AppState>,
+    SignedInUser(signed_in): SignedInUser,
+) -> Result<Response, AppError> {
     let Some(SignedIn {
         user: me,
         rooms,
         groups,
-    }) = signed_in(&state, &jar).await?
+    }) = signed_in
     else {
         return Ok(Redirect::to("/login").into_response());
     };
@@ -46,14 +48,4 @@ async fn chat(State(state): State<AppState>, jar: SignedCookieJar) -> Result<Res
         state.hub.limits.max_message_chars,
     );
     Ok(Html(page.into_string()).into_response())
-}
-
-pub async fn login_form(
-    State(state): State<AppState>,
-    jar: SignedCookieJar,
-) -> Result<Response, AppError> {
-    if current_user(&state, &jar).await?.is_some() {
-        return Ok(Redirect::to("/").into_response());
-    }
-    Ok(Html(views::login_page(None, views::SignInForm::LogIn("")).into_string()).into_response())
 }

@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum_extra::extract::SignedCookieJar;
 use futures_util::FutureExt;
 use serde::Deserialize;
 
 use super::AppState;
-use super::auth::{SESSION_COOKIE, session_digest, signed_in};
+use super::auth::session_digest;
 use super::client::origin_is_this_site;
+use super::identity::SessionId;
 use crate::error::AppError;
 use crate::session::{self, Client, Named, Resume};
 
@@ -44,33 +44,34 @@ const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    jar: SignedCookieJar,
+    SessionId(session): SessionId,
     headers: HeaderMap,
     Query(resume): Query<ResumeQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
     // Before the session is read: that query also reads the sidebar's rooms.
     if !origin_is_this_site(&headers, state.scheme(&headers)) {
-        return Ok((StatusCode::FORBIDDEN, "The Origin must be this site.").into_response());
+        return Err(AppError::Forbidden("The Origin must be this site."));
     }
-    let Some(signed_in) = signed_in(&state, &jar).await? else {
-        return Ok((StatusCode::UNAUTHORIZED, "Log in first.").into_response());
+    let Some(session) = session else {
+        return Err(AppError::SignedOut);
+    };
+    let Some(signed_in) = state.hub.store.signed_in(&session).await? else {
+        return Err(AppError::SignedOut);
     };
     // Each connect reads history, charged to the user's budget: a user in debt (reconnecting
     // over and over) waits until it is paid back.
     if !state.hub.budget.has(&signed_in.user.id, 0.0) {
-        return Ok((
-            StatusCode::TOO_MANY_REQUESTS,
-            "Reconnecting too often; wait a moment.",
-        )
-            .into_response());
+        return Err(AppError::TooMany {
+            reason: "Reconnecting too often; wait a moment.",
+            retry_after_secs: 5,
+        });
     }
     let Some(slot) = state.access.open_socket(&signed_in.user.id) else {
-        return Ok((
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many open chat windows; close one and try again.",
-        )
-            .into_response());
+        return Err(AppError::TooMany {
+            reason: "Too many open chat windows; close one and try again.",
+            retry_after_secs: 30,
+        });
     };
     let limit = state.hub.limits.max_frame_bytes;
     let hub = state.hub.clone();
@@ -87,11 +88,7 @@ async fn upgrade(
     };
     let client = Client {
         address: state.access.client_ip(peer, &headers),
-        session: Arc::from(
-            jar.get(SESSION_COOKIE)
-                .map(|c| session_digest(c.value()))
-                .unwrap_or_default(),
-        ),
+        session: Arc::from(session_digest(&session)),
     };
     Ok(ws
         .read_buffer_size(READ_BUFFER)

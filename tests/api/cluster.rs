@@ -696,8 +696,8 @@ async fn presence_counts_users_across_nodes_and_expires_a_silent_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowded_room_is_listed_alike_on_every_node() {
-    use wirechat::presence::SHOWN;
     use wirechat::model::User;
+    use wirechat::presence::SHOWN;
     use wirechat::presence::{Change, Listing, Presence};
 
     let [node_a, node_b] = shared_presence(Duration::from_millis(800));
@@ -864,8 +864,8 @@ impl ListedSeen {
 /// old one with the new names added.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_lists_are_right_again_after_redis_loses_its_data() {
-    use wirechat::presence::SHOWN;
     use wirechat::presence::Presence;
+    use wirechat::presence::SHOWN;
 
     let mut args = SHORT_PRESENCE.to_vec();
     args.extend(["--auth-rate-limit", "1000"]);
