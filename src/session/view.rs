@@ -1,6 +1,7 @@
 //! The socket's view, owned by its writer: which room is active, what of it is on screen,
 //! unread counts, and what waits for a room being entered. A pure state machine: each item
-//! the socket's queue delivers becomes the frames that go on the wire.
+//! the socket's queue delivers becomes the frames that go on the wire, and the effects the
+//! writer then carries out (following a group, leaving one, giving up on a client).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -11,12 +12,20 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::messages_frame;
 use crate::chat::protocol::{Swap, frame};
-use crate::hub::Hub;
-use crate::layer::outbox::Stop;
-use crate::layer::{Event, Subscriber, room_group};
-use crate::layer::{Outbound, Reply};
+use crate::layer::{Event, Outbound, Reply};
 use crate::model::StoredMessage;
 use crate::views;
+
+/// What the writer does for the view, beyond writing frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Effect {
+    /// Follow this room's group (a room added).
+    Join(Arc<str>),
+    /// Stop following it (a room taken away).
+    Leave(Arc<str>),
+    /// The client falls behind: cut it off.
+    Lagging,
+}
 
 /// The socket's view, owned by its writer.
 #[derive(Default)]
@@ -43,6 +52,10 @@ pub(super) struct View {
     pub(super) ended: bool,
     /// Set when the client closed the socket: the writer answers and stops.
     pub(super) goodbye: bool,
+    /// Messages held for a room being entered, at most, before the client is cut off.
+    hold_at_most: usize,
+    /// What the writer is to do, in order; it takes them after each batch.
+    effects: Vec<Effect>,
 }
 
 /// Rooms a socket may no longer post in: groups the user left (on any socket) and
@@ -87,24 +100,29 @@ enum Held {
 }
 
 impl View {
-    pub(super) fn new(revoked: Arc<Revoked>, session: Arc<str>) -> View {
+    pub(super) fn new(revoked: Arc<Revoked>, session: Arc<str>, hold_at_most: usize) -> View {
         View {
             revoked,
             session,
+            hold_at_most,
             ..View::default()
         }
     }
 
+    /// What the writer is to do since it last asked.
+    pub(super) fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The room shown, and the seq through which everything in it is shown.
+    pub(super) fn shown(&self) -> Option<(Arc<str>, i64)> {
+        self.active.clone().map(|room| (room, self.shown_through))
+    }
+
     /// The frames `outbound` puts on the wire for this socket, in order.
-    pub(super) fn frames(
-        &mut self,
-        outbound: Outbound,
-        hub: &Hub,
-        member: &Subscriber,
-        out: &mut Vec<Utf8Bytes>,
-    ) {
+    pub(super) fn frames(&mut self, outbound: Outbound, out: &mut Vec<Utf8Bytes>) {
         let reply = match outbound {
-            Outbound::Event(event) => return self.event(&event, hub, member, out),
+            Outbound::Event(event) => return self.event(&event, out),
             Outbound::Reply(reply) => *reply,
         };
         match reply {
@@ -165,7 +183,7 @@ impl View {
     }
 
     /// The frames a published event puts on the wire for this socket.
-    fn event(&mut self, event: &Event, hub: &Hub, member: &Subscriber, out: &mut Vec<Utf8Bytes>) {
+    fn event(&mut self, event: &Event, out: &mut Vec<Utf8Bytes>) {
         match event {
             Event::Message {
                 room,
@@ -176,8 +194,8 @@ impl View {
                     held.push(Held::Message(*seq, f.clone()));
                     // A client that reads its backlog slower than the room talks falls
                     // behind as surely as one with a full queue.
-                    if held.len() >= hub.limits.outbound_queue {
-                        member.outbox.stop(Stop::Lagging);
+                    if held.len() >= self.hold_at_most {
+                        self.effects.push(Effect::Lagging);
                     }
                 } else if self.active.as_ref() == Some(room) {
                     self.show(*seq, f.clone(), out);
@@ -204,15 +222,14 @@ impl View {
             Event::All { frame: f } => out.push(f.clone()),
             Event::Resync => self.resync = true,
             Event::RoomAdded { room, frame: f } => {
-                // Registered now; confirmation is not awaited, as the room is new.
-                drop(hub.layer.join(&room_group(room), member));
+                self.effects.push(Effect::Join(room.clone()));
                 self.unread.entry(room.to_string()).or_insert(0);
                 self.revoked.remove(room);
                 self.hidden.remove(room);
                 out.push(f.clone());
             }
             Event::RoomRemoved { room } => {
-                hub.layer.leave(&room_group(room), member.id);
+                self.effects.push(Effect::Leave(room.clone()));
                 self.revoked.insert(room.clone());
                 self.hidden.remove(room);
                 self.unread.remove(&**room);
@@ -272,7 +289,7 @@ impl View {
 
     /// Shows the messages from a store read that are not on screen yet, in frames of a
     /// history page's size so no frame grows past what a client takes in one piece.
-    fn show_missed(&mut self, messages: Vec<StoredMessage>, out: &mut Vec<Utf8Bytes>) {
+    pub(super) fn show_missed(&mut self, messages: Vec<StoredMessage>, out: &mut Vec<Utf8Bytes>) {
         let fresh: Vec<StoredMessage> = messages
             .into_iter()
             .filter(|m| self.mark_shown(m.seq))
@@ -281,29 +298,49 @@ impl View {
             out.push(messages_frame(chunk, Swap::BeforeEnd));
         }
     }
-
-    /// After a gap in delivery: what is not shown yet from the first hole on, up to the
-    /// catch-up limit. Further behind, the page finds the gap after these and asks to
-    /// `Catch up`, which shows the room afresh.
-    pub(super) async fn missed_frames(&mut self, hub: &Hub, out: &mut Vec<Utf8Bytes>) {
-        let Some(room) = self.active.clone() else {
-            return;
-        };
-        let limit = hub.limits.catch_up_limit;
-        match hub
-            .store
-            .messages_after(&room, self.shown_through, limit)
-            .await
-        {
-            Ok(page) => self.show_missed(page, out),
-            Err(e) => tracing::warn!(error = %e, "could not fetch missed messages"),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::View;
+    use super::*;
+
+    fn view() -> View {
+        View::new(Arc::default(), Arc::from("my-session"), 4)
+    }
+
+    fn message(room: &str, seq: i64) -> Outbound {
+        Outbound::Event(Arc::new(Event::Message {
+            room: Arc::from(room),
+            seq,
+            frame: Utf8Bytes::from(format!("{room}:{seq}")),
+        }))
+    }
+
+    fn reply(reply: Reply) -> Outbound {
+        Outbound::Reply(Box::new(reply))
+    }
+
+    fn event(event: Event) -> Outbound {
+        Outbound::Event(Arc::new(event))
+    }
+
+    /// The frames a run of queue items puts on the wire, as text.
+    fn run(view: &mut View, items: Vec<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        for item in items {
+            view.frames(item, &mut out);
+        }
+        out.iter().map(|f| f.as_str().to_owned()).collect()
+    }
+
+    fn enter(room: &str, floor: i64, catching_up: bool) -> Outbound {
+        reply(Reply::Enter {
+            room: Arc::from(room),
+            floor,
+            frames: vec![Utf8Bytes::from(format!("history of {room}"))],
+            catching_up,
+        })
+    }
 
     #[test]
     fn each_seq_is_shown_once_whatever_the_order() {
@@ -318,5 +355,145 @@ mod tests {
         assert!(view.shown_above.is_empty());
         assert!(!view.mark_shown(2) && !view.mark_shown(3));
         assert!(view.mark_shown(4));
+    }
+
+    #[test]
+    fn what_arrives_while_entering_waits_for_the_history_and_what_it_holds_is_dropped() {
+        let mut view = view();
+        let viewers = event(Event::Viewers {
+            room: Arc::from("r"),
+            frame: Utf8Bytes::from("ann is here"),
+        });
+        let shown = run(
+            &mut view,
+            vec![
+                reply(Reply::Entering {
+                    room: Arc::from("r"),
+                }),
+                message("r", 7),
+                viewers,
+                message("r", 8),
+                enter("r", 7, false),
+                message("r", 9),
+            ],
+        );
+        assert_eq!(shown, ["history of r", "ann is here", "r:8", "r:9"]);
+    }
+
+    #[test]
+    fn a_resume_shows_its_backlog_before_anything_live() {
+        let mut view = view();
+        let missed = |seqs: std::ops::RangeInclusive<i64>| {
+            reply(Reply::Missed {
+                room: Arc::from("r"),
+                messages: seqs
+                    .map(|seq| StoredMessage {
+                        id: format!("m{seq}"),
+                        room_id: "r".into(),
+                        seq,
+                        author: crate::model::User {
+                            id: "u".into(),
+                            username: "ann".into(),
+                        },
+                        body: format!("body {seq}"),
+                        created_at_ms: 0,
+                        client_id: None,
+                    })
+                    .collect(),
+            })
+        };
+        let shown = run(
+            &mut view,
+            vec![
+                reply(Reply::Entering {
+                    room: Arc::from("r"),
+                }),
+                message("r", 6),
+                enter("r", 3, true),
+                message("r", 7),
+                missed(4..=6),
+                reply(Reply::CaughtUp {
+                    room: Arc::from("r"),
+                }),
+                message("r", 8),
+            ],
+        );
+        assert_eq!(shown.len(), 4, "{shown:?}");
+        assert_eq!(shown[0], "history of r");
+        // The backlog, 4 to 6, in one frame; then 7 (6 was in the backlog), then 8.
+        assert!(shown[1].contains("body 4") && shown[1].contains("body 6"));
+        assert_eq!(shown[2..], ["r:7", "r:8"]);
+    }
+
+    #[test]
+    fn a_client_slower_than_its_room_while_catching_up_is_cut_off() {
+        let mut view = view();
+        run(&mut view, vec![enter("r", 0, true)]);
+        assert!(view.take_effects().is_empty());
+        run(&mut view, (1..=4).map(|seq| message("r", seq)).collect());
+        assert_eq!(view.take_effects(), [Effect::Lagging]);
+    }
+
+    #[test]
+    fn other_rooms_count_unread_and_a_hidden_one_comes_back() {
+        let mut view = view();
+        let hidden = event(Event::RoomHidden {
+            room: Arc::from("dm"),
+            frame: Utf8Bytes::from("entry of dm"),
+        });
+        let shown = run(
+            &mut view,
+            vec![
+                enter("r", 0, false),
+                message("other", 1),
+                message("other", 2),
+                hidden,
+                message("dm", 1),
+                message("dm", 2),
+            ],
+        );
+        assert_eq!(shown.len(), 7, "{shown:?}");
+        assert!(shown[2].contains("#unread-other") && shown[2].contains("2<span"));
+        assert!(shown[3].contains("#room-dm") && shown[3].contains("remove"));
+        assert_eq!(shown[4], "entry of dm", "back before its badge");
+        assert!(shown[5].contains("#unread-dm") && shown[5].contains("1<span"));
+        assert!(!shown[6].contains("entry of dm"), "back once");
+    }
+
+    #[test]
+    fn rooms_taken_away_are_left_and_refused_until_given_back() {
+        let mut view = view();
+        let revoked = view.revoked.clone();
+        run(
+            &mut view,
+            vec![event(Event::RoomRemoved {
+                room: Arc::from("g"),
+            })],
+        );
+        assert_eq!(view.take_effects(), [Effect::Leave(Arc::from("g"))]);
+        assert!(revoked.contains("g"));
+        run(
+            &mut view,
+            vec![event(Event::RoomAdded {
+                room: Arc::from("g"),
+                frame: Utf8Bytes::from("entry of g"),
+            })],
+        );
+        assert_eq!(view.take_effects(), [Effect::Join(Arc::from("g"))]);
+        assert!(!revoked.contains("g"));
+    }
+
+    #[test]
+    fn only_its_own_session_ending_ends_a_socket() {
+        let mut view = view();
+        let ended = |session: &str| {
+            event(Event::SessionEnded {
+                session: Arc::from(session),
+            })
+        };
+        run(&mut view, vec![ended("another-session")]);
+        assert!(!view.ended);
+        run(&mut view, vec![ended("my-session")]);
+        assert!(view.ended);
     }
 }

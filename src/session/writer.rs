@@ -12,11 +12,11 @@ use futures_util::stream::SplitSink;
 use tokio::sync::Notify;
 
 use super::close_code;
-use super::view::{Revoked, View};
+use super::view::{Effect, Revoked, View};
 use crate::hub::Hub;
-use crate::layer::Outbound;
 use crate::layer::Subscriber;
 use crate::layer::outbox::{KEEP_SLOTS, Stop};
+use crate::layer::{Outbound, room_group};
 
 /// Bytes of a socket's own replies (history, catch-up, errors) queued and not yet written.
 ///
@@ -70,7 +70,7 @@ pub(super) async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
 ) {
     let outbox = &member.outbox;
-    let mut view = View::new(revoked, session);
+    let mut view = View::new(revoked, session, hub.limits.outbound_queue);
     let mut taken = VecDeque::new();
     let mut frames = Vec::new();
     let mut last_write: Option<Instant> = None;
@@ -100,7 +100,15 @@ pub(super) async fn write_loop(
             if let Outbound::Reply(reply) = &outbound {
                 replies += reply.weight();
             }
-            view.frames(outbound, &hub, &member, &mut frames);
+            view.frames(outbound, &mut frames);
+        }
+        for effect in view.take_effects() {
+            match effect {
+                // Registered now; confirmation is not awaited, as the room is new.
+                Effect::Join(room) => drop(hub.layer.join(&room_group(&room), &member)),
+                Effect::Leave(room) => hub.layer.leave(&room_group(&room), member.id),
+                Effect::Lagging => member.outbox.stop(Stop::Lagging),
+            }
         }
         if taken.capacity() > KEEP_SLOTS {
             // After a burst: let the memory go rather than hold it for the socket's life.
@@ -108,7 +116,7 @@ pub(super) async fn write_loop(
         }
         if view.resync {
             view.resync = false;
-            Box::pin(view.missed_frames(&hub, &mut frames)).await;
+            Box::pin(missed_frames(&hub, &mut view, &mut frames)).await;
         }
         // One flush for everything taken: one system call for many frames.
         let write = async {
@@ -143,6 +151,20 @@ pub(super) async fn write_loop(
         metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
         // Only a busy node needs the time; a quiet one forgets it and reads no clock.
         last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
+    }
+}
+
+/// After a gap in delivery: what is not shown yet from the first hole on, up to the
+/// catch-up limit. Further behind, the page finds the gap after these and asks to
+/// `Catch up`, which shows the room afresh.
+async fn missed_frames(hub: &Hub, view: &mut View, out: &mut Vec<Utf8Bytes>) {
+    let Some((room, shown_through)) = view.shown() else {
+        return;
+    };
+    let limit = hub.limits.catch_up_limit;
+    match hub.store.messages_after(&room, shown_through, limit).await {
+        Ok(page) => view.show_missed(page, out),
+        Err(e) => tracing::warn!(error = %e, "could not fetch missed messages"),
     }
 }
 

@@ -1,0 +1,282 @@
+//! A socket's actions: each frame the client sends, parsed, weighed against the user's
+//! budget, carried out, and answered (with an error the user can act on when refused).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::rooms::CatchUp;
+use super::{ActionError, ActiveRoom, Entry, Session, messages_frame, refuse};
+use crate::chat::names::{InputError, MessageText};
+use crate::chat::protocol::{Action, Swap, frame};
+use crate::chat::rate::{BYTES_PER_UNIT, MESSAGES_PER_UNIT, action_cost};
+use crate::layer::{Event, Reply, room_group};
+use crate::model::StoredMessage;
+use crate::store::{AfterCommit, Draft, Posted};
+use crate::views;
+
+/// A socket announces typing at most this often.
+const TYPING_EVERY: Duration = Duration::from_secs(2);
+
+impl Session {
+    pub(super) async fn handle(&mut self, text: &str) {
+        let result = match Action::parse(text) {
+            Ok(action) => Box::pin(self.act(action)).await,
+            // Refusing costs a unit too, and past the budget nothing is said: a stream of
+            // bad frames is not answered frame for frame.
+            Err(e) if self.hub.budget.spend(&self.user.id, 1.0) => Err(ActionError::Input(e)),
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            self.report(e);
+        }
+    }
+
+    /// Tells the user why an action failed.
+    pub(super) fn report(&self, error: ActionError) {
+        match error {
+            ActionError::Input(e) | ActionError::Busy(e) => self.send_error(&e.0),
+            ActionError::PostRefused {
+                reason,
+                client_id,
+                retry,
+            } => self.send(Reply::Frame(frame(
+                "#errors",
+                Swap::Inner,
+                &views::post_refused(&reason.0, &client_id, retry).into_string(),
+            ))),
+            ActionError::Blocked(peer) => self.send(Reply::Frame(frame(
+                "#errors",
+                Swap::Inner,
+                &views::blocked(&peer).into_string(),
+            ))),
+            ActionError::Store(e) => {
+                tracing::error!(error = %e, user = %self.user.username, "action failed");
+                self.send_error(
+                    "Something went wrong on our side; nothing was changed. Please try again.",
+                );
+            }
+        }
+    }
+
+    /// The room this socket shows, unless the user may no longer use it (left on another
+    /// socket, or closed by a block): then nothing is read from or sent to it.
+    pub(super) fn usable_room(&self) -> Result<&ActiveRoom, ActionError> {
+        match &self.active {
+            None => refuse("Enter a room first."),
+            Some(active) if self.revoked.contains(&active.room.id) => {
+                refuse("You can no longer use this room.")
+            }
+            Some(active) => Ok(active),
+        }
+    }
+
+    pub(super) async fn act(&mut self, action: Action) -> Result<(), ActionError> {
+        let cost = action_cost(&action);
+        if cost > 0.0 && !self.hub.budget.spend(&self.user.id, cost) {
+            if action == Action::Typing {
+                return Ok(());
+            }
+            return refuse("You are doing that too fast; wait a moment and try again.");
+        }
+        match action {
+            Action::ChangeGroup { name, is_group } if is_group => self.enter_group(&name).await,
+            Action::CreateGroup { name } => self.enter_group(&name).await,
+            Action::ChangeGroup { name, .. } => self.enter_direct(&name).await,
+            Action::NewMessage {
+                text,
+                client_id,
+                room_id,
+            } => {
+                let posted = self
+                    .post(&text, client_id.as_deref(), room_id.as_deref())
+                    .await;
+                match (posted, client_id) {
+                    // Said with the post's id, so the page can show which one was not sent,
+                    // and send it again by itself when that may work.
+                    (Err(ActionError::Input(reason)), Some(client_id)) => {
+                        Err(ActionError::PostRefused {
+                            reason,
+                            client_id,
+                            retry: false,
+                        })
+                    }
+                    (Err(ActionError::Busy(reason)), Some(client_id)) => {
+                        Err(ActionError::PostRefused {
+                            reason,
+                            client_id,
+                            retry: true,
+                        })
+                    }
+                    (result, _) => result,
+                }
+            }
+            Action::LoadOlder { before_seq } => self.load_older(before_seq).await,
+            Action::CatchUp { after_seq } => {
+                let active = self.usable_room()?;
+                match self.catch_up(&active.room.id, after_seq).await? {
+                    CatchUp::Missed { last } => {
+                        let room = Arc::from(active.room.id.as_str());
+                        self.send_missed(&room, after_seq, last).await?;
+                    }
+                    CatchUp::TooFar { .. } => {
+                        let entry = Entry {
+                            room: active.room.clone(),
+                            peer: active.peer.clone(),
+                            resume_after: None,
+                            mark_read: false,
+                        };
+                        self.enter(entry).await?;
+                    }
+                }
+                Ok(())
+            }
+            Action::Typing => {
+                self.typing().await;
+                Ok(())
+            }
+            Action::BrowseGroups { query, after } => self.browse_groups(&query, &after).await,
+            Action::LeaveGroup { name } => self.leave_group(&name).await,
+            Action::HideConversation { username } => self.hide_conversation(&username).await,
+            Action::BlockUser { username } => self.block_user(&username).await,
+            Action::UnblockUser { username } => self.unblock_user(&username).await,
+            Action::BlockedPeople => self.list_blocked().await,
+        }
+    }
+
+    pub(super) async fn post(
+        &mut self,
+        raw: &str,
+        client_id: Option<&str>,
+        room_id: Option<&str>,
+    ) -> Result<(), ActionError> {
+        // The room shown, or another the user is in (a message written there while the
+        // connection was down, sent once it is back).
+        let (room_id, elsewhere) = match room_id {
+            Some(id) if self.active.as_ref().is_none_or(|a| a.room.id != id) => {
+                if self.revoked.contains(id) {
+                    return refuse("You can no longer post in that room.");
+                }
+                match self.hub.store.room_for_member(id, &self.user.id).await? {
+                    Some(room) => (room.id, true),
+                    None => return refuse("You are not in that room any more."),
+                }
+            }
+            _ => (self.usable_room()?.room.id.clone(), false),
+        };
+        if !self.hub.rate.allow(&self.user.id) {
+            return Err(ActionError::Busy(InputError(
+                "You are sending messages too fast; wait a moment and try again.".into(),
+            )));
+        }
+        let text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
+        // Store before send: nothing is published (or acknowledged) until the row commits.
+        // The store's writer runs the publication once the batch holding this message has
+        // committed, in seq order, whether or not this socket is still here to hear the
+        // answer: a socket that dies mid-post cannot leave a stored message unpublished.
+        let hub = self.hub.clone();
+        let group = room_group(&room_id);
+        let publish: AfterCommit = Box::new(move |message: &StoredMessage| {
+            let event = Event::Message {
+                room: Arc::from(message.room_id.as_str()),
+                seq: message.seq,
+                frame: messages_frame(std::slice::from_ref(message), Swap::BeforeEnd),
+            };
+            Box::pin(async move {
+                if let Err(e) = hub.layer.publish(&group, event).await {
+                    tracing::warn!(error = %e, group, "publish failed");
+                }
+            })
+        });
+        let draft = Draft {
+            room_id: &room_id,
+            author: &self.user,
+            body: text.as_str(),
+            client_id,
+        };
+        let posted = self.hub.store.post_message_then(draft, publish).await;
+        if let (Ok(_), true, Some(client_id)) = (&posted, elsewhere, client_id) {
+            // Its article goes to that room's viewers, not to this socket, which shows
+            // another room: it is told the post is stored.
+            let sent = frame(&format!("#pending-{client_id}"), Swap::Remove, "");
+            self.send(Reply::Frame(sent));
+            return Ok(());
+        }
+        match posted {
+            Ok(Posted { repeat: false, .. }) => Ok(()),
+            // Posted before (a retry whose first answer was lost): stored and published
+            // then. The sender is answered as the first time, with the same article
+            // (which replaces itself on a page that has it), if it still shows that room.
+            Ok(Posted {
+                message,
+                repeat: true,
+            }) => {
+                if self
+                    .active
+                    .as_ref()
+                    .is_some_and(|a| a.room.id == message.room_id)
+                {
+                    let article = messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd);
+                    self.send(Reply::Frame(article));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "message not stored");
+                Err(ActionError::Busy(InputError(
+                    "Your message could not be stored, so it was not sent. Please try again."
+                        .into(),
+                )))
+            }
+        }
+    }
+
+    pub(super) async fn load_older(&self, before_seq: i64) -> Result<(), ActionError> {
+        let active = self.usable_room()?;
+        let page = self
+            .hub
+            .store
+            .messages_before(&active.room.id, before_seq, views::PAGE_SIZE)
+            .await?;
+        self.charge_read(&page);
+        self.send(Reply::Frames(vec![
+            messages_frame(&page, Swap::AfterBegin),
+            frame(
+                "#load-older",
+                Swap::Outer,
+                &views::load_older(views::older_after_page(&page)).into_string(),
+            ),
+        ]));
+        Ok(())
+    }
+
+    pub(super) async fn typing(&mut self) {
+        if self
+            .last_typing
+            .is_some_and(|at| at.elapsed() < TYPING_EVERY)
+        {
+            return;
+        }
+        let Ok(active) = self.usable_room() else {
+            return;
+        };
+        let event = Event::Viewers {
+            room: Arc::from(active.room.id.as_str()),
+            frame: frame(
+                "#typing",
+                Swap::Inner,
+                &views::typing(&self.user).into_string(),
+            ),
+        };
+        let group = active.group.clone();
+        self.last_typing = Some(Instant::now());
+        self.publish(&group, event).await;
+    }
+
+    /// Charges the user's budget for `messages` read from history: by their count, or by
+    /// their size where they are long (a page of 4,000-character messages is a megabyte).
+    pub(super) fn charge_read(&self, messages: &[StoredMessage]) {
+        let bytes: usize = messages.iter().map(|m| m.body.len()).sum();
+        let units = (messages.len() as f64 / MESSAGES_PER_UNIT).max(bytes as f64 / BYTES_PER_UNIT);
+        self.hub.budget.charge(&self.user.id, units);
+    }
+}
