@@ -340,11 +340,17 @@
     if (!activeRoom() || !title) return '/';
     return title.startsWith('#') ? `/r/${encodeURIComponent(title.slice(1))}` : `/dm/${encodeURIComponent(title)}`;
   }
-  function namedRoom() {
-    const m = location.pathname.match(/^\/(r|dm)\/([^/]+)\/?$/);
+  // A room's name from an address's path, or null (a malformed escape names no room).
+  function roomIn(path) {
+    const m = path.match(/^\/(r|dm)\/([^/]+)\/?$/);
     if (!m) return null;
-    return { name: decodeURIComponent(m[2]), isGroup: m[1] === 'r' };
+    try {
+      return { name: decodeURIComponent(m[2]), isGroup: m[1] === 'r' };
+    } catch (_) {
+      return null;
+    }
   }
+  const namedRoom = () => roomIn(location.pathname);
   let shownOnce = false;
   function updateAddress() {
     const path = roomPath();
@@ -463,10 +469,10 @@
     const inner = e.target.closest('#messages-list a[href]');
     if (inner) {
       const url = new URL(inner.href, location.href);
-      const room = url.origin === location.origin && url.pathname.match(/^\/(r|dm)\/([^/]+)\/?$/);
+      const room = url.origin === location.origin && roomIn(url.pathname);
       if (room) {
         e.preventDefault();
-        openRoom(decodeURIComponent(room[2]), room[1] === 'r');
+        openRoom(room.name, room.isGroup);
         return;
       }
     }

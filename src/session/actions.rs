@@ -217,6 +217,10 @@ impl Session {
                 {
                     let article = messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd);
                     self.send(Reply::Frame(article));
+                } else if let Some(client_id) = client_id {
+                    // First posted in a room this socket does not show: told it is stored.
+                    let sent = frame(&format!("#pending-{client_id}"), Swap::Remove, "");
+                    self.send(Reply::Frame(sent));
                 }
                 Ok(())
             }

@@ -358,7 +358,14 @@ mod tests {
     /// client that never reads could hold far more than the backlog allows.
     #[test]
     fn a_catch_ups_weight_is_at_least_its_frames() {
-        for text in ["plain text", "\"quoted\"", "<&>", "é"] {
+        for text in [
+            "plain text",
+            "\"quoted\"",
+            "<&>",
+            "é",
+            "http://\"\"\"\" ",
+            "https://example.com/\"<>\"",
+        ] {
             let messages: Vec<StoredMessage> = (1..=50)
                 .map(|seq| StoredMessage {
                     id: uuid::Uuid::now_v7().to_string(),

@@ -22,6 +22,9 @@ pub(super) enum CatchUp {
     TooFar { missed: Option<i64> },
 }
 
+/// What entering the room a page's address names costs (as `Change group` does).
+const ROOM_BY_NAME_COST: f64 = 2.0;
+
 impl Session {
     /// Joins the socket's groups, announces the user, and shows the first room.
     ///
@@ -126,7 +129,11 @@ impl Session {
             .filter(|s| !s.blocked());
         // A page opened at a room's address (a link, a reload) enters that room, as
         // clicking it would; failing that, says why and goes on to the usual one.
-        if let (None, Some(named)) = (resumed, resume.named) {
+        // Costs what changing rooms does: a page opened at an address, again and again,
+        // is changing rooms.
+        if let (None, Some(named)) = (resumed, resume.named)
+            && self.hub.budget.spend(&self.user.id, ROOM_BY_NAME_COST)
+        {
             let entered = match &named {
                 Named::Group(name) => self.open_group_link(name).await,
                 Named::Direct(name) => self.enter_direct(name).await,

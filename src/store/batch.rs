@@ -37,6 +37,8 @@ use crate::model::{StoredMessage, User};
 const MAX_BATCH: usize = 256;
 /// Posts waiting for each writer before posters wait to queue theirs.
 const QUEUE: usize = 4 * MAX_BATCH;
+/// How often a batch is tried when it meets another writer's client ids.
+const ATTEMPTS: usize = 3;
 /// Committed batches waiting to be published, per writer.
 const PUBLISH_QUEUE: usize = 16;
 
@@ -141,12 +143,18 @@ async fn write_loop(
             taken = inbox.recv_many(&mut posts, MAX_BATCH) => if taken == 0 { return },
         }
         let mut stored = store_on(&mut conn, &pool, dialect, &posts).await;
-        if let Err(sqlx::Error::Database(e)) = &stored
-            && e.is_unique_violation()
-        {
-            // Another node stored one of these client ids meanwhile: this time the batch
-            // finds it and answers with it.
-            stored = store_on(&mut conn, &pool, dialect, &posts).await;
+        for _ in 1..ATTEMPTS {
+            match &stored {
+                // Another writer stored one of these client ids meanwhile (or the two met
+                // in the index in opposite orders): this time the batch finds it.
+                Err(sqlx::Error::Database(e))
+                    if e.is_unique_violation()
+                        || e.code().is_some_and(|c| c == "40P01" || c == "40001") =>
+                {
+                    stored = store_on(&mut conn, &pool, dialect, &posts).await;
+                }
+                _ => break,
+            }
         }
         if stored.is_err() {
             // The connection may be what failed; the next batch starts on a fresh one.
@@ -191,15 +199,18 @@ async fn store(
         let stored = store_in_one_statement(conn, posts, &by_room).await?;
         return Ok(outcomes(stored, repeats));
     }
+    // Read before the transaction: a read first would make it a reader that must become a
+    // writer, which SQLite refuses at once (no busy wait) when another connection writes
+    // meanwhile. A repeat stored in between meets the unique index, and the batch is tried
+    // again.
+    let (repeats, fresh) = sort_repeats(posts, find_repeats(conn, posts).await?);
+    let by_room = by_room(posts, &fresh);
+    if by_room.is_empty() {
+        return Ok(outcomes(posts.iter().map(|_| None).collect(), repeats));
+    }
     let created_at_ms = now_ms();
     let ids = new_ids(posts);
     let mut tx = conn.begin().await?;
-    let (repeats, fresh) = sort_repeats(posts, find_repeats(&mut tx, posts).await?);
-    let by_room = by_room(posts, &fresh);
-    if by_room.is_empty() {
-        tx.commit().await?;
-        return Ok(outcomes(posts.iter().map(|_| None).collect(), repeats));
-    }
     // One statement for every room in the batch: each statement is a round trip (to the
     // server, or to SQLite's worker thread), and a batch may span hundreds of rooms.
     let sql = bump_sql(by_room.len());
@@ -549,6 +560,8 @@ mod tests {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
+    use std::hash::{DefaultHasher, Hash, Hasher};
+
     use super::{bump_and_insert_sql, bump_sql, insert_sql};
     use crate::store::{AfterCommit, Draft, Store, StoreError};
 
@@ -609,6 +622,90 @@ mod tests {
             .await
             .expect("a fresh database");
         racing_posts(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
+        let _ = admin
+            .execute(format!("DROP DATABASE {name}").as_str())
+            .await;
+    }
+
+    /// Two writers storing the same author's client ids in opposite orders meet in the
+    /// unique index (a deadlock, or a duplicate key): each batch is tried again, and every
+    /// post is answered, each id stored once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_racing_on_client_ids_store_each_once_on_postgres() {
+        use sqlx::{Connection, Executor};
+        let name = format!("wirechat_batch_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432 (.ci/run starts it)");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("a fresh database");
+        let store = Store::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+            .await
+            .expect("a fresh store");
+        let author = store
+            .create_user(
+                &crate::chat::names::Username::parse("racer").unwrap(),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        // Two rooms that different writers store.
+        let writer_of = |room: &str| {
+            let mut hasher = DefaultHasher::new();
+            room.hash(&mut hasher);
+            hasher.finish() as usize % 4
+        };
+        let rooms: Vec<&str> = (1..=4)
+            .map(|i| match i {
+                1 => "00000000-0000-7000-8000-000000000001",
+                2 => "00000000-0000-7000-8000-000000000002",
+                3 => "00000000-0000-7000-8000-000000000003",
+                _ => "00000000-0000-7000-8000-000000000004",
+            })
+            .collect();
+        let (a, b) = rooms
+            .iter()
+            .flat_map(|a| rooms.iter().map(move |b| (*a, *b)))
+            .find(|(a, b)| writer_of(a) != writer_of(b))
+            .expect("two rooms on two writers");
+        for round in 0..20 {
+            let ids: Vec<String> = (0..10)
+                .map(|i| format!("{round:08}-0000-7000-8000-{i:012}"))
+                .collect();
+            let mut posts = Vec::new();
+            for (room, order) in [(a, false), (b, true)] {
+                let mut ids = ids.clone();
+                if order {
+                    ids.reverse();
+                }
+                for id in ids {
+                    let (store, author) = (store.clone(), author.clone());
+                    posts.push(tokio::spawn(async move {
+                        let draft = Draft {
+                            room_id: room,
+                            author: &author,
+                            body: "raced",
+                            client_id: Some(&id),
+                        };
+                        store
+                            .post_message_then(draft, Box::new(|_| Box::pin(async {})))
+                            .await
+                    }));
+                }
+            }
+            for post in posts {
+                post.await.unwrap().expect("every post answered");
+            }
+        }
+        let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 200);
+        store.close().await;
         let _ = admin
             .execute(format!("DROP DATABASE {name}").as_str())
             .await;

@@ -405,13 +405,22 @@ pub fn linked(text: &str) -> Markup {
         @for piece in links(text) {
             @match piece {
                 Piece::Link { shown, href } => {
-                    a href=(href) target="_blank" rel="nofollow noopener noreferrer ugc" { (shown) }
+                    // Shown without direction controls, which could make it read as
+                    // another address.
+                    a href=(href) target="_blank" rel="nofollow noopener noreferrer ugc" {
+                        (shown.chars().filter(|c| !is_bidi_control(*c)).collect::<String>())
+                    }
                 }
                 Piece::Text(text) => (text),
             }
         }
     }
 }
+
+/// Addresses linked in one message, at most; later ones stay text.
+pub const MAX_LINKS: usize = 20;
+/// Characters of an address that is linked, at most; longer ones stay text.
+pub const MAX_LINK_CHARS: usize = 500;
 
 /// A piece of message text: plain, or a web address with the `href` it links to.
 enum Piece<'a> {
@@ -425,6 +434,7 @@ enum Piece<'a> {
 fn links(text: &str) -> Vec<Piece<'_>> {
     let mut pieces = Vec::new();
     let mut rest = text;
+    let mut linked = 0;
     while let Some((start, prefix)) = next_address(rest) {
         let tail = &rest[start..];
         let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
@@ -432,6 +442,14 @@ fn links(text: &str) -> Vec<Piece<'_>> {
         if start > 0 {
             pieces.push(Piece::Text(&rest[..start]));
         }
+        // A few links, not too long: each is rendered twice, and a message of nothing but
+        // addresses would otherwise render to many times its size.
+        if linked >= MAX_LINKS || link.chars().count() > MAX_LINK_CHARS {
+            pieces.push(Piece::Text(&tail[..end]));
+            rest = &tail[end..];
+            continue;
+        }
+        linked += 1;
         if link.len() <= prefix {
             // A scheme with no address after it.
             pieces.push(Piece::Text(&tail[..prefix]));
@@ -450,6 +468,11 @@ fn links(text: &str) -> Vec<Piece<'_>> {
         pieces.push(Piece::Text(rest));
     }
     pieces
+}
+
+/// Unicode's explicit direction controls (embeddings, overrides, isolates, marks).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Where the next address in `text` starts, and how long its prefix is.
@@ -600,6 +623,13 @@ mod tests {
              rel=\"nofollow noopener noreferrer ugc\">www.example.org</a>! or www. or"
         );
         assert_eq!(linked("awww.nope").into_string(), "awww.nope");
+        let reversed = linked("https://evil.com\u{202E}gnp.exe").into_string();
+        assert!(
+            reversed.contains(">https://evil.comgnp.exe</a>"),
+            "{reversed}"
+        );
+        let many = linked(&"http://a ".repeat(100)).into_string();
+        assert_eq!(many.matches("<a ").count(), MAX_LINKS);
         assert_eq!(
             linked("a\"><script>x</script> http://q").into_string(),
             "a&quot;&gt;&lt;script&gt;x&lt;/script&gt; <a href=\"http://q\" target=\"_blank\" \

@@ -38,6 +38,8 @@ struct ResumeQuery {
 const READ_BUFFER: usize = 2 * 1024;
 /// Frames are gathered up to this size before a write; it costs nothing while idle.
 const WRITE_BUFFER: usize = 32 * 1024;
+/// What opening a socket costs from the user's action budget.
+const CONNECT_COST: f64 = 1.0;
 /// A socket whose unsent data passes this is broken or hostile.
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -59,9 +61,9 @@ async fn upgrade(
     let Some(signed_in) = state.hub.store.signed_in(&session).await? else {
         return Err(AppError::SignedOut);
     };
-    // Each connect reads history, charged to the user's budget: a user in debt (reconnecting
-    // over and over) waits until it is paid back.
-    if !state.hub.budget.has(&signed_in.user.id, 0.0) {
+    // A connect costs a unit of the user's budget, and the history it reads is charged
+    // after: a user reconnecting over and over waits until it is paid back.
+    if !state.hub.budget.spend(&signed_in.user.id, CONNECT_COST) {
         return Err(AppError::TooMany {
             reason: "Reconnecting too often; wait a moment.",
             retry_after_secs: 5,

@@ -20,6 +20,7 @@ on_both_databases!(
     nothing_nobody_can_use_is_kept_forever,
     bad_frames_are_answered_briefly_and_within_the_budget,
     failed_log_ins_count_against_an_account_for_an_hour,
+    opening_rooms_by_address_spends_the_budget,
 );
 
 /// Writes `count` messages of `chars` characters by `author` into the room, straight into
@@ -262,14 +263,12 @@ async fn actions_share_one_budget_across_a_users_sockets(backend: Backend) {
     let ann = app.signup("ann").await;
     let mut first = app.connect(&ann).await;
     let mut second = app.connect(&ann).await;
-    // Entering a room costs 2 (its history is empty): three here and two there spend the
-    // budget of 10, on either socket.
+    // Each socket cost 1 to open, and entering a room costs 2 (its history is empty):
+    // three here and one there spend the rest of the budget of 10, on either socket.
     for room in ["python", "events", "hi"] {
         first.enter_group(room).await;
     }
-    for room in ["python", "events"] {
-        second.enter_group(room).await;
-    }
+    second.enter_group("python").await;
     second
         .act(
             "Change group",
@@ -991,4 +990,26 @@ async fn failed_log_ins_count_against_an_account_for_an_hour(backend: Backend) {
     assert_eq!((failures.here, failures.recent), (6, 1));
     pool.close().await;
     store.close().await;
+}
+
+/// A page's address may name a room (`?with=bob`); opening sockets so, again and again,
+/// once cost nothing (an empty conversation reads no history), and one account pinned a
+/// node at 500 connects a second. Each connect now costs a unit, a named room two more.
+async fn opening_rooms_by_address_spends_the_budget(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.signup("bob").await;
+    let churner = app.guest().await;
+    let mut refused = false;
+    for _ in 0..60 {
+        match app.open_socket(&churner, "/ws/chat/?with=bob").await {
+            Ok(socket) => socket.abandon(),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 429);
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    assert!(refused, "60 connects in a row were never refused");
 }

@@ -195,6 +195,9 @@ async fn the_room_is_in_the_address_and_back_returns_to_the_last_one() {
     ann.wait_for_text("#group-name", "#events").await;
     ann.client.refresh().await.unwrap();
     ann.wait_for_text("#group-name", "#events").await;
+    // A malformed address names no room: the page opens the usual one.
+    ann.client.goto(&app.url("/r/%ZZ")).await.unwrap();
+    ann.wait_for_text("#group-name", "#").await;
     // And a conversation has an address too.
     app.signup("bob").await;
     ann.client.goto(&app.url("/dm/bob")).await.unwrap();
