@@ -67,33 +67,3 @@ pub enum Reply {
         messages: Vec<StoredMessage>,
     },
 }
-
-impl Reply {
-    /// Roughly how many bytes this puts on the wire: what the socket's own replies hold
-    /// in memory until they are written (see the socket's backlog).
-    pub fn weight(&self) -> usize {
-        match self {
-            Reply::Frame(f) => f.len(),
-            Reply::Frames(frames) | Reply::NoRoom(frames) | Reply::Enter { frames, .. } => {
-                frames.iter().map(|f| f.len()).sum()
-            }
-            // Escaped, a character of text can take six bytes (`"` is `&quot;`); an address
-            // is shown twice (its link and its text), plus its tag.
-            Reply::Missed { messages, .. } => messages
-                .iter()
-                .map(|m| 6 * m.body.len() + 400 + links_weight(&m.body))
-                .sum(),
-            Reply::Rooms { .. }
-            | Reply::Entering { .. }
-            | Reply::NotEntered { .. }
-            | Reply::CaughtUp { .. }
-            | Reply::Goodbye => 0,
-        }
-    }
-}
-
-/// What the links in a message's text add to its rendering, at most (see `views::linked`).
-fn links_weight(body: &str) -> usize {
-    let links = body.matches("://").count() + body.matches("www.").count();
-    links.min(crate::views::MAX_LINKS) * (6 * crate::views::MAX_LINK_CHARS + 120)
-}

@@ -261,7 +261,7 @@ impl Session {
     /// fills its queue like any slow reader and is closed; once the writer has ended, the
     /// session ends too and nothing more is queued.
     fn send(&self, reply: Reply) {
-        self.backlog.queued(reply.weight());
+        self.backlog.queued(writer::weight(&reply));
         self.hub
             .layer
             .registry()
@@ -386,9 +386,9 @@ mod tests {
                 messages,
             };
             assert!(
-                missed.weight() >= frame.len(),
+                writer::weight(&missed) >= frame.len(),
                 "{text}: {} < {}",
-                missed.weight(),
+                writer::weight(&missed),
                 frame.len()
             );
         }

@@ -16,7 +16,8 @@ use super::view::{Effect, Revoked, View};
 use crate::hub::Hub;
 use crate::layer::Subscriber;
 use crate::layer::outbox::{KEEP_SLOTS, Stop};
-use crate::layer::{Outbound, room_group};
+use crate::layer::{Outbound, Reply, room_group};
+use crate::views;
 
 /// Bytes of a socket's own replies (history, catch-up, errors) queued and not yet written.
 ///
@@ -56,6 +57,34 @@ impl Backlog {
             drained.await;
         }
     }
+}
+
+/// Roughly how many bytes `reply` puts on the wire: what the socket's own replies hold in
+/// memory until they are written (see `Backlog`).
+pub(super) fn weight(reply: &Reply) -> usize {
+    match reply {
+        Reply::Frame(f) => f.len(),
+        Reply::Frames(frames) | Reply::NoRoom(frames) | Reply::Enter { frames, .. } => {
+            frames.iter().map(|f| f.len()).sum()
+        }
+        // Escaped, a character of text can take six bytes (`"` is `&quot;`); an address
+        // is shown twice (its link and its text), plus its tag.
+        Reply::Missed { messages, .. } => messages
+            .iter()
+            .map(|m| 6 * m.body.len() + 400 + links_weight(&m.body))
+            .sum(),
+        Reply::Rooms { .. }
+        | Reply::Entering { .. }
+        | Reply::NotEntered { .. }
+        | Reply::CaughtUp { .. }
+        | Reply::Goodbye => 0,
+    }
+}
+
+/// What the links in a message's text add to its rendering, at most (see `views::linked`).
+fn links_weight(body: &str) -> usize {
+    let links = body.matches("://").count() + body.matches("www.").count();
+    links.min(views::MAX_LINKS) * (6 * views::MAX_LINK_CHARS + 120)
 }
 
 /// How long one write may wait for a client to read before the socket is dropped.
@@ -98,7 +127,7 @@ pub(super) async fn write_loop(
         let mut replies = 0;
         for outbound in taken.drain(..) {
             if let Outbound::Reply(reply) = &outbound {
-                replies += reply.weight();
+                replies += weight(reply);
             }
             view.frames(outbound, &mut frames);
         }
