@@ -11,7 +11,7 @@
 //!   checks — the security headers and the same-site check on every request, who a
 //!   request comes from behind proxies, and the access limits (sign-in attempts, failed
 //!   log-ins, sockets per user).
-//! - [`session`]: one chat socket — a reader turning actions into stores and publications
+//! - [`socket`]: one chat socket — a reader turning actions into stores and publications
 //!   (the rooms a person chooses: joining, leaving, hiding, blocking, browsing, in
 //!   `membership`), a writer draining a bounded queue onto the wire through the socket's
 //!   view (`view`: which room is shown, what of it is on screen, what waits).
@@ -44,7 +44,7 @@ pub mod layer;
 pub mod memory;
 pub mod model;
 pub mod presence;
-pub mod session;
+pub mod socket;
 pub mod store;
 pub mod views;
 pub mod web;

@@ -17,7 +17,7 @@ use super::auth::session_digest;
 use super::client::origin_is_this_site;
 use super::identity::SessionId;
 use crate::error::AppError;
-use crate::session::{self, Client, Named, Resume};
+use crate::socket::{self, Client, Named, Resume};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws/chat/", get(upgrade))
@@ -101,7 +101,7 @@ async fn upgrade(
         .on_upgrade(move |socket| {
             // No async block around the session: it would keep its own copy of the socket.
             tracker.track_future(
-                session::run(hub, signed_in, client, socket, resume).map(move |()| drop(slot)),
+                socket::run(hub, signed_in, client, socket, resume).map(move |()| drop(slot)),
             )
         })
         .into_response())

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::rooms::CatchUp;
-use super::{ActionError, ActiveRoom, Entry, Session, messages_frame, refuse};
+use super::{ActionError, ActiveRoom, Entry, Socket, messages_frame, refuse};
 use crate::chat::names::{InputError, MessageText};
 use crate::chat::protocol::{Action, Swap, frame};
 use crate::chat::rate::{BYTES_PER_UNIT, MESSAGES_PER_UNIT, action_cost};
@@ -17,7 +17,7 @@ use crate::views;
 /// A socket announces typing at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
 
-impl Session {
+impl Socket {
     pub(super) async fn handle(&mut self, text: &str) {
         let result = match Action::parse(text) {
             Ok(action) => Box::pin(self.act(action)).await,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{ActionError, ActiveRoom, Entry, Named, Opening, Session};
+use super::{ActionError, ActiveRoom, Entry, Named, Opening, Socket};
 use crate::chat::protocol::{Swap, frame, frame_around, json_escaped};
 use crate::layer::{LOBBY, Reply, room_group, user_group};
 use crate::model::RoomKind;
@@ -15,7 +15,7 @@ use crate::views;
 /// What a catch-up found.
 pub(super) enum CatchUp {
     /// The client missed the messages after its position through `last`, at most
-    /// `catch_up_limit` of them (see `Session::send_missed`).
+    /// `catch_up_limit` of them (see `Socket::send_missed`).
     Missed { last: i64 },
     /// The client is further behind than that (or names a position the room never had):
     /// it is shown the room afresh. `missed` is how many messages it did not see, when known.
@@ -25,7 +25,7 @@ pub(super) enum CatchUp {
 /// What entering the room a page's address names costs (as `Change group` does).
 const ROOM_BY_NAME_COST: f64 = 2.0;
 
-impl Session {
+impl Socket {
     /// Joins the socket's groups, announces the user, and shows the first room.
     ///
     /// The rooms were read with the session, before the handshake finished: a conversation

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{ActionError, Entry, Session, refuse};
+use super::{ActionError, Entry, Socket, refuse};
 use crate::chat::names::{GroupName, InputError, Username};
 use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, Reply, user_group};
@@ -20,7 +20,7 @@ const BLOCKED_LISTED: i64 = 200;
 /// The window of the per-hour limits on new rooms.
 const HOUR_MS: i64 = 3_600_000;
 
-impl Session {
+impl Socket {
     /// Enters a group, joining it first if need be, and creating it if the name is new.
     pub(super) async fn enter_group(&mut self, raw_name: &str) -> Result<(), ActionError> {
         let name = GroupName::parse(raw_name)?;

@@ -68,7 +68,7 @@ pub enum Named {
 enum Ended {
     /// The client sent a close frame.
     ByClient,
-    /// The connection broke, or the session could not start.
+    /// The connection broke, or the socket could not start.
     Broken,
 }
 
@@ -140,7 +140,7 @@ async fn serve(
         client.session,
         sink,
     ));
-    let mut session = Session {
+    let mut socket = Socket {
         hub,
         user,
         member,
@@ -151,15 +151,15 @@ async fn serve(
         last_typing: None,
         peers: Vec::new(),
     };
-    tracing::debug!(user = %session.user.username, socket = session.member.id, "socket open");
+    tracing::debug!(user = %socket.user.username, socket = socket.member.id, "socket open");
     {
         let reader = async {
             // Boxed, like each action below: an idle socket's task then holds only the
             // small read loop, not the state of the largest action it might run.
-            match Box::pin(session.start(opening)).await {
-                Ok(()) => session.read_loop(stream).await,
+            match Box::pin(socket.start(opening)).await {
+                Ok(()) => socket.read_loop(stream).await,
                 Err(e) => {
-                    tracing::error!(error = %e, "could not start chat session");
+                    tracing::error!(error = %e, "could not start the chat socket");
                     Ended::Broken
                 }
             }
@@ -174,10 +174,10 @@ async fn serve(
     }
     writer.abort();
     // Whatever the registry still queues for this socket until it leaves is dropped.
-    session.member.outbox.close();
+    socket.member.outbox.close();
     // Boxed: its store writes are large futures, and inline they would sit in every idle
     // socket's task for the whole life of the connection.
-    Box::pin(session.finish()).await;
+    Box::pin(socket.finish()).await;
 }
 
 struct ActiveRoom {
@@ -209,7 +209,7 @@ impl Entry {
     }
 }
 
-struct Session {
+struct Socket {
     hub: Arc<Hub>,
     user: User,
     member: Subscriber,
@@ -256,10 +256,10 @@ fn refuse<T>(text: impl Into<String>) -> Result<T, ActionError> {
     Err(ActionError::Input(InputError(text.into())))
 }
 
-impl Session {
+impl Socket {
     /// Queues `direct` for this socket. A client that stops reading its own answers
     /// fills its queue like any slow reader and is closed; once the writer has ended, the
-    /// session ends too and nothing more is queued.
+    /// reader ends too and nothing more is queued.
     fn send(&self, reply: Reply) {
         self.backlog.queued(writer::weight(&reply));
         self.hub
