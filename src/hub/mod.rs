@@ -21,7 +21,7 @@ use crate::model::User;
 use crate::presence::Roster;
 use crate::presence::{Change, Presence};
 use crate::store::Store;
-use crate::views;
+use crate::views::{self, target};
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -95,19 +95,19 @@ impl Hub {
         let mut events = Vec::with_capacity(peers.len() + 1);
         let (listed, contact) = if online {
             let add = frame(
-                "#people",
+                target::PEOPLE,
                 Swap::BeforeEnd,
                 &views::person(user).into_string(),
             );
             let mark = frame(
-                "#contacts",
+                target::CONTACTS,
                 Swap::BeforeEnd,
                 &views::contact(&user.id).into_string(),
             );
             (self.roster.arrived(user).then_some(add), mark)
         } else {
-            let remove = frame(&format!("#person-{}", user.id), Swap::Remove, "");
-            let unmark = frame(&format!("#on-{}", user.id), Swap::Remove, "");
+            let remove = frame(&target::person(&user.id), Swap::Remove, "");
+            let unmark = frame(&target::contact(&user.id), Swap::Remove, "");
             (self.roster.departed(user).then_some(remove), unmark)
         };
         if let Some(frame) = listed {
@@ -157,15 +157,15 @@ async fn reconcile_roster(hub: &Hub) {
     let changes = hub.roster.reconcile(&now, &asked, &online);
     let mut frames = Vec::new();
     for user in &changes.unlisted {
-        frames.push(frame(&format!("#person-{}", user.id), Swap::Remove, ""));
+        frames.push(frame(&target::person(&user.id), Swap::Remove, ""));
     }
     for user in &changes.listed {
         let html = views::person(user).into_string();
-        frames.push(frame("#people", Swap::BeforeEnd, &html));
+        frames.push(frame(target::PEOPLE, Swap::BeforeEnd, &html));
     }
     if let Some(more) = changes.more {
         frames.push(frame(
-            "#people-more",
+            target::PEOPLE_MORE,
             Swap::Inner,
             &views::people_more(more),
         ));

@@ -15,7 +15,7 @@ use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, room_group};
 use crate::model::User;
 use crate::presence::Listing;
-use crate::views;
+use crate::views::{self, target};
 
 /// What this node announced about rooms' "who is here", collected between rounds of
 /// `announce_room_members`.
@@ -117,14 +117,14 @@ impl Hub {
 
 fn member_added(user: &User) -> Utf8Bytes {
     frame(
-        "#room-members",
+        target::ROOM_MEMBERS,
         Swap::BeforeEnd,
         &views::member(user).into_string(),
     )
 }
 
 fn member_removed(user: &User) -> Utf8Bytes {
-    frame(&format!("#member-{}", user.id), Swap::Remove, "")
+    frame(&target::member(&user.id), Swap::Remove, "")
 }
 
 /// Rooms whose count changed are announced together, at most this often...
@@ -240,7 +240,7 @@ impl RoomRounds {
             }
             if is_fresh || previous.get(room).is_some_and(|&more| more != members.more) {
                 frames.push(frame(
-                    "#room-members-more",
+                    target::ROOM_MEMBERS_MORE,
                     Swap::Inner,
                     &views::people_more(members.more),
                 ));

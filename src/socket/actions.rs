@@ -12,7 +12,7 @@ use crate::chat::rate::{BYTES_PER_UNIT, MESSAGES_PER_UNIT, action_cost};
 use crate::layer::{Event, Reply, room_group};
 use crate::model::StoredMessage;
 use crate::store::{AfterCommit, Draft, Posted};
-use crate::views;
+use crate::views::{self, target};
 
 /// A socket announces typing at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
@@ -40,12 +40,12 @@ impl Socket {
                 client_id,
                 retry,
             } => self.send(Reply::Frame(frame(
-                "#errors",
+                target::ERRORS,
                 Swap::Inner,
                 &views::post_refused(&reason.0, &client_id, retry).into_string(),
             ))),
             ActionError::Blocked(peer) => self.send(Reply::Frame(frame(
-                "#errors",
+                target::ERRORS,
                 Swap::Inner,
                 &views::blocked(&peer).into_string(),
             ))),
@@ -197,7 +197,7 @@ impl Socket {
         if let (Ok(_), true, Some(client_id)) = (&posted, elsewhere, client_id) {
             // Its article goes to that room's viewers, not to this socket, which shows
             // another room: it is told the post is stored.
-            let sent = frame(&format!("#pending-{client_id}"), Swap::Remove, "");
+            let sent = frame(&target::pending(client_id), Swap::Remove, "");
             self.send(Reply::Frame(sent));
             return Ok(());
         }
@@ -219,7 +219,7 @@ impl Socket {
                     self.send(Reply::Frame(article));
                 } else if let Some(client_id) = client_id {
                     // First posted in a room this socket does not show: told it is stored.
-                    let sent = frame(&format!("#pending-{client_id}"), Swap::Remove, "");
+                    let sent = frame(&target::pending(client_id), Swap::Remove, "");
                     self.send(Reply::Frame(sent));
                 }
                 Ok(())
@@ -245,7 +245,7 @@ impl Socket {
         self.send(Reply::Frames(vec![
             messages_frame(&page, Swap::AfterBegin),
             frame(
-                "#load-older",
+                target::LOAD_OLDER,
                 Swap::Outer,
                 &views::load_older(views::older_after_page(&page)).into_string(),
             ),
@@ -266,7 +266,7 @@ impl Socket {
         let event = Event::Viewers {
             room: Arc::from(active.room.id.as_str()),
             frame: frame(
-                "#typing",
+                target::TYPING,
                 Swap::Inner,
                 &views::typing(&self.user).into_string(),
             ),

@@ -11,7 +11,7 @@ use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, Reply, user_group};
 use crate::model::{Room, RoomKind, User};
 use crate::store::now_ms;
-use crate::views;
+use crate::views::{self, target};
 
 /// Groups listed on one page of "Browse groups".
 const BROWSE_PAGE: i64 = 20;
@@ -158,7 +158,7 @@ impl Socket {
             &user_group(&self.user.id),
             Event::RoomHidden {
                 room: Arc::from(room.id.as_str()),
-                frame: frame("#directs", Swap::BeforeEnd, &entry),
+                frame: frame(target::DIRECTS, Swap::BeforeEnd, &entry),
             },
         )
         .await;
@@ -225,7 +225,7 @@ impl Socket {
             .blocked_by(&self.user.id, BLOCKED_LISTED)
             .await?;
         self.send(Reply::Frame(frame(
-            "#blocked-list",
+            target::BLOCKED_LIST,
             Swap::Inner,
             &views::blocked_people(&blocked).into_string(),
         )));
@@ -242,7 +242,7 @@ impl Socket {
             .await?;
         if let Some(listing) = listing.first().filter(|l| l.room.id == room.id) {
             self.send(Reply::Frame(frame(
-                &format!("#browse-{}", room.id),
+                &target::browse_row(&room.id),
                 Swap::Outer,
                 &views::group_listings(std::slice::from_ref(listing), false).into_string(),
             )));
@@ -262,12 +262,12 @@ impl Socket {
                 // Said in the dialog, where the person is looking.
                 self.send(Reply::Frames(vec![
                     frame(
-                        "#browse-results",
+                        target::BROWSE_RESULTS,
                         Swap::Inner,
                         &maud::html! { li.error role="alert" { (e.0) } }.into_string(),
                     ),
                     frame(
-                        "#browse-more",
+                        target::BROWSE_MORE,
                         Swap::Outer,
                         &views::browse_more("", None).into_string(),
                     ),
@@ -292,12 +292,12 @@ impl Socket {
         };
         self.send(Reply::Frames(vec![
             frame(
-                "#browse-results",
+                target::BROWSE_RESULTS,
                 swap,
                 &views::group_listings(&page, after.is_empty()).into_string(),
             ),
             frame(
-                "#browse-more",
+                target::BROWSE_MORE,
                 Swap::Outer,
                 &views::browse_more(&prefix, next.as_deref()).into_string(),
             ),
@@ -360,8 +360,8 @@ impl Socket {
     /// for a conversation).
     async fn announce_room(&self, owner: &User, room: &Room, peer: Option<&User>) {
         let (list, entry) = match peer {
-            Some(peer) => ("#directs", views::direct_item(room, peer, 0)),
-            None => ("#groups", views::group_item(room, 0)),
+            Some(peer) => (target::DIRECTS, views::direct_item(room, peer, 0)),
+            None => (target::GROUPS, views::group_item(room, 0)),
         };
         self.publish(
             &user_group(&owner.id),

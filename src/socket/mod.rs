@@ -27,7 +27,7 @@ use crate::hub::Hub;
 use crate::layer::{Event, Outbound, Reply, Subscriber};
 use crate::model::{Room, RoomSummary, StoredMessage, User};
 use crate::store::{SignedIn, StoreError};
-use crate::views;
+use crate::views::{self, target};
 
 mod actions;
 mod membership;
@@ -270,7 +270,7 @@ impl Socket {
 
     fn send_error(&self, text: &str) {
         self.send(Reply::Frame(frame(
-            "#errors",
+            target::ERRORS,
             Swap::Inner,
             &views::error(text).into_string(),
         )));
@@ -279,7 +279,7 @@ impl Socket {
     /// Tells the user what an action did, where errors go.
     fn send_notice(&self, text: &str) {
         self.send(Reply::Frame(frame(
-            "#errors",
+            target::ERRORS,
             Swap::Inner,
             &views::notice(text).into_string(),
         )));
@@ -344,7 +344,7 @@ impl Socket {
 
 pub(crate) fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Bytes {
     frame(
-        "#messages-list",
+        target::MESSAGES,
         swap,
         &views::messages(messages).into_string(),
     )

@@ -10,7 +10,7 @@ use crate::chat::protocol::{Swap, frame, frame_around, json_escaped};
 use crate::layer::{LOBBY, Reply, room_group, user_group};
 use crate::model::RoomKind;
 use crate::store::StoreError;
-use crate::views;
+use crate::views::{self, target};
 
 /// What a catch-up found.
 pub(super) enum CatchUp {
@@ -57,7 +57,7 @@ impl Socket {
                 let entry = views::direct_item(&summary.room, peer, 0).into_string();
                 hidden.insert(
                     Arc::from(summary.room.id.as_str()),
-                    frame("#directs", Swap::BeforeEnd, &entry),
+                    frame(target::DIRECTS, Swap::BeforeEnd, &entry),
                 );
             }
         }
@@ -112,11 +112,11 @@ impl Socket {
             .unwrap_or((&sidebar, ""));
         self.send(Reply::Frames(vec![
             frame(
-                "#logged-user",
+                target::LOGGED_USER,
                 Swap::Inner,
                 &maud::html! { (self.user.username) }.into_string(),
             ),
-            frame_around("#aside", Swap::Inner, before, &people, after),
+            frame_around(target::ASIDE, Swap::Inner, before, &people, after),
         ]));
 
         // The rooms read with the session are the user's memberships, the same gate
@@ -172,13 +172,13 @@ impl Socket {
             self.leave(&previous).await;
         }
         self.send(Reply::NoRoom(vec![
-            frame("#group-name", Swap::Inner, ""),
-            frame("#room-members", Swap::Inner, ""),
-            frame("#room-members-more", Swap::Inner, ""),
-            frame("#room-actions", Swap::Inner, ""),
-            frame("#history-controls", Swap::Inner, ""),
+            frame(target::ROOM_TITLE, Swap::Inner, ""),
+            frame(target::ROOM_MEMBERS, Swap::Inner, ""),
+            frame(target::ROOM_MEMBERS_MORE, Swap::Inner, ""),
+            frame(target::ROOM_ACTIONS, Swap::Inner, ""),
+            frame(target::HISTORY_CONTROLS, Swap::Inner, ""),
             frame(
-                "#messages-list",
+                target::MESSAGES,
                 Swap::Inner,
                 &views::no_room().into_string(),
             ),
@@ -279,7 +279,7 @@ impl Socket {
         let title = views::room_title(&room, peer.as_ref());
         let mut frames = vec![
             frame(
-                "#group-name",
+                target::ROOM_TITLE,
                 Swap::Inner,
                 &views::room_title_markup(&room, &title).into_string(),
             ),
@@ -287,20 +287,20 @@ impl Socket {
                 .list_frames
                 .frame(&room.id, &members.listed, |listed| {
                     frame(
-                        "#room-members",
+                        target::ROOM_MEMBERS,
                         Swap::Inner,
                         &views::members(listed).into_string(),
                     )
                 }),
             frame(
-                "#room-members-more",
+                target::ROOM_MEMBERS_MORE,
                 Swap::Inner,
                 &views::people_more(members.more),
             ),
-            frame(&format!("#unread-{}", room.id), Swap::Inner, ""),
-            frame("#typing", Swap::Inner, ""),
+            frame(&target::unread(&room.id), Swap::Inner, ""),
+            frame(target::TYPING, Swap::Inner, ""),
             frame(
-                "#room-actions",
+                target::ROOM_ACTIONS,
                 Swap::Inner,
                 &views::room_actions(&room, peer.as_ref()).into_string(),
             ),
@@ -322,13 +322,13 @@ impl Socket {
                     .await?;
                 self.charge_read(&history);
                 frames.push(frame(
-                    "#history-controls",
+                    target::HISTORY_CONTROLS,
                     Swap::Inner,
                     &views::history_controls(views::older_after_page(&history), skipped)
                         .into_string(),
                 ));
                 frames.push(frame(
-                    "#messages-list",
+                    target::MESSAGES,
                     Swap::Inner,
                     &views::messages(&history).into_string(),
                 ));

@@ -14,7 +14,7 @@ use super::messages_frame;
 use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, Outbound, Reply};
 use crate::model::StoredMessage;
-use crate::views;
+use crate::views::{self, target};
 
 /// What the writer does for the view, beyond writing frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +206,7 @@ impl View {
                     let count = self.unread.entry(room.to_string()).or_insert(0);
                     *count += 1;
                     out.push(frame(
-                        &format!("#unread-{room}"),
+                        &target::unread(room),
                         Swap::Inner,
                         &views::badge_count(*count),
                     ));
@@ -233,11 +233,11 @@ impl View {
                 self.revoked.insert(room.clone());
                 self.hidden.remove(room);
                 self.unread.remove(&**room);
-                out.push(frame(&format!("#room-{room}"), Swap::Remove, ""));
+                out.push(frame(&target::room_entry(room), Swap::Remove, ""));
             }
             Event::RoomHidden { room, frame: entry } => {
                 self.hidden.insert(room.clone(), entry.clone());
-                out.push(frame(&format!("#room-{room}"), Swap::Remove, ""));
+                out.push(frame(&target::room_entry(room), Swap::Remove, ""));
             }
             Event::SessionEnded { session } => self.ended |= **session == *self.session,
         }

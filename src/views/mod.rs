@@ -4,6 +4,8 @@
 //! Per-viewer differences are left to CSS and data attributes (`data-author` on a message,
 //! `data-me` on the body), so one rendering serves every recipient.
 
+pub mod target;
+
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::model::{GroupListing, Room, RoomKind, RoomSummary, StoredMessage, User};
@@ -592,6 +594,75 @@ pub fn typing(user: &User) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every place a frame is sent is on the page, or in the entry the frame is for.
+    #[test]
+    fn frames_find_their_targets() {
+        let me = User {
+            id: "u1".into(),
+            username: "ann".into(),
+        };
+        let group = Room {
+            id: "r1".into(),
+            kind: RoomKind::Group,
+            name: Some("hi".into()),
+        };
+        let rooms = [RoomSummary {
+            room: group.clone(),
+            peer: None,
+            unread: 0,
+            hidden: false,
+            blocked_by_peer: false,
+            blocking_peer: false,
+        }];
+        let view = ChatView {
+            me: &me,
+            groups: std::slice::from_ref(&group),
+            rooms: &rooms,
+            online: Online::People(std::slice::from_ref(&me)),
+        };
+        let page = chat_page(&view, 0, 4000).into_string()
+            + &login_page(None, SignInForm::LogIn("")).into_string();
+        let has = |selector: &str, html: &str| {
+            let id = selector.strip_prefix('#').expect("an id selector");
+            html.contains(&format!("id=\"{id}\""))
+        };
+        for selector in [
+            target::LOGGED_USER,
+            target::ASIDE,
+            target::GROUPS,
+            target::DIRECTS,
+            target::PEOPLE,
+            target::PEOPLE_MORE,
+            target::CONTACTS,
+            target::BLOCKED_LIST,
+            target::ROOM_TITLE,
+            target::ROOM_MEMBERS,
+            target::ROOM_MEMBERS_MORE,
+            target::ROOM_ACTIONS,
+            target::HISTORY_CONTROLS,
+            target::MESSAGES,
+            target::TYPING,
+            target::ERRORS,
+            target::BROWSE_RESULTS,
+            target::BROWSE_MORE,
+            &target::unread("r1"),
+            &target::room_entry("r1"),
+            &target::person("u1"),
+        ] {
+            assert!(has(selector, &page), "{selector} is not on the page");
+        }
+        assert!(has(target::LOAD_OLDER, &load_older(Some(60)).into_string()));
+        assert!(has(&target::member("u1"), &member(&me).into_string()));
+        assert!(has(&target::contact("u1"), &contact("u1").into_string()));
+        let listing = GroupListing {
+            room: group,
+            members: 1,
+            joined: true,
+        };
+        let rows = group_listings(std::slice::from_ref(&listing), true).into_string();
+        assert!(has(&target::browse_row("r1"), &rows));
+    }
 
     #[test]
     fn addresses_become_links_and_nothing_else_does() {
