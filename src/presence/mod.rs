@@ -55,7 +55,8 @@ impl Listing {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Members {
     /// Shared, not copied: every socket that enters a room reads its list, which changes
-    /// far less often (cloning fifty people per entering socket was a tenth of a connect).
+    /// far less often (cloning fifty people per entering socket would cost a tenth of a
+    /// connect).
     pub listed: Arc<[User]>,
     pub more: usize,
 }

@@ -1,10 +1,9 @@
-//! The sidebar's "Online" list, capped.
+//! The sidebar's "Online" list, capped: at most `SHOWN` people by name, and how many more.
 //!
-//! Listing everyone made presence quadratic: every connect rendered every online user, and
-//! every arrival was pushed to every socket. The list now shows at most `SHOWN` people and
-//! says how many more there are. While everyone fits, each arrival and departure is
-//! announced to every socket at once (exactly as before); past that, an arrival only
-//! changes the count, which a node announces at most a few times a second.
+//! Listing everyone would make presence quadratic: every connect rendering every online
+//! user, every arrival pushed to every socket. While everyone fits, each arrival and
+//! departure is announced to every socket at once; past that, an arrival only changes the
+//! count, which a node announces at most a few times a second.
 //!
 //! Each node keeps its own copy of the list (the one its new sockets are shown) and
 //! reconciles it now and then with presence, which for several nodes is shared. Presence
@@ -32,7 +31,7 @@ struct State {
     announced_more: usize,
     /// The listed people, rendered for the first socket that connects after the list
     /// changed and shared by every socket after it: fifty entries, escaped into HTML and
-    /// then into JSON for each connect, were a seventh of its CPU.
+    /// then into JSON for each connect, would be a seventh of its CPU.
     listed_html: Option<Arc<str>>,
 }
 

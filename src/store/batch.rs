@@ -1,9 +1,9 @@
 //! Group commit: the messages posted on this node are stored by a few writer tasks, each
 //! taking whatever has queued up and storing it in one transaction.
 //!
-//! One transaction per message capped PostgreSQL at the rate of WAL flushes (about 1,200 a
-//! second here) and made every post to a room wait on that room's row lock; on SQLite the
-//! pool's writers met in the busy handler. A writer instead takes up to `MAX_BATCH` queued
+//! One transaction per message would cap PostgreSQL at the rate of WAL flushes (about 1,200
+//! a second here) and make every post to a room wait on that room's row lock; on SQLite the
+//! pool's writers would meet in the busy handler. A writer instead takes up to `MAX_BATCH` queued
 //! posts (never waiting for more: a lone message is stored at once), and per room bumps
 //! `last_seq` by the number of its posts, then inserts every row with one statement; on
 //! PostgreSQL both are one statement, committed on its own.

@@ -124,8 +124,8 @@ impl Store {
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(10))
                     // A SQLite connection is a file handle on its own thread; it cannot drop
-                    // like a network connection. The default ping on every acquire was one
-                    // more thread round trip per statement (half of a connect's hops).
+                    // like a network connection. The default ping on every acquire would be
+                    // one more thread round trip per statement (half of a connect's hops).
                     .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
@@ -146,8 +146,8 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
-                    // A ping before every statement was one more round trip to PostgreSQL
-                    // each time, and its CPU, on every connect and post. A connection that
+                    // A ping before every statement would be one more round trip to
+                    // PostgreSQL each time, and its CPU, on every connect and post. A connection that
                     // was just in use is alive; one that sat idle (across a restart, say),
                     // or any while statements are failing, is checked before use.
                     .test_before_acquire(false)
