@@ -57,9 +57,16 @@ pub enum Event {
     SessionEnded { session: Arc<str> },
 }
 
+/// Why an event did not reach the other nodes (this node's sockets got it regardless).
 #[derive(Debug, thiserror::Error)]
-#[error("publish failed: {0}")]
-pub struct PublishError(pub String);
+pub enum PublishError {
+    /// No connection to Redis could be had from the pool.
+    #[error("no connection to Redis: {0}")]
+    Connection(#[source] deadpool_redis::PoolError),
+    /// Redis refused or dropped the PUBLISH.
+    #[error("PUBLISH failed: {0}")]
+    Command(#[source] deadpool_redis::redis::RedisError),
+}
 
 pub trait ChannelLayer: Send + Sync {
     /// Sends `event` to every socket, on every node, that joined `group`.

@@ -155,14 +155,14 @@ impl RedisLayer {
             .is_ok_and(|r| r.is_ok())
     }
 
-    async fn send(&self, group: &str, payload: Vec<u8>) -> Result<(), String> {
-        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+    async fn send(&self, group: &str, payload: Vec<u8>) -> Result<(), PublishError> {
+        let mut conn = self.pool.get().await.map_err(PublishError::Connection)?;
         redis::cmd("PUBLISH")
             .arg(self.shared.channel(group))
             .arg(payload)
             .query_async::<i64>(&mut conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PublishError::Command)?;
         Ok(())
     }
 }
@@ -193,7 +193,7 @@ impl ChannelLayer for RedisLayer {
                 }
                 Err(e) => {
                     metrics.publish_failures.fetch_add(1, Ordering::Relaxed);
-                    Err(PublishError(e))
+                    Err(e)
                 }
             }
         })
