@@ -212,6 +212,12 @@ impl Application {
             }
         });
         tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
+        // For whatever started this node and waits for it (a supervisor, a test): one line
+        // that says where it listens, in a form a program reads.
+        println!(
+            "{}",
+            serde_json::json!({ "ready": format!("http://{addr}") })
+        );
         web::listener::serve(
             self.listener,
             web::router(self.state),

@@ -443,9 +443,13 @@ async fn slow_reader_is_cut_off(backend: Backend) {
         }
     };
     assert!(delivered < total, "bob was cut off (got {delivered})");
+    // The node gave up on him: with a close (1013), or by dropping a socket whose writes
+    // stayed blocked, when no close frame could reach him.
     if let Some(close) = close {
         assert_eq!(u16::from(close.code), 1013);
     }
+    let cut_off = crate::helpers::metric(app.addr, "wirechat_slow_consumer_closes_total").await;
+    assert!(cut_off >= 1.0, "the node never counted him as too slow");
     // He comes back and catches up: everything after what he saw, once.
     let mut back = app
         .connect_at(&bob, &format!("/ws/chat/?room={room}&after={last_seq}"))

@@ -4,8 +4,6 @@
 //! in front of them for the end-to-end tests.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use deadpool_redis::redis;
@@ -14,7 +12,7 @@ use crate::helpers::{
     Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, fresh_prefix, message_ids,
     metric, seqs, wait_for_metric,
 };
-use crate::process::{Output, OwnRedis, Process, caddy, free_port};
+use crate::process::{OwnRedis, Process, caddy, free_port, start_node};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// Presence settings short enough that a dead node's users lapse within a test.
@@ -106,19 +104,14 @@ impl Cluster {
 
 /// A node in a child process, so a test can kill it without any cleanup.
 async fn child_node(cluster: &Cluster) -> (Process, TestApp) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wirechat"));
-    command
-        .args(["--addr", "127.0.0.1:0", "--database-url"])
-        .arg(&cluster.database_url)
-        .args(&cluster.args)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "wirechat=info");
-    let (process, addr) = Process::start(command, "wirechat node", Output::Stdout, |line| {
-        let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
-        rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-    })
+    let node = start_node(
+        "127.0.0.1:0",
+        &cluster.database_url,
+        &cluster.args,
+        "wirechat node",
+    )
     .await;
-    (process, TestApp::at(addr, &cluster.database_url))
+    (node.process, TestApp::at(node.addr, &cluster.database_url))
 }
 
 /// The articles in a messages frame: (id, seq, html) each.

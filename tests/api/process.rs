@@ -142,12 +142,18 @@ pub async fn start_node(addr: &str, database_url: &str, args: &[String], name: &
         .args(args)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "wirechat=info");
-    let (process, addr) = Process::start(command, name, Output::Stdout, |line| {
-        let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
-        rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-    })
-    .await;
+    let (process, addr) = Process::start(command, name, Output::Stdout, ready_address).await;
     Node { process, addr }
+}
+
+/// The address in a node's ready line (`{"ready":"http://127.0.0.1:1234"}`).
+pub fn ready_address(line: &str) -> Option<SocketAddr> {
+    let ready: serde_json::Value = serde_json::from_str(line).ok()?;
+    ready["ready"]
+        .as_str()?
+        .strip_prefix("http://")?
+        .parse()
+        .ok()
 }
 
 /// A port nothing listens on right now.
