@@ -28,6 +28,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::Health;
 use super::messages::{Draft, Posted, SELECT_MESSAGES, message_from_row};
 use super::{Dialect, StoreError, StoreResult, now_ms};
 use crate::model::{StoredMessage, User};
@@ -81,7 +82,7 @@ pub(super) struct Batcher {
 impl Batcher {
     /// Starts the writers: exactly one on SQLite, which admits one writer at a time anyway;
     /// several on PostgreSQL, so that one batch's commit overlaps the next one's statements.
-    pub(super) fn start(pool: &AnyPool, dialect: Dialect) -> Batcher {
+    pub(super) fn start(pool: &AnyPool, dialect: Dialect, health: Arc<Health>) -> Batcher {
         let count = match dialect {
             Dialect::Sqlite => 1,
             Dialect::Postgres => 4,
@@ -91,7 +92,7 @@ impl Batcher {
                 let (posts, inbox) = mpsc::channel(QUEUE);
                 let (committed, outbox) = mpsc::channel(PUBLISH_QUEUE);
                 tokio::spawn(write_loop(pool.clone(), dialect, inbox, committed));
-                tokio::spawn(publish_loop(outbox));
+                tokio::spawn(publish_loop(outbox, health.clone()));
                 posts
             })
             .collect();
@@ -495,12 +496,12 @@ fn push_tuples(sql: &mut String, count: usize, width: usize, first: usize, tail:
 }
 
 /// Runs each committed message's after-commit step in seq order, then answers its poster.
-async fn publish_loop(mut committed: mpsc::Receiver<Committed>) {
+async fn publish_loop(mut committed: mpsc::Receiver<Committed>, health: Arc<Health>) {
     while let Some(Committed { posts, stored }) = committed.recv().await {
         let stored = match stored {
             Ok(stored) => stored,
             Err(e) => {
-                super::note_failure(&e);
+                health.note(&e);
                 tracing::error!(error = %e, posts = posts.len(), "message batch not stored");
                 for post in posts {
                     let _ = post.reply.send(Err(StoreError::Batch(e.clone())));

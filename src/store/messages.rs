@@ -82,7 +82,8 @@ impl Store {
         let row: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM rooms WHERE id = $1")
             .bind(room_id)
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(row.map(|(seq,)| seq))
     }
 
@@ -135,10 +136,11 @@ impl Store {
         .bind(seq)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
+        .await
+        .map_err(|e| self.failed(e))?;
+        rows.iter()
             .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.failed(e))
     }
 }

@@ -6,20 +6,21 @@
 //! text and times as milliseconds since the epoch, the types the Any driver carries faithfully.
 
 mod batch;
+mod health;
 mod messages;
 mod purge;
 mod rooms;
 mod users;
 
 use std::str::FromStr;
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::AfterCommit;
+use health::Health;
 pub use messages::{Draft, Posted};
 pub use purge::{Purged, purge_now_and_then};
 pub use rooms::SignedIn;
@@ -49,60 +50,8 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> StoreError {
-        note_failure(&err);
-        StoreError::Database(err)
-    }
-}
-
 /// A pooled PostgreSQL connection idle this long is pinged before use...
 const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
-/// ...and every one is, for this long after a statement failed for want of a working
-/// connection: connections are not pinged when they come back to the pool
-/// (`vendor/sqlx-core`), so after a restart of PostgreSQL the broken ones are found here.
-const PING_AFTER_FAILURE: Duration = Duration::from_secs(5);
-
-static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
-/// When a statement last failed for want of a working connection, in milliseconds after
-/// `STARTED` (0: never).
-static LAST_CONNECTION_FAILURE_MS: AtomicU64 = AtomicU64::new(0);
-
-fn millis_since_start() -> u64 {
-    u64::try_from(STARTED.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Notes `err` if it says the connection, not the statement, failed. (A pool that timed
-/// out is busy, not broken: pinging then would only add to its load.)
-fn note_failure(err: &sqlx::Error) {
-    let connection_failed = match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
-        // PostgreSQL's "connection exception" class, and its server shutting down.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
-        _ => false,
-    };
-    if connection_failed {
-        LAST_CONNECTION_FAILURE_MS.store(millis_since_start().max(1), Ordering::Relaxed);
-    }
-}
-
-fn failed_recently() -> bool {
-    let last = LAST_CONNECTION_FAILURE_MS.load(Ordering::Relaxed);
-    last != 0 && millis_since_start().saturating_sub(last) < PING_AFTER_FAILURE.as_millis() as u64
-}
-
-/// Maps a unique-constraint violation to `Conflict`, leaving every other error as it is.
-fn conflict_or(err: sqlx::Error) -> StoreError {
-    match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        _ => StoreError::from(err),
-    }
-}
 
 #[derive(Clone)]
 pub struct Store {
@@ -110,6 +59,8 @@ pub struct Store {
     dialect: Dialect,
     /// Where new messages go to be stored in batches (see `batch`).
     batcher: batch::Batcher,
+    /// Whether statements have been failing for want of a working connection.
+    health: Arc<Health>,
 }
 
 impl Store {
@@ -117,7 +68,8 @@ impl Store {
     pub async fn connect(url: &str) -> StoreResult<Store> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = normalise_url(url);
-        let options = AnyConnectOptions::from_str(&url)?;
+        let options = AnyConnectOptions::from_str(&url).map_err(StoreError::Database)?;
+        let health = Arc::new(Health::default());
         let pool = match dialect {
             Dialect::Sqlite => {
                 AnyPoolOptions::new()
@@ -140,7 +92,8 @@ impl Store {
                         })
                     })
                     .connect_with(options)
-                    .await?
+                    .await
+                    .map_err(StoreError::Database)?
             }
             Dialect::Postgres => {
                 AnyPoolOptions::new()
@@ -151,23 +104,29 @@ impl Store {
                     // was just in use is alive; one that sat idle (across a restart, say),
                     // or any while statements are failing, is checked before use.
                     .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
-                        Box::pin(async move {
-                            if meta.idle_for >= PING_WHEN_IDLE || failed_recently() {
-                                conn.ping().await?;
-                            }
-                            Ok(true)
-                        })
+                    .before_acquire({
+                        let health = health.clone();
+                        move |conn, meta| {
+                            let failing = health.failed_recently();
+                            Box::pin(async move {
+                                if meta.idle_for >= PING_WHEN_IDLE || failing {
+                                    conn.ping().await?;
+                                }
+                                Ok(true)
+                            })
+                        }
                     })
                     .connect_with(options)
-                    .await?
+                    .await
+                    .map_err(StoreError::Database)?
             }
         };
-        let batcher = batch::Batcher::start(&pool, dialect);
+        let batcher = batch::Batcher::start(&pool, dialect, health.clone());
         let store = Store {
             pool,
             dialect,
             batcher,
+            health,
         };
         store.migrate().await?;
         let keyed = store.backfill_name_keys().await?;
@@ -192,13 +151,31 @@ impl Store {
         Ok(())
     }
 
+    /// `err` as a `StoreError`, noted if it says the connection failed. Every statement's
+    /// error passes here (there is no `From<sqlx::Error>`), so none escapes the noting.
+    fn failed(&self, err: sqlx::Error) -> StoreError {
+        self.health.note(&err);
+        StoreError::Database(err)
+    }
+
+    /// Like `failed`, but a unique-constraint violation is `Conflict`.
+    fn conflict_or(&self, err: sqlx::Error) -> StoreError {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            _ => self.failed(err),
+        }
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -215,11 +192,12 @@ impl Store {
         )
         .bind(&candidate)
         .execute(&self.pool)
-        .await?;
+        .await.map_err(|e| self.failed(e))?;
         let (value,): (String,) =
             sqlx::query_as("SELECT value FROM settings WHERE key = 'cookie_secret'")
                 .fetch_one(&self.pool)
-                .await?;
+                .await
+                .map_err(|e| self.failed(e))?;
         Ok(value)
     }
 }

@@ -42,7 +42,8 @@ impl Store {
             .bind(now_ms)
             .bind(BATCH)
             .execute(&self.pool)
-            .await?
+            .await
+            .map_err(|e| self.failed(e))?
             .rows_affected();
             purged.sessions += n;
             if n < BATCH as u64 {
@@ -53,7 +54,8 @@ impl Store {
             sqlx::query("DELETE FROM login_failures WHERE last_failure_at < $1")
                 .bind(now_ms - LOGIN_FAILURES_KEPT_MS)
                 .execute(&self.pool)
-                .await?
+                .await
+                .map_err(|e| self.failed(e))?
                 .rows_affected();
         loop {
             // A guest has no password: with no session left, nobody can be them again.
@@ -65,7 +67,8 @@ impl Store {
             .bind(guests_before_ms)
             .bind(BATCH)
             .fetch_all(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
             if guests.is_empty() {
                 break;
             }
@@ -80,18 +83,22 @@ impl Store {
                  (SELECT room_id FROM memberships WHERE user_id IN ({list}))"
             );
             let users = format!("DELETE FROM users WHERE id IN ({list})");
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
             for sql in [&rooms, &users] {
                 let mut query = sqlx::query(sql);
                 for (id,) in &guests {
                     query = query.bind(id);
                 }
-                let deleted = query.execute(&mut *tx).await?.rows_affected();
+                let deleted = query
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.failed(e))?
+                    .rows_affected();
                 if sql == &users {
                     purged.guests += deleted;
                 }
             }
-            tx.commit().await?;
+            tx.commit().await.map_err(|e| self.failed(e))?;
             if (guests.len() as i64) < BATCH {
                 break;
             }
@@ -107,7 +114,8 @@ impl Store {
              ON CONFLICT (key) DO NOTHING",
         )
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         let until = now_ms + PURGE_EVERY.as_millis() as i64 / 2;
         let taken = sqlx::query(
             "UPDATE settings SET value = $1 WHERE key = 'purge_turn_until' \
@@ -116,7 +124,8 @@ impl Store {
         .bind(until.to_string())
         .bind(now_ms)
         .execute(&self.pool)
-        .await?
+        .await
+        .map_err(|e| self.failed(e))?
         .rows_affected();
         Ok(taken == 1)
     }

@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, StoreResult, conflict_or, now_ms};
+use super::{Store, StoreError, StoreResult, now_ms};
 use crate::model::{GroupListing, Room, RoomKind, RoomSummary, User};
 
 /// Who a session belongs to, and the rooms of their sidebar.
@@ -75,7 +75,7 @@ macro_rules! memberships_sql {
     };
 }
 
-fn summary_from_row(row: &AnyRow) -> StoreResult<RoomSummary> {
+fn summary_from_row(row: &AnyRow) -> Result<RoomSummary, sqlx::Error> {
     let peer_id: Option<String> = row.try_get("peer_id")?;
     let peer_name: Option<String> = row.try_get("peer_name")?;
     Ok(RoomSummary {
@@ -96,8 +96,11 @@ impl Store {
             sqlx::query("SELECT id, kind, name FROM rooms WHERE kind = 'group' AND name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|r| room_from_row(&r)).transpose()?)
+                .await
+                .map_err(|e| self.failed(e))?;
+        row.map(|r| room_from_row(&r))
+            .transpose()
+            .map_err(|e| self.failed(e))
     }
 
     /// Returns the group with this name, creating it first (as `creator`'s) if needed; the
@@ -121,7 +124,8 @@ impl Store {
         .bind(&creator.id)
         .bind(now_ms())
         .execute(&self.pool)
-        .await?
+        .await
+        .map_err(|e| self.failed(e))?
         .rows_affected()
             == 1;
         let room = self
@@ -135,7 +139,7 @@ impl Store {
     /// as started by `a`) on first use; the flag says whether this call created it.
     pub async fn find_or_create_direct(&self, a: &User, b: &User) -> StoreResult<(Room, bool)> {
         let key = pair_key(&a.id, &b.id);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
         let created = sqlx::query(
             "INSERT INTO rooms (id, kind, pair_key, created_by, created_at) \
              VALUES ($1, 'direct', $2, $3, $4) ON CONFLICT (pair_key) DO NOTHING",
@@ -145,14 +149,16 @@ impl Store {
         .bind(&a.id)
         .bind(now_ms())
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(|e| self.failed(e))?
         .rows_affected()
             == 1;
         let row = sqlx::query("SELECT id, kind, name FROM rooms WHERE pair_key = $1")
             .bind(&key)
             .fetch_one(&mut *tx)
-            .await?;
-        let room = room_from_row(&row)?;
+            .await
+            .map_err(|e| self.failed(e))?;
+        let room = room_from_row(&row).map_err(|e| self.failed(e))?;
         for user in [a, b] {
             sqlx::query(
                 "INSERT INTO memberships (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -160,9 +166,10 @@ impl Store {
             .bind(&room.id)
             .bind(&user.id)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(|e| self.failed(e))?;
         Ok((room, created))
     }
 
@@ -171,8 +178,11 @@ impl Store {
         let row = sqlx::query("SELECT id, kind, name FROM rooms WHERE pair_key = $1")
             .bind(pair_key(&a.id, &b.id))
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| room_from_row(&r)).transpose()?)
+            .await
+            .map_err(|e| self.failed(e))?;
+        row.map(|r| room_from_row(&r))
+            .transpose()
+            .map_err(|e| self.failed(e))
     }
 
     /// How many rooms the user chose to be in: the groups they belong to, and the
@@ -184,7 +194,8 @@ impl Store {
         )
         .bind(user_id)
         .fetch_one(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(count)
     }
 
@@ -202,7 +213,8 @@ impl Store {
         .bind(since_ms)
         .bind(kind.as_str())
         .fetch_one(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(count)
     }
 
@@ -215,7 +227,8 @@ impl Store {
         .bind(room_id)
         .bind(user_id)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(left.rows_affected() > 0)
     }
 
@@ -228,7 +241,8 @@ impl Store {
         .bind(room_id)
         .bind(user_id)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -241,7 +255,8 @@ impl Store {
         .bind(room_id)
         .bind(user_id)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(shown.rows_affected() > 0)
     }
 
@@ -255,7 +270,8 @@ impl Store {
         .bind(blocked)
         .bind(now_ms())
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -265,7 +281,8 @@ impl Store {
             .bind(blocker)
             .bind(blocked)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(lifted.rows_affected() > 0)
     }
 
@@ -279,7 +296,8 @@ impl Store {
         .bind(room_id)
         .bind(user_id)
         .fetch_one(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(hidden > 0)
     }
 
@@ -292,7 +310,8 @@ impl Store {
         .bind(blocker)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(rows
             .into_iter()
             .map(|(id, username)| User { id, username })
@@ -308,7 +327,8 @@ impl Store {
         .bind(a)
         .bind(b)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok((
             rows.iter().any(|(blocker,)| blocker == a),
             rows.iter().any(|(blocker,)| blocker == b),
@@ -342,7 +362,8 @@ impl Store {
         .bind(GroupListing::COUNTED)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         rows.iter()
             .map(|row| {
                 Ok(GroupListing {
@@ -351,7 +372,8 @@ impl Store {
                     joined: row.try_get::<i64, _>("joined")? > 0,
                 })
             })
-            .collect()
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.failed(e))
     }
 
     /// Makes `user` a member of a group (idempotent), with what was said before counted as
@@ -366,7 +388,7 @@ impl Store {
         .bind(user_id)
         .execute(&self.pool)
         .await
-        .map_err(conflict_or)?;
+        .map_err(|e| self.conflict_or(e))?;
         Ok(())
     }
 
@@ -380,8 +402,11 @@ impl Store {
         .bind(room_id)
         .bind(user_id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| room_from_row(&r)).transpose()?)
+        .await
+        .map_err(|e| self.failed(e))?;
+        row.map(|r| room_from_row(&r))
+            .transpose()
+            .map_err(|e| self.failed(e))
     }
 
     /// Every room the user belongs to, with the unread count and, for direct rooms, the peer.
@@ -390,8 +415,15 @@ impl Store {
             memberships_sql!("$1"),
             " ORDER BY r.kind, r.name, peer_name"
         );
-        let rows = sqlx::query(sql).bind(user_id).fetch_all(&self.pool).await?;
-        rows.iter().map(summary_from_row).collect()
+        let rows = sqlx::query(sql)
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        rows.iter()
+            .map(summary_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.failed(e))
     }
 
     /// The signed-in user behind a session (`None` when it is unknown or expired), with
@@ -413,22 +445,24 @@ impl Store {
             .bind(session_id)
             .bind(now_ms())
             .fetch_all(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         let mut rows = rows.iter();
         let Some(me) = rows.next() else {
             return Ok(None);
         };
-        let part: String = me.try_get("part")?;
+        let part: String = me.try_get("part").map_err(|e| self.failed(e))?;
         if part != "u" {
             return Ok(None);
         }
         let user = User {
-            id: me.try_get("id")?,
-            username: me.try_get("name")?,
+            id: me.try_get("id").map_err(|e| self.failed(e))?,
+            username: me.try_get("name").map_err(|e| self.failed(e))?,
         };
         let rooms = rows
             .map(summary_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.failed(e))?;
         let groups = rooms
             .iter()
             .filter(|s| s.room.kind == RoomKind::Group)
@@ -453,7 +487,8 @@ impl Store {
         .bind(room_id)
         .bind(user_id)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError, StoreResult, conflict_or, now_ms};
+use super::{Store, StoreError, StoreResult, now_ms};
 use crate::chat::names::{Username, name_key};
 use crate::model::User;
 
@@ -51,7 +51,7 @@ impl Store {
             id: uuid::Uuid::now_v7().to_string(),
             username: username.as_str().to_owned(),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
         sqlx::query(
             "INSERT INTO users (id, username, name_key, email, password_hash, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -64,7 +64,7 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await
-        .map_err(conflict_or)?;
+        .map_err(|e| self.conflict_or(e))?;
         for room in DEFAULT_GROUP_IDS {
             // What was said before counts as read (see `Store::join_group`).
             sqlx::query(
@@ -74,9 +74,10 @@ impl Store {
             .bind(room)
             .bind(&user.id)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(|e| self.failed(e))?;
         Ok(user)
     }
 
@@ -110,9 +111,11 @@ impl Store {
             .bind(username.as_str())
             .bind(username.key())
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         row.map(|row| Ok((user_from_row(&row)?, row.try_get("password_hash")?)))
             .transpose()
+            .map_err(|e| self.failed(e))
     }
 
     /// The account a name means: the one of that name, else the one whose name is the
@@ -122,8 +125,11 @@ impl Store {
             .bind(username.as_str())
             .bind(username.key())
             .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| user_from_row(&r)).transpose()?)
+            .await
+            .map_err(|e| self.failed(e))?;
+        row.map(|r| user_from_row(&r))
+            .transpose()
+            .map_err(|e| self.failed(e))
     }
 
     /// Gives the accounts made before names had keys theirs, a batch at a time. A key that
@@ -139,7 +145,8 @@ impl Store {
             )
             .bind(&after)
             .fetch_all(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
             let Some((last, _)) = rows.last() else {
                 return Ok(done);
             };
@@ -150,7 +157,7 @@ impl Store {
                     .bind(&id)
                     .execute(&self.pool)
                     .await
-                    .map_err(conflict_or);
+                    .map_err(|e| self.conflict_or(e));
                 match keyed {
                     Ok(_) => done += 1,
                     Err(StoreError::Conflict) => {
@@ -180,12 +187,15 @@ impl Store {
         .bind(address)
         .bind(since_ms)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(LoginFailures {
-            recent: row.try_get("recent")?,
-            here: row.try_get::<Option<i64>, _>("here")?.unwrap_or(0),
-            last_here_ms: row.try_get("here_at")?,
-        })
+        .await.map_err(|e| self.failed(e))?;
+        let failures = || {
+            Ok(LoginFailures {
+                recent: row.try_get("recent")?,
+                here: row.try_get::<Option<i64>, _>("here")?.unwrap_or(0),
+                last_here_ms: row.try_get("here_at")?,
+            })
+        };
+        failures().map_err(|e| self.failed(e))
     }
 
     /// Counts a failed log-in from `address`: one more since its last success, and one
@@ -212,7 +222,8 @@ impl Store {
         .bind(now)
         .bind(now - window_ms)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -222,7 +233,8 @@ impl Store {
             .bind(user_id)
             .bind(address)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -233,7 +245,8 @@ impl Store {
             .bind(user_id)
             .bind(now_ms() + ttl_ms)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(id)
     }
 
@@ -246,15 +259,19 @@ impl Store {
         .bind(session_id)
         .bind(now_ms())
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| user_from_row(&r)).transpose()?)
+        .await
+        .map_err(|e| self.failed(e))?;
+        row.map(|r| user_from_row(&r))
+            .transpose()
+            .map_err(|e| self.failed(e))
     }
 
     pub async fn delete_session(&self, session_id: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
             .bind(session_id)
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 }
