@@ -1,0 +1,109 @@
+//! The text of a batch's statements, built for its number of rooms and rows: numbered
+//! placeholders, which both dialects take.
+
+/// One PostgreSQL statement for a batch: `$1` is the creation time, then (room, count)
+/// pairs for `rooms` rooms, then (id, room, k, author, body, client id) for `rows` posts,
+/// `k` counting from 1 within each room. Posts to a room that does not exist match no bumped row and are
+/// not inserted; the rooms it returns say which were.
+pub(super) fn bump_and_insert_sql(rooms: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(400 + rooms * 12 + rows * 40);
+    sql.push_str("WITH v (room, n) AS (VALUES ");
+    push_tuples(&mut sql, rooms, 2, 2, "");
+    sql.push_str(
+        "), bumped AS (UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v \
+         WHERE rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), \
+         m (id, room, k, author, body, client) AS (VALUES ",
+    );
+    push_tuples(&mut sql, rows, 6, 2 + 2 * rooms, "");
+    sql.push_str(
+        "), inserted AS (INSERT INTO messages \
+         (id, room_id, seq, author_id, body, client_id, created_at) \
+         SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, m.body, m.client, $1 \
+         FROM m JOIN bumped b ON b.id = m.room) \
+         SELECT id, last_seq FROM bumped",
+    );
+    sql
+}
+
+/// Adds each room's count to its `last_seq` and returns the new values, for `rooms` rooms
+/// bound as (id, count) pairs. SQLite (3.33 and later) and PostgreSQL both take a CTE with
+/// named columns and `UPDATE … FROM`. The pairs come sorted by id, so that concurrent
+/// batches from several nodes tend to lock rows in the same order.
+pub(super) fn bump_sql(rooms: usize) -> String {
+    let mut sql = String::with_capacity(120 + rooms * 12);
+    sql.push_str("WITH v (room, n) AS (VALUES ");
+    push_tuples(&mut sql, rooms, 2, 1, "");
+    sql.push_str(
+        ") UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v WHERE rooms.id = v.room \
+         RETURNING id, last_seq",
+    );
+    sql
+}
+
+/// `INSERT … VALUES (…), (…)` for `rows` messages: `$1` is the shared creation time, then
+/// six numbered parameters a row (numbered placeholders work on both dialects).
+pub(super) fn insert_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(100 + rows * 40);
+    sql.push_str(
+        "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at) VALUES ",
+    );
+    push_tuples(&mut sql, rows, 6, 2, ", $1");
+    sql
+}
+
+/// Appends `count` tuples of `width` numbered placeholders, numbering from `first`, each
+/// closed by `tail`: `($2, $3), ($4, $5)`.
+fn push_tuples(sql: &mut String, count: usize, width: usize, first: usize, tail: &str) {
+    for tuple in 0..count {
+        if tuple > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", first + tuple * width + column));
+        }
+        sql.push_str(tail);
+        sql.push(')');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_are_bumped_in_one_statement() {
+        assert_eq!(
+            bump_sql(2),
+            "WITH v (room, n) AS (VALUES ($1, $2), ($3, $4)) UPDATE rooms SET last_seq = \
+             rooms.last_seq + v.n FROM v WHERE rooms.id = v.room RETURNING id, last_seq"
+        );
+    }
+
+    #[test]
+    fn rows_number_their_parameters_after_the_shared_time() {
+        assert_eq!(
+            insert_sql(2),
+            "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at) \
+             VALUES ($2, $3, $4, $5, $6, $7, $1), ($8, $9, $10, $11, $12, $13, $1)"
+        );
+    }
+
+    #[test]
+    fn postgres_bumps_and_inserts_in_one_statement() {
+        assert_eq!(
+            bump_and_insert_sql(2, 2),
+            "WITH v (room, n) AS (VALUES ($2, $3), ($4, $5)), bumped AS (UPDATE rooms SET \
+             last_seq = rooms.last_seq + v.n FROM v WHERE rooms.id = v.room RETURNING \
+             rooms.id, rooms.last_seq, v.n), m (id, room, k, author, body, client) AS \
+             (VALUES ($6, $7, $8, $9, $10, $11), ($12, $13, $14, $15, $16, $17)), \
+             inserted AS (INSERT INTO messages (id, room_id, seq, author_id, body, \
+             client_id, created_at) SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, \
+             m.body, m.client, $1 FROM m JOIN bumped b ON b.id = m.room) \
+             SELECT id, last_seq FROM bumped"
+        );
+    }
+}
