@@ -48,3 +48,90 @@ pub mod socket;
 pub mod store;
 pub mod views;
 pub mod web;
+
+/// The layering the module map describes, checked on the source: a module that may not
+/// depend on another names nothing of it, and no two top-level modules depend on each
+/// other, directly or through others.
+#[cfg(test)]
+mod layering {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// Each top-level module and the other top-level modules its files name as `crate::…`.
+    fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
+        fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).expect("src is readable") {
+                let path = entry.expect("src is readable").path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut paths = Vec::new();
+        files(&src, &mut paths);
+        let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for path in paths {
+            let relative = path.strip_prefix(&src).expect("under src");
+            let first = relative.components().next().expect("a file");
+            let module = first
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_owned();
+            if ["lib", "main"].contains(&module.as_str()) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            let named = deps.entry(module.clone()).or_default();
+            for (at, _) in text.match_indices("crate::") {
+                let rest = &text[at + "crate::".len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                let other = &rest[..end];
+                if !other.is_empty() && other != module {
+                    named.insert(other.to_owned());
+                }
+            }
+        }
+        deps
+    }
+
+    #[test]
+    fn transport_rendering_and_rules_do_not_reach_into_storage_or_sockets() {
+        let deps = dependencies();
+        for (module, forbidden) in [
+            ("layer", ["socket", "store", "views", "web"].as_slice()),
+            ("views", ["store", "socket", "layer", "web"].as_slice()),
+            ("chat", ["store", "socket", "layer", "web"].as_slice()),
+            ("presence", ["store", "socket", "web"].as_slice()),
+            (
+                "model",
+                ["store", "socket", "layer", "views", "web"].as_slice(),
+            ),
+        ] {
+            let named = &deps[module];
+            for other in forbidden {
+                assert!(!named.contains(*other), "{module} names {other}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_two_modules_depend_on_each_other() {
+        let deps = dependencies();
+        for start in deps.keys() {
+            let mut seen = BTreeSet::new();
+            let mut next: Vec<&String> = deps[start].iter().collect();
+            while let Some(module) = next.pop() {
+                assert_ne!(module, start, "{start} depends on itself through others");
+                if seen.insert(module.clone()) {
+                    next.extend(deps.get(module).into_iter().flatten());
+                }
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use serde::Deserialize;
 
 use super::AppState;
-use super::identity::{CurrentUser, SessionId};
+use super::identity::{CurrentUser, SESSION_COOKIE, SessionId};
 use super::limits::{LoginGuard, LoginWait};
 use crate::accounts;
 use crate::chat::names::{Password, Username};
@@ -29,7 +29,6 @@ use crate::model::User;
 use crate::store::{StoreError, now_ms};
 use crate::views::{self, SignInForm};
 
-pub const SESSION_COOKIE: &str = "wirechat_session";
 /// Names the account this browser last logged in to (signed): such a browser may still log
 /// in while the account refuses new ones after many failed attempts.
 const KNOWN_COOKIE: &str = "wirechat_known";

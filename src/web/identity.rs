@@ -7,10 +7,12 @@ use axum::http::request::Parts;
 use axum_extra::extract::SignedCookieJar;
 
 use super::AppState;
-use super::auth::SESSION_COOKIE;
 use crate::error::AppError;
 use crate::model::User;
 use crate::store::SignedIn;
+
+/// The cookie that carries a signed-in browser's session id.
+pub const SESSION_COOKIE: &str = "wirechat_session";
 
 /// The session id the request's cookie carries (signed, so never forged), if any.
 pub struct SessionId(pub Option<String>);

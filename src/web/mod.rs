@@ -26,8 +26,8 @@ use tower_http::compression::CompressionLayer;
 use crate::error::AppError;
 use crate::hub::Hub;
 
-pub use auth::SESSION_COOKIE;
-pub use client::{Net, Proxies};
+pub use client::Proxies;
+pub use identity::SESSION_COOKIE;
 pub use limits::{AccessLimits, LoginGuard};
 
 #[derive(Clone)]
