@@ -190,6 +190,11 @@ impl View {
                 seq,
                 frame: f,
             } => {
+                // A message brings a hidden conversation back, even to the socket that
+                // still shows it because the hide has not moved it on yet.
+                if let Some(entry) = self.hidden.remove(room) {
+                    out.push(entry);
+                }
                 if let Some(held) = self.held_for(room) {
                     held.push(Held::Message(*seq, f.clone()));
                     // A client that reads its backlog slower than the room talks falls
@@ -200,9 +205,6 @@ impl View {
                 } else if self.active.as_ref() == Some(room) {
                     self.show(*seq, f.clone(), out);
                 } else {
-                    if let Some(entry) = self.hidden.remove(room) {
-                        out.push(entry);
-                    }
                     let count = self.unread.entry(room.to_string()).or_insert(0);
                     *count += 1;
                     out.push(frame(
@@ -458,6 +460,22 @@ mod tests {
         assert_eq!(shown[4], "entry of dm", "back before its badge");
         assert!(shown[5].contains("#unread-dm") && shown[5].contains("1<span"));
         assert!(!shown[6].contains("entry of dm"), "back once");
+    }
+
+    #[test]
+    fn a_conversation_hidden_while_shown_comes_back_with_its_next_message() {
+        let mut view = view();
+        let hidden = event(Event::RoomHidden {
+            room: Arc::from("dm"),
+            frame: Utf8Bytes::from("entry of dm"),
+        });
+        let shown = run(
+            &mut view,
+            vec![enter("dm", 0, false), hidden, message("dm", 1)],
+        );
+        assert_eq!(shown.len(), 4, "{shown:?}");
+        assert!(shown[1].contains("#room-dm") && shown[1].contains("remove"));
+        assert_eq!(shown[2..], ["entry of dm", "dm:1"]);
     }
 
     #[test]

@@ -676,6 +676,7 @@ async fn people_leave_groups_hide_conversations_and_block(backend: Backend) {
     let entry = format!("#room-{direct}");
     a2.wait_for(|f| f.selector == entry && f.swap == "remove")
         .await;
+    a.wait_for_notice("hidden until").await;
     assert!(!app.page(&ann.cookie).await.contains(&direct));
     b.enter_direct("ann").await;
     b.say("are you there?").await;
