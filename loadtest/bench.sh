@@ -8,13 +8,25 @@
 #   --nodes N         N nodes (N > 1: PostgreSQL and Redis, a fresh key prefix)
 #   --port P          the first node's port (default 8201; node i listens on P + i - 1)
 #   --pin NODE:LOAD   run the node on CPUs NODE and the generator on CPUs LOAD (taskset)
-#   --bin DIR         where wirechat and wirechat-load are (default: target/release)
+#   --bin DIR         where wirechat, wirechat-load and wirechat-baseline are
+#                     (default: target/release)
 #   --env K=V         one more environment variable for the node(s); repeatable
+#
+# Comparisons (several runs, fresh processes each, alternating, then medians and ratios):
+#   --baseline        also run the bare fan-out server (wirechat-baseline) each round; the
+#                     ratios are wirechat's figures over the baseline's
+#   --versus DIR      also run the wirechat in DIR (another build) each round, the same way
+#   --versus-nodes N  also run this wirechat on N nodes each round (say one node against the
+#                     --nodes 3 of the runs measured)
+#   --runs N          rounds (default 5 when comparing, else 1)
+#   --out DIR         keep each run's JSON report there (default: a temporary directory)
+#   --server baseline run the bare server instead of wirechat (one run)
 #
 # Examples (the commands in RESULTS.md):
 #   loadtest/bench.sh -- --scenario idle --clients 15000 --users 50 --procs 2 --duration 2 --settle 3
 #   loadtest/bench.sh --pin 0:1 -- --scenario fanout --clients 1000 --users 100 --procs 1 --rate 500 --duration 10 --drain 20
 #   loadtest/bench.sh --nodes 3 -- --scenario idle --clients 51000 --users 300 --procs 3 --duration 10 --settle 3
+#   loadtest/bench.sh --baseline -- --scenario fanout --clients 2000 --users 100 --procs 1 --rate 250 --duration 10 --drain 20
 #
 # The nodes get the limits a load test needs (no sign-in throttle, one account may hold any
 # number of sockets, no per-user message rate) and log warnings only; a node that does not
@@ -23,30 +35,106 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/target/release"
+node_bin=""
+server=wirechat
 pg=0
 nodes=1
 first_port=8201
 pin=""
 extra_env=()
+baseline=0
+versus=""
+versus_nodes=""
+runs=""
+out=""
+report=""
+common=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --pg) pg=1 ;;
-        --nodes) nodes="$2"; shift ;;
-        --port) first_port="$2"; shift ;;
-        --pin) pin="$2"; shift ;;
+        --pg) pg=1; common+=("$1") ;;
+        --nodes) nodes="$2"; common+=("$1" "$2"); shift ;;
+        --port) first_port="$2"; common+=("$1" "$2"); shift ;;
+        --pin) pin="$2"; common+=("$1" "$2"); shift ;;
         --bin) bin="$2"; shift ;;
         --env)
             [[ "$2" == *=* ]] || { echo "bench.sh: --env takes NAME=value" >&2; exit 2; }
-            extra_env+=("$2"); shift ;;
+            extra_env+=("$2"); common+=("$1" "$2"); shift ;;
+        --baseline) baseline=1 ;;
+        --versus) versus="$2"; shift ;;
+        --versus-nodes) versus_nodes="$2"; shift ;;
+        --runs) runs="$2"; shift ;;
+        --out) out="$2"; shift ;;
+        --server) server="$2"; shift ;;
+        # Internal, for comparisons: where this run's node is, and where its report goes.
+        --node-bin) node_bin="$2"; shift ;;
+        --report) report="$2"; shift ;;
         --) shift; break ;;
         *) echo "bench.sh: unknown option $1 (the generator's arguments go after --)" >&2; exit 2 ;;
     esac
     shift
 done
-[[ -x "$bin/wirechat" && -x "$bin/wirechat-load" ]] || {
+node_bin="${node_bin:-$bin}"
+[[ -x "$bin/wirechat-load" && -x "$node_bin/wirechat" ]] || {
     echo "bench.sh: no wirechat and wirechat-load in $bin: cargo build --release -p wirechat -p wirechat-load" >&2
     exit 2
 }
+[[ "$server" == wirechat || "$server" == baseline ]] || {
+    echo "bench.sh: --server takes wirechat or baseline" >&2; exit 2;
+}
+
+# A comparison: this script once per run, the targets alternating (the order turns every
+# round, so a machine getting slower or faster does not favour one), then the medians.
+if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; then
+    [[ -z "$runs" || "$runs" =~ ^[1-9][0-9]?$ ]] || { echo "bench.sh: --runs takes 1 to 99" >&2; exit 2; }
+    if (( baseline + (${#versus} > 0) + (${#versus_nodes} > 0) > 1 )); then
+        echo "bench.sh: one of --baseline, --versus and --versus-nodes" >&2; exit 2
+    fi
+    [[ -z "$versus_nodes" || "$versus_nodes" =~ ^[1-9]$ ]] || { echo "bench.sh: --versus-nodes takes 1 to 9" >&2; exit 2; }
+    if (( baseline )) && { (( pg )) || (( nodes > 1 )); }; then
+        echo "bench.sh: the baseline is one node with no database: no --pg or --nodes" >&2; exit 2
+    fi
+    targets=(wirechat)
+    if (( baseline )); then
+        [[ -x "$bin/wirechat-baseline" ]] || {
+            echo "bench.sh: no wirechat-baseline in $bin: cargo build --release -p wirechat-load" >&2; exit 2;
+        }
+        targets=(baseline wirechat)
+    elif [[ -n "$versus" ]]; then
+        [[ -x "$versus/wirechat" ]] || { echo "bench.sh: no wirechat in $versus" >&2; exit 2; }
+        versus=$(cd "$versus" && pwd)
+        targets=("$(basename "$versus")" wirechat)
+        [[ "${targets[0]}" != wirechat ]] || targets[0]=versus
+    elif [[ -n "$versus_nodes" ]]; then
+        targets=("nodes$versus_nodes" wirechat)
+    fi
+    runs="${runs:-5}"
+    out="${out:-$(mktemp -d /tmp/wirechat-compare.XXXXXX)}"
+    mkdir -p "$out"
+    for round in $(seq 1 "$runs"); do
+        order=("${targets[@]}")
+        if (( round % 2 == 0 && ${#targets[@]} == 2 )); then order=("${targets[1]}" "${targets[0]}"); fi
+        for target in "${order[@]}"; do
+            target_args=(--bin "$bin")
+            if [[ "$target" == baseline ]] && (( baseline )); then
+                target_args+=(--server baseline)
+            elif [[ "$target" != wirechat && -n "$versus_nodes" ]]; then
+                # After the common options, so this --nodes is the one that counts.
+                target_args+=(--nodes "$versus_nodes" --pg)
+            elif [[ "$target" != wirechat ]]; then
+                target_args+=(--node-bin "$versus")
+            fi
+            echo "bench.sh: round $round of $runs: $target" >&2
+            "$0" "${common[@]}" "${target_args[@]}" --report "$out/$target-$round.json" -- "$@" --json
+        done
+    done
+    echo "Reports in $out; medians of $runs run(s), each target over the first:"
+    files=()
+    for target in "${targets[@]}"; do
+        for round in $(seq 1 "$runs"); do files+=("$out/$target-$round.json"); done
+    done
+    "$bin/wirechat-load" compare "${files[@]}"
+    exit 0
+fi
 [[ "$nodes" =~ ^[1-9]$ ]] || { echo "bench.sh: --nodes takes 1 to 9" >&2; exit 2; }
 [[ "$first_port" =~ ^[0-9]+$ ]] || { echo "bench.sh: --port takes a number" >&2; exit 2; }
 [[ -z "$pin" || "$pin" == ?*:?* ]] || { echo "bench.sh: --pin takes NODE_CPUS:LOAD_CPUS" >&2; exit 2; }
@@ -57,6 +145,9 @@ if [[ -n "$pin" ]]; then
     load_prefix=(taskset -c "${pin##*:}")
 fi
 if (( nodes > 1 )); then pg=1; fi
+if [[ "$server" == baseline ]] && { (( pg )) || (( nodes > 1 )); }; then
+    echo "bench.sh: the baseline is one node with no database: no --pg or --nodes" >&2; exit 2
+fi
 
 work=$(mktemp -d /tmp/wirechat-bench.XXXXXX)
 run_id="$(date +%s)_$$"
@@ -91,7 +182,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if (( pg )); then
+if [[ "$server" == baseline ]]; then
+    url=""
+elif (( pg )); then
     database="bench_$run_id"
     createdb -h 127.0.0.1 -U postgres "$database"
     url="postgres://postgres@127.0.0.1:5432/$database"
@@ -102,6 +195,8 @@ fi
 if (( nodes > 1 )); then redis_prefix="bench_$run_id:"; fi
 
 load_args=()
+program="$node_bin/wirechat"
+if [[ "$server" == baseline ]]; then program="$bin/wirechat-baseline"; fi
 for i in $(seq 1 "$nodes"); do
     port=$((first_port + i - 1))
     # Another server on the port would answer the health check in the node's place.
@@ -122,7 +217,7 @@ for i in $(seq 1 "$nodes"); do
     fi
     # Nothing from the caller's environment but these (and PATH, HOME for the tools).
     env -i PATH="$PATH" HOME="${HOME:-/root}" "${node_env[@]}" "${extra_env[@]}" \
-        "${node_prefix[@]}" "$bin/wirechat" \
+        "${node_prefix[@]}" "$program" \
         > "$work/bench-$port.log" 2>&1 &
     pids+=($!)
     load_args+=(--url "http://127.0.0.1:$port" --server-pid "$!")
@@ -140,7 +235,11 @@ for i in $(seq 1 "$nodes"); do
 done
 
 # In the background, so that an interrupted run stops the generator with the nodes.
-"${load_prefix[@]}" "$bin/wirechat-load" "${load_args[@]}" "$@" &
+if [[ -n "$report" ]]; then
+    "${load_prefix[@]}" "$bin/wirechat-load" "${load_args[@]}" "$@" > "$report" &
+else
+    "${load_prefix[@]}" "$bin/wirechat-load" "${load_args[@]}" "$@" &
+fi
 pids+=($!)
 wait "${pids[-1]}"
 

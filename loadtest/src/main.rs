@@ -4,18 +4,22 @@
 //!
 //! Layout: `main.rs` plans a run (accounts, rooms, which client sends), starts worker
 //! processes, steps them through the run and adds up their reports; `worker.rs` holds the
-//! sockets; `frames.rs` reads server frames; `http.rs` creates accounts.
+//! sockets; `frames.rs` reads server frames; `http.rs` creates accounts; `compare.rs` puts
+//! several runs' reports side by side (`wirechat-load compare`). The bare server the runs
+//! are measured against is another binary, `baseline.rs`.
 //!
 //! One process may hold at most 20,000 descriptors here, and one source address offers
 //! about 28,000 ephemeral ports, so sockets are spread over several worker processes and
 //! over source addresses 127.0.0.2, 127.0.0.3, …
 
+mod compare;
 mod frames;
 mod http;
 mod worker;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,16 +51,19 @@ const SOCKETS_PER_SOURCE: usize = 14_000;
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Internal>,
+    command: Option<Subcommands>,
     #[command(flatten)]
     args: Args,
 }
 
 #[derive(Subcommand)]
-enum Internal {
+enum Subcommands {
     /// Runs one worker process (started by the coordinator; reads its plan from stdin).
     #[command(hide = true)]
     Worker,
+    /// Medians of several runs' `--json` reports, per target (`<target>-<n>.json`), and
+    /// each target's ratio to the first one named.
+    Compare { reports: Vec<PathBuf> },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
@@ -173,7 +180,8 @@ pub fn raise_file_limit() {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Internal::Worker) => worker::main(),
+        Some(Subcommands::Worker) => worker::main(),
+        Some(Subcommands::Compare { reports }) => compare::main(&reports),
         None => coordinate(cli.args),
     };
     if let Err(e) = result {
@@ -512,6 +520,7 @@ async fn run(args: Args) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let (event_tx, mut events) = mpsc::unbounded_channel();
     let mut workers = Vec::with_capacity(procs);
+    let mut worker_pids = Vec::with_capacity(procs);
     let before = sample_servers(&args.server_pids);
     let connect_start = Instant::now();
     let per_worker = args.clients.div_ceil(procs);
@@ -524,6 +533,7 @@ async fn run(args: Args) -> Result<(), String> {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("starting a worker: {e}"))?;
+        worker_pids.extend(child.id());
         let mut stdin = child.stdin.take().ok_or("no worker stdin")?;
         let stdout = child.stdout.take().ok_or("no worker stdout")?;
         let (addr, host) = &targets[w % targets.len()];
@@ -560,8 +570,10 @@ async fn run(args: Args) -> Result<(), String> {
     let ready = gather(&mut events, count, "ready").await?;
     let connect_s = connect_start.elapsed().as_secs_f64();
     let at_ready = sample_servers(&args.server_pids);
+    let loadgen_at_ready = sample_servers(&worker_pids);
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let settled = sample_servers(&args.server_pids);
+    let loadgen_settled = sample_servers(&worker_pids);
 
     let go_us = now_us();
     let go = Instant::now();
@@ -602,6 +614,7 @@ async fn run(args: Args) -> Result<(), String> {
         reports: &reports,
         server: [before, at_ready, settled, after_run],
         loadgen_cpu_s: children_cpu_s(),
+        loadgen: [loadgen_at_ready, loadgen_settled],
     });
     if args.json {
         println!(
@@ -628,7 +641,41 @@ struct Summary<'a> {
     reports: &'a [Value],
     /// Before connecting, when all were connected, after settling, after the run.
     server: [Option<ServerSample>; 4],
+    /// All the workers' CPU, once they have exited.
     loadgen_cpu_s: f64,
+    /// The workers when all were connected, and after settling.
+    loadgen: [Option<ServerSample>; 2],
+}
+
+/// A generator busier than this share of the cores it can use measured itself as much as
+/// the server: its run is marked saturated.
+const SATURATED_PCT: f64 = 90.0;
+
+/// How busy the generator's workers were while connecting and while running, as a share
+/// of the cores they could use: one per worker at most (each is single-threaded), and no
+/// more than the CPUs this process may run on (`taskset`).
+fn loadgen_load(s: &Summary<'_>) -> Value {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let cores = s.procs.min(cpus).max(1) as f64;
+    let [at_ready, settled] = s.loadgen;
+    let connect_cpu = at_ready.map(|a| a.cpu_s);
+    let run_cpu = settled.map(|b| (s.loadgen_cpu_s - b.cpu_s).max(0.0));
+    let busy =
+        |cpu: Option<f64>, seconds: f64| cpu.map(|cpu| 100.0 * cpu / (seconds.max(1e-9) * cores));
+    let busy_connect = busy(connect_cpu, s.connect_s);
+    let busy_run = busy(run_cpu, s.sending_s + s.drained_s);
+    let saturated = [busy_connect, busy_run]
+        .iter()
+        .any(|b| b.is_some_and(|b| b > SATURATED_PCT));
+    json!({
+        "cpu_s": s.loadgen_cpu_s,
+        "cpu_connect_s": connect_cpu,
+        "cpu_run_s": run_cpu,
+        "cores": cores,
+        "busy_connect_pct": busy_connect,
+        "busy_run_pct": busy_run,
+        "saturated": saturated,
+    })
 }
 
 fn sum(values: &[Value], key: &str) -> u64 {
@@ -797,6 +844,7 @@ fn summarise(s: &Summary<'_>) -> Value {
         },
         "server": server,
         "loadgen_cpu_s": s.loadgen_cpu_s,
+        "loadgen": loadgen_load(s),
     })
 }
 
@@ -915,9 +963,21 @@ fn print_table(r: &Value) {
             ),
         );
     }
+    let g = &r["loadgen"];
     row(
         "load generator CPU",
-        format!("{} s", f(&r["loadgen_cpu_s"])),
+        format!(
+            "{} s; busy connect / run {} % / {} % of {} core(s){}",
+            f(&r["loadgen_cpu_s"]),
+            f(&g["busy_connect_pct"]),
+            f(&g["busy_run_pct"]),
+            g["cores"],
+            if g["saturated"].as_bool() == Some(true) {
+                "  SATURATED: the generator measured itself"
+            } else {
+                ""
+            }
+        ),
     );
 }
 
