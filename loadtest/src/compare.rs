@@ -10,54 +10,34 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// One row: its name, and where in a report its value is. The ratio is always
+/// The rows: a name, and where in a report its value is. The ratio is always
 /// target / reference, whichever way is better.
-struct Metric {
-    name: &'static str,
-    path: &'static [&'static str],
-}
-
-const METRICS: &[Metric] = &[
-    Metric {
-        name: "connects/s",
-        path: &["connections", "per_second"],
-    },
-    Metric {
-        name: "server RSS per socket, kB",
-        path: &["server", "rss_per_socket_kb"],
-    },
-    Metric {
-        name: "deliveries/s",
-        path: &["messages", "deliveries_per_s"],
-    },
-    Metric {
-        name: "latency p50, ms",
-        path: &["latency_ms", "p50"],
-    },
-    Metric {
-        name: "latency p99, ms",
-        path: &["latency_ms", "p99"],
-    },
-    Metric {
-        name: "latency p99.9, ms",
-        path: &["latency_ms", "p999"],
-    },
-    Metric {
-        name: "server CPU connecting, % of a core",
-        path: &["server", "cpu_connect_pct"],
-    },
-    Metric {
-        name: "server CPU running, % of a core",
-        path: &["server", "cpu_run_pct"],
-    },
-    Metric {
-        name: "generator busy connecting, % of its cores",
-        path: &["loadgen", "busy_connect_pct"],
-    },
-    Metric {
-        name: "generator busy running, % of its cores",
-        path: &["loadgen", "busy_run_pct"],
-    },
+const METRICS: &[(&str, &[&str])] = &[
+    ("connects/s", &["connections", "per_second"]),
+    (
+        "server RSS per socket, kB",
+        &["server", "rss_per_socket_kb"],
+    ),
+    ("deliveries/s", &["messages", "deliveries_per_s"]),
+    ("latency p50, ms", &["latency_ms", "p50"]),
+    ("latency p99, ms", &["latency_ms", "p99"]),
+    ("latency p99.9, ms", &["latency_ms", "p999"]),
+    (
+        "server CPU connecting, % of a core",
+        &["server", "cpu_connect_pct"],
+    ),
+    (
+        "server CPU running, % of a core",
+        &["server", "cpu_run_pct"],
+    ),
+    (
+        "generator busy connecting, % of its cores",
+        &["loadgen", "busy_connect_pct"],
+    ),
+    (
+        "generator busy running, % of its cores",
+        &["loadgen", "busy_run_pct"],
+    ),
 ];
 
 fn value_at(report: &Value, path: &[&str]) -> Option<f64> {
@@ -147,13 +127,13 @@ pub fn table(reports: Vec<(PathBuf, Value)>) -> String {
         out.push_str(if i > 0 { " ---: | ---: |" } else { " ---: |" });
     }
     out.push('\n');
-    for metric in METRICS {
+    for &(name, path) in METRICS {
         let medians: Vec<Option<(f64, f64, f64)>> = groups
             .iter()
             .map(|(_, reports)| {
                 let mut values: Vec<f64> = reports
                     .iter()
-                    .filter_map(|r| value_at(r, metric.path))
+                    .filter_map(|r| value_at(r, path))
                     .filter(|v| v.is_finite())
                     .collect();
                 let m = median(&mut values)?;
@@ -164,7 +144,7 @@ pub fn table(reports: Vec<(PathBuf, Value)>) -> String {
         if medians.iter().all(|m| m.is_none_or(|(m, _, _)| m == 0.0)) {
             continue;
         }
-        out.push_str(&format!("| {} |", metric.name));
+        out.push_str(&format!("| {name} |"));
         for (i, m) in medians.iter().enumerate() {
             match m {
                 Some((m, lo, hi)) if groups[i].1.len() > 1 => out.push_str(&format!(
