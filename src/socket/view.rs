@@ -191,8 +191,12 @@ impl View {
                 frame: f,
             } => {
                 // A message brings a hidden conversation back, even to the socket that
-                // still shows it because the hide has not moved it on yet.
-                if let Some(entry) = self.hidden.remove(room) {
+                // still shows it because the hide has not moved it on yet. Most sockets
+                // hide nothing, and this runs for every message to every socket: an empty
+                // map is not asked (asking hashes the key).
+                if !self.hidden.is_empty()
+                    && let Some(entry) = self.hidden.remove(room)
+                {
                     out.push(entry);
                 }
                 if let Some(held) = self.held_for(room) {

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -157,15 +158,25 @@ pub(super) async fn write_loop(
         // A client that stops reading blocks the write; if it is meanwhile stopped as
         // lagging (or the node stops), or the write is still blocked at its deadline (a
         // quiet room overflows no queue), the connection is dropped, as no close frame
-        // could reach it.
-        tokio::select! {
-            biased;
-            written = write => if written.is_err() { return },
-            _ = outbox.stopped() => return,
-            _ = tokio::time::sleep(WRITE_DEADLINE) => {
-                tracing::debug!(socket = member.id, "a write was stuck; dropping the socket");
-                return;
+        // could reach it. Nearly every write finishes at its first poll, and only one that
+        // does not arms the deadline: a timer per write is a cost per write.
+        let written = {
+            let mut write = std::pin::pin!(write);
+            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                Poll::Ready(written) => written.is_ok(),
+                Poll::Pending => tokio::select! {
+                    biased;
+                    written = write => written.is_ok(),
+                    _ = outbox.stopped() => false,
+                    _ = tokio::time::sleep(WRITE_DEADLINE) => {
+                        tracing::debug!(socket = member.id, "a write was stuck; dropping the socket");
+                        false
+                    }
+                },
             }
+        };
+        if !written {
+            return;
         }
         backlog.written(replies);
         if view.ended {
