@@ -74,7 +74,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 node_bin="${node_bin:-$bin}"
-[[ -x "$bin/wirechat-load" && -x "$node_bin/wirechat" ]] || {
+[[ -x "$bin/wirechat-load" && ( "$server" == baseline || -x "$node_bin/wirechat" ) ]] || {
     echo "bench.sh: no wirechat and wirechat-load in $bin: cargo build --release -p wirechat -p wirechat-load" >&2
     exit 2
 }
@@ -94,6 +94,7 @@ if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; the
         echo "bench.sh: the baseline is one node with no database: no --pg or --nodes" >&2; exit 2
     fi
     targets=(wirechat)
+    if [[ "$server" == baseline ]]; then targets=(baseline); fi
     if (( baseline )); then
         [[ -x "$bin/wirechat-baseline" ]] || {
             echo "bench.sh: no wirechat-baseline in $bin: cargo build --release -p wirechat-load" >&2; exit 2;
@@ -106,7 +107,12 @@ if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; the
         [[ "${targets[0]}" != wirechat ]] || targets[0]=versus
     elif [[ -n "$versus_nodes" ]]; then
         targets=("nodes$versus_nodes" wirechat)
+        # Both on PostgreSQL (more than one node needs it), so only the nodes differ.
+        common+=(--pg)
     fi
+    # Each run's report is JSON whatever the caller asked for.
+    load_args=()
+    for arg in "$@"; do [[ "$arg" == --json ]] || load_args+=("$arg"); done
     runs="${runs:-5}"
     out="${out:-$(mktemp -d /tmp/wirechat-compare.XXXXXX)}"
     mkdir -p "$out"
@@ -115,23 +121,31 @@ if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; the
         if (( round % 2 == 0 && ${#targets[@]} == 2 )); then order=("${targets[1]}" "${targets[0]}"); fi
         for target in "${order[@]}"; do
             target_args=(--bin "$bin")
-            if [[ "$target" == baseline ]] && (( baseline )); then
+            if [[ "$target" == baseline && ( $baseline == 1 || "$server" == baseline ) ]]; then
                 target_args+=(--server baseline)
             elif [[ "$target" != wirechat && -n "$versus_nodes" ]]; then
                 # After the common options, so this --nodes is the one that counts.
-                target_args+=(--nodes "$versus_nodes" --pg)
+                target_args+=(--nodes "$versus_nodes")
             elif [[ "$target" != wirechat ]]; then
                 target_args+=(--node-bin "$versus")
             fi
             echo "bench.sh: round $round of $runs: $target" >&2
-            "$0" "${common[@]}" "${target_args[@]}" --report "$out/$target-$round.json" -- "$@" --json
+            # A failed run is left out of the medians, not the end of the comparison.
+            if ! "$0" "${common[@]}" "${target_args[@]}" --report "$out/$target-$round.json" \
+                -- "${load_args[@]}" --json; then
+                echo "bench.sh: round $round of $runs: $target failed; left out" >&2
+                rm -f "$out/$target-$round.json"
+            fi
         done
     done
     echo "Reports in $out; medians of $runs run(s), each target over the first:"
     files=()
     for target in "${targets[@]}"; do
-        for round in $(seq 1 "$runs"); do files+=("$out/$target-$round.json"); done
+        for round in $(seq 1 "$runs"); do
+            if [[ -s "$out/$target-$round.json" ]]; then files+=("$out/$target-$round.json"); fi
+        done
     done
+    (( ${#files[@]} > 0 )) || { echo "bench.sh: every run failed" >&2; exit 1; }
     "$bin/wirechat-load" compare "${files[@]}"
     exit 0
 fi
@@ -246,5 +260,5 @@ wait "${pids[-1]}"
 # How many frames each write carried (write pacing), node by node.
 for i in $(seq 1 "$nodes"); do
     curl -s "http://127.0.0.1:$((first_port + i - 1))/metrics" \
-        | grep -E '^wirechat_(frames_out|socket_writes)_total' | sed "s/^/node $i: /" || true
+        | grep -E '^wirechat_(frames_out|socket_writes)_total' | sed "s/^/node $i: /" >&2 || true
 done

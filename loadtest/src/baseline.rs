@@ -3,7 +3,8 @@
 //! wirechat against.
 //!
 //! It speaks the part of wirechat's protocol the load generator uses, with the same frames
-//! (`{"selector","html","swap"}` with the same article markup, ids of the same length): a
+//! (`{"selector","html","swap"}` with the same article markup; ids, times and guest names
+//! of the same length) and wirechat's socket buffer sizes: a
 //! guest or sign-up gets a cookie, a socket enters `#hi`, `Change group` enters a room (a
 //! group by name, a conversation by the pair of names), `New message` is numbered in its
 //! room and sent to every member, and `?room=…&after=…` resumes from the room's recent
@@ -24,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 const SESSION_COOKIE: &str = "wirechat_session";
@@ -99,7 +100,9 @@ impl Server {
 
     fn add_account(&self, name: Option<&str>) -> String {
         let id = self.new_id();
-        let name = name.map_or_else(|| format!("guest-{}", &id[24..]), str::to_owned);
+        // A guest's name as long as wirechat's usual ones (a made-up name and 4 digits).
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = name.map_or_else(|| format!("guest{n:09}"), str::to_owned);
         let cookie = self.new_id();
         lock(&self.accounts).insert(cookie.clone(), Arc::new(Account { id, name }));
         cookie
@@ -228,10 +231,13 @@ async fn connection(server: Arc<Server>, mut stream: TcpStream) {
                 stream,
                 buf[head_end..].to_vec(),
                 Role::Server,
-                None,
+                Some(socket_config()),
             )
             .await;
-            return socket(server, account, ws, query).await;
+            // A task of its own: this one's request buffers are not kept for the socket's
+            // life.
+            tokio::spawn(socket(server, account, ws, query.to_owned()));
+            return;
         }
         ("POST", "/guest" | "/signup") => {
             let length: usize = header("content-length")
@@ -325,12 +331,22 @@ fn frame(selector: &str, swap: &str, html: &str) -> Utf8Bytes {
 }
 
 /// One socket: its writer drains a queue; its reader acts.
+/// The buffer sizes wirechat gives its sockets, so that the two differ in what they do,
+/// not in how they are configured.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(2 * 1024)
+        .write_buffer_size(32 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+}
+
 async fn socket(
     server: Arc<Server>,
     account: Arc<Account>,
     ws: WebSocketStream<TcpStream>,
-    query: &str,
+    query: String,
 ) {
+    let query = query.as_str();
     let (mut sink, mut stream) = ws.split();
     let (queue, mut frames) = mpsc::unbounded_channel::<Utf8Bytes>();
     let writer = tokio::spawn(async move {
@@ -470,7 +486,8 @@ fn post(server: &Server, room: &Room, author: &Account, body: &str) {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for milliseconds since the epoch (UTC, proleptic Gregorian).
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the epoch (UTC, proleptic
+/// Gregorian), as wirechat writes a message's time.
 fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -485,10 +502,11 @@ fn rfc3339(ms: i64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60
+        rem % 60,
+        ms.rem_euclid(1000)
     )
 }
 
@@ -498,9 +516,9 @@ mod tests {
 
     #[test]
     fn dates_are_civil() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_562_245_000), "2026-12-06T13:04:05Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_562_245_488), "2026-12-06T13:04:05.488Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

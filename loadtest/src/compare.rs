@@ -27,17 +27,14 @@ const METRICS: &[(&str, &[&str])] = &[
         &["server", "cpu_connect_pct"],
     ),
     (
-        "server CPU running, % of a core",
+        "server CPU sending and draining, % of a core",
         &["server", "cpu_run_pct"],
     ),
     (
-        "generator busy connecting, % of its cores",
+        "generator busy connecting, %",
         &["loadgen", "busy_connect_pct"],
     ),
-    (
-        "generator busy running, % of its cores",
-        &["loadgen", "busy_run_pct"],
-    ),
+    ("generator busy sending, %", &["loadgen", "busy_run_pct"]),
 ];
 
 fn value_at(report: &Value, path: &[&str]) -> Option<f64> {
@@ -111,8 +108,16 @@ fn group(reports: Vec<(PathBuf, Value)>) -> Vec<(String, Vec<Value>)> {
 
 /// The comparison as a Markdown table (medians, with the range of the runs beside each).
 pub fn table(reports: Vec<(PathBuf, Value)>) -> String {
-    let groups = group(reports);
     let mut out = String::new();
+    // Reports of different runs side by side would be ratios of nothing.
+    for key in ["scenario", "clients", "rate_target"] {
+        let mut seen: Vec<&Value> = reports.iter().map(|(_, r)| &r[key]).collect();
+        seen.dedup();
+        if seen.len() > 1 {
+            out.push_str(&format!("Note: the reports differ in `{key}`.\n\n"));
+        }
+    }
+    let groups = group(reports);
     let names: Vec<&str> = groups.iter().map(|(t, _)| t.as_str()).collect();
     out.push_str(&format!("| runs: {} |", runs_line(&groups)));
     for (i, name) in names.iter().enumerate() {
@@ -140,8 +145,13 @@ pub fn table(reports: Vec<(PathBuf, Value)>) -> String {
                 Some((m, values[0], values[values.len() - 1]))
             })
             .collect();
-        // A metric no scenario of these runs produced (say latency in `idle`) is left out.
-        if medians.iter().all(|m| m.is_none_or(|(m, _, _)| m == 0.0)) {
+        // A row nothing measured is left out; so are messages in runs that send none
+        // (`idle`), where every figure is a zero that says nothing. A zero measured
+        // elsewhere (an idle generator) is a figure.
+        let nothing = |m: &Option<(f64, f64, f64)>| m.is_none();
+        let unsent = |m: &Option<(f64, f64, f64)>| m.is_none_or(|(m, _, _)| m == 0.0);
+        let about_messages = matches!(path.first(), Some(&("latency_ms" | "messages")));
+        if medians.iter().all(nothing) || (about_messages && medians.iter().all(unsent)) {
             continue;
         }
         out.push_str(&format!("| {name} |"));
@@ -275,6 +285,27 @@ mod tests {
         assert!(table.contains("| 0 of 3 | 1 of 3 |"), "{table}");
         // Nothing measured RSS: no row for it.
         assert!(!table.contains("RSS"), "{table}");
+        assert!(!table.contains("Note:"), "{table}");
+    }
+
+    #[test]
+    fn runs_of_different_shapes_are_pointed_out() {
+        let mut other = report(1.0, 0.0, 0);
+        other["clients"] = json!(10);
+        let runs = vec![
+            (PathBuf::from("a-1.json"), report(1.0, 0.0, 0)),
+            (PathBuf::from("b-1.json"), other),
+        ];
+        let table = table(runs);
+        assert!(
+            table.starts_with("Note: the reports differ in `clients`."),
+            "{table}"
+        );
+        // An idle generator's zero is a figure, not a missing one.
+        assert!(
+            table.contains("| generator busy sending, % | 0.00 | 0.00 | – |"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -570,10 +570,10 @@ async fn run(args: Args) -> Result<(), String> {
     let ready = gather(&mut events, count, "ready").await?;
     let connect_s = connect_start.elapsed().as_secs_f64();
     let at_ready = sample_servers(&args.server_pids);
-    let loadgen_at_ready = sample_servers(&worker_pids);
+    let loadgen_at_ready = worker_cpu(&worker_pids);
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let settled = sample_servers(&args.server_pids);
-    let loadgen_settled = sample_servers(&worker_pids);
+    let loadgen_settled = worker_cpu(&worker_pids);
 
     let go_us = now_us();
     let go = Instant::now();
@@ -592,6 +592,7 @@ async fn run(args: Args) -> Result<(), String> {
         _ => tokio::time::sleep(Duration::from_secs_f64(args.duration)).await,
     }
     let sending_s = go.elapsed().as_secs_f64();
+    let loadgen_stopped = worker_cpu(&worker_pids);
     send_all(&mut workers, "stop").await?;
     send_all(&mut workers, "report").await?;
     let reports = gather(&mut events, count, "report").await?;
@@ -614,7 +615,7 @@ async fn run(args: Args) -> Result<(), String> {
         reports: &reports,
         server: [before, at_ready, settled, after_run],
         loadgen_cpu_s: children_cpu_s(),
-        loadgen: [loadgen_at_ready, loadgen_settled],
+        loadgen: [loadgen_at_ready, loadgen_settled, loadgen_stopped],
     });
     if args.json {
         println!(
@@ -643,39 +644,69 @@ struct Summary<'a> {
     server: [Option<ServerSample>; 4],
     /// All the workers' CPU, once they have exited.
     loadgen_cpu_s: f64,
-    /// The workers when all were connected, and after settling.
-    loadgen: [Option<ServerSample>; 2],
+    /// Each worker's CPU (ns) when all were connected, after settling, and when sending
+    /// stopped.
+    loadgen: [Option<Vec<u64>>; 3],
 }
 
 /// A generator busier than this share of the cores it can use measured itself as much as
 /// the server: its run is marked saturated.
 const SATURATED_PCT: f64 = 90.0;
 
-/// How busy the generator's workers were while connecting and while running, as a share
-/// of the cores they could use: one per worker at most (each is single-threaded), and no
-/// more than the CPUs this process may run on (`taskset`).
+/// How busy the generator was while connecting and while sending, as the larger of two
+/// shares: its busiest worker's share of one core (each worker runs on one thread), and
+/// all workers' share of the cores they could use (no more than the CPUs `taskset` allows).
+/// Either near 100 % means the run measured the generator as much as the server.
 fn loadgen_load(s: &Summary<'_>) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let cores = s.procs.min(cpus).max(1) as f64;
-    let [at_ready, settled] = s.loadgen;
-    let connect_cpu = at_ready.map(|a| a.cpu_s);
-    let run_cpu = settled.map(|b| (s.loadgen_cpu_s - b.cpu_s).max(0.0));
-    let busy =
-        |cpu: Option<f64>, seconds: f64| cpu.map(|cpu| 100.0 * cpu / (seconds.max(1e-9) * cores));
-    let busy_connect = busy(connect_cpu, s.connect_s);
-    let busy_run = busy(run_cpu, s.sending_s + s.drained_s);
+    let [at_ready, settled, stopped] = &s.loadgen;
+    let busy = |from: Option<&Vec<u64>>, to: Option<&Vec<u64>>, seconds: f64| {
+        let (to, seconds) = (to?, seconds.max(1e-9));
+        let used: Vec<f64> = match from {
+            Some(from) => to
+                .iter()
+                .zip(from)
+                .map(|(t, f)| t.saturating_sub(*f))
+                .collect(),
+            None => to.clone(),
+        }
+        .into_iter()
+        .map(|ns| ns as f64 / 1e9)
+        .collect();
+        let busiest = used.iter().copied().fold(0.0, f64::max) / seconds;
+        let all = used.iter().sum::<f64>() / (seconds * cores);
+        Some(100.0 * busiest.max(all))
+    };
+    let busy_connect = busy(None, at_ready.as_ref(), s.connect_s);
+    let busy_run = busy(settled.as_ref(), stopped.as_ref(), s.sending_s);
     let saturated = [busy_connect, busy_run]
         .iter()
         .any(|b| b.is_some_and(|b| b > SATURATED_PCT));
     json!({
         "cpu_s": s.loadgen_cpu_s,
-        "cpu_connect_s": connect_cpu,
-        "cpu_run_s": run_cpu,
         "cores": cores,
         "busy_connect_pct": busy_connect,
         "busy_run_pct": busy_run,
         "saturated": saturated,
     })
+}
+
+/// Each worker's CPU time so far, in nanoseconds, summed over its threads
+/// (`/proc/<pid>/task/*/schedstat`, exact where `/proc/<pid>/stat` counts 10 ms ticks);
+/// None when a worker cannot be read.
+fn worker_cpu(pids: &[u32]) -> Option<Vec<u64>> {
+    pids.iter()
+        .map(|pid| {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            let mut ns = 0u64;
+            for task in tasks.flatten() {
+                let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+                ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+            }
+            Some(ns)
+        })
+        .collect()
 }
 
 fn sum(values: &[Value], key: &str) -> u64 {
@@ -967,7 +998,7 @@ fn print_table(r: &Value) {
     row(
         "load generator CPU",
         format!(
-            "{} s; busy connect / run {} % / {} % of {} core(s){}",
+            "{} s; busy connecting / sending {} % / {} % (its busiest worker, or all on {} core(s)){}",
             f(&r["loadgen_cpu_s"]),
             f(&g["busy_connect_pct"]),
             f(&g["busy_run_pct"]),
