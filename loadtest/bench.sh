@@ -116,6 +116,9 @@ if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; the
     runs="${runs:-5}"
     out="${out:-$(mktemp -d /tmp/wirechat-compare.XXXXXX)}"
     mkdir -p "$out"
+    # Stopping the comparison stops the run under way too (it cleans up after itself).
+    inner=""
+    trap '[[ -n "$inner" ]] && kill "$inner" 2>/dev/null; exit 130' INT TERM
     for round in $(seq 1 "$runs"); do
         order=("${targets[@]}")
         if (( round % 2 == 0 && ${#targets[@]} == 2 )); then order=("${targets[1]}" "${targets[0]}"); fi
@@ -131,8 +134,10 @@ if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; the
             fi
             echo "bench.sh: round $round of $runs: $target" >&2
             # A failed run is left out of the medians, not the end of the comparison.
-            if ! "$0" "${common[@]}" "${target_args[@]}" --report "$out/$target-$round.json" \
-                -- "${load_args[@]}" --json; then
+            "$0" "${common[@]}" "${target_args[@]}" --report "$out/$target-$round.json" \
+                -- "${load_args[@]}" --json &
+            inner=$!
+            if ! wait "$inner"; then
                 echo "bench.sh: round $round of $runs: $target failed; left out" >&2
                 rm -f "$out/$target-$round.json"
             fi

@@ -155,7 +155,12 @@ async fn serve(addr: &str) -> Result<(), String> {
     if !addr.ip().is_loopback() {
         return Err(format!("refusing {addr}: loopback addresses only"));
     }
-    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    let socket = if addr.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()
+    } else {
+        tokio::net::TcpSocket::new_v4()
+    }
+    .map_err(|e| e.to_string())?;
     socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
     socket.bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
     // The backlog wirechat listens with.
