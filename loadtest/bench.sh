@@ -14,7 +14,8 @@
 #
 # Comparisons (several runs, fresh processes each, alternating, then medians and ratios):
 #   --baseline        also run the bare fan-out server (wirechat-baseline) each round; the
-#                     ratios are wirechat's figures over the baseline's
+#                     ratios are wirechat's figures over the baseline's (--pg: wirechat's
+#                     database; the baseline has none)
 #   --versus DIR      also run the wirechat in DIR (another build) each round, the same way
 #   --versus-nodes N  also run this wirechat on N nodes each round (say one node against the
 #                     --nodes 3 of the runs measured)
@@ -90,8 +91,16 @@ if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; the
         echo "bench.sh: one of --baseline, --versus and --versus-nodes" >&2; exit 2
     fi
     [[ -z "$versus_nodes" || "$versus_nodes" =~ ^[1-9]$ ]] || { echo "bench.sh: --versus-nodes takes 1 to 9" >&2; exit 2; }
-    if (( baseline )) && { (( pg )) || (( nodes > 1 )); }; then
-        echo "bench.sh: the baseline is one node with no database: no --pg or --nodes" >&2; exit 2
+    if (( baseline && nodes > 1 )); then
+        echo "bench.sh: the baseline is one node: no --nodes" >&2; exit 2
+    fi
+    # With --baseline, --pg is wirechat's database; the baseline has none.
+    wirechat_args=()
+    if (( baseline && pg )); then
+        wirechat_args=(--pg)
+        kept=()
+        for arg in "${common[@]}"; do [[ "$arg" == --pg ]] || kept+=("$arg"); done
+        common=("${kept[@]}")
     fi
     targets=(wirechat)
     if [[ "$server" == baseline ]]; then targets=(baseline); fi
@@ -131,6 +140,8 @@ if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; the
                 target_args+=(--nodes "$versus_nodes")
             elif [[ "$target" != wirechat ]]; then
                 target_args+=(--node-bin "$versus")
+            else
+                target_args+=("${wirechat_args[@]}")
             fi
             echo "bench.sh: round $round of $runs: $target" >&2
             # A failed run is left out of the medians, not the end of the comparison.
