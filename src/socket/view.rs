@@ -330,6 +330,14 @@ mod tests {
         Outbound::Event(Arc::new(event))
     }
 
+    /// The user hid `room`: its sidebar entry is `entry of <room>`.
+    fn hidden(room: &str) -> Outbound {
+        event(Event::RoomHidden {
+            room: Arc::from(room),
+            frame: Utf8Bytes::from(format!("entry of {room}")),
+        })
+    }
+
     /// The frames a run of queue items puts on the wire, as text.
     fn run(view: &mut View, items: Vec<Outbound>) -> Vec<String> {
         let mut out = Vec::new();
@@ -443,17 +451,13 @@ mod tests {
     #[test]
     fn other_rooms_count_unread_and_a_hidden_one_comes_back() {
         let mut view = view();
-        let hidden = event(Event::RoomHidden {
-            room: Arc::from("dm"),
-            frame: Utf8Bytes::from("entry of dm"),
-        });
         let shown = run(
             &mut view,
             vec![
                 enter("r", 0, false),
                 message("other", 1),
                 message("other", 2),
-                hidden,
+                hidden("dm"),
                 message("dm", 1),
                 message("dm", 2),
             ],
@@ -469,13 +473,9 @@ mod tests {
     #[test]
     fn a_conversation_hidden_while_shown_comes_back_with_its_next_message() {
         let mut view = view();
-        let hidden = event(Event::RoomHidden {
-            room: Arc::from("dm"),
-            frame: Utf8Bytes::from("entry of dm"),
-        });
         let shown = run(
             &mut view,
-            vec![enter("dm", 0, false), hidden, message("dm", 1)],
+            vec![enter("dm", 0, false), hidden("dm"), message("dm", 1)],
         );
         assert_eq!(shown.len(), 4, "{shown:?}");
         assert!(shown[1].contains("#room-dm") && shown[1].contains("remove"));

@@ -513,19 +513,9 @@ mod tests {
     /// The same on PostgreSQL, where a batch is one statement.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_posts_get_consecutive_seqs_published_in_order_on_postgres() {
-        use sqlx::{Connection, Executor};
-        let name = format!("wirechat_batch_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432 (.ci/run starts it)");
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("a fresh database");
-        racing_posts(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
-        let _ = admin
-            .execute(format!("DROP DATABASE {name}").as_str())
-            .await;
+        let database = FreshPostgres::create().await;
+        racing_posts(&database.url).await;
+        database.drop().await;
     }
 
     /// Two writers storing the same author's client ids in opposite orders meet in the
@@ -533,18 +523,8 @@ mod tests {
     /// post is answered, each id stored once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_racing_on_client_ids_store_each_once_on_postgres() {
-        use sqlx::{Connection, Executor};
-        let name = format!("wirechat_batch_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432 (.ci/run starts it)");
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("a fresh database");
-        let store = Store::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-            .await
-            .expect("a fresh store");
+        let database = FreshPostgres::create().await;
+        let store = Store::connect(&database.url).await.expect("a fresh store");
         let author = store
             .create_user(
                 &crate::chat::names::Username::parse("racer").unwrap(),
@@ -607,9 +587,39 @@ mod tests {
             .unwrap();
         assert_eq!(stored, 200);
         store.close().await;
-        let _ = admin
-            .execute(format!("DROP DATABASE {name}").as_str())
-            .await;
+        database.drop().await;
+    }
+
+    /// A PostgreSQL database of a test's own, dropped at its end.
+    struct FreshPostgres {
+        admin: sqlx::PgConnection,
+        name: String,
+        url: String,
+    }
+
+    impl FreshPostgres {
+        async fn create() -> FreshPostgres {
+            use sqlx::{Connection, Executor};
+            let name = format!("wirechat_batch_{}", uuid::Uuid::new_v4().simple());
+            let mut admin =
+                sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+                    .await
+                    .expect("PostgreSQL at 127.0.0.1:5432 (.ci/run starts it)");
+            admin
+                .execute(format!("CREATE DATABASE {name}").as_str())
+                .await
+                .expect("a fresh database");
+            let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+            FreshPostgres { admin, name, url }
+        }
+
+        async fn drop(mut self) {
+            use sqlx::Executor;
+            let _ = self
+                .admin
+                .execute(format!("DROP DATABASE {}", self.name).as_str())
+                .await;
+        }
     }
 
     async fn racing_posts(url: &str) {
