@@ -41,7 +41,7 @@ fn value_at(report: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(report, |v, key| v.get(key))?.as_f64()
 }
 
-pub fn median(values: &mut [f64]) -> Option<f64> {
+fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -107,7 +107,7 @@ fn group(reports: Vec<(PathBuf, Value)>) -> Vec<(String, Vec<Value>)> {
 }
 
 /// The comparison as a Markdown table (medians, with the range of the runs beside each).
-pub fn table(reports: Vec<(PathBuf, Value)>) -> String {
+fn table(reports: Vec<(PathBuf, Value)>) -> String {
     let mut out = String::new();
     // Reports of different runs side by side would be ratios of nothing.
     for key in ["scenario", "clients", "rate_target"] {

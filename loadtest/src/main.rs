@@ -874,7 +874,6 @@ fn summarise(s: &Summary<'_>) -> Value {
             "close_codes": close_codes,
         },
         "server": server,
-        "loadgen_cpu_s": s.loadgen_cpu_s,
         "loadgen": loadgen_load(s),
     })
 }
@@ -999,7 +998,7 @@ fn print_table(r: &Value) {
         "load generator CPU",
         format!(
             "{} s; busy connecting / sending {} % / {} % (its busiest worker, or all on {} core(s)){}",
-            f(&r["loadgen_cpu_s"]),
+            f(&g["cpu_s"]),
             f(&g["busy_connect_pct"]),
             f(&g["busy_run_pct"]),
             g["cores"],
