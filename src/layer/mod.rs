@@ -58,14 +58,18 @@ pub enum Event {
 }
 
 /// Why an event did not reach the other nodes (this node's sockets got it regardless).
-#[derive(Debug, thiserror::Error)]
+/// Shared, because the publications of one pipeline fail together.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// No connection to Redis could be had from the pool.
     #[error("no connection to Redis: {0}")]
-    Connection(#[source] deadpool_redis::PoolError),
+    Connection(#[source] Arc<deadpool_redis::PoolError>),
     /// Redis refused or dropped the PUBLISH.
     #[error("PUBLISH failed: {0}")]
-    Command(#[source] deadpool_redis::redis::RedisError),
+    Command(#[source] Arc<deadpool_redis::redis::RedisError>),
+    /// The node is stopping.
+    #[error("the node is stopping")]
+    Stopped,
 }
 
 pub trait ChannelLayer: Send + Sync {

@@ -118,6 +118,8 @@ pub struct RedisLayer {
     shared: Arc<Shared>,
     pool: Pool,
     commands: mpsc::UnboundedSender<Command>,
+    /// Publications for the publisher, in order.
+    publications: mpsc::Sender<Publication>,
 }
 
 impl RedisLayer {
@@ -140,10 +142,13 @@ impl RedisLayer {
             connected: watch::Sender::new(false),
         });
         tokio::spawn(subscriber(shared.clone(), client, inbox, stop));
+        let (publications, queue) = mpsc::channel(PUBLICATION_QUEUE);
+        tokio::spawn(publisher(pool.clone(), queue));
         Ok(RedisLayer {
             shared,
             pool,
             commands,
+            publications,
         })
     }
 
@@ -155,15 +160,66 @@ impl RedisLayer {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Queues a PUBLISH with the node's publisher; done once Redis has answered it.
     async fn send(&self, group: &str, payload: Vec<u8>) -> Result<(), PublishError> {
-        let mut conn = self.pool.get().await.map_err(PublishError::Connection)?;
-        redis::cmd("PUBLISH")
-            .arg(self.shared.channel(group))
-            .arg(payload)
-            .query_async::<i64>(&mut conn)
-            .await
-            .map_err(PublishError::Command)?;
-        Ok(())
+        let (done, answer) = oneshot::channel();
+        let publication = Publication {
+            channel: self.shared.channel(group),
+            payload,
+            done,
+        };
+        // The queue is fair: a publication waiting for room keeps its place.
+        if self.publications.send(publication).await.is_err() {
+            return Err(PublishError::Stopped);
+        }
+        answer.await.unwrap_or(Err(PublishError::Stopped))
+    }
+}
+
+/// A PUBLISH waiting for the publisher, and who waits for its answer.
+struct Publication {
+    channel: String,
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<(), PublishError>>,
+}
+
+/// Publications waiting for the publisher, at most; past it publishers wait.
+const PUBLICATION_QUEUE: usize = 4096;
+/// PUBLISH commands sent in one pipeline, at most.
+const PUBLICATION_BATCH: usize = 256;
+
+/// Sends this node's publications to Redis in the order they were queued: whatever has
+/// queued up goes in one pipeline, and the next pipeline only once it is answered. One
+/// connection at a time keeps a room's events in order on every node (over a pool of
+/// connections, two PUBLISHes in flight at once can overtake each other), and a pipeline
+/// costs Redis and this node one round trip for many events.
+async fn publisher(pool: Pool, mut queue: mpsc::Receiver<Publication>) {
+    let mut batch = Vec::with_capacity(PUBLICATION_BATCH);
+    while queue.recv_many(&mut batch, PUBLICATION_BATCH).await > 0 {
+        let sent = match pool.get().await {
+            Ok(mut conn) => {
+                let mut pipe = redis::pipe();
+                for p in &batch {
+                    pipe.cmd("PUBLISH").arg(&p.channel).arg(&p.payload);
+                }
+                pipe.query_async::<Vec<i64>>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| PublishError::Command(Arc::new(e)))
+            }
+            Err(e) => Err(PublishError::Connection(Arc::new(e))),
+        };
+        let failed = sent.is_err();
+        for p in batch.drain(..) {
+            let _ = p.done.send(sent.clone());
+        }
+        if failed {
+            // Redis is away: what queued meanwhile fails at once rather than a wait for a
+            // connection each.
+            while let Ok(p) = queue.try_recv() {
+                let _ = p.done.send(sent.clone());
+            }
+        }
     }
 }
 
