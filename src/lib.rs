@@ -12,9 +12,10 @@
 //!   request comes from behind proxies, and the access limits (sign-in attempts, failed
 //!   log-ins, sockets per user).
 //! - [`socket`]: one chat socket — a reader turning actions into stores and publications
-//!   (the rooms a person chooses: joining, leaving, hiding, blocking, browsing, in
-//!   `membership`), a writer draining a bounded queue onto the wire through the socket's
-//!   view (`view`: which room is shown, what of it is on screen, what waits).
+//!   (posts queued while the ones before are stored, in `posting`; the rooms a person
+//!   chooses: joining, leaving, hiding, blocking, browsing, in `membership`), a writer
+//!   draining a bounded queue onto the wire through the socket's view (`view`: which room
+//!   is shown, what of it is on screen, what waits).
 //! - [`hub`]: what every socket on a node shares (store, layer, presence, limits, room
 //!   member lists already rendered), and the node's announcements of who came and went.
 //! - [`chat`]: the rules, free of I/O: valid names (and when two are the same) and

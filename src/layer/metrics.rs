@@ -65,6 +65,7 @@ impl Histogram {
 pub struct Gauges {
     pub open_sockets: usize,
     pub rooms_subscribed: usize,
+    pub posts_waiting: usize,
     pub slow_consumer_closes: u64,
     pub presence_failures: u64,
 }
@@ -84,6 +85,12 @@ impl LayerMetrics {
             "wirechat_rooms_subscribed",
             "Groups this node receives events for (Redis channels it is subscribed to).",
             gauges.rooms_subscribed as u64,
+        );
+        gauge(
+            &mut out,
+            "wirechat_posts_waiting",
+            "Posts queued on this node to be stored, or in a batch not yet committed.",
+            gauges.posts_waiting as u64,
         );
         let counters = [
             (
@@ -162,6 +169,7 @@ mod tests {
         let text = m.render(&Gauges {
             open_sockets: 2,
             rooms_subscribed: 1,
+            posts_waiting: 0,
             slow_consumer_closes: 0,
             presence_failures: 0,
         });

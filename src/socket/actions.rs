@@ -4,23 +4,29 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::posting::InFlight;
 use super::rooms::CatchUp;
 use super::{ActionError, ActiveRoom, Entry, Socket, messages_frame, refuse};
-use crate::chat::names::{InputError, MessageText};
 use crate::chat::protocol::{Action, Swap, frame};
 use crate::chat::rate::{BYTES_PER_UNIT, MESSAGES_PER_UNIT, action_cost};
-use crate::layer::{Event, Reply, room_group};
+use crate::layer::{Event, Reply};
 use crate::model::StoredMessage;
-use crate::store::{AfterCommit, Draft, Posted};
 use crate::views::{self, target};
 
 /// A socket announces typing at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
 
 impl Socket {
-    pub(super) async fn handle(&mut self, text: &str) {
-        let result = match Action::parse(text) {
-            Ok(action) => Box::pin(self.act(action)).await,
+    /// Carries out the action `text` holds. A post is queued and joins `posts`; any other
+    /// action first waits for the posts before it to be answered, so that it sees (and its
+    /// answer follows) what they did.
+    pub(super) async fn handle(&mut self, text: &str, posts: &mut InFlight) {
+        let action = Action::parse(text);
+        if !matches!(action, Ok(Action::NewMessage { .. })) {
+            self.settle(posts).await;
+        }
+        let result = match action {
+            Ok(action) => Box::pin(self.act(action, posts)).await,
             // Refusing costs a unit too, and past the budget nothing is said: a stream of
             // bad frames is not answered frame for frame.
             Err(e) if self.hub.budget.spend(&self.user.id, 1.0) => Err(ActionError::Input(e)),
@@ -70,7 +76,7 @@ impl Socket {
         }
     }
 
-    pub(super) async fn act(&mut self, action: Action) -> Result<(), ActionError> {
+    async fn act(&mut self, action: Action, posts: &mut InFlight) -> Result<(), ActionError> {
         let cost = action_cost(&action);
         if cost > 0.0 && !self.hub.budget.spend(&self.user.id, cost) {
             if action == Action::Typing {
@@ -87,28 +93,11 @@ impl Socket {
                 client_id,
                 room_id,
             } => {
-                let posted = self
-                    .post(&text, client_id.as_deref(), room_id.as_deref())
-                    .await;
-                match (posted, client_id) {
-                    // Said with the post's id, so the page can show which one was not sent,
-                    // and send it again by itself when that may work.
-                    (Err(ActionError::Input(reason)), Some(client_id)) => {
-                        Err(ActionError::PostRefused {
-                            reason,
-                            client_id,
-                            retry: false,
-                        })
-                    }
-                    (Err(ActionError::Busy(reason)), Some(client_id)) => {
-                        Err(ActionError::PostRefused {
-                            reason,
-                            client_id,
-                            retry: true,
-                        })
-                    }
-                    (result, _) => result,
-                }
+                let queued = self
+                    .queue_post(&text, client_id, room_id.as_deref())
+                    .await?;
+                posts.push(queued);
+                Ok(())
             }
             Action::LoadOlder { before_seq } => self.load_older(before_seq).await,
             Action::CatchUp { after_seq } => {
@@ -140,97 +129,6 @@ impl Socket {
             Action::BlockUser { username } => self.block_user(&username).await,
             Action::UnblockUser { username } => self.unblock_user(&username).await,
             Action::BlockedPeople => self.list_blocked().await,
-        }
-    }
-
-    pub(super) async fn post(
-        &mut self,
-        raw: &str,
-        client_id: Option<&str>,
-        room_id: Option<&str>,
-    ) -> Result<(), ActionError> {
-        // The room shown, or another the user is in (a message written there while the
-        // connection was down, sent once it is back).
-        let (room_id, elsewhere) = match room_id {
-            Some(id) if self.active.as_ref().is_none_or(|a| a.room.id != id) => {
-                if self.revoked.contains(id) {
-                    return refuse("You can no longer post in that room.");
-                }
-                match self.hub.store.room_for_member(id, &self.user.id).await? {
-                    Some(room) => (room.id, true),
-                    None => return refuse("You are not in that room any more."),
-                }
-            }
-            _ => (self.usable_room()?.room.id.clone(), false),
-        };
-        if !self.hub.rate.allow(&self.user.id) {
-            return Err(ActionError::Busy(InputError(
-                "You are sending messages too fast; wait a moment and try again.".into(),
-            )));
-        }
-        let text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
-        // Store before send: nothing is published (or acknowledged) until the row commits.
-        // The store's writer runs the publication once the batch holding this message has
-        // committed, in seq order, whether or not this socket is still here to hear the
-        // answer: a socket that dies mid-post cannot leave a stored message unpublished.
-        let hub = self.hub.clone();
-        let group = room_group(&room_id);
-        let publish: AfterCommit = Box::new(move |message: &StoredMessage| {
-            let event = Event::Message {
-                room: Arc::from(message.room_id.as_str()),
-                seq: message.seq,
-                frame: messages_frame(std::slice::from_ref(message), Swap::BeforeEnd),
-            };
-            Box::pin(async move {
-                if let Err(e) = hub.layer.publish(&group, event).await {
-                    tracing::warn!(error = %e, group, "publish failed");
-                }
-            })
-        });
-        let draft = Draft {
-            room_id: &room_id,
-            author: &self.user,
-            body: text.as_str(),
-            client_id,
-        };
-        let posted = self.hub.store.post_message_then(draft, publish).await;
-        if let (Ok(_), true, Some(client_id)) = (&posted, elsewhere, client_id) {
-            // Its article goes to that room's viewers, not to this socket, which shows
-            // another room: it is told the post is stored.
-            let sent = frame(&target::pending(client_id), Swap::Remove, "");
-            self.send(Reply::Frame(sent));
-            return Ok(());
-        }
-        match posted {
-            Ok(Posted { repeat: false, .. }) => Ok(()),
-            // Posted before (a retry whose first answer was lost): stored and published
-            // then. The sender is answered as the first time, with the same article
-            // (which replaces itself on a page that has it), if it still shows that room.
-            Ok(Posted {
-                message,
-                repeat: true,
-            }) => {
-                if self
-                    .active
-                    .as_ref()
-                    .is_some_and(|a| a.room.id == message.room_id)
-                {
-                    let article = messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd);
-                    self.send(Reply::Frame(article));
-                } else if let Some(client_id) = client_id {
-                    // First posted in a room this socket does not show: told it is stored.
-                    let sent = frame(&target::pending(client_id), Swap::Remove, "");
-                    self.send(Reply::Frame(sent));
-                }
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "message not stored");
-                Err(ActionError::Busy(InputError(
-                    "Your message could not be stored, so it was not sent. Please try again."
-                        .into(),
-                )))
-            }
         }
     }
 

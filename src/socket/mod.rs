@@ -10,8 +10,9 @@
 //! what is missing.
 //!
 //! Here: starting and serving a socket, and what its halves share. The reader's actions
-//! are in `actions`, the rooms it shows (entering, leaving, catching up) in `rooms`, the
-//! rooms a person chooses in `membership`; the writer is `writer`, its state `view`.
+//! are in `actions`, its posts (queued while the ones before are stored) in `posting`,
+//! the rooms it shows (entering, leaving, catching up) in `rooms`, the rooms a person
+//! chooses in `membership`; the writer is `writer`, its state `view`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,10 +32,12 @@ use crate::views::{self, target};
 
 mod actions;
 mod membership;
+mod posting;
 mod rooms;
 mod view;
 mod writer;
 
+use posting::InFlight;
 use view::Revoked;
 use writer::{Backlog, write_loop};
 
@@ -286,15 +289,23 @@ impl Socket {
     }
 
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> Ended {
+        let mut posts = InFlight::default();
         loop {
             let message = tokio::select! {
-                message = stream.next() => match message {
+                message = stream.next(), if !posts.is_full() => match message {
                     Some(Ok(message)) => message,
                     _ => return Ended::Broken,
                 },
+                answered = posts.next(), if !posts.is_empty() => {
+                    if let Err(e) = self.answer_post(answered) {
+                        self.report(e);
+                    }
+                    continue;
+                }
                 // The room shown was taken away on another socket (left, or closed by a
                 // block): move on, as that socket did.
                 () = self.revoked.changed() => {
+                    self.settle(&mut posts).await;
                     if let Err(e) = Box::pin(self.step_out_of_revoked()).await {
                         tracing::warn!(error = %e, "could not move on from a room taken away");
                     }
@@ -304,10 +315,11 @@ impl Socket {
             match message {
                 Message::Text(text) => {
                     self.backlog.wait_for_room().await;
-                    self.handle(text.as_str()).await
+                    self.handle(text.as_str(), &mut posts).await
                 }
                 Message::Binary(_) => self.send_error("Send text frames holding JSON."),
                 Message::Close(_) => {
+                    self.settle(&mut posts).await;
                     self.send(Reply::Goodbye);
                     return Ended::ByClient;
                 }

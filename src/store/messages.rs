@@ -4,7 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{AfterCommit, Store, StoreResult};
+use super::{AfterCommit, Queued, Store, StoreResult};
 use crate::model::{StoredMessage, User};
 
 /// A message to be posted.
@@ -60,21 +60,30 @@ impl Store {
             body,
             client_id: None,
         };
-        Ok(self.batcher.post(draft, None).await?.message)
+        Ok(self.batcher.queue(draft, None).await?.await?.message)
     }
 
-    /// Like `post_message`, and runs `then` once the message is committed, before this
-    /// returns: in seq order among the room's messages, and to completion even when the
-    /// caller stops waiting. This is how a message is published exactly when it is stored.
+    /// Like `post_message`, and runs `then` once the message is committed, before its
+    /// outcome is ready: in seq order among the room's messages, and to completion even
+    /// when nobody waits for the outcome. This is how a message is published exactly when
+    /// it is stored.
+    ///
+    /// Returns once the post is queued, so that a client's posts can be stored while it
+    /// sends the next: drafts queued one after another to a room keep their order.
     ///
     /// A draft whose `client_id` its author already used is not stored again, and `then`
-    /// does not run: the answer is the message stored the first time, on whichever node.
-    pub async fn post_message_then(
+    /// does not run: the outcome is the message stored the first time, on whichever node.
+    pub async fn queue_message_then(
         &self,
         draft: Draft<'_>,
         then: AfterCommit,
-    ) -> StoreResult<Posted> {
-        self.batcher.post(draft, Some(then)).await
+    ) -> StoreResult<Queued> {
+        self.batcher.queue(draft, Some(then)).await
+    }
+
+    /// Posts queued with this node's writers or in a batch not yet committed.
+    pub fn posts_waiting(&self) -> usize {
+        self.batcher.waiting()
     }
 
     /// The room's newest seq, or None when there is no such room.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Connection, Executor};
 
-pub use batch::AfterCommit;
+pub use batch::{AfterCommit, Queued};
 use health::Health;
 pub use messages::{Draft, Posted};
 pub use purge::{Purged, purge_now_and_then};

@@ -54,6 +54,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let body = registry.metrics().render(&Gauges {
         open_sockets: registry.socket_count(),
         rooms_subscribed: layer.subscribed(),
+        posts_waiting: state.hub.store.posts_waiting(),
         slow_consumer_closes: registry.slow_consumers(),
         presence_failures: state.hub.presence.failures(),
     });

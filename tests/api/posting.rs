@@ -8,7 +8,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::helpers::{Backend, Client, PATIENCE, TestApp, attr, message_ids, seqs, stored};
+use crate::helpers::{
+    Backend, Client, Frame, PATIENCE, TestApp, attr, message_ids, metric, seqs, stored,
+    wait_for_metric,
+};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -17,7 +20,31 @@ on_both_databases!(
     a_client_close_is_answered_with_a_close,
     a_message_can_go_to_a_room_not_shown,
     posts_with_client_ids_are_stored_while_others_write,
+    posts_sent_in_a_row_are_stored_and_delivered_in_order,
 );
+
+mod a_socket_has_a_bounded_number_of_posts_waiting {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_socket_has_a_bounded_number_of_posts_waiting().await
+    }
+}
+
+/// Flags that let one test post as fast as its socket can.
+const UNLIMITED: [&str; 8] = [
+    "--action-budget-burst",
+    "100000",
+    "--action-budget-per-second",
+    "100000",
+    "--rate-burst",
+    "100000",
+    "--rate-per-second",
+    "100000",
+];
+
+/// Posts a socket has queued with the store and not had answered, at most (the server's
+/// `MAX_IN_FLIGHT`).
+const POSTS_IN_FLIGHT: usize = 32;
 
 async fn say_with_id(client: &mut Client, text: &str, client_id: &str) {
     client
@@ -222,20 +249,7 @@ async fn a_message_can_go_to_a_room_not_shown(backend: Backend) {
 /// connection wrote meanwhile: a quarter of the posts of one user failed while others
 /// moved between rooms. Every post is stored now.
 async fn posts_with_client_ids_are_stored_while_others_write(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        &[
-            "--action-budget-burst",
-            "100000",
-            "--action-budget-per-second",
-            "100000",
-            "--rate-burst",
-            "100000",
-            "--rate-per-second",
-            "100000",
-        ],
-    )
-    .await;
+    let app = TestApp::spawn_with(backend, &UNLIMITED).await;
     let poster = app.signup("poster").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut movers = Vec::new();
@@ -268,4 +282,113 @@ async fn posts_with_client_ids_are_stored_while_others_write(backend: Backend) {
     for mover in movers {
         mover.await.expect("a mover");
     }
+}
+
+/// The bodies of the `burst …` messages in `frames`, in the order shown.
+fn bursts(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f.selector == "#messages-list" && f.swap == "beforeend")
+        .flat_map(|f| {
+            f.html
+                .match_indices("burst ")
+                .map(|(i, _)| {
+                    let rest = &f.html[i..];
+                    rest[..rest.find('<').unwrap_or(rest.len())].to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A client's posts are stored while it sends the next, not one at a time: sent in a
+/// row, without waiting for answers, they reach everyone once, in the order sent, with
+/// seqs in that order, and retried ones among them are stored once.
+async fn posts_sent_in_a_row_are_stored_and_delivered_in_order(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &UNLIMITED).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut sender = app.connect(&ann).await;
+    let mut reader = app.connect(&bob).await;
+    let ids: Vec<String> = (0..200).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        say_with_id(&mut sender, &format!("burst {n:03}"), id).await;
+        if n % 50 == 49 {
+            // A retry of an earlier post, still in flight or just stored: stored once.
+            say_with_id(&mut sender, &format!("burst {:03}", n - 1), &ids[n - 1]).await;
+        }
+    }
+    let expected: Vec<String> = (0..200).map(|n| format!("burst {n:03}")).collect();
+    for (client, answered_again) in [(&mut reader, false), (&mut sender, true)] {
+        let (last, mut frames) = client
+            .wait_for_with_skipped(|f| f.html.contains("burst 199"))
+            .await;
+        frames.push(last);
+        let mut seen = bursts(&frames);
+        if answered_again {
+            // The sender is answered for each retry with the article again (which replaces
+            // itself on the page).
+            let mut first = std::collections::HashSet::new();
+            seen.retain(|body| first.insert(body.clone()));
+        }
+        assert_eq!(seen, expected, "{}", client.username);
+        let frames: Vec<&Frame> = frames
+            .iter()
+            .filter(|f| f.html.contains("burst "))
+            .collect();
+        let mut seqs: Vec<i64> = frames.iter().flat_map(|f| seqs(&f.html)).collect();
+        let mut first = std::collections::HashSet::new();
+        seqs.retain(|seq| first.insert(*seq));
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    }
+    for n in [48, 49, 98, 99, 198, 199] {
+        assert_eq!(stored(&app.database_url, &format!("burst {n:03}")).await, 1);
+    }
+    // Bob saw nothing more of the burst.
+    let later = reader.frames_until_own_marker().await;
+    assert!(bursts(&later).is_empty(), "{:?}", bursts(&later));
+}
+
+/// While the store cannot commit, a socket that keeps posting has at most
+/// `POSTS_IN_FLIGHT` posts waiting with the store; the rest wait, unread, on its
+/// connection. Once the store commits again, every post is stored and delivered in order.
+async fn a_socket_has_a_bounded_number_of_posts_waiting() {
+    use sqlx::{Connection, Executor};
+    let app = TestApp::spawn_with(Backend::Postgres, &UNLIMITED).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut sender = app.connect(&ann).await;
+    let mut other = app.connect(&bob).await;
+    // Readers pass; bumping a room's seq waits for this transaction.
+    let mut lock = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .expect("the test's database");
+    lock.execute("BEGIN; LOCK TABLE rooms IN EXCLUSIVE MODE")
+        .await
+        .expect("lock rooms");
+    for n in 0..100 {
+        say_with_id(
+            &mut sender,
+            &format!("burst {n:03}"),
+            &uuid::Uuid::new_v4().to_string(),
+        )
+        .await;
+    }
+    let waiting = "wirechat_posts_waiting";
+    wait_for_metric(app.addr, waiting, PATIENCE, |v| v >= POSTS_IN_FLIGHT as f64).await;
+    // Another socket's post queues as well: had the first one read further meanwhile, it
+    // would be counted here too.
+    other.say("from the other socket").await;
+    wait_for_metric(app.addr, waiting, PATIENCE, |v| v > POSTS_IN_FLIGHT as f64).await;
+    assert_eq!(
+        metric(app.addr, waiting).await,
+        (POSTS_IN_FLIGHT + 1) as f64
+    );
+
+    lock.execute("ROLLBACK").await.expect("unlock rooms");
+    let (last, mut frames) = other
+        .wait_for_with_skipped(|f| f.html.contains("burst 099"))
+        .await;
+    frames.push(last);
+    let expected: Vec<String> = (0..100).map(|n| format!("burst {n:03}")).collect();
+    assert_eq!(bursts(&frames), expected);
+    wait_for_metric(app.addr, waiting, PATIENCE, |v| v == 0.0).await;
 }

@@ -24,6 +24,7 @@ mod sql;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -58,6 +59,24 @@ struct Post {
     client_id: Option<String>,
     then: Option<AfterCommit>,
     reply: oneshot::Sender<StoreResult<Posted>>,
+    _counted: Counted,
+}
+
+/// Counts a post among those waiting, from its queueing until its batch's outcome is
+/// known (the post is dropped then).
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(waiting: &Arc<AtomicUsize>) -> Counted {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        Counted(waiting.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What became of one post of a batch.
@@ -80,6 +99,8 @@ struct Committed {
 #[derive(Clone)]
 pub(super) struct Batcher {
     writers: Arc<[mpsc::Sender<Post>]>,
+    /// Posts queued or in a batch not yet committed.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Batcher {
@@ -99,15 +120,25 @@ impl Batcher {
                 posts
             })
             .collect();
-        Batcher { writers }
+        Batcher {
+            writers,
+            waiting: Arc::default(),
+        }
     }
 
-    /// Queues a post with the writer that owns its room and waits for the outcome.
-    pub(super) async fn post(
+    /// Posts queued or in a batch not yet committed, on this node.
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Queues a post with the writer that owns its room; the outcome comes once its batch
+    /// has committed. Posts queued one after another to a room are stored (and their
+    /// after-commit steps run) in that order.
+    pub(super) async fn queue(
         &self,
         draft: Draft<'_>,
         then: Option<AfterCommit>,
-    ) -> StoreResult<Posted> {
+    ) -> StoreResult<Queued> {
         let (reply, answer) = oneshot::channel();
         let post = Post {
             room_id: draft.room_id.to_owned(),
@@ -116,13 +147,35 @@ impl Batcher {
             client_id: draft.client_id.map(str::to_owned),
             then,
             reply,
+            _counted: Counted::new(&self.waiting),
         };
         let mut hasher = DefaultHasher::new();
         draft.room_id.hash(&mut hasher);
         let writer = &self.writers[hasher.finish() as usize % self.writers.len()];
-        let closed = || StoreError::Database(sqlx::Error::PoolClosed);
         writer.send(post).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        Ok(Queued(answer))
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolClosed)
+}
+
+/// A queued post: a future of its outcome, ready once its batch has committed (or failed).
+/// Dropping it does not withdraw the post.
+#[derive(Debug)]
+pub struct Queued(oneshot::Receiver<StoreResult<Posted>>);
+
+impl Future for Queued {
+    type Output = StoreResult<Posted>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or_else(|_| Err(closed())))
     }
 }
 
@@ -572,7 +625,8 @@ mod tests {
                             client_id: Some(&id),
                         };
                         store
-                            .post_message_then(draft, Box::new(|_| Box::pin(async {})))
+                            .queue_message_then(draft, Box::new(|_| Box::pin(async {})))
+                            .await?
                             .await
                     }));
                 }
@@ -656,10 +710,8 @@ mod tests {
                     body: &format!("m{i}"),
                     client_id: matches!(i % 20, 0 | 2).then_some(client_id.as_str()),
                 };
-                store
-                    .post_message_then(draft, then)
-                    .await
-                    .map(|posted| (i, posted))
+                let queued = store.queue_message_then(draft, then).await?;
+                queued.await.map(|posted| (i, posted))
             }));
         }
         let missing = store.post_message("no-such-room", &author, "lost").await;
