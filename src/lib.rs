@@ -22,7 +22,8 @@
 //!   messages, the wire protocol, rate limits and the cost of each action.
 //! - [`presence`]: who is online and in which room, with capped lists (the Online list,
 //!   room member lists), kept in memory for one node or in Redis for several.
-//! - [`views`]: maud components; the page and the live fragments come from the same ones.
+//! - [`views`]: maud components; the page and the live fragments come from the same ones;
+//!   message text's formatting (`format`) and web addresses (`links`).
 //! - [`layer`]: the `ChannelLayer` trait (publish to a group, deliver to local sockets)
 //!   with its in-process backend and its Redis pub/sub backend for several nodes, each
 //!   socket's queue (its outbox) and what goes in it, and the counters behind `/metrics`.

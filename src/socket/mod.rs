@@ -377,6 +377,13 @@ mod tests {
             "é",
             "http://\"\"\"\" ",
             "https://example.com/\"<>\"",
+            "> ",
+            "*a*",
+            "`\"`",
+            "- a\n",
+            "[\"](http://\"\")",
+            "<http://a.b>",
+            "```\n\"\"\n```\n",
         ] {
             let messages: Vec<StoredMessage> = (1..=50)
                 .map(|seq| StoredMessage {

@@ -68,11 +68,11 @@ pub(super) fn weight(reply: &Reply) -> usize {
         Reply::Frames(frames) | Reply::NoRoom(frames) | Reply::Enter { frames, .. } => {
             frames.iter().map(|f| f.len()).sum()
         }
-        // Escaped, a character of text can take six bytes (`"` is `&quot;`); an address
-        // is shown twice (its link and its text), plus its tag.
+        // Escaped and formatted, a byte of text takes a few bytes (`"` is `&quot;`); an
+        // address is shown twice (its link and its text), plus its tag.
         Reply::Missed { messages, .. } => messages
             .iter()
-            .map(|m| 6 * m.body.len() + 400 + links_weight(&m.body))
+            .map(|m| views::RENDERED_PER_CHAR * m.body.len() + 400 + links_weight(&m.body))
             .sum(),
         Reply::Rooms { .. }
         | Reply::Entering { .. }

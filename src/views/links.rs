@@ -6,13 +6,20 @@ use maud::{Markup, html};
 /// Text with its web addresses made links, opened in a new tab, without the page passing
 /// its address or window, and marked as user content for search engines.
 pub fn linked(text: &str) -> Markup {
+    let mut budget = MAX_LINKS;
+    linked_within(text, &mut budget)
+}
+
+/// `linked`, making at most `budget` links and counting them off it: a message whose text
+/// comes in pieces (around its formatting) shares one budget.
+pub fn linked_within(text: &str, budget: &mut usize) -> Markup {
     html! {
-        @for piece in links(text) {
+        @for piece in links(text, budget) {
             @match piece {
                 Piece::Link { shown, href } => {
                     // Shown without direction controls, which could make it read as
                     // another address.
-                    a href=(href) target="_blank" rel="nofollow noopener noreferrer ugc" {
+                    a href=(href) target="_blank" rel=(REL) {
                         (shown.chars().filter(|c| !is_bidi_control(*c)).collect::<String>())
                     }
                 }
@@ -21,6 +28,10 @@ pub fn linked(text: &str) -> Markup {
         }
     }
 }
+
+/// What a link in a message is to the browser: opened without passing the page's address
+/// or window, and marked as user content for search engines.
+pub const REL: &str = "nofollow noopener noreferrer ugc";
 
 /// Addresses linked in one message, at most; later ones stay text.
 pub const MAX_LINKS: usize = 20;
@@ -36,10 +47,9 @@ enum Piece<'a> {
 /// `text` cut into plain pieces and web addresses: `http(s)://…`, or `www.…` where a word
 /// starts (linked as https), up to the next space, less any closing punctuation that more
 /// likely ends the sentence than the address (a `)` stays when it closes a `(` in it).
-fn links(text: &str) -> Vec<Piece<'_>> {
+fn links<'a>(text: &'a str, budget: &mut usize) -> Vec<Piece<'a>> {
     let mut pieces = Vec::new();
     let mut rest = text;
-    let mut linked = 0;
     while let Some((start, prefix)) = next_address(rest) {
         let tail = &rest[start..];
         let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
@@ -49,12 +59,11 @@ fn links(text: &str) -> Vec<Piece<'_>> {
         }
         // A few links, not too long: each is rendered twice, and a message of nothing but
         // addresses would otherwise render to many times its size.
-        if linked >= MAX_LINKS || link.chars().count() > MAX_LINK_CHARS {
+        if *budget == 0 || link.chars().count() > MAX_LINK_CHARS {
             pieces.push(Piece::Text(&tail[..end]));
             rest = &tail[end..];
             continue;
         }
-        linked += 1;
         if link.len() <= prefix {
             // A scheme with no address after it.
             pieces.push(Piece::Text(&tail[..prefix]));
@@ -66,6 +75,7 @@ fn links(text: &str) -> Vec<Piece<'_>> {
         } else {
             link.to_owned()
         };
+        *budget -= 1;
         pieces.push(Piece::Link { shown: link, href });
         rest = &tail[link.len()..];
     }
@@ -76,7 +86,7 @@ fn links(text: &str) -> Vec<Piece<'_>> {
 }
 
 /// Unicode's explicit direction controls (embeddings, overrides, isolates, marks).
-fn is_bidi_control(c: char) -> bool {
+pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 

@@ -4,10 +4,16 @@
 //! Per-viewer differences are left to CSS and data attributes (`data-author` on a message,
 //! `data-me` on the body), so one rendering serves every recipient.
 
+mod format;
 mod links;
 pub mod target;
 
 pub use links::{MAX_LINK_CHARS, MAX_LINKS, linked};
+
+/// Bytes a message's body renders to, at most, per byte of its text (escaped, `"` is six),
+/// besides its links and a few hundred bytes of its article: what a socket's backlog
+/// counts for a message it has yet to render (see `format`).
+pub const RENDERED_PER_CHAR: usize = 6;
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
@@ -397,7 +403,7 @@ pub fn message(m: &StoredMessage) -> Markup {
                     strong.author { bdi { (m.author.username) } }
                     time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
                 }
-                p.body dir="auto" { (linked(&m.body)) }
+                (format::body(&m.body))
             }
         }
     }

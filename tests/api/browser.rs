@@ -247,6 +247,14 @@ async fn two_people_chat_in_a_browser_and_a_third_sees_nothing_private() {
     assert_eq!(bob.count("#messages-list img").await, 0);
     assert_eq!(bob.count("#messages-list script").await, 0);
     assert_ne!(bob.client.title().await.unwrap(), "pwned");
+    // Formatting is shown as such; a script address is not a link.
+    ann.say("**loud** and `code` and [click](javascript:document.title='pwned')")
+        .await;
+    bob.wait_for_text("#messages-list", "loud and code and click")
+        .await;
+    assert_eq!(bob.count("#messages-list .body strong").await, 1);
+    assert_eq!(bob.count("#messages-list .body code").await, 1);
+    assert_eq!(bob.count("#messages-list .body a").await, 0);
 
     // A private conversation, started from the online list.
     eve.sign_up(&app, "eve").await;

@@ -10,6 +10,7 @@ on_both_databases!(
     private_rooms_are_private,
     history_pages_backwards,
     html_in_messages_is_text,
+    formatting_is_rendered_once_on_the_server,
     unread_badges_follow_other_rooms,
     presence_is_live_and_counts_users_not_tabs,
     a_crowded_room_lists_some_and_counts_the_rest,
@@ -138,6 +139,38 @@ async fn history_pages_backwards(backend: Backend) {
     assert_eq!(seqs(&oldest.html), (1..=20).collect::<Vec<_>>());
     let end = a.wait_for(|f| f.selector == "#load-older").await;
     assert!(end.html.contains("beginning"), "{}", end.html);
+}
+
+/// Markdown-style formatting reaches every member rendered, the same in history; what it
+/// cannot express (raw HTML, script addresses, remote images) stays text.
+async fn formatting_is_rendered_once_on_the_server(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    let text = "**bold** and `x < y`\n\n```python\nprint(\"hi\")\n```\n\n> quoted\n\n\
+                - [docs](https://docs.rs) [bad](javascript:alert(1)) ![img](https://evil.example/t.png)";
+    a.say(text).await;
+    let live = b.wait_for_message("quoted").await;
+    for part in [
+        "<div class=\"body\" dir=\"auto\"><p><strong>bold</strong> and <code>x &lt; y</code></p>",
+        "<pre data-lang=\"python\"><code>print(&quot;hi&quot;)\n</code></pre>",
+        "<blockquote><p>quoted</p></blockquote>",
+        "<a href=\"https://docs.rs\" target=\"_blank\" rel=\"nofollow noopener noreferrer ugc\">docs</a>",
+        "<a href=\"https://evil.example/t.png\" target=\"_blank\"",
+    ] {
+        assert!(live.html.contains(part), "{part} in {}", live.html);
+    }
+    for absent in ["javascript:alert(1)\"", "<img", "href=\"javascript"] {
+        assert!(!live.html.contains(absent), "{absent} in {}", live.html);
+    }
+    // History shows the same article.
+    let mut again = app.connect(&bob).await;
+    let history = again
+        .wait_for(|f| f.selector == "#messages-list" && f.html.contains("quoted"))
+        .await;
+    let article = |html: &str| html[html.find("<article").unwrap_or(0)..].to_owned();
+    assert_eq!(article(&history.html), article(&live.html));
 }
 
 async fn html_in_messages_is_text(backend: Backend) {
