@@ -89,4 +89,10 @@ pub struct StoredMessage {
     pub created_at_ms: i64,
     /// The id the author's client gave the post, if it gave one (see `Store::post_message`).
     pub client_id: Option<String>,
+    /// The seq of its latest change: its own seq until it is edited or deleted.
+    pub rev: i64,
+    /// When its author last edited it.
+    pub edited_at_ms: Option<i64>,
+    /// Deleted by its author: its text is gone, and it shows as a tombstone.
+    pub deleted: bool,
 }

@@ -24,7 +24,25 @@
   const timers = {};
 
   const seqOf = (el) => Number(el.dataset.seq);
-  const newestSeq = () => { const a = list().lastElementChild; return a ? seqOf(a) : 0; };
+  // Every change to a room's history takes its next seq: a message, an edit, a deletion.
+  // An article carries its seq and, once changed, the seq of its latest change (its rev).
+  const revOf = (el) => Number(el.dataset.rev || el.dataset.seq);
+  // Every change through `through` is on the page; `above` holds those seen past a gap.
+  let through = 0;
+  const above = new Set();
+  function saw(seq) {
+    if (!(seq > through)) return;
+    above.add(seq);
+    while (above.delete(through + 1)) through += 1;
+  }
+  // The server's word (after a room's history or a catch-up): a change replaced by a later
+  // one leaves a seq that no article carries.
+  function seenThrough(seq) {
+    if (seq > through) through = seq;
+    for (const s of above) if (s <= through) above.delete(s);
+    while (above.delete(through + 1)) through += 1;
+  }
+  for (const a of list().children) if (a.dataset.seq) through = Math.max(through, revOf(a));
   const activeRoom = () => $('#group-name [data-room-id]')?.dataset.roomId;
   const activeTitle = () => $('#group-name')?.textContent.trim() || '';
   const nearBottom = (el) => el.scrollHeight - el.scrollTop - el.clientHeight < 80;
@@ -139,7 +157,10 @@
   // out of order; any element whose id is already on the page replaces it.
   function place(target, el, swap) {
     const existing = el.id && document.getElementById(el.id);
-    if (existing) return existing.replaceWith(el);
+    // An older state of a message (a catch-up read before its latest edit) loses.
+    if (existing) return revOf(existing) > revOf(el) ? undefined : existing.replaceWith(el);
+    // A changed message older than anything shown is not brought into view.
+    if (el.dataset?.rev && target.firstElementChild && seqOf(el) < seqOf(target.firstElementChild)) return;
     if (el.dataset && el.dataset.seq !== undefined) {
       let before = target.lastElementChild;
       while (before && seqOf(before) > seqOf(el)) before = before.previousElementSibling;
@@ -162,6 +183,9 @@
   function apply(frame) {
     // A message posted to a room not shown here is stored: the server says so.
     if (frame.selector.startsWith('#pending-') && frame.swap === 'remove') return confirmed(frame.selector.slice(9));
+    if (frame.selector === '#room-seq') { seenThrough(Number(frame.html)); return checkGaps(); }
+    // An edited or deleted message: its article in its latest state, where it is shown.
+    if (frame.selector.startsWith('#msg-') && frame.swap === 'outerHTML') return changed(frame);
     const target = document.querySelector(frame.selector);
     if (!target) return;
     // The typing notice goes to the whole room; the typist needs no notice of themself.
@@ -179,13 +203,17 @@
         const t = document.createElement('template');
         t.innerHTML = frame.html;
         added = [...t.content.children];
+        if (messages && frame.swap === 'beforeend') added.forEach((a) => a.dataset.seq && saw(revOf(a)));
         const els = frame.swap === 'afterbegin' ? [...added].reverse() : added;
         els.forEach((el) => place(target, el, frame.swap));
         // A further page of groups: show where it starts.
         if (target.id === 'browse-results' && added[0]) added[0].scrollIntoView({ block: 'nearest' });
         break;
       }
-      default: target.innerHTML = frame.html;
+      default:
+        // A room's history afresh: its seq follows.
+        if (messages) { through = 0; above.clear(); }
+        target.innerHTML = frame.html;
     }
     if (messages) {
       arrange();
@@ -269,12 +297,23 @@
   // or was missed; if it has not filled in a moment, ask for everything after it, and keep
   // asking, less and less often, while it stays.
   function firstGap() {
-    let prev = null;
-    for (const a of list().children) {
-      if (prev !== null && seqOf(a) > prev + 1) return prev;
-      prev = seqOf(a);
+    return above.size ? through : null;
+  }
+
+  function changed(frame) {
+    const t = document.createElement('template');
+    t.innerHTML = frame.html;
+    const el = t.content.firstElementChild;
+    if (!el) return;
+    saw(revOf(el));
+    const existing = document.getElementById(el.id);
+    if (existing && revOf(existing) <= revOf(el)) {
+      const editing = existing.querySelector('.edit-form') && existing.contains(document.activeElement);
+      existing.replaceWith(el);
+      arrange();
+      if (editing) el.querySelector('.msg-actions button')?.focus();
     }
-    return null;
+    checkGaps();
   }
   function checkGaps() {
     clearTimeout(gapTimer);
@@ -300,6 +339,14 @@
     let prev = null;
     for (const a of list().children) {
       a.classList.toggle('mine', a.dataset.author === me);
+      // One's own messages can be edited and deleted (the server checks it is theirs).
+      if (a.dataset.author === me && !a.classList.contains('deleted') && !a.querySelector('.msg-actions')) {
+        const actions = document.createElement('div');
+        actions.className = 'msg-actions';
+        actions.innerHTML = '<button type="button" class="link" data-act="edit">Edit</button>'
+          + '<button type="button" class="link" data-act="delete">Delete</button>';
+        a.querySelector('.bubble')?.append(actions);
+      }
       const ts = Number(a.querySelector('time')?.dataset.ts);
       const day = new Date(ts).toLocaleDateString([], { weekday: 'long', month: 'long', day: 'numeric' });
       const prevTs = prev && Number(prev.querySelector('time')?.dataset.ts);
@@ -394,7 +441,7 @@
     const named = namedRoom();
     // Resume the room shown, unless the address names another (a room picked offline).
     let query = '';
-    if (room && (!named || roomPath() === location.pathname)) query = `?room=${encodeURIComponent(room)}&after=${newestSeq()}`;
+    if (room && (!named || roomPath() === location.pathname)) query = `?room=${encodeURIComponent(room)}&after=${through}`;
     else if (named) query = named.isGroup ? `?group=${encodeURIComponent(named.name)}` : `?with=${encodeURIComponent(named.name)}`;
     let opened = false;
     const ws = new WebSocket(`${proto}//${location.host}/ws/chat/${query}`);
@@ -441,6 +488,66 @@
   });
 
   // ---- What the person does.
+
+  // Editing and deleting one's own messages. The edit form shows the text as written
+  // (`data-src` where formatting changed how it shows); the server's new article replaces
+  // the message, form and all.
+  function startEdit(article) {
+    if (article.querySelector('.edit-form')) return article.querySelector('textarea').focus();
+    const body = article.querySelector('.body');
+    const form = document.createElement('form');
+    form.className = 'edit-form';
+    form.innerHTML = '<textarea rows="2" aria-label="Edit message"></textarea>'
+      + '<button type="submit">Save</button> <button type="button" class="link" data-act="cancel">Cancel</button>';
+    const box = form.querySelector('textarea');
+    box.value = article.dataset.src ?? body.textContent;
+    box.maxLength = MAX;
+    body.hidden = true;
+    body.after(form);
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+    box.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') { e.preventDefault(); stopEdit(article); }
+      else if (e.key === 'Enter' && !e.shiftKey && !touch) { e.preventDefault(); form.requestSubmit(); }
+    });
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const text = box.value.trim();
+      if (!text) return;
+      if (!send('Edit message', { messageId: article.id.slice(4), message: text })) showOffline();
+    });
+  }
+  function stopEdit(article) {
+    article.querySelector('.edit-form')?.remove();
+    const body = article.querySelector('.body');
+    if (body) body.hidden = false;
+    article.querySelector('[data-act="edit"]')?.focus();
+  }
+  function showOffline() {
+    $('#errors').innerHTML = '<p class="error" role="alert">Not connected: try again once the connection is back.</p>';
+  }
+  list().addEventListener('click', (e) => {
+    const button = e.target.closest('button[data-act]');
+    const article = button?.closest('article.message');
+    if (!article) return;
+    const actions = article.querySelector('.msg-actions');
+    switch (button.dataset.act) {
+      case 'edit': return startEdit(article);
+      case 'cancel': return stopEdit(article);
+      // Asked where it was clicked, not in a dialog that stops the page.
+      case 'delete':
+        actions.innerHTML = '<span>Delete for everyone?</span>'
+          + '<button type="button" class="link danger" data-act="delete-yes">Delete</button>'
+          + '<button type="button" class="link" data-act="keep">Keep</button>';
+        return actions.querySelector('[data-act="keep"]').focus();
+      case 'keep':
+        actions.remove();
+        arrange();
+        return article.querySelector('[data-act="delete"]')?.focus();
+      case 'delete-yes':
+        if (!send('Delete message', { messageId: article.id.slice(4) })) showOffline();
+    }
+  });
 
   // The sidebar's forms (new group, message someone) keep what was typed until it worked,
   // and show a refusal beside themselves.

@@ -25,6 +25,15 @@ pub enum Action {
         client_id: Option<String>,
         room_id: Option<String>,
     },
+    /// Give a message of one's own new text.
+    EditMessage {
+        message_id: String,
+        text: String,
+    },
+    /// Delete a message of one's own: its text is erased.
+    DeleteMessage {
+        message_id: String,
+    },
     /// One page of history before `before_seq` in the active room.
     LoadOlder {
         before_seq: i64,
@@ -90,6 +99,26 @@ struct NewMessageData {
     client_id: Option<String>,
     #[serde(rename = "roomId", default)]
     room_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EditMessageData {
+    #[serde(rename = "messageId")]
+    message_id: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct MessageIdData {
+    #[serde(rename = "messageId")]
+    message_id: String,
+}
+
+/// A message id as the store keeps them (a UUID, lowercase and hyphenated).
+fn message_id(id: &str) -> Result<String, InputError> {
+    uuid::Uuid::parse_str(id)
+        .map(|id| id.to_string())
+        .map_err(|_| InputError("\"messageId\" must be a UUID.".into()))
 }
 
 #[derive(Deserialize)]
@@ -171,6 +200,16 @@ impl Action {
                     room_id: d.room_id,
                 }
             }
+            "Edit message" => {
+                let d: EditMessageData = data(action, envelope.data)?;
+                Action::EditMessage {
+                    message_id: message_id(&d.message_id)?,
+                    text: d.message,
+                }
+            }
+            "Delete message" => Action::DeleteMessage {
+                message_id: message_id(&data::<MessageIdData>(action, envelope.data)?.message_id)?,
+            },
             "Load older" => Action::LoadOlder {
                 before_seq: data::<LoadOlderData>(action, envelope.data)?.before_seq,
             },

@@ -36,6 +36,13 @@ pub enum Event {
         seq: i64,
         frame: Utf8Bytes,
     },
+    /// A stored message edited or deleted, as change `seq` of `room`: sockets with the room
+    /// active replace its article with `frame`; nobody counts it as unread.
+    Changed {
+        room: Arc<str>,
+        seq: i64,
+        frame: Utf8Bytes,
+    },
     /// A change only the sockets with `room` active show (who is here, typing).
     Viewers { room: Arc<str>, frame: Utf8Bytes },
     /// A change every socket in the group shows (presence, new groups).

@@ -44,8 +44,8 @@ pub enum Reply {
     Entering { room: Arc<str> },
     /// Entering `room` failed: what was held for it is let go.
     NotEntered { room: Arc<str> },
-    /// The socket now has `room` active: show `frames`, which hold every message up to
-    /// `floor`; live messages up to there are dropped. When `catching_up`, the messages
+    /// The socket now has `room` active: show `frames`, which hold every change up to seq
+    /// `floor`; live events up to there are dropped. When `catching_up`, the messages
     /// after `floor` come next (`Missed`), and live ones wait for `CaughtUp`, so that a
     /// resuming client gets its backlog before anything newer.
     Enter {
@@ -60,10 +60,12 @@ pub enum Reply {
     Goodbye,
     /// The socket shows no room now: show `frames` (saying so).
     NoRoom(Vec<Utf8Bytes>),
-    /// Messages of `room` read from the store (catch-up); the writer shows those the
-    /// socket has not shown yet.
+    /// Messages of `room` read from the store (catch-up), new or changed, accounting for
+    /// every change through seq `through`; the writer shows those the socket has not
+    /// shown yet.
     Missed {
         room: Arc<str>,
         messages: Vec<StoredMessage>,
+        through: i64,
     },
 }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! wc1 M <origin> <room> <seq>\n<frame>     a stored message
+//! wc1 C <origin> <room> <seq>\n<frame>     a message edited or deleted
 //! wc1 V <origin> <room>\n<frame>           for the room's viewers
 //! wc1 A <origin>\n<frame>                  for everyone in the group
 //! wc1 N <origin> <room>\n<frame>           a room was added for the user
@@ -31,6 +32,9 @@ pub fn encode(origin: &str, event: &Event) -> Option<Vec<u8>> {
     let (header, frame) = match event {
         Event::Message { room, seq, frame } => {
             (format!("{VERSION} M {origin} {room} {seq}\n"), frame)
+        }
+        Event::Changed { room, seq, frame } => {
+            (format!("{VERSION} C {origin} {room} {seq}\n"), frame)
         }
         Event::Viewers { room, frame } => (format!("{VERSION} V {origin} {room}\n"), frame),
         Event::All { frame } => (format!("{VERSION} A {origin}\n"), frame),
@@ -78,12 +82,16 @@ pub fn decode(payload: Bytes) -> Result<Received, DecodeError> {
     let kind = fields.next().ok_or(DecodeError("no kind"))?;
     let origin = field(fields.next())?.to_owned();
     let event = match kind {
-        "M" => {
+        "M" | "C" => {
             let room = room(fields.next())?;
             let seq = field(fields.next())?
                 .parse()
                 .map_err(|_| DecodeError("bad seq"))?;
-            Event::Message { room, seq, frame }
+            if kind == "M" {
+                Event::Message { room, seq, frame }
+            } else {
+                Event::Changed { room, seq, frame }
+            }
         }
         "V" => Event::Viewers {
             room: room(fields.next())?,
@@ -146,6 +154,16 @@ mod tests {
         }) {
             Event::Message { room, seq, frame } => {
                 assert_eq!((&*room, seq, frame.as_str()), ("r-1", 42, text));
+            }
+            other => panic!("got {other:?}"),
+        }
+        match round_trip(Event::Changed {
+            room: Arc::from("r-1"),
+            seq: 43,
+            frame: f.clone(),
+        }) {
+            Event::Changed { room, seq, frame } => {
+                assert_eq!((&*room, seq, frame.as_str()), ("r-1", 43, text));
             }
             other => panic!("got {other:?}"),
         }

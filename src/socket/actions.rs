@@ -11,6 +11,7 @@ use crate::chat::protocol::{Action, Swap, frame};
 use crate::chat::rate::{BYTES_PER_UNIT, MESSAGES_PER_UNIT, action_cost};
 use crate::layer::{Event, Reply};
 use crate::model::StoredMessage;
+use crate::store::Change;
 use crate::views::{self, target};
 
 /// A socket announces typing at most this often.
@@ -98,6 +99,12 @@ impl Socket {
                     .await?;
                 posts.push(queued);
                 Ok(())
+            }
+            Action::EditMessage { message_id, text } => {
+                self.change_message(&message_id, Change::Edit(&text)).await
+            }
+            Action::DeleteMessage { message_id } => {
+                self.change_message(&message_id, Change::Delete).await
             }
             Action::LoadOlder { before_seq } => self.load_older(before_seq).await,
             Action::CatchUp { after_seq } => {

@@ -11,6 +11,7 @@
 //!
 //! Here: starting and serving a socket, and what its halves share. The reader's actions
 //! are in `actions`, its posts (queued while the ones before are stored) in `posting`,
+//! edits and deletions in `changes`,
 //! the rooms it shows (entering, leaving, catching up) in `rooms`, the rooms a person
 //! chooses in `membership`; the writer is `writer`, its state `view`.
 
@@ -31,6 +32,7 @@ use crate::store::{SignedIn, StoreError};
 use crate::views::{self, target};
 
 mod actions;
+mod changes;
 mod membership;
 mod posting;
 mod rooms;
@@ -397,12 +399,16 @@ mod tests {
                     body: text.repeat(4000 / text.len()),
                     created_at_ms: 0,
                     client_id: Some(uuid::Uuid::now_v7().to_string()),
+                    rev: seq,
+                    edited_at_ms: None,
+                    deleted: false,
                 })
                 .collect();
             let frame = messages_frame(&messages, Swap::BeforeEnd);
             let missed = Reply::Missed {
                 room: Arc::from("r"),
                 messages,
+                through: 50,
             };
             assert!(
                 writer::weight(&missed) >= frame.len(),

@@ -315,11 +315,12 @@ impl Socket {
         let floor = match &missed {
             Some((after, _)) => *after,
             None => {
-                let history = self
+                let page = self
                     .hub
                     .store
-                    .latest_messages(&room.id, views::PAGE_SIZE)
+                    .latest_page(&room.id, views::PAGE_SIZE)
                     .await?;
+                let history = page.messages;
                 self.charge_read(&history);
                 frames.push(frame(
                     target::HISTORY_CONTROLS,
@@ -332,7 +333,7 @@ impl Socket {
                     Swap::Inner,
                     &views::messages(&history).into_string(),
                 ));
-                history.last().map_or(0, |m| m.seq)
+                page.through
             }
         };
         self.send(Reply::Enter {
@@ -411,15 +412,19 @@ impl Socket {
             let page = self
                 .hub
                 .store
-                .messages_after(room, after, views::PAGE_SIZE)
+                .changes_after(room, after, views::PAGE_SIZE)
                 .await?;
-            let Some(newest) = page.last() else { break };
-            after = newest.seq;
-            self.charge_read(&page);
+            if page.messages.is_empty() {
+                break;
+            }
+            self.charge_read(&page.messages);
+            let through = page.through;
             self.send(Reply::Missed {
                 room: room.clone(),
-                messages: page,
+                messages: page.messages,
+                through,
             });
+            after = through;
         }
         Ok(())
     }

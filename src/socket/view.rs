@@ -153,6 +153,7 @@ impl View {
                 self.unread.insert(room.to_string(), 0);
                 self.shown_through = floor;
                 self.shown_above.clear();
+                out.push(room_seq_frame(floor));
                 let held = match self.entering.take() {
                     Some((entering, held)) if entering == room => held,
                     _ => Vec::new(),
@@ -174,9 +175,13 @@ impl View {
                     }
                 }
             }
-            Reply::Missed { room, messages } => {
+            Reply::Missed {
+                room,
+                messages,
+                through,
+            } => {
                 if self.active.as_ref() == Some(&room) {
-                    self.show_missed(messages, out);
+                    self.show_missed(messages, through, out);
                 }
             }
         }
@@ -216,6 +221,21 @@ impl View {
                         Swap::Inner,
                         &views::badge_count(*count),
                     ));
+                }
+            }
+            // An edit or a deletion: shown where the room is, counted nowhere else.
+            Event::Changed {
+                room,
+                seq,
+                frame: f,
+            } => {
+                if let Some(held) = self.held_for(room) {
+                    held.push(Held::Message(*seq, f.clone()));
+                    if held.len() >= self.hold_at_most {
+                        self.effects.push(Effect::Lagging);
+                    }
+                } else if self.active.as_ref() == Some(room) {
+                    self.show(*seq, f.clone(), out);
                 }
             }
             Event::Viewers { room, frame: f } => {
@@ -293,17 +313,39 @@ impl View {
         }
     }
 
-    /// Shows the messages from a store read that are not on screen yet, in frames of a
-    /// history page's size so no frame grows past what a client takes in one piece.
-    pub(super) fn show_missed(&mut self, messages: Vec<StoredMessage>, out: &mut Vec<Utf8Bytes>) {
+    /// Shows the messages from a store read that are not on screen yet (new ones, and
+    /// changed ones in their current state), in frames of a history page's size so no
+    /// frame grows past what a client takes in one piece; then everything through
+    /// `through` counts as shown, and the client is told so.
+    pub(super) fn show_missed(
+        &mut self,
+        messages: Vec<StoredMessage>,
+        through: i64,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         let fresh: Vec<StoredMessage> = messages
             .into_iter()
-            .filter(|m| self.mark_shown(m.seq))
+            .filter(|m| self.mark_shown(m.rev))
             .collect();
         for chunk in fresh.chunks(views::PAGE_SIZE as usize) {
             out.push(messages_frame(chunk, Swap::BeforeEnd));
         }
+        if through > self.shown_through {
+            self.shown_through = through;
+            self.shown_above = self.shown_above.split_off(&(through + 1));
+            while self.shown_above.remove(&(self.shown_through + 1)) {
+                self.shown_through += 1;
+            }
+        }
+        out.push(room_seq_frame(self.shown_through));
     }
+}
+
+/// Tells the client that every change of the room it shows through `seq` is on its page:
+/// a change replaced by a later one leaves a seq no frame carries, and the client's search
+/// for gaps starts after this.
+fn room_seq_frame(seq: i64) -> Utf8Bytes {
+    frame(target::ROOM_SEQ, Swap::Inner, &seq.to_string())
 }
 
 #[cfg(test)]
@@ -344,7 +386,68 @@ mod tests {
         for item in items {
             view.frames(item, &mut out);
         }
-        out.iter().map(|f| f.as_str().to_owned()).collect()
+        // What the client is told of the room's seq is looked at on its own (below).
+        out.iter()
+            .map(|f| f.as_str().to_owned())
+            .filter(|f| !f.contains(target::ROOM_SEQ))
+            .collect()
+    }
+
+    fn changed(room: &str, seq: i64) -> Outbound {
+        Outbound::Event(Arc::new(Event::Changed {
+            room: Arc::from(room),
+            seq,
+            frame: Utf8Bytes::from(format!("{room}:changed:{seq}")),
+        }))
+    }
+
+    /// An edit or deletion is shown where its room is shown, in seq order with the room's
+    /// messages, and counted as unread nowhere.
+    #[test]
+    fn a_change_is_shown_in_its_room_and_counted_nowhere() {
+        let mut view = view();
+        let shown = run(
+            &mut view,
+            vec![
+                enter("r", 7, false),
+                changed("r", 9),
+                message("r", 8),
+                changed("r", 9),
+                changed("other", 3),
+                message("other", 4),
+            ],
+        );
+        assert_eq!(
+            shown,
+            [
+                "history of r",
+                "r:changed:9",
+                "r:8",
+                &frame(
+                    &target::unread("other"),
+                    Swap::Inner,
+                    &views::badge_count(1)
+                )
+                .to_string()
+            ]
+        );
+        assert_eq!(view.shown(), Some((Arc::from("r"), 9)));
+    }
+
+    /// A store read accounts for every change through its `through`, also those replaced
+    /// by later changes that no frame carries: the view moves past them, and says so.
+    #[test]
+    fn a_store_read_moves_the_view_past_replaced_changes() {
+        let mut view = view();
+        run(&mut view, vec![enter("r", 10, false), message("r", 13)]);
+        assert_eq!(view.shown(), Some((Arc::from("r"), 10)));
+        let mut out = Vec::new();
+        view.show_missed(Vec::new(), 12, &mut out);
+        assert_eq!(view.shown(), Some((Arc::from("r"), 13)));
+        assert_eq!(
+            out.last().map(|f| f.as_str().to_owned()),
+            Some(frame(target::ROOM_SEQ, Swap::Inner, "13").to_string())
+        );
     }
 
     fn enter(room: &str, floor: i64, catching_up: bool) -> Outbound {
@@ -400,6 +503,7 @@ mod tests {
         let missed = |seqs: std::ops::RangeInclusive<i64>| {
             reply(Reply::Missed {
                 room: Arc::from("r"),
+                through: *seqs.end(),
                 messages: seqs
                     .map(|seq| StoredMessage {
                         id: format!("m{seq}"),
@@ -412,6 +516,9 @@ mod tests {
                         body: format!("body {seq}"),
                         created_at_ms: 0,
                         client_id: None,
+                        rev: seq,
+                        edited_at_ms: None,
+                        deleted: false,
                     })
                     .collect(),
             })

@@ -68,12 +68,7 @@ pub(super) fn weight(reply: &Reply) -> usize {
         Reply::Frames(frames) | Reply::NoRoom(frames) | Reply::Enter { frames, .. } => {
             frames.iter().map(|f| f.len()).sum()
         }
-        // Escaped and formatted, a byte of text takes a few bytes (`"` is `&quot;`); an
-        // address is shown twice (its link and its text), plus its tag.
-        Reply::Missed { messages, .. } => messages
-            .iter()
-            .map(|m| views::RENDERED_PER_CHAR * m.body.len() + 400 + links_weight(&m.body))
-            .sum(),
+        Reply::Missed { messages, .. } => messages.iter().map(views::article_weight).sum(),
         Reply::Rooms { .. }
         | Reply::Entering { .. }
         | Reply::NotEntered { .. }
@@ -82,11 +77,11 @@ pub(super) fn weight(reply: &Reply) -> usize {
     }
 }
 
-/// What the links in a message's text add to its rendering, at most (see `views::linked`).
-fn links_weight(body: &str) -> usize {
-    let links = body.matches("://").count() + body.matches("www.").count();
-    links.min(views::MAX_LINKS) * (6 * views::MAX_LINK_CHARS + 120)
-}
+/// Live messages a socket holds while it catches up, at least: a resuming client reads its
+/// backlog a page at a time while the room goes on, and a queue set very small (a few
+/// slots) would otherwise cut it off for the few messages said meanwhile. A held message
+/// is a shared frame, not a copy.
+const MIN_HELD: usize = 64;
 
 /// How long one write may wait for a client to read before the socket is dropped.
 const WRITE_DEADLINE: Duration = Duration::from_secs(20);
@@ -100,7 +95,11 @@ pub(super) async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
 ) {
     let outbox = &member.outbox;
-    let mut view = View::new(revoked, session, hub.limits.outbound_queue);
+    let mut view = View::new(
+        revoked,
+        session,
+        hub.limits.outbound_queue.max(MIN_HELD),
+    );
     let mut taken = VecDeque::new();
     let mut frames = Vec::new();
     let mut last_write: Option<Instant> = None;
@@ -202,8 +201,8 @@ async fn missed_frames(hub: &Hub, view: &mut View, out: &mut Vec<Utf8Bytes>) {
         return;
     };
     let limit = hub.limits.catch_up_limit;
-    match hub.store.messages_after(&room, shown_through, limit).await {
-        Ok(page) => view.show_missed(page, out),
+    match hub.store.changes_after(&room, shown_through, limit).await {
+        Ok(page) => view.show_missed(page.messages, page.through, out),
         Err(e) => tracing::warn!(error = %e, "could not fetch missed messages"),
     }
 }

@@ -38,11 +38,43 @@ pub(super) fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Erro
         body: row.try_get("body")?,
         created_at_ms: row.try_get("created_at")?,
         client_id: row.try_get("client_id")?,
+        rev: row.try_get("rev")?,
+        edited_at_ms: row.try_get("edited_at")?,
+        deleted: row.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
     })
 }
 
+/// A page of messages and how far it accounts for the room's changes (see
+/// `Store::changes_after`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub messages: Vec<StoredMessage>,
+    pub through: i64,
+}
+
+/// What an author does to a message of theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// New text.
+    Edit(&'a str),
+    /// Gone: the text is erased and the message shows as deleted.
+    Delete,
+}
+
+/// The room's seq read with a page (in the same statement, so as of the same moment).
+fn room_seq(row: Option<&AnyRow>) -> Result<i64, sqlx::Error> {
+    row.map_or(Ok(0), |row| row.try_get("room_seq"))
+}
+
+/// `SELECT_MESSAGES` with the room's seq as `room_seq` (`$1` is the room).
+const SELECT_MESSAGES_WITH_ROOM_SEQ: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, \
+     u.username, m.body, m.created_at, m.client_id, m.rev, m.edited_at, m.deleted_at, \
+     (SELECT last_seq FROM rooms WHERE id = $1) AS room_seq \
+     FROM messages m JOIN users u ON u.id = m.author_id";
+
 pub(super) const SELECT_MESSAGES: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, \
-     u.username, m.body, m.created_at, m.client_id FROM messages m JOIN users u ON u.id = m.author_id";
+     u.username, m.body, m.created_at, m.client_id, m.rev, m.edited_at, m.deleted_at \
+     FROM messages m JOIN users u ON u.id = m.author_id";
 
 impl Store {
     /// Stores a message and returns it with its sequence number. Only after this returns
@@ -119,15 +151,127 @@ impl Store {
         Ok(page)
     }
 
-    /// Up to `limit` messages just after `seq`, oldest first (catch-up after a reconnect).
-    pub async fn messages_after(
+    /// The newest `limit` messages, oldest first, and the room's seq as they were read:
+    /// every change through it is in them (or concerns older messages).
+    pub async fn latest_page(&self, room_id: &str, limit: i64) -> StoreResult<Page> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_MESSAGES_WITH_ROOM_SEQ} WHERE m.room_id = $1 ORDER BY m.seq DESC LIMIT $2"
+        ))
+        .bind(room_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let through = room_seq(rows.first()).map_err(|e| self.failed(e))?;
+        let mut messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.failed(e))?;
+        messages.reverse();
+        Ok(Page { messages, through })
+    }
+
+    /// What changed in the room after seq `after`, up to `limit` messages in rev order:
+    /// new messages, and edited or deleted ones in their current state (catch-up after a
+    /// reconnect). `through` says up to which seq every change is accounted for.
+    pub async fn changes_after(&self, room_id: &str, after: i64, limit: i64) -> StoreResult<Page> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_MESSAGES_WITH_ROOM_SEQ} WHERE m.room_id = $1 AND m.rev > $2 \
+             ORDER BY m.rev ASC LIMIT $3"
+        ))
+        .bind(room_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let messages = rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.failed(e))?;
+        // Every change takes a seq and leaves its message's rev at least as high: with no
+        // message changed after `after`, nothing happened after it. A full page covers up
+        // to its last rev (what came between and was changed again is in a later page); a
+        // page with room to spare, up to the room's seq as the page was read.
+        let through = match messages.last() {
+            None => after,
+            Some(last) if messages.len() as i64 >= limit => last.rev,
+            Some(last) => room_seq(rows.first())
+                .map_err(|e| self.failed(e))?
+                .max(last.rev),
+        };
+        Ok(Page { messages, through })
+    }
+
+    /// The message an author may change, with its room: `None` for no such message.
+    pub async fn message(&self, message_id: &str) -> StoreResult<Option<StoredMessage>> {
+        let row = sqlx::query(&format!("{SELECT_MESSAGES} WHERE m.id = $1"))
+            .bind(message_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        row.as_ref()
+            .map(message_from_row)
+            .transpose()
+            .map_err(|e| self.failed(e))
+    }
+
+    /// Edits or deletes `author`'s message in `room_id`, giving the change the room's next
+    /// seq (the message's new rev), and returns the message as it now is; `None` when there
+    /// is no such message of theirs, or it was deleted.
+    pub async fn change_message(
         &self,
         room_id: &str,
-        seq: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<StoredMessage>> {
-        self.messages_where(room_id, "m.seq > $2 ORDER BY m.seq ASC", seq, limit)
+        message_id: &str,
+        author_id: &str,
+        change: Change<'_>,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
+        // The bump comes first: it makes the transaction a writer at once (on SQLite a
+        // read first would have to become one, which fails at once when another writes).
+        let bumped: Option<(i64,)> = sqlx::query_as(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 AND EXISTS \
+             (SELECT 1 FROM messages WHERE id = $2 AND room_id = $1 AND author_id = $3 \
+              AND deleted_at IS NULL) RETURNING last_seq",
+        )
+        .bind(room_id)
+        .bind(message_id)
+        .bind(author_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let Some((rev,)) = bumped else {
+            return Ok(None);
+        };
+        let now = super::now_ms();
+        let update = match change {
+            Change::Edit(body) => {
+                sqlx::query("UPDATE messages SET body = $1, edited_at = $2, rev = $3 WHERE id = $4")
+                    .bind(body)
+            }
+            // The text is erased, not hidden: nothing of it stays to be read or searched.
+            Change::Delete => sqlx::query(
+                "UPDATE messages SET body = $1, deleted_at = $2, rev = $3 WHERE id = $4",
+            )
+            .bind(""),
+        };
+        update
+            .bind(now)
+            .bind(rev)
+            .bind(message_id)
+            .execute(&mut *tx)
             .await
+            .map_err(|e| self.failed(e))?;
+        let row = sqlx::query(&format!("{SELECT_MESSAGES} WHERE m.id = $1"))
+            .bind(message_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let message = message_from_row(&row).map_err(|e| self.failed(e))?;
+        tx.commit().await.map_err(|e| self.failed(e))?;
+        Ok(Some(message))
     }
 
     /// One keyset page of a room's messages: `order` bounds and orders by seq against `$2`.

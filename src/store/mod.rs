@@ -21,7 +21,7 @@ use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::{AfterCommit, Queued};
 use health::Health;
-pub use messages::{Draft, Posted};
+pub use messages::{Change, Draft, Page, Posted};
 pub use purge::{Purged, purge_now_and_then};
 pub use rooms::SignedIn;
 pub use users::LoginFailures;

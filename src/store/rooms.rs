@@ -49,7 +49,7 @@ fn pair_key(a: &str, b: &str) -> String {
 macro_rules! memberships_sql {
     ($user_id:literal) => {
         concat!(
-            "SELECT r.id, r.kind, r.name, r.last_seq - m.last_read_seq AS unread, \
+            "SELECT r.id, r.kind, r.name, r.posted - m.read_posted AS unread, \
         CASE WHEN r.kind = 'direct' THEN \
             (SELECT pm.user_id FROM memberships pm \
              WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
@@ -380,8 +380,8 @@ impl Store {
     /// read: a newcomer sees the history, not a badge for all of it.
     pub async fn join_group(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO memberships (room_id, user_id, last_read_seq) \
-             SELECT id, $2, last_seq FROM rooms WHERE id = $1 AND kind = 'group' \
+            "INSERT INTO memberships (room_id, user_id, last_read_seq, read_posted) \
+             SELECT id, $2, last_seq, posted FROM rooms WHERE id = $1 AND kind = 'group' \
              ON CONFLICT DO NOTHING",
         )
         .bind(room_id)
@@ -480,7 +480,8 @@ impl Store {
         // Every socket that leaves a room marks it read; most have nothing new, and a row
         // rewritten with its own value is still a row version and WAL on PostgreSQL.
         sqlx::query(
-            "UPDATE memberships SET last_read_seq = r.last_seq FROM rooms r \
+            "UPDATE memberships SET last_read_seq = r.last_seq, read_posted = r.posted \
+             FROM rooms r \
              WHERE r.id = $1 AND memberships.room_id = r.id AND memberships.user_id = $2 \
              AND memberships.last_read_seq < r.last_seq",
         )

@@ -68,8 +68,8 @@ impl Store {
         for room in DEFAULT_GROUP_IDS {
             // What was said before counts as read (see `Store::join_group`).
             sqlx::query(
-                "INSERT INTO memberships (room_id, user_id, last_read_seq) \
-                 SELECT id, $2, last_seq FROM rooms WHERE id = $1",
+                "INSERT INTO memberships (room_id, user_id, last_read_seq, read_posted) \
+                 SELECT id, $2, last_seq, posted FROM rooms WHERE id = $1",
             )
             .bind(room)
             .bind(&user.id)

@@ -15,19 +15,49 @@ use std::fmt::Write;
 use maud::{Markup, PreEscaped, html};
 use pulldown_cmark::{CodeBlockKind, Event, LinkType, Options, Parser, Tag, TagEnd};
 
-use super::links::{MAX_LINK_CHARS, MAX_LINKS, REL, is_bidi_control, linked_within};
+use super::links::{MAX_LINK_CHARS, MAX_LINKS, REL, is_bidi_control, linked, linked_within};
 
 /// Quotes and lists inside one another, at most.
 pub const MAX_DEPTH: usize = 6;
 
 /// A message's body: one paragraph is a `p.body` holding its text, as plain messages always
-/// were; anything else a `div.body` holding its blocks.
-pub fn body(text: &str) -> Markup {
+/// were; anything else a `div.body` holding its blocks. `shows_differently` is that
+/// function's answer for `text`, which the caller has already asked.
+pub fn body(text: &str, shows_differently: bool) -> Markup {
+    // Most messages are plain words: nothing to parse, and they show as one paragraph.
+    if !shows_differently {
+        return html! { p.body dir="auto" { (linked(text)) } };
+    }
     let rendered = render(text);
     match rendered.single_paragraph() {
         Some(inline) => html! { p.body dir="auto" { (PreEscaped(inline)) } },
         None => html! { div.body dir="auto" { (PreEscaped(rendered.html)) } },
     }
+}
+
+/// Whether `text` may show as other than the words it holds (formatting, escapes,
+/// entities, paragraphs): then it is parsed, and a page that lets its author edit it needs
+/// the text as written. One pass over the bytes, as every message asks it.
+pub fn shows_differently(text: &str) -> bool {
+    let (mut line_start, mut prev, mut before) = (true, 0u8, 0u8);
+    for &b in text.as_bytes() {
+        // At a line's start: lists, quotes, headings, rules, numbered items, indentation.
+        if line_start
+            && (matches!(b, b'-' | b'+' | b'=' | b'#' | b'>' | b' ') || b.is_ascii_digit())
+        {
+            return true;
+        }
+        match b {
+            // Anywhere: emphasis, code, strikethrough, links, escapes, HTML, entities.
+            b'\\' | b'*' | b'_' | b'`' | b'~' | b'[' | b'<' | b'&' | b'\t' | b'\r' => return true,
+            // A blank line (paragraphs), or two spaces before one (a hard break).
+            b'\n' if prev == b'\n' || (prev == b' ' && before == b' ') => return true,
+            b'\n' => line_start = true,
+            _ => line_start = false,
+        }
+        (before, prev) = (prev, b);
+    }
+    false
 }
 
 struct Rendered {
@@ -240,7 +270,30 @@ mod tests {
     use super::*;
 
     fn show(text: &str) -> String {
-        body(text).into_string()
+        body(text, shows_differently(text)).into_string()
+    }
+
+    #[test]
+    fn text_that_formatting_changes_is_told_apart() {
+        for plain in [
+            "hello there",
+            "what? yes, (maybe): 50% off",
+            "lt r 1 2 3",
+            "a\nb",
+        ] {
+            assert!(!shows_differently(plain), "{plain:?}");
+        }
+        for marked in [
+            "*a*",
+            "a & b",
+            "1. one",
+            "x\n2) two",
+            "    code",
+            "a_b",
+            "<3",
+        ] {
+            assert!(shows_differently(marked), "{marked:?}");
+        }
     }
 
     #[test]
@@ -403,8 +456,8 @@ mod tests {
         assert_eq!(mixed.matches("<a ").count(), MAX_LINKS);
     }
 
-    /// A message renders to at most `RENDERED_PER_CHAR` times its length, plus a little:
-    /// what a socket's backlog counts for it (see `socket::writer::weight`).
+    /// A message's body renders to at most six times its length, plus a little: what a
+    /// socket's backlog counts for it (see `views::article_weight`).
     #[test]
     fn a_body_renders_to_a_bounded_size() {
         let worst = [
@@ -425,7 +478,7 @@ mod tests {
         for text in worst {
             let html = show(&text);
             assert!(
-                html.len() <= super::super::RENDERED_PER_CHAR * text.len() + 400,
+                html.len() <= 6 * text.len() + 400,
                 "{} bytes from {} of {:?}",
                 html.len(),
                 text.len(),

@@ -10,11 +10,6 @@ pub mod target;
 
 pub use links::{MAX_LINK_CHARS, MAX_LINKS, linked};
 
-/// Bytes a message's body renders to, at most, per byte of its text (escaped, `"` is six),
-/// besides its links and a few hundred bytes of its article: what a socket's backlog
-/// counts for a message it has yet to render (see `format`).
-pub const RENDERED_PER_CHAR: usize = 6;
-
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::model::{GroupListing, Room, RoomKind, RoomSummary, StoredMessage, User};
@@ -395,18 +390,48 @@ pub fn message(m: &StoredMessage) -> Markup {
     let hhmm = at
         .format(time::macros::format_description!("[hour]:[minute]"))
         .unwrap_or_default();
+    // The rev only where it differs from the seq (an edit or a deletion), and the text as
+    // written only where formatting changed it: most articles are new messages in plain
+    // words, and every byte of theirs goes to every member.
+    let rev = (m.rev != m.seq).then_some(m.rev);
+    let formatted = format::shows_differently(&m.body);
+    let source = (!m.deleted && formatted).then_some(m.body.as_str());
     html! {
-        article.message id={ "msg-" (m.id) } data-seq=(m.seq) data-author=(m.author.id)
-            data-client-id=[m.client_id.as_deref()] {
+        article.message.deleted[m.deleted] id={ "msg-" (m.id) } data-seq=(m.seq) data-rev=[rev]
+            data-author=(m.author.id) data-client-id=[m.client_id.as_deref()] data-src=[source] {
             div.bubble {
                 header {
                     strong.author { bdi { (m.author.username) } }
                     time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
                 }
-                (format::body(&m.body))
+                @if m.deleted {
+                    p.body.tombstone { "This message was deleted." }
+                } @else {
+                    (format::body(&m.body, formatted))
+                    // Below the text, not in the header, which a run of one person's
+                    // messages hides.
+                    @if m.edited_at_ms.is_some() {
+                        span.edited { "(edited)" }
+                    }
+                }
             }
         }
     }
+}
+
+/// Bytes `m`'s article takes on the wire, at most: what a socket's backlog counts for a
+/// message it has yet to render. Escaped and formatted, a byte of text takes up to six
+/// (`"` is `&quot;`; see `format`), twice that where the text as written goes along; an
+/// address is shown twice (its link and its text), plus its tag; the rest is a few hundred
+/// bytes.
+pub fn article_weight(m: &StoredMessage) -> usize {
+    let per_byte = if format::shows_differently(&m.body) {
+        12
+    } else {
+        6
+    };
+    let links = m.body.matches("://").count() + m.body.matches("www.").count();
+    per_byte * m.body.len() + 400 + links.min(MAX_LINKS) * (6 * MAX_LINK_CHARS + 120)
 }
 
 pub fn messages(list: &[StoredMessage]) -> Markup {

@@ -27,6 +27,9 @@ pub const HISTORY_CONTROLS: &str = "#history-controls";
 pub const LOAD_OLDER: &str = "#load-older";
 /// The messages of the room shown.
 pub const MESSAGES: &str = "#messages-list";
+/// Not an element: tells the client through which seq every change of the room it shows
+/// is on its page.
+pub const ROOM_SEQ: &str = "#room-seq";
 /// Who is typing in the room shown.
 pub const TYPING: &str = "#typing";
 /// Errors, and notices of what an action did.
@@ -36,6 +39,11 @@ pub const BROWSE_RESULTS: &str = "#browse-results";
 pub const BROWSE_MORE: &str = "#browse-more";
 
 /// A room's unread badge.
+/// A message's article (`views::message`).
+pub fn message(message_id: &str) -> String {
+    format!("#msg-{message_id}")
+}
+
 pub fn unread(room_id: &str) -> String {
     format!("#unread-{room_id}")
 }

@@ -42,8 +42,8 @@ async fn fill_room(database_url: &str, room_id: &str, author: &str, count: i64, 
         .expect("the room");
     sqlx::query(
         "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
-         INSERT INTO messages (id, room_id, seq, author_id, body, created_at) \
-         SELECT 'fill-' || (i + $2), $3, i + $2, $4, $5, 0 FROM n",
+         INSERT INTO messages (id, room_id, seq, rev, author_id, body, created_at) \
+         SELECT 'fill-' || (i + $2), $3, i + $2, i + $2, $4, $5, 0 FROM n",
     )
     .bind(count)
     .bind(last)
@@ -53,7 +53,7 @@ async fn fill_room(database_url: &str, room_id: &str, author: &str, count: i64, 
     .execute(&pool)
     .await
     .expect("history written");
-    sqlx::query("UPDATE rooms SET last_seq = $1 WHERE id = $2")
+    sqlx::query("UPDATE rooms SET last_seq = $1, posted = $1 WHERE id = $2")
         .bind(last + count)
         .bind(room_id)
         .execute(&pool)

@@ -256,6 +256,32 @@ async fn two_people_chat_in_a_browser_and_a_third_sees_nothing_private() {
     assert_eq!(bob.count("#messages-list .body code").await, 1);
     assert_eq!(bob.count("#messages-list .body a").await, 0);
 
+    // Ann fixes a typo, then takes a message back: Bob sees both where the message is.
+    ann.say("a typo herre").await;
+    bob.wait_for_text("#messages-list", "a typo herre").await;
+    ann.click("#messages-list article.mine:last-child button[data-act='edit']")
+        .await;
+    let box_ = ann.find("#messages-list .edit-form textarea").await;
+    box_.clear().await.unwrap();
+    box_.send_keys("a typo here").await.unwrap();
+    ann.click("#messages-list .edit-form button[type='submit']")
+        .await;
+    bob.wait_for_text("#messages-list article:last-child", "(edited)")
+        .await;
+    bob.wait_for_text("#messages-list article:last-child .body", "a typo here")
+        .await;
+    assert_eq!(ann.count("#messages-list .edit-form").await, 0);
+    ann.click("#messages-list article.mine:last-child button[data-act='delete']")
+        .await;
+    ann.click("#messages-list article.mine:last-child button[data-act='delete-yes']")
+        .await;
+    bob.wait_for_text(
+        "#messages-list article:last-child",
+        "This message was deleted.",
+    )
+    .await;
+    assert!(!bob.client.source().await.unwrap().contains("a typo here"));
+
     // A private conversation, started from the online list.
     eve.sign_up(&app, "eve").await;
     ann.click("#people a[data-group-name='bob']").await;

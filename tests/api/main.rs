@@ -6,6 +6,7 @@ mod auth;
 mod browser;
 mod chat;
 mod cluster;
+mod editing;
 mod faults;
 mod helpers;
 mod input;

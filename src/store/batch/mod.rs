@@ -476,6 +476,9 @@ fn numbered(
                 body: post.body.clone(),
                 created_at_ms,
                 client_id: post.client_id.clone(),
+                rev: last - n + 1 + k as i64,
+                edited_at_ms: None,
+                deleted: false,
             });
         }
     }

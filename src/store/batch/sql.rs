@@ -10,15 +10,17 @@ pub(super) fn bump_and_insert_sql(rooms: usize, rows: usize) -> String {
     sql.push_str("WITH v (room, n) AS (VALUES ");
     push_tuples(&mut sql, rooms, 2, 2, "");
     sql.push_str(
-        "), bumped AS (UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v \
+        "), bumped AS (UPDATE rooms SET last_seq = rooms.last_seq + v.n, \
+         posted = rooms.posted + v.n FROM v \
          WHERE rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), \
          m (id, room, k, author, body, client) AS (VALUES ",
     );
     push_tuples(&mut sql, rows, 6, 2 + 2 * rooms, "");
     sql.push_str(
         "), inserted AS (INSERT INTO messages \
-         (id, room_id, seq, author_id, body, client_id, created_at) \
-         SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, m.body, m.client, $1 \
+         (id, room_id, seq, rev, author_id, body, client_id, created_at) \
+         SELECT m.id, m.room, b.last_seq - b.n + m.k, b.last_seq - b.n + m.k, m.author, \
+         m.body, m.client, $1 \
          FROM m JOIN bumped b ON b.id = m.room) \
          SELECT id, last_seq FROM bumped",
     );
@@ -34,20 +36,29 @@ pub(super) fn bump_sql(rooms: usize) -> String {
     sql.push_str("WITH v (room, n) AS (VALUES ");
     push_tuples(&mut sql, rooms, 2, 1, "");
     sql.push_str(
-        ") UPDATE rooms SET last_seq = rooms.last_seq + v.n FROM v WHERE rooms.id = v.room \
-         RETURNING id, last_seq",
+        ") UPDATE rooms SET last_seq = rooms.last_seq + v.n, posted = rooms.posted + v.n \
+         FROM v WHERE rooms.id = v.room RETURNING id, last_seq",
     );
     sql
 }
 
 /// `INSERT … VALUES (…), (…)` for `rows` messages: `$1` is the shared creation time, then
-/// six numbered parameters a row (numbered placeholders work on both dialects).
+/// six numbered parameters a row (numbered placeholders work on both dialects); a new
+/// message's rev is its seq.
 pub(super) fn insert_sql(rows: usize) -> String {
-    let mut sql = String::with_capacity(100 + rows * 40);
+    let mut sql = String::with_capacity(100 + rows * 48);
     sql.push_str(
-        "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at) VALUES ",
+        "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at, rev) \
+         VALUES ",
     );
-    push_tuples(&mut sql, rows, 6, 2, ", $1");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        let first = 2 + row * 6;
+        let columns: Vec<String> = (first..first + 6).map(|p| format!("${p}")).collect();
+        sql.push_str(&format!("({}, $1, ${})", columns.join(", "), first + 2));
+    }
     sql
 }
 
@@ -79,7 +90,8 @@ mod tests {
         assert_eq!(
             bump_sql(2),
             "WITH v (room, n) AS (VALUES ($1, $2), ($3, $4)) UPDATE rooms SET last_seq = \
-             rooms.last_seq + v.n FROM v WHERE rooms.id = v.room RETURNING id, last_seq"
+             rooms.last_seq + v.n, posted = rooms.posted + v.n FROM v WHERE rooms.id = v.room \
+             RETURNING id, last_seq"
         );
     }
 
@@ -87,8 +99,9 @@ mod tests {
     fn rows_number_their_parameters_after_the_shared_time() {
         assert_eq!(
             insert_sql(2),
-            "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at) \
-             VALUES ($2, $3, $4, $5, $6, $7, $1), ($8, $9, $10, $11, $12, $13, $1)"
+            "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at, \
+             rev) VALUES ($2, $3, $4, $5, $6, $7, $1, $4), ($8, $9, $10, $11, $12, $13, $1, \
+             $10)"
         );
     }
 
@@ -97,12 +110,13 @@ mod tests {
         assert_eq!(
             bump_and_insert_sql(2, 2),
             "WITH v (room, n) AS (VALUES ($2, $3), ($4, $5)), bumped AS (UPDATE rooms SET \
-             last_seq = rooms.last_seq + v.n FROM v WHERE rooms.id = v.room RETURNING \
-             rooms.id, rooms.last_seq, v.n), m (id, room, k, author, body, client) AS \
+             last_seq = rooms.last_seq + v.n, posted = rooms.posted + v.n FROM v WHERE \
+             rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), m (id, room, k, author, body, client) AS \
              (VALUES ($6, $7, $8, $9, $10, $11), ($12, $13, $14, $15, $16, $17)), \
-             inserted AS (INSERT INTO messages (id, room_id, seq, author_id, body, \
-             client_id, created_at) SELECT m.id, m.room, b.last_seq - b.n + m.k, m.author, \
-             m.body, m.client, $1 FROM m JOIN bumped b ON b.id = m.room) \
+             inserted AS (INSERT INTO messages (id, room_id, seq, rev, author_id, body, \
+             client_id, created_at) SELECT m.id, m.room, b.last_seq - b.n + m.k, \
+             b.last_seq - b.n + m.k, m.author, m.body, m.client, $1 FROM m JOIN bumped b ON \
+             b.id = m.room) \
              SELECT id, last_seq FROM bumped"
         );
     }

@@ -1,0 +1,261 @@
+//! Edits and deletions: by the author only, stored with the room's next seq, replacing the
+//! article in place for everyone once, replayed by a resume that missed them, and a deleted
+//! text found nowhere.
+
+use serde_json::json;
+
+use crate::helpers::{Backend, Client, Frame, TestApp, attr, message_ids};
+use crate::on_both_databases;
+
+on_both_databases!(
+    authors_edit_and_delete_and_everyone_sees_it_once,
+    only_the_author_changes_a_message_and_others_are_told_why,
+    a_resume_replays_the_edits_and_deletions_it_missed,
+    a_change_is_no_unread_message,
+    changes_go_through_the_posting_rate,
+);
+
+async fn edit(client: &mut Client, id: &str, text: &str) {
+    client
+        .act("Edit message", json!({ "messageId": id, "message": text }))
+        .await;
+}
+
+async fn delete(client: &mut Client, id: &str) {
+    client
+        .act("Delete message", json!({ "messageId": id }))
+        .await;
+}
+
+/// Posts `text` and returns its message id, once its article is back.
+async fn post(client: &mut Client, text: &str) -> String {
+    client.say(text).await;
+    let frame = client.wait_for_message(text).await;
+    let id = message_ids(&frame.html).pop().expect("the article's id");
+    id.strip_prefix("msg-").unwrap_or(&id).to_owned()
+}
+
+/// The `outerHTML` frame that replaces message `id` (an error instead fails the test).
+async fn wait_for_change(client: &mut Client, id: &str) -> Frame {
+    let selector = format!("#msg-{id}");
+    let f = client
+        .wait_for(|f| (f.selector == selector && f.swap == "outerHTML") || f.selector == "#errors")
+        .await;
+    assert_eq!(f.selector, selector, "{}", f.html);
+    f
+}
+
+/// How many times `text` is in the database, anywhere in a message row.
+async fn stored_anywhere(database_url: &str, text: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(database_url)
+        .await
+        .expect("the test's database");
+    let pattern = format!("%{text}%");
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM messages WHERE body LIKE $1 OR COALESCE(client_id, '') LIKE $1",
+    )
+    .bind(&pattern)
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    pool.close().await;
+    n
+}
+
+async fn authors_edit_and_delete_and_everyone_sees_it_once(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    let id = post(&mut a, "first draft").await;
+    b.wait_for_message("first draft").await;
+
+    edit(&mut a, &id, "second *draft*").await;
+    for client in [&mut a, &mut b] {
+        let change = wait_for_change(client, &id).await;
+        assert!(
+            change.html.contains("second <em>draft</em>"),
+            "{}",
+            change.html
+        );
+        assert!(change.html.contains("(edited)"), "{}", change.html);
+        assert_eq!(
+            attr(&change.html, "data-src").as_deref(),
+            Some("second *draft*")
+        );
+        let seq: i64 = attr(&change.html, "data-seq").unwrap().parse().unwrap();
+        let rev: i64 = attr(&change.html, "data-rev").unwrap().parse().unwrap();
+        assert!(rev > seq, "an edit takes the room's next seq: {seq} {rev}");
+    }
+    // Once: nothing more of it before Bob's own next message.
+    let later = b.frames_until_own_marker().await;
+    assert!(later.iter().all(|f| !f.html.contains("draft")), "{later:?}");
+
+    let secret = "a secret said by mistake";
+    let oops = post(&mut a, secret).await;
+    delete(&mut a, &oops).await;
+    for client in [&mut a, &mut b] {
+        let change = wait_for_change(client, &oops).await;
+        assert!(
+            change.html.contains("This message was deleted."),
+            "{}",
+            change.html
+        );
+        assert!(!change.html.contains(secret));
+        assert!(
+            change.html.contains("class=\"message deleted\""),
+            "{}",
+            change.html
+        );
+    }
+    // The text is gone from the database, and from history.
+    assert_eq!(stored_anywhere(&app.database_url, secret).await, 0);
+    let mut again = app.connect(&bob).await;
+    let history = again
+        .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
+        .await;
+    assert!(!history.html.contains(secret));
+    assert!(history.html.contains("This message was deleted."));
+    assert!(history.html.contains("second <em>draft</em>"));
+
+    // A deleted message stays deleted.
+    edit(&mut a, &oops, "back again").await;
+    assert!(a.wait_for_error().await.contains("deleted"));
+}
+
+async fn only_the_author_changes_a_message_and_others_are_told_why(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob, eve) = (
+        app.signup("ann").await,
+        app.signup("bob").await,
+        app.signup("eve").await,
+    );
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    let mut e = app.connect(&eve).await;
+    let public = post(&mut a, "said in public").await;
+    a.enter_direct("bob").await;
+    let private = post(&mut a, "said to bob alone").await;
+
+    edit(&mut b, &public, "bob was here").await;
+    assert!(b.wait_for_error().await.contains("only edit your own"));
+    delete(&mut b, &private).await;
+    assert!(b.wait_for_error().await.contains("only delete your own"));
+    // Eve is not in the conversation: to her there is no such message.
+    delete(&mut e, &private).await;
+    assert!(e.wait_for_error().await.contains("no such message"));
+    edit(&mut e, &uuid::Uuid::now_v7().to_string(), "x").await;
+    assert!(e.wait_for_error().await.contains("no such message"));
+    edit(&mut e, "not-an-id", "x").await;
+    assert!(e.wait_for_error().await.contains("UUID"));
+    // The author's edit is checked like a post.
+    edit(&mut a, &private, "   ").await;
+    let refused = a.wait_for_error().await;
+    assert!(!refused.is_empty());
+    edit(&mut a, &private, &"x".repeat(5000)).await;
+    assert!(a.wait_for_error().await.contains("4000"));
+
+    // Nothing changed.
+    let mut b2 = app.connect(&bob).await;
+    b2.enter_direct("ann").await;
+    let history = b2
+        .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
+        .await;
+    assert!(history.html.contains("said to bob alone"));
+    assert!(!history.html.contains("(edited)"));
+}
+
+async fn a_resume_replays_the_edits_and_deletions_it_missed(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    let kept = post(&mut a, "kept as it was").await;
+    let edited = post(&mut a, "before the edit").await;
+    let deleted = post(&mut a, "soon to be gone").await;
+    let seen = b.wait_for_message("soon to be gone").await;
+    let room = b.room_id.clone();
+    let after: i64 = attr(&seen.html, "data-seq").unwrap().parse().unwrap();
+    b.close().await;
+
+    edit(&mut a, &edited, "after the edit").await;
+    wait_for_change(&mut a, &edited).await;
+    delete(&mut a, &deleted).await;
+    wait_for_change(&mut a, &deleted).await;
+    post(&mut a, "said while bob was away").await;
+
+    let mut b = app
+        .connect_at(&bob, &format!("/ws/chat/?room={room}&after={after}"))
+        .await;
+    // Three changes since what Bob saw: an edit, a deletion and a post; the server says
+    // when it has sent everything through the last.
+    let through = (after + 3).to_string();
+    let (last, mut frames) = b
+        .wait_for_with_skipped(|f| f.selector == "#room-seq" && f.html == through)
+        .await;
+    frames.push(last.clone());
+    let html: String = frames.iter().map(|f| f.html.as_str()).collect();
+    assert!(html.contains("after the edit"), "{html}");
+    assert!(html.contains("This message was deleted."), "{html}");
+    assert!(html.contains("said while bob was away"), "{html}");
+    assert!(!html.contains("soon to be gone"), "{html}");
+    assert!(!html.contains(&format!("msg-{kept}")), "{html}");
+    // Each once.
+    for id in [&edited, &deleted] {
+        assert_eq!(
+            html.matches(&format!("id=\"msg-{id}\"")).count(),
+            1,
+            "{html}"
+        );
+    }
+}
+
+async fn a_change_is_no_unread_message(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    let id = post(&mut a, "to be edited").await;
+    b.wait_for_message("to be edited").await;
+    b.enter_group("python").await;
+    edit(&mut a, &id, "edited while bob looks elsewhere").await;
+    wait_for_change(&mut a, &id).await;
+    delete(&mut a, &id).await;
+    wait_for_change(&mut a, &id).await;
+    let later = b.frames_until_own_marker().await;
+    assert!(
+        later
+            .iter()
+            .all(|f| !f.selector.starts_with("#unread-") || f.html.is_empty()),
+        "{later:?}"
+    );
+    // Nor when Bob comes back: the sidebar counts messages, not changes.
+    let again = app.page(&bob.cookie).await;
+    let hi = &again[again
+        .find("data-group-name=\"hi\"")
+        .expect("#hi in the sidebar")..];
+    let badge = &hi[..hi.find("</a>").unwrap_or(hi.len())];
+    assert!(!badge.contains(" unread</span>"), "{badge}");
+}
+
+/// Edits cost like posts: past the posting rate they are refused, and the refusal says so.
+async fn changes_go_through_the_posting_rate(backend: Backend) {
+    let app =
+        TestApp::spawn_with(backend, &["--rate-burst", "3", "--rate-per-second", "0.01"]).await;
+    let ann = app.signup("ann").await;
+    let mut a = app.connect(&ann).await;
+    let id = post(&mut a, "one").await;
+    let mut refused = false;
+    for n in 0..10 {
+        edit(&mut a, &id, &format!("edit {n}")).await;
+        let answer = a
+            .wait_for(|f| f.selector == "#errors" || f.selector == format!("#msg-{id}"))
+            .await;
+        if answer.selector == "#errors" && answer.html.contains("too fast") {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "ten edits at once were all taken");
+}
