@@ -95,11 +95,7 @@ pub(super) async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
 ) {
     let outbox = &member.outbox;
-    let mut view = View::new(
-        revoked,
-        session,
-        hub.limits.outbound_queue.max(MIN_HELD),
-    );
+    let mut view = View::new(revoked, session, hub.limits.outbound_queue.max(MIN_HELD));
     let mut taken = VecDeque::new();
     let mut frames = Vec::new();
     let mut last_write: Option<Instant> = None;

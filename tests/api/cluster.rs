@@ -206,6 +206,51 @@ async fn group_messages_cross_nodes_once_and_in_order() {
     }
 }
 
+/// An edit and a deletion made on one node replace the article on the other, once, and a
+/// socket there that missed them gets them when it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletions_cross_nodes_once() {
+    let cluster = Cluster::new(SHARED_REDIS, &[]).await;
+    let (n1, n2) = (cluster.node().await, cluster.node().await);
+    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
+    let mut a = n1.connect(&ann).await;
+    let mut b = n2.connect(&bob).await;
+    a.say("first words").await;
+    let posted = a.wait_for_message("first words").await;
+    let id = message_ids(&posted.html).pop().expect("an article");
+    let id = id.strip_prefix("msg-").unwrap_or(&id).to_owned();
+    let seen = b.wait_for_message("first words").await;
+    let after: i64 = attr(&seen.html, "data-seq").unwrap().parse().unwrap();
+    let selector = format!("#msg-{id}");
+
+    a.act(
+        "Edit message",
+        serde_json::json!({ "messageId": id, "message": "better words" }),
+    )
+    .await;
+    let edited = b.wait_for(|f| f.selector == selector).await;
+    assert!(edited.html.contains("better words") && edited.html.contains("(edited)"));
+    // Once: nothing more of it before Bob's own next message.
+    let later = b.frames_until_own_marker().await;
+    assert!(later.iter().all(|f| f.selector != selector), "{later:?}");
+
+    // Bob is away while Ann deletes it; back on the other node, he gets the deletion.
+    let room = b.room_id.clone();
+    b.close().await;
+    a.act("Delete message", serde_json::json!({ "messageId": id }))
+        .await;
+    a.wait_for(|f| f.selector == selector && f.html.contains("deleted"))
+        .await;
+    let mut b = n1
+        .connect_at(&bob, &format!("/ws/chat/?room={room}&after={after}"))
+        .await;
+    let (last, skipped) = b
+        .wait_for_with_skipped(|f| f.html.contains("This message was deleted."))
+        .await;
+    assert!(!last.html.contains("first words") && !last.html.contains("better words"));
+    assert!(skipped.iter().all(|f| !f.html.contains("better words")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_rooms_cross_nodes_and_stay_private() {
     let cluster = Cluster::new(SHARED_REDIS, &[]).await;
