@@ -156,6 +156,9 @@
   // Articles go where their seq says, so a late or repeated message never lands twice or
   // out of order; any element whose id is already on the page replaces it.
   function place(target, el, swap) {
+    // A page of history read before a change that came first: the change wins.
+    const newer = el.id && latest.get(el.id);
+    if (newer && revOf(newer) > revOf(el)) el = newer.cloneNode(true);
     const existing = el.id && document.getElementById(el.id);
     // An older state of a message (a catch-up read before its latest edit) loses.
     if (existing) return revOf(existing) > revOf(el) ? undefined : existing.replaceWith(el);
@@ -212,7 +215,7 @@
       }
       default:
         // A room's history afresh: its seq follows.
-        if (messages) { through = 0; above.clear(); }
+        if (messages) { through = 0; above.clear(); latest.clear(); }
         target.innerHTML = frame.html;
     }
     if (messages) {
@@ -300,6 +303,10 @@
     return above.size ? through : null;
   }
 
+  // The latest state of changed messages not on the page (older than what it shows, or
+  // not arrived yet), so that a page of history read before the change cannot bring the
+  // old text back. A few hundred at most.
+  const latest = new Map();
   function changed(frame) {
     const t = document.createElement('template');
     t.innerHTML = frame.html;
@@ -312,6 +319,13 @@
       existing.replaceWith(el);
       arrange();
       if (editing) el.querySelector('.msg-actions button')?.focus();
+    } else if (!existing) {
+      latest.delete(el.id);
+      latest.set(el.id, el);
+      if (latest.size > 300) latest.delete(latest.keys().next().value);
+      // A message this page missed (its own frame lost on the way) shows in its place.
+      place(list(), el.cloneNode(true), 'beforeend');
+      arrange();
     }
     checkGaps();
   }
@@ -514,6 +528,8 @@
       e.preventDefault();
       const text = box.value.trim();
       if (!text) return;
+      // Unchanged: nothing to send (the server would change nothing either).
+      if (text === (article.dataset.src ?? body.textContent)) return stopEdit(article);
       if (!send('Edit message', { messageId: article.id.slice(4), message: text })) showOffline();
     });
   }

@@ -43,19 +43,23 @@ impl Socket {
         if message.deleted {
             return refuse("That message was deleted.");
         }
+        let text;
+        let change = match change {
+            Change::Edit(raw) => {
+                text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
+                if text.as_str() == message.body {
+                    // Nothing changes: nothing is stored or sent.
+                    return Ok(());
+                }
+                Change::Edit(text.as_str())
+            }
+            Change::Delete => Change::Delete,
+        };
         if !self.hub.rate.allow(&self.user.id) {
             return Err(ActionError::Busy(InputError(
                 "You are changing messages too fast; wait a moment and try again.".into(),
             )));
         }
-        let text;
-        let change = match change {
-            Change::Edit(raw) => {
-                text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
-                Change::Edit(text.as_str())
-            }
-            Change::Delete => Change::Delete,
-        };
         let Some(changed) = self
             .hub
             .store
@@ -74,7 +78,15 @@ impl Socket {
                 &views::message(&changed).into_string(),
             ),
         };
-        self.publish(&room_group(&changed.room_id), event).await;
+        // Published by a task of its own: stored, a change is sent even if this socket's
+        // task ends meanwhile (its writer gone, the reader is dropped mid-action).
+        let hub = self.hub.clone();
+        let group = room_group(&changed.room_id);
+        tokio::spawn(async move {
+            if let Err(e) = hub.layer.publish(&group, event).await {
+                tracing::warn!(error = %e, group, "publish failed");
+            }
+        });
         Ok(())
     }
 }

@@ -313,8 +313,8 @@ impl View {
         }
     }
 
-    /// Shows the messages from a store read that are not on screen yet (new ones, and
-    /// changed ones in their current state), in frames of a history page's size so no
+    /// Shows the messages from a store read that are not on screen yet (new ones), and
+    /// changed ones in their current state, in frames of a history page's size so no
     /// frame grows past what a client takes in one piece; then everything through
     /// `through` counts as shown, and the client is told so.
     pub(super) fn show_missed(
@@ -323,9 +323,12 @@ impl View {
         through: i64,
         out: &mut Vec<Utf8Bytes>,
     ) {
+        // A changed message goes again even when its change was shown live: the client may
+        // have had no article to apply it to (the message's own frame lost on the way), and
+        // it keeps only the newest state of an article.
         let fresh: Vec<StoredMessage> = messages
             .into_iter()
-            .filter(|m| self.mark_shown(m.rev))
+            .filter(|m| self.mark_shown(m.rev) || m.rev != m.seq)
             .collect();
         for chunk in fresh.chunks(views::PAGE_SIZE as usize) {
             out.push(messages_frame(chunk, Swap::BeforeEnd));
@@ -432,6 +435,33 @@ mod tests {
             ]
         );
         assert_eq!(view.shown(), Some((Arc::from("r"), 9)));
+    }
+
+    /// A changed message in a store read goes to the client even when its change went out
+    /// live: the client may have had no article to apply it to (its own frame lost).
+    #[test]
+    fn a_store_read_sends_changed_messages_again() {
+        let mut view = view();
+        run(&mut view, vec![enter("r", 10, false), changed("r", 11)]);
+        let changed_message = StoredMessage {
+            id: "m5".into(),
+            room_id: "r".into(),
+            seq: 5,
+            author: crate::model::User {
+                id: "u".into(),
+                username: "ann".into(),
+            },
+            body: "edited".into(),
+            created_at_ms: 0,
+            client_id: None,
+            rev: 11,
+            edited_at_ms: Some(1),
+            deleted: false,
+        };
+        let mut out = Vec::new();
+        view.show_missed(vec![changed_message], 11, &mut out);
+        assert!(out.iter().any(|f| f.as_str().contains("msg-m5")), "{out:?}");
+        assert_eq!(view.shown(), Some((Arc::from("r"), 11)));
     }
 
     /// A store read accounts for every change through its `through`, also those replaced
