@@ -508,6 +508,8 @@
   // the message, form and all.
   function startEdit(article) {
     if (article.querySelector('.edit-form')) return article.querySelector('textarea').focus();
+    // One message is edited at a time.
+    for (const open of list().querySelectorAll('.edit-form')) stopEdit(open.closest('article'), false);
     const body = article.querySelector('.body');
     const form = document.createElement('form');
     form.className = 'edit-form';
@@ -517,6 +519,8 @@
     box.value = article.dataset.src ?? body.textContent;
     box.maxLength = MAX;
     body.hidden = true;
+    const actions = article.querySelector('.msg-actions');
+    if (actions) actions.hidden = true;
     body.after(form);
     box.focus();
     box.setSelectionRange(box.value.length, box.value.length);
@@ -527,17 +531,22 @@
     form.addEventListener('submit', (e) => {
       e.preventDefault();
       const text = box.value.trim();
-      if (!text) return;
+      if (!text) {
+        $('#errors').innerHTML = '<p class="error" role="alert">A message cannot be empty: to remove it, use Delete.</p>';
+        return;
+      }
       // Unchanged: nothing to send (the server would change nothing either).
       if (text === (article.dataset.src ?? body.textContent)) return stopEdit(article);
       if (!send('Edit message', { messageId: article.id.slice(4), message: text })) showOffline();
     });
   }
-  function stopEdit(article) {
+  function stopEdit(article, focus = true) {
     article.querySelector('.edit-form')?.remove();
     const body = article.querySelector('.body');
     if (body) body.hidden = false;
-    article.querySelector('[data-act="edit"]')?.focus();
+    const actions = article.querySelector('.msg-actions');
+    if (actions) actions.hidden = false;
+    if (focus) article.querySelector('[data-act="edit"]')?.focus();
   }
   function showOffline() {
     $('#errors').innerHTML = '<p class="error" role="alert">Not connected: try again once the connection is back.</p>';

@@ -263,6 +263,10 @@ async fn two_people_chat_in_a_browser_and_a_third_sees_nothing_private() {
         .await;
     let box_ = ann.find("#messages-list .edit-form textarea").await;
     box_.clear().await.unwrap();
+    // Emptied, it is not sent, and the page says why.
+    ann.click("#messages-list .edit-form button[type='submit']")
+        .await;
+    ann.wait_for_text("#errors", "cannot be empty").await;
     box_.send_keys("a typo here").await.unwrap();
     ann.click("#messages-list .edit-form button[type='submit']")
         .await;
