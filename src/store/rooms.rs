@@ -58,7 +58,7 @@ macro_rules! memberships_sql {
             (SELECT u.username FROM memberships pm JOIN users u ON u.id = pm.user_id \
              WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
         END AS peer_name, \
-        CAST(CASE WHEN m.hidden_through IS NOT NULL AND r.last_seq <= m.hidden_through \
+        CAST(CASE WHEN m.hidden_through IS NOT NULL AND r.posted <= m.hidden_through \
             THEN 1 ELSE 0 END AS BIGINT) AS hidden, \
         CAST(CASE WHEN r.kind = 'direct' THEN \
             (SELECT COUNT(*) FROM memberships pm JOIN blocks b ON b.blocker_id = pm.user_id \
@@ -233,10 +233,12 @@ impl Store {
     }
 
     /// Hides a room from the user's sidebar until a message comes after the newest now.
+    /// `hidden_through` is the room's count of messages posted then: an edit or a deletion
+    /// (which takes a seq but posts nothing) does not bring the room back.
     pub async fn hide_room(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
         sqlx::query(
             "UPDATE memberships SET hidden_through = \
-             (SELECT last_seq FROM rooms WHERE id = $1) WHERE room_id = $1 AND user_id = $2",
+             (SELECT posted FROM rooms WHERE id = $1) WHERE room_id = $1 AND user_id = $2",
         )
         .bind(room_id)
         .bind(user_id)
@@ -291,7 +293,7 @@ impl Store {
         let (hidden,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM memberships m JOIN rooms r ON r.id = m.room_id \
              WHERE m.room_id = $1 AND m.user_id = $2 AND m.hidden_through IS NOT NULL \
-             AND r.last_seq <= m.hidden_through",
+             AND r.posted <= m.hidden_through",
         )
         .bind(room_id)
         .bind(user_id)

@@ -12,6 +12,7 @@ on_both_databases!(
     only_the_author_changes_a_message_and_others_are_told_why,
     a_resume_replays_the_edits_and_deletions_it_missed,
     a_change_is_no_unread_message,
+    a_change_does_not_bring_back_a_hidden_conversation,
     changes_go_through_the_posting_rate,
 );
 
@@ -237,6 +238,34 @@ async fn a_change_is_no_unread_message(backend: Backend) {
         .expect("#hi in the sidebar")..];
     let badge = &hi[..hi.find("</a>").unwrap_or(hi.len())];
     assert!(!badge.contains(" unread</span>"), "{badge}");
+}
+
+/// A hidden conversation comes back with a new message, not with an edit or a deletion.
+async fn a_change_does_not_bring_back_a_hidden_conversation(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    let mut a = app.connect(&ann).await;
+    let mut b = app.connect(&bob).await;
+    a.enter_direct("bob").await;
+    let id = post(&mut a, "hello bob").await;
+    b.act("Hide conversation", json!({ "username": "ann" }))
+        .await;
+    b.wait_for(|f| f.selector.starts_with("#room-") && f.swap == "remove")
+        .await;
+    edit(&mut a, &id, "hello again, bob").await;
+    wait_for_change(&mut a, &id).await;
+    delete(&mut a, &id).await;
+    wait_for_change(&mut a, &id).await;
+    let page = app.page(&bob.cookie).await;
+    let directs = &page[page.find("id=\"directs\"").expect("the directs list")..];
+    let directs = &directs[..directs.find("</ul>").unwrap_or(directs.len())];
+    assert!(!directs.contains("data-group-name=\"ann\""), "{directs}");
+    // A message brings it back.
+    post(&mut a, "are you there?").await;
+    let page = app.page(&bob.cookie).await;
+    let directs = &page[page.find("id=\"directs\"").expect("the directs list")..];
+    let directs = &directs[..directs.find("</ul>").unwrap_or(directs.len())];
+    assert!(directs.contains("data-group-name=\"ann\""), "{directs}");
 }
 
 /// Edits cost like posts: past the posting rate they are refused, and the refusal says so.
