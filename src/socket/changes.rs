@@ -24,19 +24,14 @@ impl Socket {
         };
         // A message in a room the user is not in is no message at all to them: the same
         // answer as for an id that names nothing.
-        let Some(message) = self.hub.store.message(message_id).await? else {
+        let found = self
+            .hub
+            .store
+            .message_for_member(message_id, &self.user.id)
+            .await?;
+        let Some(message) = found.filter(|m| !self.revoked.contains(&m.room_id)) else {
             return refuse("There is no such message.");
         };
-        if self.revoked.contains(&message.room_id)
-            || self
-                .hub
-                .store
-                .room_for_member(&message.room_id, &self.user.id)
-                .await?
-                .is_none()
-        {
-            return refuse("There is no such message.");
-        }
         if message.author.id != self.user.id {
             return refuse(format!("You can only {verb} your own messages."));
         }

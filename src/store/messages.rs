@@ -205,13 +205,23 @@ impl Store {
         Ok(Page { messages, through })
     }
 
-    /// The message an author may change, with its room: `None` for no such message.
-    pub async fn message(&self, message_id: &str) -> StoreResult<Option<StoredMessage>> {
-        let row = sqlx::query(&format!("{SELECT_MESSAGES} WHERE m.id = $1"))
-            .bind(message_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.failed(e))?;
+    /// Message `message_id` if `user_id` is in its room: `None` for no such message and for
+    /// one in a room the user is not in alike (one query either way, so neither the answer
+    /// nor its time tells them apart).
+    pub async fn message_for_member(
+        &self,
+        message_id: &str,
+        user_id: &str,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let row = sqlx::query(&format!(
+            "{SELECT_MESSAGES} JOIN memberships mb ON mb.room_id = m.room_id AND mb.user_id = $2 \
+             WHERE m.id = $1"
+        ))
+        .bind(message_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
         row.as_ref()
             .map(message_from_row)
             .transpose()
