@@ -66,15 +66,23 @@ fn room_seq(row: Option<&AnyRow>) -> Result<i64, sqlx::Error> {
     row.map_or(Ok(0), |row| row.try_get("room_seq"))
 }
 
-/// `SELECT_MESSAGES` with the room's seq as `room_seq` (`$1` is the room).
-const SELECT_MESSAGES_WITH_ROOM_SEQ: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, \
-     u.username, m.body, m.created_at, m.client_id, m.rev, m.edited_at, m.deleted_at, \
-     (SELECT last_seq FROM rooms WHERE id = $1) AS room_seq \
-     FROM messages m JOIN users u ON u.id = m.author_id";
+/// A message's columns and where they come from, shared by the selects below.
+macro_rules! select_messages {
+    ($extra:literal) => {
+        concat!(
+            "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, m.body, m.created_at, \
+             m.client_id, m.rev, m.edited_at, m.deleted_at",
+            $extra,
+            " FROM messages m JOIN users u ON u.id = m.author_id"
+        )
+    };
+}
 
-pub(super) const SELECT_MESSAGES: &str = "SELECT m.id, m.room_id, m.seq, m.author_id, \
-     u.username, m.body, m.created_at, m.client_id, m.rev, m.edited_at, m.deleted_at \
-     FROM messages m JOIN users u ON u.id = m.author_id";
+pub(super) const SELECT_MESSAGES: &str = select_messages!("");
+
+/// `SELECT_MESSAGES` with the room's seq as `room_seq` (`$1` is the room).
+const SELECT_MESSAGES_WITH_ROOM_SEQ: &str =
+    select_messages!(", (SELECT last_seq FROM rooms WHERE id = $1) AS room_seq");
 
 impl Store {
     /// Stores a message and returns it with its sequence number. Only after this returns
@@ -128,15 +136,6 @@ impl Store {
         Ok(row.map(|(seq,)| seq))
     }
 
-    /// The newest `limit` messages, oldest first.
-    pub async fn latest_messages(
-        &self,
-        room_id: &str,
-        limit: i64,
-    ) -> StoreResult<Vec<StoredMessage>> {
-        self.messages_before(room_id, i64::MAX, limit).await
-    }
-
     /// Up to `limit` messages just before `seq`, oldest first (one page of older history).
     pub async fn messages_before(
         &self,
@@ -154,20 +153,17 @@ impl Store {
     /// The newest `limit` messages, oldest first, and the room's seq as they were read:
     /// every change through it is in them (or concerns older messages).
     pub async fn latest_page(&self, room_id: &str, limit: i64) -> StoreResult<Page> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_MESSAGES_WITH_ROOM_SEQ} WHERE m.room_id = $1 ORDER BY m.seq DESC LIMIT $2"
-        ))
-        .bind(room_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.failed(e))?;
+        let rows = self
+            .rows_where(
+                SELECT_MESSAGES_WITH_ROOM_SEQ,
+                room_id,
+                "m.seq < $2 ORDER BY m.seq DESC",
+                i64::MAX,
+                limit,
+            )
+            .await?;
         let through = room_seq(rows.first()).map_err(|e| self.failed(e))?;
-        let mut messages = rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.failed(e))?;
+        let mut messages = self.messages_of(&rows)?;
         messages.reverse();
         Ok(Page { messages, through })
     }
@@ -176,21 +172,16 @@ impl Store {
     /// new messages, and edited or deleted ones in their current state (catch-up after a
     /// reconnect). `through` says up to which seq every change is accounted for.
     pub async fn changes_after(&self, room_id: &str, after: i64, limit: i64) -> StoreResult<Page> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_MESSAGES_WITH_ROOM_SEQ} WHERE m.room_id = $1 AND m.rev > $2 \
-             ORDER BY m.rev ASC LIMIT $3"
-        ))
-        .bind(room_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.failed(e))?;
-        let messages = rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.failed(e))?;
+        let rows = self
+            .rows_where(
+                SELECT_MESSAGES_WITH_ROOM_SEQ,
+                room_id,
+                "m.rev > $2 ORDER BY m.rev ASC",
+                after,
+                limit,
+            )
+            .await?;
+        let messages = self.messages_of(&rows)?;
         // Every change takes a seq and leaves its message's rev at least as high: with no
         // message changed after `after`, nothing happened after it. A full page covers up
         // to its last rev (what came between and was changed again is in a later page); a
@@ -292,15 +283,34 @@ impl Store {
         seq: i64,
         limit: i64,
     ) -> StoreResult<Vec<StoredMessage>> {
-        let rows = sqlx::query(&format!(
-            "{SELECT_MESSAGES} WHERE m.room_id = $1 AND {order} LIMIT $3"
+        let rows = self
+            .rows_where(SELECT_MESSAGES, room_id, order, seq, limit)
+            .await?;
+        self.messages_of(&rows)
+    }
+
+    /// The rows of one keyset page of a room's messages, read with `select`: `order`
+    /// bounds and orders them against `bound` (`$2`).
+    async fn rows_where(
+        &self,
+        select: &str,
+        room_id: &str,
+        order: &str,
+        bound: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<AnyRow>> {
+        sqlx::query(&format!(
+            "{select} WHERE m.room_id = $1 AND {order} LIMIT $3"
         ))
         .bind(room_id)
-        .bind(seq)
+        .bind(bound)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| self.failed(e))?;
+        .map_err(|e| self.failed(e))
+    }
+
+    fn messages_of(&self, rows: &[AnyRow]) -> StoreResult<Vec<StoredMessage>> {
         rows.iter()
             .map(message_from_row)
             .collect::<Result<Vec<_>, _>>()

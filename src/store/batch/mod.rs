@@ -739,7 +739,7 @@ mod tests {
         let published = published.lock().unwrap().clone();
         for (room, count) in rooms.into_iter().zip([180, 200]) {
             assert_eq!(published[room], (1..=count).collect::<Vec<i64>>());
-            let stored = store.latest_messages(room, 500).await.unwrap();
+            let stored = store.latest_page(room, 500).await.unwrap().messages;
             assert_eq!(stored.len(), count as usize);
         }
         store.close().await;
