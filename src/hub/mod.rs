@@ -88,6 +88,14 @@ const ROSTER_EVERY: Duration = Duration::from_secs(1);
 const ROSTER_COALESCE: Duration = Duration::from_millis(250);
 
 impl Hub {
+    /// Publishes `event` to `group`; a failure is logged (this node's sockets got the
+    /// event regardless, and the others catch up from the store).
+    pub async fn publish(&self, group: &str, event: Event) {
+        if let Err(e) = self.layer.publish(group, event).await {
+            tracing::warn!(error = %e, group, "publish failed");
+        }
+    }
+
     /// Tells everyone that `user` came online (their first socket anywhere) or went
     /// offline (their last): the "Online" list when it shows them, and the people they
     /// have conversations with (`peers`, by id), whose sidebars show a dot for them.

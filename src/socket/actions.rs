@@ -178,7 +178,7 @@ impl Socket {
         };
         let group = active.group.clone();
         self.last_typing = Some(Instant::now());
-        self.publish(&group, event).await;
+        self.hub.publish(&group, event).await;
     }
 
     /// Charges the user's budget for `messages` read from history: by their count, or by

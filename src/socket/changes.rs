@@ -77,11 +77,7 @@ impl Socket {
         // task ends meanwhile (its writer gone, the reader is dropped mid-action).
         let hub = self.hub.clone();
         let group = room_group(&changed.room_id);
-        tokio::spawn(async move {
-            if let Err(e) = hub.layer.publish(&group, event).await {
-                tracing::warn!(error = %e, group, "publish failed");
-            }
-        });
+        tokio::spawn(async move { hub.publish(&group, event).await });
         Ok(())
     }
 }

@@ -154,14 +154,15 @@ impl Socket {
         };
         self.hub.store.hide_room(&room.id, &self.user.id).await?;
         let entry = views::direct_item(&room, &peer, 0).into_string();
-        self.publish(
-            &user_group(&self.user.id),
-            Event::RoomHidden {
-                room: Arc::from(room.id.as_str()),
-                frame: frame(target::DIRECTS, Swap::BeforeEnd, &entry),
-            },
-        )
-        .await;
+        self.hub
+            .publish(
+                &user_group(&self.user.id),
+                Event::RoomHidden {
+                    room: Arc::from(room.id.as_str()),
+                    frame: frame(target::DIRECTS, Swap::BeforeEnd, &entry),
+                },
+            )
+            .await;
         self.step_out_of(&room.id).await?;
         self.send_notice(&format!(
             "Your conversation with {} is hidden until one of you writes in it.",
@@ -363,25 +364,27 @@ impl Socket {
             Some(peer) => (target::DIRECTS, views::direct_item(room, peer, 0)),
             None => (target::GROUPS, views::group_item(room, 0)),
         };
-        self.publish(
-            &user_group(&owner.id),
-            Event::RoomAdded {
-                room: Arc::from(room.id.as_str()),
-                frame: frame(list, Swap::BeforeEnd, &entry.into_string()),
-            },
-        )
-        .await;
+        self.hub
+            .publish(
+                &user_group(&owner.id),
+                Event::RoomAdded {
+                    room: Arc::from(room.id.as_str()),
+                    frame: frame(list, Swap::BeforeEnd, &entry.into_string()),
+                },
+            )
+            .await;
     }
 
     /// Tells `owner_id`'s sockets, on every node, that `room` is no longer theirs to use.
     async fn remove_room(&self, owner_id: &str, room: &Room) {
-        self.publish(
-            &user_group(owner_id),
-            Event::RoomRemoved {
-                room: Arc::from(room.id.as_str()),
-            },
-        )
-        .await;
+        self.hub
+            .publish(
+                &user_group(owner_id),
+                Event::RoomRemoved {
+                    room: Arc::from(room.id.as_str()),
+                },
+            )
+            .await;
     }
 
     /// When this socket shows `room_id`, shows another of the user's rooms instead (`#hi`

@@ -11,9 +11,9 @@
 //!
 //! Here: starting and serving a socket, and what its halves share. The reader's actions
 //! are in `actions`, its posts (queued while the ones before are stored) in `posting`,
-//! edits and deletions in `changes`,
-//! the rooms it shows (entering, leaving, catching up) in `rooms`, the rooms a person
-//! chooses in `membership`; the writer is `writer`, its state `view`.
+//! edits and deletions in `changes`, the rooms it shows (entering, leaving, catching up)
+//! in `rooms`, the rooms a person chooses in `membership`; the writer is `writer`, its
+//! state `view`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use crate::chat::names::InputError;
 use crate::chat::protocol::{Swap, frame};
 use crate::hub::Hub;
-use crate::layer::{Event, Outbound, Reply, Subscriber};
+use crate::layer::{Outbound, Reply, Subscriber};
 use crate::model::{Room, RoomSummary, StoredMessage, User};
 use crate::store::{SignedIn, StoreError};
 use crate::views::{self, target};
@@ -299,9 +299,7 @@ impl Socket {
                     _ => return Ended::Broken,
                 },
                 answered = posts.next(), if !posts.is_empty() => {
-                    if let Err(e) = self.answer_post(answered) {
-                        self.report(e);
-                    }
+                    self.answer_post(answered);
                     continue;
                 }
                 // The room shown was taken away on another socket (left, or closed by a
@@ -327,12 +325,6 @@ impl Socket {
                 }
                 Message::Ping(_) | Message::Pong(_) => {}
             }
-        }
-    }
-
-    async fn publish(&self, group: &str, event: Event) {
-        if let Err(e) = self.hub.layer.publish(group, event).await {
-            tracing::warn!(error = %e, group, "publish failed");
         }
     }
 

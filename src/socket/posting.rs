@@ -136,11 +136,7 @@ impl Socket {
                 seq: message.seq,
                 frame: messages_frame(std::slice::from_ref(message), Swap::BeforeEnd),
             };
-            Box::pin(async move {
-                if let Err(e) = hub.layer.publish(&group, event).await {
-                    tracing::warn!(error = %e, group, "publish failed");
-                }
-            })
+            Box::pin(async move { hub.publish(&group, event).await })
         });
         let draft = Draft {
             room_id: &room_id,
@@ -154,9 +150,9 @@ impl Socket {
         }
     }
 
-    /// Answers a stored post where the publication does not: the sender of a post to
-    /// another room, or of a repeat.
-    pub(super) fn answer_post(&self, answered: Answered) -> Result<(), ActionError> {
+    /// Answers a stored post where the publication does not (the sender of a post to
+    /// another room, or of a repeat), and a post that was not stored.
+    pub(super) fn answer_post(&self, answered: Answered) {
         let Answered {
             outcome,
             client_id,
@@ -164,14 +160,12 @@ impl Socket {
         } = answered;
         let posted = match outcome {
             Ok(posted) => posted,
-            Err(e) => return Err(refused(not_stored(e), client_id)),
+            Err(e) => return self.report(refused(not_stored(e), client_id)),
         };
         if let (true, Some(client_id)) = (elsewhere, &client_id) {
             // Its article goes to that room's viewers, not to this socket, which shows
-            // another room: it is told the post is stored.
-            let sent = frame(&target::pending(client_id), Swap::Remove, "");
-            self.send(Reply::Frame(sent));
-            return Ok(());
+            // another room.
+            return self.told_stored(client_id);
         }
         // Posted before (a retry whose first answer was lost): stored and published then.
         // The sender is answered as the first time, with the same article (which replaces
@@ -181,7 +175,7 @@ impl Socket {
             repeat: true,
         } = posted
         else {
-            return Ok(());
+            return;
         };
         if self
             .active
@@ -191,20 +185,22 @@ impl Socket {
             let article = messages_frame(std::slice::from_ref(&message), Swap::BeforeEnd);
             self.send(Reply::Frame(article));
         } else if let Some(client_id) = client_id {
-            // First posted in a room this socket does not show: told it is stored.
-            let sent = frame(&target::pending(&client_id), Swap::Remove, "");
-            self.send(Reply::Frame(sent));
+            // First posted in a room this socket does not show.
+            self.told_stored(&client_id);
         }
-        Ok(())
+    }
+
+    /// Tells the sender its post `client_id` is stored, where no article of it comes.
+    fn told_stored(&self, client_id: &str) {
+        let sent = frame(&target::pending(client_id), Swap::Remove, "");
+        self.send(Reply::Frame(sent));
     }
 
     /// Waits for every post in flight and answers each.
     pub(super) async fn settle(&self, posts: &mut InFlight) {
         while !posts.is_empty() {
             let answered = posts.next().await;
-            if let Err(e) = self.answer_post(answered) {
-                self.report(e);
-            }
+            self.answer_post(answered);
         }
     }
 }

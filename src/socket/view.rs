@@ -204,16 +204,7 @@ impl View {
                 {
                     out.push(entry);
                 }
-                if let Some(held) = self.held_for(room) {
-                    held.push(Held::Message(*seq, f.clone()));
-                    // A client that reads its backlog slower than the room talks falls
-                    // behind as surely as one with a full queue.
-                    if held.len() >= self.hold_at_most {
-                        self.effects.push(Effect::Lagging);
-                    }
-                } else if self.active.as_ref() == Some(room) {
-                    self.show(*seq, f.clone(), out);
-                } else {
+                if !self.show_in_room(room, *seq, f, out) {
                     let count = self.unread.entry(room.to_string()).or_insert(0);
                     *count += 1;
                     out.push(frame(
@@ -229,14 +220,7 @@ impl View {
                 seq,
                 frame: f,
             } => {
-                if let Some(held) = self.held_for(room) {
-                    held.push(Held::Message(*seq, f.clone()));
-                    if held.len() >= self.hold_at_most {
-                        self.effects.push(Effect::Lagging);
-                    }
-                } else if self.active.as_ref() == Some(room) {
-                    self.show(*seq, f.clone(), out);
-                }
+                self.show_in_room(room, *seq, f, out);
             }
             Event::Viewers { room, frame: f } => {
                 if let Some(held) = self.held_for(room) {
@@ -281,6 +265,31 @@ impl View {
         }
     }
 
+    /// Shows change `seq` of `room` (a message, an edit, a deletion) where the room is
+    /// shown, or holds it while the room is being entered; false when the socket shows
+    /// another room.
+    fn show_in_room(
+        &mut self,
+        room: &str,
+        seq: i64,
+        f: &Utf8Bytes,
+        out: &mut Vec<Utf8Bytes>,
+    ) -> bool {
+        if let Some(held) = self.held_for(room) {
+            held.push(Held::Message(seq, f.clone()));
+            // A client that reads its backlog slower than the room talks falls behind as
+            // surely as one with a full queue.
+            if held.len() >= self.hold_at_most {
+                self.effects.push(Effect::Lagging);
+            }
+        } else if self.active.as_deref() == Some(room) {
+            self.show(seq, f.clone(), out);
+        } else {
+            return false;
+        }
+        true
+    }
+
     /// While `room` is being entered, where its events wait for its history and list.
     fn held_for(&mut self, room: &str) -> Option<&mut Vec<Held>> {
         self.entering
@@ -300,10 +309,15 @@ impl View {
         if seq <= self.shown_through || !self.shown_above.insert(seq) {
             return false;
         }
+        self.close_up();
+        true
+    }
+
+    /// Moves `shown_through` over the seqs shown above it that follow on without a gap.
+    fn close_up(&mut self) {
         while self.shown_above.remove(&(self.shown_through + 1)) {
             self.shown_through += 1;
         }
-        true
     }
 
     /// Shows a live message of the active room unless it is already on screen.
@@ -336,9 +350,7 @@ impl View {
         if through > self.shown_through {
             self.shown_through = through;
             self.shown_above = self.shown_above.split_off(&(through + 1));
-            while self.shown_above.remove(&(self.shown_through + 1)) {
-                self.shown_through += 1;
-            }
+            self.close_up();
         }
         out.push(room_seq_frame(self.shown_through));
     }
