@@ -82,8 +82,7 @@ fn render(text: &str) -> Rendered {
     let mut out = String::with_capacity(text.len() + 16);
     let mut open: Vec<Closing> = Vec::new();
     // Containers (quotes, lists, items) open now; past `MAX_DEPTH` they are left out.
-    let mut containers = 0usize;
-    let mut container_stack: Vec<bool> = Vec::new();
+    let mut depth = 0usize;
     let mut in_link = 0usize;
     let mut in_code_block = false;
     let mut links = MAX_LINKS;
@@ -99,13 +98,11 @@ fn render(text: &str) -> Rendered {
                 }
                 let container = matches!(tag, Tag::BlockQuote(_) | Tag::List(_) | Tag::Item);
                 if container {
-                    let kept = containers < MAX_DEPTH;
-                    container_stack.push(kept);
-                    if !kept {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
                         open.push(None);
                         continue;
                     }
-                    containers += 1;
                 }
                 let closing = match tag {
                     Tag::Paragraph => open_tag(&mut out, "<p>", "</p>"),
@@ -173,8 +170,8 @@ fn render(text: &str) -> Rendered {
             Event::End(end) => {
                 let container =
                     matches!(end, TagEnd::BlockQuote(_) | TagEnd::List(_) | TagEnd::Item);
-                if container && container_stack.pop() == Some(true) {
-                    containers -= 1;
+                if container {
+                    depth -= 1;
                 }
                 match end {
                     TagEnd::Link | TagEnd::Image => {
@@ -251,18 +248,10 @@ fn allowed_href(link_type: LinkType, dest: &str) -> Option<String> {
     allowed.then(|| dest.to_owned())
 }
 
-/// Escapes text for an element's content or a quoted attribute.
+/// Escapes text for an element's content or a quoted attribute, as maud escapes all the
+/// other text of the page.
 fn escape_into(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
+    let _ = maud::Escaper::new(out).write_str(text);
 }
 
 #[cfg(test)]

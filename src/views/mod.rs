@@ -8,7 +8,7 @@ mod format;
 mod links;
 pub mod target;
 
-pub use links::{MAX_LINK_CHARS, MAX_LINKS, linked};
+use links::{MAX_LINK_CHARS, MAX_LINKS};
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
