@@ -30,17 +30,18 @@
   // Every change through `through` is on the page; `above` holds those seen past a gap.
   let through = 0;
   const above = new Set();
+  const closeUp = () => { while (above.delete(through + 1)) through += 1; };
   function saw(seq) {
     if (!(seq > through)) return;
     above.add(seq);
-    while (above.delete(through + 1)) through += 1;
+    closeUp();
   }
   // The server's word (after a room's history or a catch-up): a change replaced by a later
   // one leaves a seq that no article carries.
   function seenThrough(seq) {
     if (seq > through) through = seq;
     for (const s of above) if (s <= through) above.delete(s);
-    while (above.delete(through + 1)) through += 1;
+    closeUp();
   }
   for (const a of list().children) if (a.dataset.seq) through = Math.max(through, revOf(a));
   const activeRoom = () => $('#group-name [data-room-id]')?.dataset.roomId;
@@ -531,13 +532,10 @@
     form.addEventListener('submit', (e) => {
       e.preventDefault();
       const text = box.value.trim();
-      if (!text) {
-        $('#errors').innerHTML = '<p class="error" role="alert">A message cannot be empty: to remove it, use Delete.</p>';
-        return;
-      }
+      if (!text) return showError('A message cannot be empty: to remove it, use Delete.');
       // Unchanged: nothing to send (the server would change nothing either).
       if (text === (article.dataset.src ?? body.textContent)) return stopEdit(article);
-      if (!send('Edit message', { messageId: article.id.slice(4), message: text })) showOffline();
+      if (!send('Edit message', { messageId: article.id.slice(4), message: text })) showError(OFFLINE);
     });
   }
   function stopEdit(article, focus = true) {
@@ -548,9 +546,11 @@
     if (actions) actions.hidden = false;
     if (focus) article.querySelector('[data-act="edit"]')?.focus();
   }
-  function showOffline() {
-    $('#errors').innerHTML = '<p class="error" role="alert">Not connected: try again once the connection is back.</p>';
+  // An error the page itself finds, where the server's errors go (`text` is the page's own).
+  function showError(text) {
+    $('#errors').innerHTML = `<p class="error" role="alert">${text}</p>`;
   }
+  const OFFLINE = 'Not connected: try again once the connection is back.';
   list().addEventListener('click', (e) => {
     const button = e.target.closest('button[data-act]');
     const article = button?.closest('article.message');
@@ -570,7 +570,7 @@
         arrange();
         return article.querySelector('[data-act="delete"]')?.focus();
       case 'delete-yes':
-        if (!send('Delete message', { messageId: article.id.slice(4) })) showOffline();
+        if (!send('Delete message', { messageId: article.id.slice(4) })) showError(OFFLINE);
     }
   });
 

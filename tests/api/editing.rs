@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{Backend, Client, Frame, TestApp, attr, message_ids};
+use crate::helpers::{Backend, Client, Frame, TestApp, attr, count, message_ids};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -48,20 +48,8 @@ async fn wait_for_change(client: &mut Client, id: &str) -> Frame {
 
 /// How many times `text` is in the database, anywhere in a message row.
 async fn stored_anywhere(database_url: &str, text: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(database_url)
-        .await
-        .expect("the test's database");
-    let pattern = format!("%{text}%");
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM messages WHERE body LIKE $1 OR COALESCE(client_id, '') LIKE $1",
-    )
-    .bind(&pattern)
-    .fetch_one(&pool)
-    .await
-    .expect("count");
-    pool.close().await;
-    n
+    let sql = "SELECT COUNT(*) FROM messages WHERE body LIKE $1 OR COALESCE(client_id, '') LIKE $1";
+    count(database_url, sql, &format!("%{text}%")).await
 }
 
 async fn authors_edit_and_delete_and_everyone_sees_it_once(backend: Backend) {

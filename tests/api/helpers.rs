@@ -554,12 +554,22 @@ pub async fn wait_for_metric(
 
 /// How many messages with this body the database holds.
 pub async fn stored(database_url: &str, body: &str) -> i64 {
+    count(
+        database_url,
+        "SELECT COUNT(*) FROM messages WHERE body = $1",
+        body,
+    )
+    .await
+}
+
+/// What `sql`, a count with one parameter, finds in the test's database.
+pub async fn count(database_url: &str, sql: &str, bind: &str) -> i64 {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(database_url)
         .await
         .expect("the test's database");
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE body = $1")
-        .bind(body)
+    let (n,): (i64,) = sqlx::query_as(sql)
+        .bind(bind)
         .fetch_one(&pool)
         .await
         .expect("count");
