@@ -12,14 +12,14 @@
 //!   request comes from behind proxies, and the access limits (sign-in attempts, failed
 //!   log-ins, sockets per user).
 //! - [`socket`]: one chat socket — a reader turning actions into stores and publications
-//!   (posts queued while the ones before are stored, in `posting`; edits and deletions in
-//!   `changes`; the rooms a person chooses: joining, leaving, hiding, blocking, browsing,
-//!   in `membership`), a writer draining a bounded queue onto the wire through the
+//!   (posts queued while the ones before are stored, in `posting`; edits, deletions and
+//!   reactions in `changes`; the rooms a person chooses: joining, leaving, hiding,
+//!   blocking, browsing, in `membership`), a writer draining a bounded queue onto the wire through the
 //!   socket's view (`view`: which room is shown, what of it is on screen, what waits).
 //! - [`hub`]: what every socket on a node shares (store, layer, presence, limits, room
 //!   member lists already rendered), and the node's announcements of who came and went.
-//! - [`chat`]: the rules, free of I/O: valid names (and when two are the same) and
-//!   messages, the wire protocol, rate limits and the cost of each action.
+//! - [`chat`]: the rules, free of I/O: valid names (and when two are the same),
+//!   messages and reactions, the wire protocol, rate limits and the cost of each action.
 //! - [`presence`]: who is online and in which room, with capped lists (the Online list,
 //!   room member lists), kept in memory for one node or in Redis for several.
 //! - [`views`]: maud components; the page and the live fragments come from the same ones;
@@ -30,7 +30,7 @@
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
 //!   log-ins, rooms, memberships, blocks, messages; posts are stored in batches by per-node
 //!   writers (group commit), once per client id; every change to a room (a post, an edit,
-//!   a deletion) takes its next seq; what nobody can use any more is purged.
+//!   a deletion, a reaction) takes its next seq; what nobody can use any more is purged.
 //! - [`model`]: the domain types (people, rooms, messages) that storage, views, presence
 //!   and the channel layer share.
 //! - [`memory`]: giving freed memory back to the system after a load peak.

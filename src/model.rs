@@ -95,4 +95,15 @@ pub struct StoredMessage {
     pub edited_at_ms: Option<i64>,
     /// Deleted by its author: its text is gone, and it shows as a tombstone.
     pub deleted: bool,
+    /// Its reactions, in the order their emoji were first used.
+    pub reactions: Vec<Reaction>,
+}
+
+/// The people who reacted to a message with one emoji.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    pub emoji: String,
+    pub count: i64,
+    /// The first of them, up to `chat::reactions::NAMED`.
+    pub named: Vec<User>,
 }

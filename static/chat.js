@@ -354,13 +354,21 @@
     let prev = null;
     for (const a of list().children) {
       a.classList.toggle('mine', a.dataset.author === me);
-      // One's own messages can be edited and deleted (the server checks it is theirs).
-      if (a.dataset.author === me && !a.classList.contains('deleted') && !a.querySelector('.msg-actions')) {
+      // Every message can be reacted to; one's own edited and deleted (the server checks
+      // it is theirs).
+      if (!a.classList.contains('deleted') && !a.querySelector('.msg-actions')) {
         const actions = document.createElement('div');
         actions.className = 'msg-actions';
-        actions.innerHTML = '<button type="button" class="link" data-act="edit">Edit</button>'
-          + '<button type="button" class="link" data-act="delete">Delete</button>';
+        actions.innerHTML = '<button type="button" class="link" data-act="pick" aria-label="Add a reaction">React</button>'
+          + (a.dataset.author === me
+            ? '<button type="button" class="link" data-act="edit">Edit</button>'
+              + '<button type="button" class="link" data-act="delete">Delete</button>'
+            : '');
         a.querySelector('.bubble')?.append(actions);
+      }
+      // One's own reactions show pressed.
+      for (const chip of a.querySelectorAll('button.reaction')) {
+        chip.setAttribute('aria-pressed', String((chip.dataset.who || '').split(' ').includes(me)));
       }
       const ts = Number(a.querySelector('time')?.dataset.ts);
       const day = new Date(ts).toLocaleDateString([], { weekday: 'long', month: 'long', day: 'numeric' });
@@ -538,6 +546,35 @@
       if (!send('Edit message', { messageId: article.id.slice(4), message: text })) showError(OFFLINE);
     });
   }
+  // Reacting: a few emoji at a click, or any one typed.
+  const QUICK = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
+  function openPicker(article) {
+    closePickers();
+    const picker = document.createElement('form');
+    picker.className = 'picker';
+    picker.setAttribute('role', 'group');
+    picker.setAttribute('aria-label', 'Reactions');
+    picker.innerHTML = QUICK.map((e) => `<button type="button" class="link" data-act="react" data-emoji="${e}">${e}</button>`).join('')
+      + '<input name="emoji" size="3" maxlength="16" placeholder="🙂" aria-label="Another emoji">'
+      + '<button type="submit" class="link">Add</button>';
+    picker.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const emoji = picker.emoji.value.trim();
+      if (emoji) react(article, emoji);
+    });
+    picker.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') { e.preventDefault(); closePickers(); article.querySelector('[data-act="pick"]')?.focus(); }
+    });
+    article.querySelector('.msg-actions')?.after(picker);
+    picker.querySelector('button').focus();
+  }
+  function closePickers() {
+    for (const open of list().querySelectorAll('.picker')) open.remove();
+  }
+  function react(article, emoji) {
+    closePickers();
+    if (!send('React', { messageId: article.id.slice(4), emoji })) showError(OFFLINE);
+  }
   function stopEdit(article, focus = true) {
     article.querySelector('.edit-form')?.remove();
     const body = article.querySelector('.body');
@@ -557,6 +594,8 @@
     if (!article) return;
     const actions = article.querySelector('.msg-actions');
     switch (button.dataset.act) {
+      case 'pick': return openPicker(article);
+      case 'react': return react(article, button.dataset.emoji);
       case 'edit': return startEdit(article);
       case 'cancel': return stopEdit(article);
       // Asked where it was clicked, not in a dialog that stops the page.

@@ -4,3 +4,4 @@
 pub mod names;
 pub mod protocol;
 pub mod rate;
+pub mod reactions;

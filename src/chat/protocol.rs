@@ -34,6 +34,11 @@ pub enum Action {
     DeleteMessage {
         message_id: String,
     },
+    /// Add one's reaction to a message, or take it back.
+    React {
+        message_id: String,
+        emoji: String,
+    },
     /// One page of history before `before_seq` in the active room.
     LoadOlder {
         before_seq: i64,
@@ -106,6 +111,13 @@ struct EditMessageData {
     #[serde(rename = "messageId")]
     message_id: String,
     message: String,
+}
+
+#[derive(Deserialize)]
+struct ReactData {
+    #[serde(rename = "messageId")]
+    message_id: String,
+    emoji: String,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +222,13 @@ impl Action {
             "Delete message" => Action::DeleteMessage {
                 message_id: message_id(&data::<MessageIdData>(action, envelope.data)?.message_id)?,
             },
+            "React" => {
+                let d: ReactData = data(action, envelope.data)?;
+                Action::React {
+                    message_id: message_id(&d.message_id)?,
+                    emoji: d.emoji,
+                }
+            }
             "Load older" => Action::LoadOlder {
                 before_seq: data::<LoadOlderData>(action, envelope.data)?.before_seq,
             },
@@ -436,6 +455,9 @@ mod tests {
             prop_oneof![
                 Just("Change group".to_string()),
                 Just("New message".to_string()),
+                Just("Edit message".to_string()),
+                Just("Delete message".to_string()),
+                Just("React".to_string()),
                 Just("Load older".to_string()),
                 Just("Catch up".to_string()),
                 Just("Create group".to_string()),

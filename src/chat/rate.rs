@@ -22,10 +22,10 @@ pub const BYTES_PER_UNIT: f64 = 64.0 * 1024.0;
 /// broadcast it causes. Posting has a limit of its own and costs nothing here.
 pub fn action_cost(action: &Action) -> f64 {
     match action {
-        // Posts, edits and deletions are writes every member receives: they go through the
-        // posting rate as well.
+        // Posts, edits, deletions and reactions are writes every member receives: they go
+        // through the posting rate as well.
         Action::NewMessage { .. } => 0.0,
-        Action::EditMessage { .. } | Action::DeleteMessage { .. } => 1.0,
+        Action::EditMessage { .. } | Action::DeleteMessage { .. } | Action::React { .. } => 1.0,
         Action::Typing => 1.0,
         Action::ChangeGroup { .. }
         | Action::LoadOlder { .. }

@@ -106,6 +106,7 @@ impl Socket {
             Action::DeleteMessage { message_id } => {
                 self.change_message(&message_id, Change::Delete).await
             }
+            Action::React { message_id, emoji } => self.react(&message_id, &emoji).await,
             Action::LoadOlder { before_seq } => self.load_older(before_seq).await,
             Action::CatchUp { after_seq } => {
                 let active = self.usable_room()?;

@@ -1,5 +1,5 @@
 //! A socket's changes to messages already posted: edits and deletions, by their author
-//! only. Each is stored with the room's next seq (the message's new rev) before it is
+//! only, and reactions, by any member. Each is stored with the room's next seq (the message's new rev) before it is
 //! published, so catch-up after a reconnect replays it like a new message; its frame
 //! replaces the article in place.
 
@@ -8,8 +8,10 @@ use std::sync::Arc;
 use super::{ActionError, Socket, refuse};
 use crate::chat::names::{InputError, MessageText};
 use crate::chat::protocol::{Swap, frame};
+use crate::chat::reactions::{Emoji, MAX_KINDS};
 use crate::layer::{Event, room_group};
-use crate::store::Change;
+use crate::model::StoredMessage;
+use crate::store::{Change, Reacted};
 use crate::views::{self, target};
 
 impl Socket {
@@ -22,14 +24,7 @@ impl Socket {
             Change::Edit(_) => "edit",
             Change::Delete => "delete",
         };
-        // A message in a room the user is not in is no message at all to them: the same
-        // answer as for an id that names nothing.
-        let found = self
-            .hub
-            .store
-            .message_for_member(message_id, &self.user.id)
-            .await?;
-        let Some(message) = found.filter(|m| !self.revoked.contains(&m.room_id)) else {
+        let Some(message) = self.message_in_reach(message_id).await? else {
             return refuse("There is no such message.");
         };
         if message.author.id != self.user.id {
@@ -50,11 +45,7 @@ impl Socket {
             }
             Change::Delete => Change::Delete,
         };
-        if !self.hub.rate.allow(&self.user.id) {
-            return Err(ActionError::Busy(InputError(
-                "You are changing messages too fast; wait a moment and try again.".into(),
-            )));
-        }
+        self.changes_allowed()?;
         let Some(changed) = self
             .hub
             .store
@@ -64,13 +55,73 @@ impl Socket {
             // Deleted on another socket meanwhile.
             return refuse("That message was deleted.");
         };
+        self.publish_change(&changed);
+        Ok(())
+    }
+
+    /// Adds the user's reaction to a message in a room of theirs, or takes it back.
+    pub(super) async fn react(&mut self, message_id: &str, emoji: &str) -> Result<(), ActionError> {
+        let emoji = Emoji::parse(emoji)?;
+        let Some(message) = self.message_in_reach(message_id).await? else {
+            return refuse("There is no such message.");
+        };
+        if message.deleted {
+            return refuse("That message was deleted.");
+        }
+        self.changes_allowed()?;
+        let reacted = self
+            .hub
+            .store
+            .toggle_reaction(&message.room_id, message_id, &self.user.id, emoji.as_str())
+            .await?;
+        match reacted {
+            Reacted::Changed(changed) => {
+                self.publish_change(&changed);
+                Ok(())
+            }
+            Reacted::NoMessage => refuse("That message was deleted."),
+            Reacted::Full => refuse(format!(
+                "A message takes at most {MAX_KINDS} different reactions: add one of those."
+            )),
+        }
+    }
+
+    /// Message `message_id` if it is in a room of the user's they may still use. A message
+    /// elsewhere is no message at all to them: the same answer as for an id that names
+    /// nothing.
+    async fn message_in_reach(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<StoredMessage>, ActionError> {
+        let found = self
+            .hub
+            .store
+            .message_for_member(message_id, &self.user.id)
+            .await?;
+        Ok(found.filter(|m| !self.revoked.contains(&m.room_id)))
+    }
+
+    /// Changes share the posting rate: each is a write every member of the room receives.
+    fn changes_allowed(&self) -> Result<(), ActionError> {
+        if self.hub.rate.allow(&self.user.id) {
+            Ok(())
+        } else {
+            Err(ActionError::Busy(InputError(
+                "You are changing messages too fast; wait a moment and try again.".into(),
+            )))
+        }
+    }
+
+    /// Sends a stored change to every member: the message's article in its new state,
+    /// which replaces the old one where it is shown.
+    fn publish_change(&self, changed: &StoredMessage) {
         let event = Event::Changed {
             room: Arc::from(changed.room_id.as_str()),
             seq: changed.rev,
             frame: frame(
                 &target::message(&changed.id),
                 Swap::Outer,
-                &views::message(&changed).into_string(),
+                &views::message(changed).into_string(),
             ),
         };
         // Published by a task of its own: stored, a change is sent even if this socket's
@@ -78,6 +129,5 @@ impl Socket {
         let hub = self.hub.clone();
         let group = room_group(&changed.room_id);
         tokio::spawn(async move { hub.publish(&group, event).await });
-        Ok(())
     }
 }

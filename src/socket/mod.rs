@@ -359,6 +359,8 @@ pub(crate) fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::reactions::{MAX_KINDS, NAMED};
+    use crate::model::Reaction;
 
     /// The reply backlog counts what a catch-up puts on the wire, escaping included, or a
     /// client that never reads could hold far more than the backlog allows.
@@ -379,6 +381,19 @@ mod tests {
             "<http://a.b>",
             "```\n\"\"\n```\n",
         ] {
+            // As many reactions as a message takes, each naming as many as it shows.
+            let reactions: Vec<Reaction> = (0..MAX_KINDS)
+                .map(|_| Reaction {
+                    emoji: "👨‍👩‍👧‍👦".into(),
+                    count: 10_000,
+                    named: (0..NAMED)
+                        .map(|_| User {
+                            id: uuid::Uuid::now_v7().to_string(),
+                            username: "\"<&>".repeat(8),
+                        })
+                        .collect(),
+                })
+                .collect();
             let messages: Vec<StoredMessage> = (1..=50)
                 .map(|seq| StoredMessage {
                     id: uuid::Uuid::now_v7().to_string(),
@@ -394,6 +409,7 @@ mod tests {
                     rev: seq,
                     edited_at_ms: None,
                     deleted: false,
+                    reactions: reactions.clone(),
                 })
                 .collect();
             let frame = messages_frame(&messages, Swap::BeforeEnd);

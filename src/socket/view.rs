@@ -469,6 +469,7 @@ mod tests {
             rev: 11,
             edited_at_ms: Some(1),
             deleted: false,
+            reactions: Vec::new(),
         };
         let mut out = Vec::new();
         view.show_missed(vec![changed_message], 11, &mut out);
@@ -561,6 +562,7 @@ mod tests {
                         rev: seq,
                         edited_at_ms: None,
                         deleted: false,
+                        reactions: Vec::new(),
                     })
                     .collect(),
             })

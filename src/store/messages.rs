@@ -41,6 +41,7 @@ pub(super) fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Erro
         rev: row.try_get("rev")?,
         edited_at_ms: row.try_get("edited_at")?,
         deleted: row.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+        reactions: super::reactions::from_column(row.try_get("reactions")?),
     })
 }
 
@@ -71,7 +72,7 @@ macro_rules! select_messages {
     ($extra:literal) => {
         concat!(
             "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, m.body, m.created_at, \
-             m.client_id, m.rev, m.edited_at, m.deleted_at",
+             m.client_id, m.rev, m.edited_at, m.deleted_at, m.reactions",
             $extra,
             " FROM messages m JOIN users u ON u.id = m.author_id"
         )
@@ -230,20 +231,10 @@ impl Store {
         change: Change<'_>,
     ) -> StoreResult<Option<StoredMessage>> {
         let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
-        // The bump comes first: it makes the transaction a writer at once (on SQLite a
-        // read first would have to become one, which fails at once when another writes).
-        let bumped: Option<(i64,)> = sqlx::query_as(
-            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 AND EXISTS \
-             (SELECT 1 FROM messages WHERE id = $2 AND room_id = $1 AND author_id = $3 \
-              AND deleted_at IS NULL) RETURNING last_seq",
-        )
-        .bind(room_id)
-        .bind(message_id)
-        .bind(author_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| self.failed(e))?;
-        let Some((rev,)) = bumped else {
+        let Some(rev) = self
+            .next_rev(&mut tx, room_id, message_id, Some(author_id))
+            .await?
+        else {
             return Ok(None);
         };
         let now = super::now_ms();
@@ -254,7 +245,8 @@ impl Store {
             }
             // The text is erased, not hidden: nothing of it stays to be read or searched.
             Change::Delete => sqlx::query(
-                "UPDATE messages SET body = $1, deleted_at = $2, rev = $3 WHERE id = $4",
+                "UPDATE messages SET body = $1, reactions = NULL, deleted_at = $2, rev = $3 \
+                 WHERE id = $4",
             )
             .bind(""),
         };
@@ -265,6 +257,50 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.failed(e))?;
+        if change == Change::Delete {
+            // Its reactions go with its text.
+            sqlx::query("DELETE FROM reactions WHERE message_id = $1")
+                .bind(message_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.failed(e))?;
+        }
+        Ok(Some(self.commit_reading(tx, message_id).await?))
+    }
+
+    /// Takes the room's next seq for a change to `message_id` (in the room, not deleted,
+    /// and `author_id`'s when given): the change's rev. `None` when there is no such
+    /// message. The bump comes first in the transaction: it makes it a writer at once (on
+    /// SQLite a read first would have to become one, which fails at once when another
+    /// writes), and holds the room's row so its changes take seqs one at a time.
+    pub(super) async fn next_rev(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        room_id: &str,
+        message_id: &str,
+        author_id: Option<&str>,
+    ) -> StoreResult<Option<i64>> {
+        let bumped: Option<(i64,)> = sqlx::query_as(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = $1 AND EXISTS \
+             (SELECT 1 FROM messages WHERE id = $2 AND room_id = $1 \
+              AND author_id = COALESCE($3, author_id) AND deleted_at IS NULL) \
+             RETURNING last_seq",
+        )
+        .bind(room_id)
+        .bind(message_id)
+        .bind(author_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(bumped.map(|(rev,)| rev))
+    }
+
+    /// Commits a change to message `message_id`, and returns the message as it left it.
+    pub(super) async fn commit_reading(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        message_id: &str,
+    ) -> StoreResult<StoredMessage> {
         let row = sqlx::query(&format!("{SELECT_MESSAGES} WHERE m.id = $1"))
             .bind(message_id)
             .fetch_one(&mut *tx)
@@ -272,7 +308,7 @@ impl Store {
             .map_err(|e| self.failed(e))?;
         let message = message_from_row(&row).map_err(|e| self.failed(e))?;
         tx.commit().await.map_err(|e| self.failed(e))?;
-        Ok(Some(message))
+        Ok(message)
     }
 
     /// One keyset page of a room's messages: `order` bounds and orders by seq against `$2`.

@@ -9,6 +9,7 @@ mod batch;
 mod health;
 mod messages;
 mod purge;
+mod reactions;
 mod rooms;
 mod users;
 
@@ -23,6 +24,7 @@ pub use batch::{AfterCommit, Queued};
 use health::Health;
 pub use messages::{Change, Draft, Page, Posted};
 pub use purge::{Purged, purge_now_and_then};
+pub use reactions::Reacted;
 pub use rooms::SignedIn;
 pub use users::LoginFailures;
 

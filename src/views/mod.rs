@@ -12,7 +12,7 @@ use links::{MAX_LINK_CHARS, MAX_LINKS};
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::model::{GroupListing, Room, RoomKind, RoomSummary, StoredMessage, User};
+use crate::model::{GroupListing, Reaction, Room, RoomKind, RoomSummary, StoredMessage, User};
 
 /// How many messages a page of history holds.
 pub const PAGE_SIZE: i64 = 50;
@@ -413,8 +413,43 @@ pub fn message(m: &StoredMessage) -> Markup {
                     @if m.edited_at_ms.is_some() {
                         span.edited { "(edited)" }
                     }
+                    @if !m.reactions.is_empty() {
+                        div.reactions { @for r in &m.reactions { (reaction(r)) } }
+                    }
                 }
             }
+        }
+    }
+}
+
+/// One emoji's chip under a message: pressing it adds or takes back one's own. Who
+/// reacted is named in its tooltip, and listed by id (`data-who`) so the page can show
+/// which are one's own.
+fn reaction(r: &Reaction) -> Markup {
+    let mut names = r
+        .named
+        .iter()
+        .map(|u| u.username.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let others = r.count - r.named.len() as i64;
+    if others > 0 {
+        names.push_str(&format!(
+            " and {others} other{}",
+            if others == 1 { "" } else { "s" }
+        ));
+    }
+    let who = r
+        .named
+        .iter()
+        .map(|u| u.id.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    html! {
+        button.reaction type="button" data-act="react" data-emoji=(r.emoji) data-who=(who)
+            title={ (names) " reacted with " (r.emoji) }
+            aria-label={ (r.emoji) " " (r.count) ": " (names) } {
+            (r.emoji) " " span.count { (r.count) }
         }
     }
 }
@@ -431,7 +466,20 @@ pub fn article_weight(m: &StoredMessage) -> usize {
         6
     };
     let links = m.body.matches("://").count() + m.body.matches("www.").count();
-    per_byte * m.body.len() + 400 + links.min(MAX_LINKS) * (6 * MAX_LINK_CHARS + 120)
+    let reactions: usize = m
+        .reactions
+        .iter()
+        .map(|r| {
+            // The emoji shows four times; each name twice, each id once.
+            let named: usize = r
+                .named
+                .iter()
+                .map(|u| 2 * u.username.len() + u.id.len())
+                .sum();
+            250 + 6 * (4 * r.emoji.len() + named)
+        })
+        .sum();
+    per_byte * m.body.len() + 400 + links.min(MAX_LINKS) * (6 * MAX_LINK_CHARS + 120) + reactions
 }
 
 pub fn messages(list: &[StoredMessage]) -> Markup {

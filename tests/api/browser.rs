@@ -256,6 +256,29 @@ async fn two_people_chat_in_a_browser_and_a_third_sees_nothing_private() {
     assert_eq!(bob.count("#messages-list .body code").await, 1);
     assert_eq!(bob.count("#messages-list .body a").await, 0);
 
+    // Bob reacts from the picker; Ann adds hers by pressing his chip.
+    bob.click("#messages-list article:last-child button[data-act='pick']")
+        .await;
+    bob.click("#messages-list article:last-child .picker button[data-emoji='🎉']")
+        .await;
+    ann.wait_for_text("#messages-list article:last-child button.reaction", "🎉 1")
+        .await;
+    assert_eq!(
+        bob.count("#messages-list article:last-child button.reaction[aria-pressed='true']")
+            .await,
+        1
+    );
+    assert_eq!(
+        ann.count("#messages-list button.reaction[aria-pressed='true']")
+            .await,
+        0
+    );
+    ann.click("#messages-list article:last-child button.reaction")
+        .await;
+    bob.wait_for_text("#messages-list article:last-child button.reaction", "🎉 2")
+        .await;
+    assert_eq!(bob.count("#messages-list .picker").await, 0);
+
     // Ann fixes a typo, then takes a message back: Bob sees both where the message is.
     ann.say("a typo herre").await;
     bob.wait_for_text("#messages-list", "a typo herre").await;

@@ -209,7 +209,7 @@ async fn group_messages_cross_nodes_once_and_in_order() {
 /// An edit and a deletion made on one node replace the article on the other, once, and a
 /// socket there that missed them gets them when it resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edits_and_deletions_cross_nodes_once() {
+async fn edits_reactions_and_deletions_cross_nodes_once() {
     let cluster = Cluster::new(SHARED_REDIS, &[]).await;
     let (n1, n2) = (cluster.node().await, cluster.node().await);
     let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
@@ -230,7 +230,23 @@ async fn edits_and_deletions_cross_nodes_once() {
     .await;
     let edited = b.wait_for(|f| f.selector == selector).await;
     assert!(edited.html.contains("better words") && edited.html.contains("(edited)"));
-    // Once: nothing more of it before Bob's own next message.
+    // Bob's reaction reaches Ann's node.
+    b.act(
+        "React",
+        serde_json::json!({ "messageId": id, "emoji": "👍" }),
+    )
+    .await;
+    let reacted = a
+        .wait_for(|f| f.selector == selector && f.html.contains("data-emoji"))
+        .await;
+    assert!(
+        reacted.html.contains("bob reacted with 👍"),
+        "{}",
+        reacted.html
+    );
+    b.wait_for(|f| f.selector == selector && f.html.contains("data-emoji"))
+        .await;
+    // Once: nothing more of either before Bob's own next message.
     let later = b.frames_until_own_marker().await;
     assert!(later.iter().all(|f| f.selector != selector), "{later:?}");
 

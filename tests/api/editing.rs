@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{Backend, Client, Frame, TestApp, attr, count, message_ids};
+use crate::helpers::{Backend, Client, TestApp, attr, count};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -28,24 +28,6 @@ async fn delete(client: &mut Client, id: &str) {
         .await;
 }
 
-/// Posts `text` and returns its message id, once its article is back.
-async fn post(client: &mut Client, text: &str) -> String {
-    client.say(text).await;
-    let frame = client.wait_for_message(text).await;
-    let id = message_ids(&frame.html).pop().expect("the article's id");
-    id.strip_prefix("msg-").unwrap_or(&id).to_owned()
-}
-
-/// The `outerHTML` frame that replaces message `id` (an error instead fails the test).
-async fn wait_for_change(client: &mut Client, id: &str) -> Frame {
-    let selector = format!("#msg-{id}");
-    let f = client
-        .wait_for(|f| (f.selector == selector && f.swap == "outerHTML") || f.selector == "#errors")
-        .await;
-    assert_eq!(f.selector, selector, "{}", f.html);
-    f
-}
-
 /// How many times `text` is in the database, anywhere in a message row.
 async fn stored_anywhere(database_url: &str, text: &str) -> i64 {
     let sql = "SELECT COUNT(*) FROM messages WHERE body LIKE $1 OR COALESCE(client_id, '') LIKE $1";
@@ -57,12 +39,12 @@ async fn authors_edit_and_delete_and_everyone_sees_it_once(backend: Backend) {
     let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
     let mut a = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
-    let id = post(&mut a, "first draft").await;
+    let id = a.post("first draft").await;
     b.wait_for_message("first draft").await;
 
     edit(&mut a, &id, "second *draft*").await;
     for client in [&mut a, &mut b] {
-        let change = wait_for_change(client, &id).await;
+        let change = client.wait_for_change(&id).await;
         assert!(
             change.html.contains("second <em>draft</em>"),
             "{}",
@@ -82,10 +64,10 @@ async fn authors_edit_and_delete_and_everyone_sees_it_once(backend: Backend) {
     assert!(later.iter().all(|f| !f.html.contains("draft")), "{later:?}");
 
     let secret = "a secret said by mistake";
-    let oops = post(&mut a, secret).await;
+    let oops = a.post(secret).await;
     delete(&mut a, &oops).await;
     for client in [&mut a, &mut b] {
-        let change = wait_for_change(client, &oops).await;
+        let change = client.wait_for_change(&oops).await;
         assert!(
             change.html.contains("This message was deleted."),
             "{}",
@@ -123,9 +105,9 @@ async fn only_the_author_changes_a_message_and_others_are_told_why(backend: Back
     let mut a = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
     let mut e = app.connect(&eve).await;
-    let public = post(&mut a, "said in public").await;
+    let public = a.post("said in public").await;
     a.enter_direct("bob").await;
-    let private = post(&mut a, "said to bob alone").await;
+    let private = a.post("said to bob alone").await;
 
     edit(&mut b, &public, "bob was here").await;
     assert!(b.wait_for_error().await.contains("only edit your own"));
@@ -160,19 +142,19 @@ async fn a_resume_replays_the_edits_and_deletions_it_missed(backend: Backend) {
     let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
     let mut a = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
-    let kept = post(&mut a, "kept as it was").await;
-    let edited = post(&mut a, "before the edit").await;
-    let deleted = post(&mut a, "soon to be gone").await;
+    let kept = a.post("kept as it was").await;
+    let edited = a.post("before the edit").await;
+    let deleted = a.post("soon to be gone").await;
     let seen = b.wait_for_message("soon to be gone").await;
     let room = b.room_id.clone();
     let after: i64 = attr(&seen.html, "data-seq").unwrap().parse().unwrap();
     b.close().await;
 
     edit(&mut a, &edited, "after the edit").await;
-    wait_for_change(&mut a, &edited).await;
+    a.wait_for_change(&edited).await;
     delete(&mut a, &deleted).await;
-    wait_for_change(&mut a, &deleted).await;
-    post(&mut a, "said while bob was away").await;
+    a.wait_for_change(&deleted).await;
+    a.post("said while bob was away").await;
 
     let mut b = app
         .connect_at(&bob, &format!("/ws/chat/?room={room}&after={after}"))
@@ -205,13 +187,13 @@ async fn a_change_is_no_unread_message(backend: Backend) {
     let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
     let mut a = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
-    let id = post(&mut a, "to be edited").await;
+    let id = a.post("to be edited").await;
     b.wait_for_message("to be edited").await;
     b.enter_group("python").await;
     edit(&mut a, &id, "edited while bob looks elsewhere").await;
-    wait_for_change(&mut a, &id).await;
+    a.wait_for_change(&id).await;
     delete(&mut a, &id).await;
-    wait_for_change(&mut a, &id).await;
+    a.wait_for_change(&id).await;
     let later = b.frames_until_own_marker().await;
     assert!(
         later
@@ -235,21 +217,21 @@ async fn a_change_does_not_bring_back_a_hidden_conversation(backend: Backend) {
     let mut a = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
     a.enter_direct("bob").await;
-    let id = post(&mut a, "hello bob").await;
+    let id = a.post("hello bob").await;
     b.act("Hide conversation", json!({ "username": "ann" }))
         .await;
     b.wait_for(|f| f.selector.starts_with("#room-") && f.swap == "remove")
         .await;
     edit(&mut a, &id, "hello again, bob").await;
-    wait_for_change(&mut a, &id).await;
+    a.wait_for_change(&id).await;
     delete(&mut a, &id).await;
-    wait_for_change(&mut a, &id).await;
+    a.wait_for_change(&id).await;
     let page = app.page(&bob.cookie).await;
     let directs = &page[page.find("id=\"directs\"").expect("the directs list")..];
     let directs = &directs[..directs.find("</ul>").unwrap_or(directs.len())];
     assert!(!directs.contains("data-group-name=\"ann\""), "{directs}");
     // A message brings it back.
-    post(&mut a, "are you there?").await;
+    a.post("are you there?").await;
     let page = app.page(&bob.cookie).await;
     let directs = &page[page.find("id=\"directs\"").expect("the directs list")..];
     let directs = &directs[..directs.find("</ul>").unwrap_or(directs.len())];
@@ -262,7 +244,7 @@ async fn changes_go_through_the_posting_rate(backend: Backend) {
         TestApp::spawn_with(backend, &["--rate-burst", "3", "--rate-per-second", "0.01"]).await;
     let ann = app.signup("ann").await;
     let mut a = app.connect(&ann).await;
-    let id = post(&mut a, "one").await;
+    let id = a.post("one").await;
     let mut refused = false;
     for n in 0..10 {
         edit(&mut a, &id, &format!("edit {n}")).await;

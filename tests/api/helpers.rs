@@ -433,6 +433,27 @@ impl Client {
         .await
     }
 
+    /// Posts `text` and returns its message id, once its article is back.
+    pub async fn post(&mut self, text: &str) -> String {
+        self.say(text).await;
+        let frame = self.wait_for_message(text).await;
+        let id = message_ids(&frame.html).pop().expect("the article's id");
+        id.strip_prefix("msg-").unwrap_or(&id).to_owned()
+    }
+
+    /// Waits for the `outerHTML` frame that replaces message `id` (an error instead fails
+    /// the test).
+    pub async fn wait_for_change(&mut self, id: &str) -> Frame {
+        let selector = format!("#msg-{id}");
+        let f = self
+            .wait_for(|f| {
+                (f.selector == selector && f.swap == "outerHTML") || f.selector == "#errors"
+            })
+            .await;
+        assert_eq!(f.selector, selector, "{}", f.html);
+        f
+    }
+
     /// Waits for an error fragment (not a notice) and returns its text.
     pub async fn wait_for_error(&mut self) -> String {
         let frame = self

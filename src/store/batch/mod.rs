@@ -300,7 +300,7 @@ async fn store(
 /// repeat of an earlier post in the same batch (by index).
 enum Repeat {
     No,
-    Of(StoredMessage),
+    Of(Box<StoredMessage>),
     OfPost(usize),
 }
 
@@ -359,7 +359,7 @@ fn sort_repeats(
         };
         let key = (post.author.id.as_str(), client_id);
         if let Some(message) = stored_before.get(&(key.0.to_owned(), key.1.to_owned())) {
-            repeats.push(Repeat::Of(message.clone()));
+            repeats.push(Repeat::Of(Box::new(message.clone())));
         } else if let Some(&first) = first_in_batch.get(&key) {
             repeats.push(Repeat::OfPost(first));
         } else {
@@ -392,7 +392,7 @@ fn outcomes(stored: Vec<Option<StoredMessage>>, repeats: Vec<Repeat>) -> Vec<Out
     for (i, repeat) in repeats.into_iter().enumerate() {
         outcomes[i] = match repeat {
             Repeat::No => continue,
-            Repeat::Of(message) => Outcome::Repeat(message),
+            Repeat::Of(message) => Outcome::Repeat(*message),
             Repeat::OfPost(first) => match &outcomes[first] {
                 Outcome::Stored(message) | Outcome::Repeat(message) => {
                     Outcome::Repeat(message.clone())
@@ -479,6 +479,7 @@ fn numbered(
                 rev: last - n + 1 + k as i64,
                 edited_at_ms: None,
                 deleted: false,
+                reactions: Vec::new(),
             });
         }
     }

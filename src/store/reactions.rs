@@ -1,0 +1,175 @@
+//! Reactions to messages. Toggling one is a change to the room's history: it takes the
+//! room's next seq (the message's new rev), and the message keeps its reactions as shown
+//! (`messages.reactions`), so history and catch-up read them with the message.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreResult};
+use crate::chat::reactions::{MAX_KINDS, NAMED};
+use crate::model::{Reaction, StoredMessage, User};
+
+/// What became of a toggled reaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reacted {
+    /// Added or taken back: the message as it now is.
+    Changed(Box<StoredMessage>),
+    /// No such message in the room, or it was deleted.
+    NoMessage,
+    /// A new emoji, and the message already has `MAX_KINDS`.
+    Full,
+}
+
+/// `messages.reactions`: `[{"e": emoji, "n": count, "who": [[user id, username], …]}]`.
+#[derive(Serialize, Deserialize)]
+struct Column {
+    e: String,
+    n: i64,
+    who: Vec<(String, String)>,
+}
+
+/// A message's reactions from its column; none when it is empty or unreadable (it is
+/// written only here, so unreadable means a bug, not a reason to lose the message).
+pub(super) fn from_column(column: Option<String>) -> Vec<Reaction> {
+    let Some(json) = column else {
+        return Vec::new();
+    };
+    let columns: Vec<Column> = serde_json::from_str(&json).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "unreadable reactions column");
+        Vec::new()
+    });
+    columns
+        .into_iter()
+        .map(|c| Reaction {
+            emoji: c.e,
+            count: c.n,
+            named: c
+                .who
+                .into_iter()
+                .map(|(id, username)| User { id, username })
+                .collect(),
+        })
+        .collect()
+}
+
+fn to_column(reactions: &[Reaction]) -> Option<String> {
+    if reactions.is_empty() {
+        return None;
+    }
+    let columns: Vec<Column> = reactions
+        .iter()
+        .map(|r| Column {
+            e: r.emoji.clone(),
+            n: r.count,
+            who: r
+                .named
+                .iter()
+                .map(|u| (u.id.clone(), u.username.clone()))
+                .collect(),
+        })
+        .collect();
+    serde_json::to_string(&columns).ok()
+}
+
+impl Store {
+    /// Adds `user_id`'s `emoji` to message `message_id` in `room_id`, or takes it back if
+    /// it is there. The caller has checked the user is in the room.
+    pub async fn toggle_reaction(
+        &self,
+        room_id: &str,
+        message_id: &str,
+        user_id: &str,
+        emoji: &str,
+    ) -> StoreResult<Reacted> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
+        let Some(rev) = self.next_rev(&mut tx, room_id, message_id, None).await? else {
+            return Ok(Reacted::NoMessage);
+        };
+        let taken_back = sqlx::query(
+            "DELETE FROM reactions WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+        )
+        .bind(message_id)
+        .bind(emoji)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.failed(e))?
+        .rows_affected()
+            > 0;
+        if !taken_back {
+            // A new emoji must find room among the message's kinds; one already there
+            // always may.
+            let (kinds, known): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(DISTINCT emoji), \
+                 COALESCE(SUM(CASE WHEN emoji = $2 THEN 1 ELSE 0 END), 0) \
+                 FROM reactions WHERE message_id = $1",
+            )
+            .bind(message_id)
+            .bind(emoji)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.failed(e))?;
+            if known == 0 && kinds >= MAX_KINDS as i64 {
+                return Ok(Reacted::Full);
+            }
+            sqlx::query(
+                "INSERT INTO reactions (message_id, emoji, user_id, created_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(message_id)
+            .bind(emoji)
+            .bind(user_id)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.failed(e))?;
+        }
+        let reactions = self.reactions_of(&mut tx, message_id).await?;
+        sqlx::query("UPDATE messages SET reactions = $1, rev = $2 WHERE id = $3")
+            .bind(to_column(&reactions))
+            .bind(rev)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let message = self.commit_reading(tx, message_id).await?;
+        Ok(Reacted::Changed(Box::new(message)))
+    }
+
+    /// A message's reactions as the transaction sees them: each emoji in the order it was
+    /// first used, its count, and its first `NAMED` people. One statement, whose work is
+    /// bounded by the message's reactions (at most `MAX_KINDS` per member).
+    async fn reactions_of(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        message_id: &str,
+    ) -> StoreResult<Vec<Reaction>> {
+        let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT r.emoji, r.n, u.id, u.username FROM ( \
+                SELECT emoji, user_id, \
+                       COUNT(*) OVER (PARTITION BY emoji) AS n, \
+                       MIN(created_at) OVER (PARTITION BY emoji) AS first, \
+                       ROW_NUMBER() OVER (PARTITION BY emoji ORDER BY created_at, user_id) AS k \
+                FROM reactions WHERE message_id = $1) r \
+             JOIN users u ON u.id = r.user_id \
+             WHERE r.k <= $2 ORDER BY r.first, r.emoji, r.k",
+        )
+        .bind(message_id)
+        .bind(NAMED as i64)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let mut reactions: Vec<Reaction> = Vec::new();
+        for (emoji, count, id, username) in rows {
+            let user = User { id, username };
+            match reactions.last_mut() {
+                Some(last) if last.emoji == emoji => last.named.push(user),
+                _ => reactions.push(Reaction {
+                    emoji,
+                    count,
+                    named: vec![user],
+                }),
+            }
+        }
+        Ok(reactions)
+    }
+}
