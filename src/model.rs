@@ -97,6 +97,31 @@ pub struct StoredMessage {
     pub deleted: bool,
     /// Its reactions, in the order their emoji were first used.
     pub reactions: Vec<Reaction>,
+    /// The message it replies to, as its quote shows it.
+    pub replying_to: Option<Box<Quoted>>,
+}
+
+/// What a reply shows of the message it answers: who wrote it and how it begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quoted {
+    pub id: String,
+    pub author: String,
+    /// The first `Quoted::SNIPPET_CHARS` characters of its text, as written.
+    pub snippet: String,
+    pub deleted: bool,
+}
+
+impl Quoted {
+    pub const SNIPPET_CHARS: usize = 120;
+
+    pub fn of(m: &StoredMessage) -> Quoted {
+        Quoted {
+            id: m.id.clone(),
+            author: m.author.username.clone(),
+            snippet: m.body.chars().take(Quoted::SNIPPET_CHARS).collect(),
+            deleted: m.deleted,
+        }
+    }
 }
 
 /// The people who reacted to a message with one emoji.

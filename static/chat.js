@@ -123,7 +123,7 @@
     const wait = (m.notBefore || 0) - Date.now();
     if (wait > 0) { flushTimer = setTimeout(flushOutbox, wait); return; }
     inFlight.add(m.clientId);
-    send('New message', { message: m.text, clientId: m.clientId, roomId: m.room });
+    send('New message', { message: m.text, clientId: m.clientId, roomId: m.room, ...(m.replyTo ? { replyTo: m.replyTo } : {}) });
   }
 
   function confirmed(clientId) {
@@ -233,6 +233,7 @@
       checkGaps();
     }
     if (frame.selector === '#load-older' || frame.selector === '#errors') loadingOlder = false;
+    if (seeking && frame.selector === '#load-older') jumpTo(seeking.id);
     if (frame.selector === '#errors') {
       const refusal = target.querySelector('p.error[data-client-id]');
       if (refusal) {
@@ -274,6 +275,7 @@
   // waits in the outbox is shown and sent.
   function entered() {
     showConnection(null);
+    if (replying && replying.room !== activeRoom()) stopReply(false);
     switchDraft();
     markActive();
     updateAddress();
@@ -314,6 +316,7 @@
     const el = t.content.firstElementChild;
     if (!el) return;
     saw(revOf(el));
+    requote(el);
     const existing = document.getElementById(el.id);
     if (existing && revOf(existing) <= revOf(el)) {
       const editing = existing.querySelector('.edit-form') && existing.contains(document.activeElement);
@@ -329,6 +332,14 @@
       arrange();
     }
     checkGaps();
+  }
+  // Replies on the page quote a changed message as it now is.
+  function requote(el) {
+    const text = el.classList.contains('deleted') ? null : (el.dataset.src ?? el.querySelector('.body')?.textContent ?? '');
+    for (const snippet of list().querySelectorAll(`a.quote[data-reply-to="${el.id.slice(4)}"] .snippet`)) {
+      snippet.classList.toggle('tombstone', text === null);
+      snippet.textContent = text === null ? 'a deleted message' : [...text].slice(0, 120).join('') + ([...text].length > 120 ? '…' : '');
+    }
   }
   function checkGaps() {
     clearTimeout(gapTimer);
@@ -359,7 +370,8 @@
       if (!a.classList.contains('deleted') && !a.querySelector('.msg-actions')) {
         const actions = document.createElement('div');
         actions.className = 'msg-actions';
-        actions.innerHTML = '<button type="button" class="link" data-act="pick" aria-label="Add a reaction">React</button>'
+        actions.innerHTML = '<button type="button" class="link" data-act="reply">Reply</button>'
+          + '<button type="button" class="link" data-act="pick" aria-label="Add a reaction">React</button>'
           + (a.dataset.author === me
             ? '<button type="button" class="link" data-act="edit">Edit</button>'
               + '<button type="button" class="link" data-act="delete">Delete</button>'
@@ -546,6 +558,59 @@
       if (!send('Edit message', { messageId: article.id.slice(4), message: text })) showError(OFFLINE);
     });
   }
+  // Replying: the composer says to what, and the post carries its id.
+  let replying = null;
+  function startReply(article) {
+    const body = article.querySelector('.body');
+    const text = (article.dataset.src ?? body?.textContent ?? '').trim();
+    replying = { id: article.id.slice(4), room: activeRoom() };
+    const bar = $('#reply-bar');
+    bar.innerHTML = '<span>Replying to <bdi class="author"></bdi>: <span class="snippet" dir="auto"></span></span>'
+      + '<button type="button" class="link" aria-label="Cancel the reply">✕</button>';
+    bar.querySelector('.author').textContent = article.querySelector('.author')?.textContent || '';
+    bar.querySelector('.snippet').textContent = [...text].slice(0, 120).join('');
+    bar.querySelector('button').addEventListener('click', () => stopReply());
+    bar.hidden = false;
+    composer.focus();
+  }
+  function stopReply(focus = true) {
+    replying = null;
+    const bar = $('#reply-bar');
+    bar.hidden = true;
+    bar.innerHTML = '';
+    if (focus) composer.focus();
+  }
+  composer.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && replying) { e.preventDefault(); stopReply(); }
+  });
+  // A quote leads to what it quotes, loading older history until it is there (a few
+  // pages at most).
+  let seeking = null;
+  function jumpTo(id) {
+    const el = document.getElementById(`msg-${id}`);
+    if (el) {
+      seeking = null;
+      el.scrollIntoView({ block: 'center' });
+      el.classList.add('sought');
+      setTimeout(() => el.classList.remove('sought'), 2000);
+      return;
+    }
+    const older = $('button#load-older');
+    if (!older || (seeking && seeking.id === id && seeking.pages >= 20)) {
+      seeking = null;
+      return showError('That message is no longer in this room’s history.');
+    }
+    seeking = { id, pages: (seeking?.id === id ? seeking.pages : 0) + 1 };
+    loadingOlder = true;
+    send('Load older', { beforeSeq: Number(older.dataset.beforeSeq) });
+  }
+  list().addEventListener('click', (e) => {
+    const quote = e.target.closest('a.quote');
+    if (!quote) return;
+    e.preventDefault();
+    jumpTo(quote.dataset.replyTo);
+  });
+
   // Reacting: a few emoji at a click, or any one typed.
   const QUICK = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
   function openPicker(article) {
@@ -594,6 +659,7 @@
     if (!article) return;
     const actions = article.querySelector('.msg-actions');
     switch (button.dataset.act) {
+      case 'reply': return startReply(article);
       case 'pick': return openPicker(article);
       case 'react': return react(article, button.dataset.emoji);
       case 'edit': return startEdit(article);
@@ -636,8 +702,9 @@
       openRoom(link.dataset.groupName, link.dataset.isGroup === 'true');
       return;
     }
-    // A link in a message to one of this site's rooms opens it here.
-    const inner = e.target.closest('#messages-list a[href]');
+    // A link in a message to one of this site's rooms opens it here (a quote leads to a
+    // message of the room shown: see jumpTo).
+    const inner = e.target.closest('#messages-list a[href]:not(.quote)');
     if (inner) {
       const url = new URL(inner.href, location.href);
       const room = url.origin === location.origin && roomIn(url.pathname);
@@ -727,6 +794,8 @@
       if (!room) return;
       // Safe in the outbox (and sessionStorage) before the box is cleared.
       const m = { clientId: uuid(), room, title: activeTitle(), text };
+      if (replying && replying.room === room) m.replyTo = replying.id;
+      stopReply(false);
       outbox.push(m);
       saveOutbox();
       input.value = '';

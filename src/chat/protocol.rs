@@ -24,6 +24,8 @@ pub enum Action {
         text: String,
         client_id: Option<String>,
         room_id: Option<String>,
+        /// The message it replies to, in the same room.
+        reply_to: Option<String>,
     },
     /// Give a message of one's own new text.
     EditMessage {
@@ -104,6 +106,8 @@ struct NewMessageData {
     client_id: Option<String>,
     #[serde(rename = "roomId", default)]
     room_id: Option<String>,
+    #[serde(rename = "replyTo", default)]
+    reply_to: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -126,11 +130,15 @@ struct MessageIdData {
     message_id: String,
 }
 
-/// A message id as the store keeps them (a UUID, lowercase and hyphenated).
-fn message_id(id: &str) -> Result<String, InputError> {
+/// A UUID as the store keeps them (lowercase and hyphenated), from field `field`.
+fn uuid(field: &str, id: &str) -> Result<String, InputError> {
     uuid::Uuid::parse_str(id)
         .map(|id| id.to_string())
-        .map_err(|_| InputError("\"messageId\" must be a UUID.".into()))
+        .map_err(|_| InputError(format!("\"{field}\" must be a UUID.")))
+}
+
+fn message_id(id: &str) -> Result<String, InputError> {
+    uuid("messageId", id)
 }
 
 #[derive(Deserialize)]
@@ -195,14 +203,7 @@ impl Action {
             }
             "New message" => {
                 let d: NewMessageData = data(action, envelope.data)?;
-                let client_id = match d.client_id {
-                    None => None,
-                    Some(id) => Some(
-                        uuid::Uuid::parse_str(&id)
-                            .map_err(|_| InputError("\"clientId\" must be a UUID.".into()))?
-                            .to_string(),
-                    ),
-                };
+                let client_id = d.client_id.map(|id| uuid("clientId", &id)).transpose()?;
                 if d.room_id.as_ref().is_some_and(|id| id.len() > 64) {
                     return Err(InputError("\"roomId\" names no room.".into()));
                 }
@@ -210,6 +211,7 @@ impl Action {
                     text: d.message,
                     client_id,
                     room_id: d.room_id,
+                    reply_to: d.reply_to.map(|id| uuid("replyTo", &id)).transpose()?,
                 }
             }
             "Edit message" => {
@@ -373,7 +375,8 @@ mod tests {
             Ok(Action::NewMessage {
                 text: "hi".into(),
                 client_id: None,
-                room_id: None
+                room_id: None,
+                reply_to: None
             })
         );
         assert_eq!(
@@ -383,7 +386,8 @@ mod tests {
             Ok(Action::NewMessage {
                 text: "hi".into(),
                 client_id: Some("0191b2c3-0000-7000-8000-000000000001".into()),
-                room_id: None
+                room_id: None,
+                reply_to: None
             })
         );
     }
@@ -489,7 +493,7 @@ mod tests {
             #[test]
             fn message_text_round_trips(text in ".*") {
                 let frame = serde_json::json!({ "action": "New message", "data": { "message": text } }).to_string();
-                prop_assert_eq!(Action::parse(&frame), Ok(Action::NewMessage { text: text.clone(), client_id: None, room_id: None }));
+                prop_assert_eq!(Action::parse(&frame), Ok(Action::NewMessage { text: text.clone(), client_id: None, room_id: None, reply_to: None }));
                 if let Ok(valid) = MessageText::parse(&text, 4000) {
                     prop_assert!(!valid.as_str().is_empty());
                     prop_assert!(!valid.as_str().chars().any(|c| c.is_control() && c != '\n' && c != '\t'));

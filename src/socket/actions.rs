@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::posting::InFlight;
+use super::posting::{Addressed, InFlight};
 use super::rooms::CatchUp;
 use super::{ActionError, ActiveRoom, Entry, Socket, messages_frame, refuse};
 use crate::chat::protocol::{Action, Swap, frame};
@@ -93,10 +93,13 @@ impl Socket {
                 text,
                 client_id,
                 room_id,
+                reply_to,
             } => {
-                let queued = self
-                    .queue_post(&text, client_id, room_id.as_deref())
-                    .await?;
+                let to = Addressed {
+                    room_id: room_id.as_deref(),
+                    reply_to: reply_to.as_deref(),
+                };
+                let queued = self.queue_post(&text, client_id, to).await?;
                 posts.push(queued);
                 Ok(())
             }

@@ -360,7 +360,7 @@ pub(crate) fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Byte
 mod tests {
     use super::*;
     use crate::chat::reactions::{MAX_KINDS, NAMED};
-    use crate::model::Reaction;
+    use crate::model::{Quoted, Reaction};
 
     /// The reply backlog counts what a catch-up puts on the wire, escaping included, or a
     /// client that never reads could hold far more than the backlog allows.
@@ -410,6 +410,12 @@ mod tests {
                     edited_at_ms: None,
                     deleted: false,
                     reactions: reactions.clone(),
+                    replying_to: Some(Box::new(Quoted {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        author: "\"<&>".repeat(8),
+                        snippet: "\"".repeat(Quoted::SNIPPET_CHARS),
+                        deleted: false,
+                    })),
                 })
                 .collect();
             let frame = messages_frame(&messages, Swap::BeforeEnd);

@@ -15,7 +15,7 @@ use super::{ActionError, Socket, messages_frame, refuse};
 use crate::chat::names::{InputError, MessageText};
 use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, Reply, room_group};
-use crate::model::StoredMessage;
+use crate::model::{Quoted, StoredMessage};
 use crate::store::{AfterCommit, Draft, Posted, Queued, StoreResult};
 use crate::views::target;
 
@@ -77,18 +77,23 @@ impl InFlight {
     }
 }
 
+/// Where a post goes: to a room other than the one shown (`room_id`), in reply to a
+/// message (`reply_to`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Addressed<'a> {
+    pub room_id: Option<&'a str>,
+    pub reply_to: Option<&'a str>,
+}
+
 impl Socket {
     /// Checks a post and queues it with the store; its answer comes with `answer_post`.
     pub(super) async fn queue_post(
         &mut self,
         raw: &str,
         client_id: Option<String>,
-        room_id: Option<&str>,
+        to: Addressed<'_>,
     ) -> Result<Pending, ActionError> {
-        match self
-            .check_and_queue(raw, client_id.as_deref(), room_id)
-            .await
-        {
+        match self.check_and_queue(raw, client_id.as_deref(), to).await {
             Ok((queued, elsewhere)) => Ok(Pending {
                 queued,
                 client_id,
@@ -102,11 +107,11 @@ impl Socket {
         &mut self,
         raw: &str,
         client_id: Option<&str>,
-        room_id: Option<&str>,
+        to: Addressed<'_>,
     ) -> Result<(Queued, bool), ActionError> {
         // The room shown, or another the user is in (a message written there while the
         // connection was down, sent once it is back).
-        let (room_id, elsewhere) = match room_id {
+        let (room_id, elsewhere) = match to.room_id {
             Some(id) if self.active.as_ref().is_none_or(|a| a.room.id != id) => {
                 if self.revoked.contains(id) {
                     return refuse("You can no longer post in that room.");
@@ -124,6 +129,10 @@ impl Socket {
             )));
         }
         let text = MessageText::parse(raw, self.hub.limits.max_message_chars)?;
+        let replying_to = match to.reply_to {
+            None => None,
+            Some(id) => Some(self.quote(id, &room_id).await?),
+        };
         // Store before send: nothing is published (or acknowledged) until the row commits.
         // The store's writer runs the publication once the batch holding this message has
         // committed, in seq order, whether or not this socket is still here to hear the
@@ -143,10 +152,29 @@ impl Socket {
             author: &self.user,
             body: text.as_str(),
             client_id,
+            replying_to: replying_to.as_ref(),
         };
         match self.hub.store.queue_message_then(draft, publish).await {
             Ok(queued) => Ok((queued, elsewhere)),
             Err(e) => Err(not_stored(e)),
+        }
+    }
+
+    /// The quote of message `id`, which a post to `room_id` replies to: a message of that
+    /// room, not deleted.
+    async fn quote(&self, id: &str, room_id: &str) -> Result<Quoted, ActionError> {
+        let original = self
+            .hub
+            .store
+            .message_for_member(id, &self.user.id)
+            .await?
+            .filter(|m| m.room_id == room_id);
+        match original {
+            None => refuse("There is no such message in this room to reply to."),
+            Some(m) if m.deleted => {
+                refuse("That message was deleted: there is nothing to reply to.")
+            }
+            Some(m) => Ok(Quoted::of(&m)),
         }
     }
 

@@ -470,6 +470,7 @@ mod tests {
             edited_at_ms: Some(1),
             deleted: false,
             reactions: Vec::new(),
+            replying_to: None,
         };
         let mut out = Vec::new();
         view.show_missed(vec![changed_message], 11, &mut out);
@@ -563,6 +564,7 @@ mod tests {
                         edited_at_ms: None,
                         deleted: false,
                         reactions: Vec::new(),
+                        replying_to: None,
                     })
                     .collect(),
             })

@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{AfterCommit, Queued, Store, StoreResult};
-use crate::model::{StoredMessage, User};
+use crate::model::{Quoted, StoredMessage, User};
 
 /// A message to be posted.
 #[derive(Debug, Clone, Copy)]
@@ -15,6 +15,8 @@ pub struct Draft<'a> {
     pub body: &'a str,
     /// The id the author's client gave it, so that posting it again stores nothing new.
     pub client_id: Option<&'a str>,
+    /// The message it replies to, in the same room.
+    pub replying_to: Option<&'a Quoted>,
 }
 
 /// What became of a posted draft.
@@ -42,7 +44,27 @@ pub(super) fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Erro
         edited_at_ms: row.try_get("edited_at")?,
         deleted: row.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
         reactions: super::reactions::from_column(row.try_get("reactions")?),
+        replying_to: quoted_from_row(row)?,
     })
+}
+
+/// The quote of the message a reply answers; `None` for a message that is no reply, or
+/// whose original is gone (its room purged with it, so never in practice).
+fn quoted_from_row(row: &AnyRow) -> Result<Option<Box<Quoted>>, sqlx::Error> {
+    let Some(id) = row.try_get::<Option<String>, _>("reply_to")? else {
+        return Ok(None);
+    };
+    let Some(author) = row.try_get::<Option<String>, _>("quoted_author")? else {
+        return Ok(None);
+    };
+    Ok(Some(Box::new(Quoted {
+        id,
+        author,
+        snippet: row
+            .try_get::<Option<String>, _>("quoted_body")?
+            .unwrap_or_default(),
+        deleted: row.try_get::<Option<i64>, _>("quoted_deleted")?.is_some(),
+    })))
 }
 
 /// A page of messages and how far it accounts for the room's changes (see
@@ -68,13 +90,18 @@ fn room_seq(row: Option<&AnyRow>) -> Result<i64, sqlx::Error> {
 }
 
 /// A message's columns and where they come from, shared by the selects below.
+/// A reply's quote comes from the message it answers, cut to `Quoted::SNIPPET_CHARS` (120).
 macro_rules! select_messages {
     ($extra:literal) => {
         concat!(
             "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, m.body, m.created_at, \
-             m.client_id, m.rev, m.edited_at, m.deleted_at, m.reactions",
+             m.client_id, m.rev, m.edited_at, m.deleted_at, m.reactions, m.reply_to, \
+             qu.username AS quoted_author, SUBSTR(q.body, 1, 120) AS quoted_body, \
+             q.deleted_at AS quoted_deleted",
             $extra,
-            " FROM messages m JOIN users u ON u.id = m.author_id"
+            " FROM messages m JOIN users u ON u.id = m.author_id \
+             LEFT JOIN messages q ON q.id = m.reply_to \
+             LEFT JOIN users qu ON qu.id = q.author_id"
         )
     };
 }
@@ -100,6 +127,7 @@ impl Store {
             author,
             body,
             client_id: None,
+            replying_to: None,
         };
         Ok(self.batcher.queue(draft, None).await?.await?.message)
     }

@@ -12,7 +12,9 @@ use links::{MAX_LINK_CHARS, MAX_LINKS};
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::model::{GroupListing, Reaction, Room, RoomKind, RoomSummary, StoredMessage, User};
+use crate::model::{
+    GroupListing, Quoted, Reaction, Room, RoomKind, RoomSummary, StoredMessage, User,
+};
 
 /// How many messages a page of history holds.
 pub const PAGE_SIZE: i64 = 50;
@@ -137,6 +139,7 @@ pub fn chat_page(view: &ChatView<'_>, more: usize, max_message_chars: usize) -> 
                     p #typing aria-live="polite" {}
                     div #errors {}
                     p #announce.visually-hidden aria-live="polite" {}
+                    div #reply-bar hidden {}
                     form #message-form autocomplete="off" {
                         label.visually-hidden for="message-text" { "Message" }
                         textarea #message-text name="message" rows="1" data-max=(max_message_chars)
@@ -404,6 +407,9 @@ pub fn message(m: &StoredMessage) -> Markup {
                     strong.author { bdi { (m.author.username) } }
                     time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
                 }
+                @if let Some(q) = m.replying_to.as_deref().filter(|_| !m.deleted) {
+                    (quote(q))
+                }
                 @if m.deleted {
                     p.body.tombstone { "This message was deleted." }
                 } @else {
@@ -417,6 +423,23 @@ pub fn message(m: &StoredMessage) -> Markup {
                         div.reactions { @for r in &m.reactions { (reaction(r)) } }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The quote at the top of a reply: who wrote what it answers, and how that began. It
+/// leads to the message (the page loads history up to it if need be).
+fn quote(q: &Quoted) -> Markup {
+    let more = q.snippet.chars().count() >= Quoted::SNIPPET_CHARS;
+    html! {
+        a.quote href={ "#msg-" (q.id) } data-reply-to=(q.id) {
+            bdi.author { (q.author) }
+            " "
+            @if q.deleted {
+                span.snippet.tombstone { "a deleted message" }
+            } @else {
+                span.snippet dir="auto" { (q.snippet) @if more { "…" } }
             }
         }
     }
@@ -479,7 +502,15 @@ pub fn article_weight(m: &StoredMessage) -> usize {
             250 + 6 * (4 * r.emoji.len() + named)
         })
         .sum();
-    per_byte * m.body.len() + 400 + links.min(MAX_LINKS) * (6 * MAX_LINK_CHARS + 120) + reactions
+    // A quote: its author, its snippet and its id twice.
+    let quote = m.replying_to.as_deref().map_or(0, |q| {
+        200 + 6 * (q.author.len() + q.snippet.len()) + 2 * q.id.len()
+    });
+    per_byte * m.body.len()
+        + 400
+        + links.min(MAX_LINKS) * (6 * MAX_LINK_CHARS + 120)
+        + reactions
+        + quote
 }
 
 pub fn messages(list: &[StoredMessage]) -> Markup {

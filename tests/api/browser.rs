@@ -479,3 +479,49 @@ async fn scrolling_up_loads_history_and_new_messages_do_not_yank_the_view() {
     );
     ann.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_leads_to_what_it_quotes_loading_history_as_needed() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &["--rate-burst", "1000"]).await;
+    let bob = app.signup("bob").await;
+    let mut bob_socket = app.connect(&bob).await;
+    let first = bob_socket.post("the very first line").await;
+    for i in 1..=80 {
+        bob_socket.say(&format!("history line {i}")).await;
+    }
+    bob_socket
+        .act(
+            "New message",
+            serde_json::json!({ "message": "about that first line", "replyTo": first }),
+        )
+        .await;
+    bob_socket.wait_for_message("about that first line").await;
+
+    let driver = Driver::start().await;
+    let ann = driver.desktop().await;
+    ann.sign_up(&app, "ann").await;
+    ann.wait_for_text(
+        "#messages-list article:last-child .quote",
+        "the very first line",
+    )
+    .await;
+    // The original is pages back: the quote loads history until it is there.
+    ann.click("#messages-list article:last-child a.quote").await;
+    ann.wait_for_text("#messages-list article.sought", "the very first line")
+        .await;
+
+    // Ann answers from the page: her post quotes what she replied to.
+    ann.click("#messages-list article:last-child button[data-act='reply']")
+        .await;
+    ann.wait_for_text("#reply-bar", "about that first line")
+        .await;
+    ann.say("noted").await;
+    let frame = bob_socket.wait_for_message("noted").await;
+    assert!(
+        frame.html.contains("about that first line") && frame.html.contains("class=\"quote\""),
+        "{}",
+        frame.html
+    );
+    assert!(!ann.find("#reply-bar").await.is_displayed().await.unwrap());
+    ann.close().await;
+}

@@ -56,11 +56,7 @@ async fn group_message_is_one_fragment_for_everyone(backend: Backend) {
 
 async fn private_rooms_are_private(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (ann, bob, eve) = (
-        app.signup("ann").await,
-        app.signup("bob").await,
-        app.signup("eve").await,
-    );
+    let [ann, bob, eve] = app.signups(["ann", "bob", "eve"]).await;
     let mut a = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
     let mut e = app.connect(&eve).await;

@@ -246,6 +246,19 @@ async fn edits_reactions_and_deletions_cross_nodes_once() {
     );
     b.wait_for(|f| f.selector == selector && f.html.contains("data-emoji"))
         .await;
+    // So does his reply, quoting it.
+    b.act(
+        "New message",
+        serde_json::json!({ "message": "agreed", "replyTo": id }),
+    )
+    .await;
+    let replied = a.wait_for_message("agreed").await;
+    assert!(
+        replied.html.contains(&format!("data-reply-to=\"{id}\""))
+            && replied.html.contains("better words"),
+        "{}",
+        replied.html
+    );
     // Once: nothing more of either before Bob's own next message.
     let later = b.frames_until_own_marker().await;
     assert!(later.iter().all(|f| f.selector != selector), "{later:?}");

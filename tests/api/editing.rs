@@ -97,11 +97,7 @@ async fn authors_edit_and_delete_and_everyone_sees_it_once(backend: Backend) {
 
 async fn only_the_author_changes_a_message_and_others_are_told_why(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (ann, bob, eve) = (
-        app.signup("ann").await,
-        app.signup("bob").await,
-        app.signup("eve").await,
-    );
+    let [ann, bob, eve] = app.signups(["ann", "bob", "eve"]).await;
     let mut a = app.connect(&ann).await;
     let mut b = app.connect(&bob).await;
     let mut e = app.connect(&eve).await;

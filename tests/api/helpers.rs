@@ -231,6 +231,17 @@ impl TestApp {
         }
     }
 
+    /// Signs up each of `usernames`, in order.
+    pub async fn signups<const N: usize>(&self, usernames: [&str; N]) -> [TestUser; N] {
+        let mut users = Vec::with_capacity(N);
+        for username in usernames {
+            users.push(self.signup(username).await);
+        }
+        users
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one user per name"))
+    }
+
     /// Continues as a guest, under a generated name, and returns its session cookie.
     pub async fn guest(&self) -> TestUser {
         let response = self.post_form("/guest", &[]).await;

@@ -16,3 +16,4 @@ mod pages;
 mod posting;
 mod process;
 mod reactions;
+mod replies;

@@ -35,7 +35,7 @@ use self::sql::{bump_and_insert_sql, bump_sql, insert_sql};
 use super::health::Health;
 use super::messages::{Draft, Posted, SELECT_MESSAGES, message_from_row};
 use super::{Dialect, StoreError, StoreResult, now_ms};
-use crate::model::{StoredMessage, User};
+use crate::model::{Quoted, StoredMessage, User};
 
 /// Posts stored in one transaction, at most. It also bounds the statement's parameters
 /// (six a row), well under SQLite's and PostgreSQL's limits.
@@ -57,6 +57,7 @@ struct Post {
     author: User,
     body: String,
     client_id: Option<String>,
+    replying_to: Option<Box<Quoted>>,
     then: Option<AfterCommit>,
     reply: oneshot::Sender<StoreResult<Posted>>,
     _counted: Counted,
@@ -145,6 +146,7 @@ impl Batcher {
             author: draft.author.clone(),
             body: draft.body.to_owned(),
             client_id: draft.client_id.map(str::to_owned),
+            replying_to: draft.replying_to.cloned().map(Box::new),
             then,
             reply,
             _counted: Counted::new(&self.waiting),
@@ -288,7 +290,8 @@ async fn store(
                 .bind(m.seq)
                 .bind(&m.author.id)
                 .bind(&m.body)
-                .bind(&m.client_id);
+                .bind(&m.client_id)
+                .bind(m.replying_to.as_ref().map(|q| q.id.as_str()));
         }
         insert.execute(&mut *tx).await?;
     }
@@ -435,7 +438,8 @@ async fn store_in_one_statement(
                 .bind(k as i64 + 1)
                 .bind(&post.author.id)
                 .bind(&post.body)
-                .bind(&post.client_id);
+                .bind(&post.client_id)
+                .bind(post.replying_to.as_ref().map(|q| q.id.as_str()));
         }
     }
     let bumped = query.fetch_all(conn).await?;
@@ -480,6 +484,7 @@ fn numbered(
                 edited_at_ms: None,
                 deleted: false,
                 reactions: Vec::new(),
+                replying_to: post.replying_to.clone(),
             });
         }
     }
@@ -627,6 +632,7 @@ mod tests {
                             author: &author,
                             body: "raced",
                             client_id: Some(&id),
+                            replying_to: None,
                         };
                         store
                             .queue_message_then(draft, Box::new(|_| Box::pin(async {})))
@@ -713,6 +719,7 @@ mod tests {
                     author: &author,
                     body: &format!("m{i}"),
                     client_id: matches!(i % 20, 0 | 2).then_some(client_id.as_str()),
+                    replying_to: None,
                 };
                 let queued = store.queue_message_then(draft, then).await?;
                 queued.await.map(|posted| (i, posted))

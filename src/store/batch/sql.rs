@@ -2,7 +2,7 @@
 //! placeholders, which both dialects take.
 
 /// One PostgreSQL statement for a batch: `$1` is the creation time, then (room, count)
-/// pairs for `rooms` rooms, then (id, room, k, author, body, client id) for `rows` posts,
+/// pairs for `rooms` rooms, then (id, room, k, author, body, client id, reply to) for `rows` posts,
 /// `k` counting from 1 within each room. Posts to a room that does not exist match no bumped row and are
 /// not inserted; the rooms it returns say which were.
 pub(super) fn bump_and_insert_sql(rooms: usize, rows: usize) -> String {
@@ -13,14 +13,14 @@ pub(super) fn bump_and_insert_sql(rooms: usize, rows: usize) -> String {
         "), bumped AS (UPDATE rooms SET last_seq = rooms.last_seq + v.n, \
          posted = rooms.posted + v.n FROM v \
          WHERE rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), \
-         m (id, room, k, author, body, client) AS (VALUES ",
+         m (id, room, k, author, body, client, reply) AS (VALUES ",
     );
-    push_tuples(&mut sql, rows, 6, 2 + 2 * rooms, "");
+    push_tuples(&mut sql, rows, 7, 2 + 2 * rooms, "");
     sql.push_str(
         "), inserted AS (INSERT INTO messages \
-         (id, room_id, seq, rev, author_id, body, client_id, created_at) \
+         (id, room_id, seq, rev, author_id, body, client_id, reply_to, created_at) \
          SELECT m.id, m.room, b.last_seq - b.n + m.k, b.last_seq - b.n + m.k, m.author, \
-         m.body, m.client, $1 \
+         m.body, m.client, m.reply, $1 \
          FROM m JOIN bumped b ON b.id = m.room) \
          SELECT id, last_seq FROM bumped",
     );
@@ -43,20 +43,20 @@ pub(super) fn bump_sql(rooms: usize) -> String {
 }
 
 /// `INSERT … VALUES (…), (…)` for `rows` messages: `$1` is the shared creation time, then
-/// six numbered parameters a row (numbered placeholders work on both dialects); a new
+/// seven numbered parameters a row (numbered placeholders work on both dialects); a new
 /// message's rev is its seq.
 pub(super) fn insert_sql(rows: usize) -> String {
     let mut sql = String::with_capacity(100 + rows * 48);
     sql.push_str(
-        "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at, rev) \
-         VALUES ",
+        "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, reply_to, \
+         created_at, rev) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
         }
-        let first = 2 + row * 6;
-        let columns: Vec<String> = (first..first + 6).map(|p| format!("${p}")).collect();
+        let first = 2 + row * 7;
+        let columns: Vec<String> = (first..first + 7).map(|p| format!("${p}")).collect();
         sql.push_str(&format!("({}, $1, ${})", columns.join(", "), first + 2));
     }
     sql
@@ -99,9 +99,9 @@ mod tests {
     fn rows_number_their_parameters_after_the_shared_time() {
         assert_eq!(
             insert_sql(2),
-            "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, created_at, \
-             rev) VALUES ($2, $3, $4, $5, $6, $7, $1, $4), ($8, $9, $10, $11, $12, $13, $1, \
-             $10)"
+            "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, reply_to, \
+             created_at, rev) VALUES ($2, $3, $4, $5, $6, $7, $8, $1, $4), ($9, $10, $11, $12, \
+             $13, $14, $15, $1, $11)"
         );
     }
 
@@ -111,11 +111,11 @@ mod tests {
             bump_and_insert_sql(2, 2),
             "WITH v (room, n) AS (VALUES ($2, $3), ($4, $5)), bumped AS (UPDATE rooms SET \
              last_seq = rooms.last_seq + v.n, posted = rooms.posted + v.n FROM v WHERE \
-             rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), m (id, room, k, author, body, client) AS \
-             (VALUES ($6, $7, $8, $9, $10, $11), ($12, $13, $14, $15, $16, $17)), \
+             rooms.id = v.room RETURNING rooms.id, rooms.last_seq, v.n), m (id, room, k, author, body, client, reply) AS \
+             (VALUES ($6, $7, $8, $9, $10, $11, $12), ($13, $14, $15, $16, $17, $18, $19)), \
              inserted AS (INSERT INTO messages (id, room_id, seq, rev, author_id, body, \
-             client_id, created_at) SELECT m.id, m.room, b.last_seq - b.n + m.k, \
-             b.last_seq - b.n + m.k, m.author, m.body, m.client, $1 FROM m JOIN bumped b ON \
+             client_id, reply_to, created_at) SELECT m.id, m.room, b.last_seq - b.n + m.k, \
+             b.last_seq - b.n + m.k, m.author, m.body, m.client, m.reply, $1 FROM m JOIN bumped b ON \
              b.id = m.room) \
              SELECT id, last_seq FROM bumped"
         );
