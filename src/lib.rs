@@ -14,7 +14,7 @@
 //! - [`socket`]: one chat socket — a reader turning actions into stores and publications
 //!   (posts queued while the ones before are stored, in `posting`; edits, deletions and
 //!   reactions in `changes`; the rooms a person chooses: joining, leaving, hiding,
-//!   blocking, browsing, in `membership`), a writer draining a bounded queue onto the wire through the
+//!   blocking, browsing, in `membership`; searching, in `search`), a writer draining a bounded queue onto the wire through the
 //!   socket's view (`view`: which room is shown, what of it is on screen, what waits).
 //! - [`hub`]: what every socket on a node shares (store, layer, presence, limits, room
 //!   member lists already rendered), and the node's announcements of who came and went.
@@ -30,7 +30,8 @@
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
 //!   log-ins, rooms, memberships, blocks, messages; posts are stored in batches by per-node
 //!   writers (group commit), once per client id; every change to a room (a post, an edit,
-//!   a deletion, a reaction) takes its next seq; what nobody can use any more is purged.
+//!   a deletion, a reaction) takes its next seq; message text is searched on a trigram
+//!   index; what nobody can use any more is purged.
 //! - [`model`]: the domain types (people, rooms, messages) that storage, views, presence
 //!   and the channel layer share.
 //! - [`memory`]: giving freed memory back to the system after a load peak.

@@ -63,6 +63,15 @@ impl RoomSummary {
     }
 }
 
+/// A message a search found, with where it is: its room, and for a direct conversation
+/// the other person's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub message: StoredMessage,
+    pub room: Room,
+    pub peer: Option<String>,
+}
+
 /// A public group as "Browse groups" lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupListing {

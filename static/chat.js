@@ -230,6 +230,7 @@
         if (outbox.length && outbox.some((m) => m.clientId === a.dataset.clientId)) confirmed(a.dataset.clientId);
       }
       if (frame.swap === 'beforeend') { announce(added); stopTyping(added); }
+      if (frame.swap === 'innerHTML' && pendingJump) { const id = pendingJump; pendingJump = null; jumpTo(id); }
       checkGaps();
     }
     if (frame.selector === '#load-older' || frame.selector === '#errors') loadingOlder = false;
@@ -371,7 +372,7 @@
         const actions = document.createElement('div');
         actions.className = 'msg-actions';
         actions.innerHTML = '<button type="button" class="link" data-act="reply">Reply</button>'
-          + '<button type="button" class="link" data-act="pick" aria-label="Add a reaction">React</button>'
+          + '<button type="button" class="link" data-act="pick" title="Add a reaction">React</button>'
           + (a.dataset.author === me
             ? '<button type="button" class="link" data-act="edit">Edit</button>'
               + '<button type="button" class="link" data-act="delete">Delete</button>'
@@ -586,6 +587,8 @@
   // A quote leads to what it quotes, loading older history until it is there (a few
   // pages at most).
   let seeking = null;
+  // A message to show once the room being entered is (a search result's).
+  let pendingJump = null;
   function jumpTo(id) {
     const el = document.getElementById(`msg-${id}`);
     if (el) {
@@ -699,6 +702,11 @@
       e.preventDefault();
       const browse = $('#browse-dialog');
       if (browse.open) browse.close();
+      // A search result: its message is shown once its room is.
+      if (link.dataset.message) {
+        pendingJump = link.dataset.message;
+        $('#search-dialog').close();
+      }
       openRoom(link.dataset.groupName, link.dataset.isGroup === 'true');
       return;
     }
@@ -734,6 +742,10 @@
       saveOutbox();
       renderOutbox();
       flushOutbox();
+    }
+    if (e.target.closest('#search-open')) {
+      $('#search-dialog').showModal();
+      $('#search-query').select();
     }
     if (e.target.closest('#browse-open')) {
       $('#browse-query').value = '';
@@ -811,6 +823,10 @@
       return;
     }
     if (form.id === 'browse-form') return send('Browse groups', { query: value });
+    if (form.id === 'search-form') {
+      if (!send('Search', { query: value })) $('#search-results').innerHTML = `<li class="error">${OFFLINE}</li>`;
+      return;
+    }
     form.nextElementSibling?.classList.contains('form-error') && form.nextElementSibling.remove();
     pendingForm = form;
     if (form.id === 'new-group') send('Create group', { groupName: value });

@@ -184,6 +184,41 @@ impl MessageText {
     }
 }
 
+/// What to search messages for: 3 to 100 characters once trimmed (a trigram index finds
+/// nothing shorter), no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery(String);
+
+impl SearchQuery {
+    pub const MIN_CHARS: usize = 3;
+    pub const MAX_CHARS: usize = 100;
+
+    pub fn parse(raw: &str) -> Result<SearchQuery, InputError> {
+        let query = raw.trim();
+        let len = query.chars().count();
+        if len < Self::MIN_CHARS {
+            return refuse(format!(
+                "Search for at least {} characters.",
+                Self::MIN_CHARS
+            ));
+        }
+        if len > Self::MAX_CHARS {
+            return refuse(format!(
+                "Search for at most {} characters.",
+                Self::MAX_CHARS
+            ));
+        }
+        if query.chars().any(char::is_control) {
+            return refuse("A search cannot contain control characters.");
+        }
+        Ok(SearchQuery(query.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,12 @@ pub enum Action {
     },
     /// The people the user blocked, into the sidebar.
     BlockedPeople,
+    /// A page of the messages the user may read that contain `query`, newest first, before
+    /// `before` (where the page before left off).
+    Search {
+        query: String,
+        before: Option<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -165,6 +171,13 @@ struct BrowseGroupsData {
     query: String,
     #[serde(default)]
     after: String,
+}
+
+#[derive(Deserialize)]
+struct SearchData {
+    query: String,
+    #[serde(default)]
+    before: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +274,18 @@ impl Action {
                 username: data::<UserData>(action, envelope.data)?.username,
             },
             "Blocked people" => Action::BlockedPeople,
+            "Search" => {
+                let d: SearchData = data(action, envelope.data)?;
+                if d.before.as_ref().is_some_and(|b| b.len() > 64) {
+                    return Err(InputError(
+                        "\"before\" is not where a search left off.".into(),
+                    ));
+                }
+                Action::Search {
+                    query: d.query,
+                    before: d.before,
+                }
+            }
             _ => {
                 let shown: String = action.chars().take(40).collect();
                 return Err(InputError(format!("Unknown action \"{shown}\".")));
@@ -472,6 +497,7 @@ mod tests {
                 Just("Block user".to_string()),
                 Just("Unblock user".to_string()),
                 Just("Blocked people".to_string()),
+                Just("Search".to_string()),
                 ".*",
             ]
         }

@@ -36,7 +36,8 @@ pub fn action_cost(action: &Action) -> f64 {
         | Action::BlockUser { .. }
         | Action::UnblockUser { .. }
         | Action::BlockedPeople => 2.0,
-        Action::CreateGroup { .. } => 5.0,
+        // A search reads an index, and up to a page of messages with their rooms.
+        Action::CreateGroup { .. } | Action::Search { .. } => 5.0,
     }
 }
 

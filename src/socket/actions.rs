@@ -140,6 +140,7 @@ impl Socket {
             Action::BlockUser { username } => self.block_user(&username).await,
             Action::UnblockUser { username } => self.unblock_user(&username).await,
             Action::BlockedPeople => self.list_blocked().await,
+            Action::Search { query, before } => self.search(&query, before.as_deref()).await,
         }
     }
 
@@ -187,9 +188,11 @@ impl Socket {
 
     /// Charges the user's budget for `messages` read from history: by their count, or by
     /// their size where they are long (a page of 4,000-character messages is a megabyte).
-    pub(super) fn charge_read(&self, messages: &[StoredMessage]) {
-        let bytes: usize = messages.iter().map(|m| m.body.len()).sum();
-        let units = (messages.len() as f64 / MESSAGES_PER_UNIT).max(bytes as f64 / BYTES_PER_UNIT);
+    pub(super) fn charge_read<'a>(&self, messages: impl IntoIterator<Item = &'a StoredMessage>) {
+        let (count, bytes) = messages
+            .into_iter()
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.body.len()));
+        let units = (count as f64 / MESSAGES_PER_UNIT).max(bytes as f64 / BYTES_PER_UNIT);
         self.hub.budget.charge(&self.user.id, units);
     }
 }

@@ -36,6 +36,7 @@ mod changes;
 mod membership;
 mod posting;
 mod rooms;
+mod search;
 mod view;
 mod writer;
 

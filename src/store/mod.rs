@@ -7,10 +7,12 @@
 
 mod batch;
 mod health;
+#[macro_use]
 mod messages;
 mod purge;
 mod reactions;
 mod rooms;
+mod search;
 mod users;
 
 use std::str::FromStr;
@@ -26,6 +28,7 @@ pub use messages::{Change, Draft, Page, Posted};
 pub use purge::{Purged, purge_now_and_then};
 pub use reactions::Reacted;
 pub use rooms::SignedIn;
+pub use search::{Results, Searched};
 pub use users::LoginFailures;
 
 /// Which database the pool talks to; decides the migration folder and connection set-up.

@@ -12,8 +12,9 @@ use links::{MAX_LINK_CHARS, MAX_LINKS};
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
+use crate::chat::names::SearchQuery;
 use crate::model::{
-    GroupListing, Quoted, Reaction, Room, RoomKind, RoomSummary, StoredMessage, User,
+    Found, GroupListing, Quoted, Reaction, Room, RoomKind, RoomSummary, StoredMessage, User,
 };
 
 /// How many messages a page of history holds.
@@ -115,6 +116,7 @@ pub fn chat_page(view: &ChatView<'_>, more: usize, max_message_chars: usize) -> 
                 button #rooms-toggle.secondary type="button" aria-controls="aside" aria-expanded="false" { "Rooms" }
                 h1.title { "wirechat" }
                 p.subtitle { "I'm " bdi #logged-user { (view.me.username) } }
+                button #search-open.link type="button" aria-haspopup="dialog" { "Search" }
                 form method="post" action="/logout" { button.link type="submit" { "Log out" } }
             }
             div #connection role="status" hidden {
@@ -150,6 +152,7 @@ pub fn chat_page(view: &ChatView<'_>, more: usize, max_message_chars: usize) -> 
                 }
             }
             (browse_dialog())
+            (search_dialog())
         },
     )
 }
@@ -204,14 +207,129 @@ pub fn group_listings(page: &[GroupListing], first_page: bool) -> Markup {
 
 /// The "More" button under the listing, or nothing when the last page is shown.
 pub fn browse_more(query: &str, next: Option<&str>) -> Markup {
+    let payload = next.map(|after| serde_json::json!({ "query": query, "after": after }));
+    more_button("browse-more", "Browse groups", payload)
+}
+
+/// A "More" button (`id`) that sends `action` with `payload`; without one, its empty place.
+fn more_button(id: &str, action: &str, payload: Option<serde_json::Value>) -> Markup {
     html! {
-        @if let Some(after) = next {
-            button #browse-more.secondary type="button" data-action="Browse groups"
-                data-payload=(serde_json::json!({ "query": query, "after": after })) { "More" }
+        @if let Some(payload) = payload {
+            button.secondary id=(id) type="button" data-action=(action) data-payload=(payload) { "More" }
         } @else {
-            span #browse-more {}
+            span id=(id) {}
         }
     }
+}
+
+/// "Search messages": what to look for, and what was found, a page at a time.
+fn search_dialog() -> Markup {
+    html! {
+        dialog #search-dialog aria-labelledby="search-title" {
+            h2 #search-title { "Search messages" }
+            form #search-form.inline-form {
+                label.visually-hidden for="search-query" { "Words to find" }
+                input #search-query name="query" placeholder="words to find…" minlength=(SearchQuery::MIN_CHARS)
+                    maxlength=(SearchQuery::MAX_CHARS) autocomplete="off";
+                button type="submit" { "Search" }
+            }
+            ul #search-results {}
+            span #search-more {}
+            form method="dialog" { button.secondary type="submit" { "Close" } }
+        }
+    }
+}
+
+/// Rows of search results: where each message is, who wrote it and when, and its text
+/// around what matched. Each leads to the message in its room.
+pub fn search_results(found: &[Found], query: &str, first_page: bool) -> Markup {
+    html! {
+        @if found.is_empty() && first_page {
+            li.muted { "No messages you can read contain that." }
+        }
+        @for f in found {
+            @let m = &f.message;
+            @let (name, is_group, shown) = match (f.room.kind, f.room.name.as_deref(), f.peer.as_deref()) {
+                (RoomKind::Group, Some(name), _) => (name, true, format!("#{name}")),
+                (_, _, Some(peer)) => (peer, false, peer.to_owned()),
+                _ => ("", false, "a conversation".to_owned()),
+            };
+            @let href = format!("{}{}#msg-{}", if is_group { "/r/" } else { "/dm/" }, name, m.id);
+            @let (before, matched, after) = around(&m.body, query);
+            li {
+                a.found href=(href) data-group-name=(name) data-is-group=(is_group) data-message=(m.id) {
+                    span.where { bdi { (shown) } " · " bdi.author { (m.author.username) } " · " (timestamp(m.created_at_ms)) }
+                    span.snippet dir="auto" { (before) mark { (matched) } (after) }
+                }
+            }
+        }
+    }
+}
+
+pub fn search_more(query: &str, next: Option<&str>) -> Markup {
+    let payload = next.map(|before| serde_json::json!({ "query": query, "before": before }));
+    more_button("search-more", "Search", payload)
+}
+
+/// Characters of context shown before and after a match.
+const BEFORE_MATCH: usize = 60;
+const AFTER_MATCH: usize = 120;
+
+/// `text` cut around the first place `query` is in it, compared without regard to case:
+/// the context before, the match, the context after, with "…" where text was left out.
+fn around(text: &str, query: &str) -> (String, String, String) {
+    let Some(found) = find_ignoring_case(text, query) else {
+        return (String::new(), String::new(), cut_after(text, AFTER_MATCH));
+    };
+    let before = &text[..found.start];
+    let skipped = before.chars().count().saturating_sub(BEFORE_MATCH);
+    let kept: String = before.chars().skip(skipped).collect();
+    let before = if skipped > 0 {
+        format!("…{kept}")
+    } else {
+        kept
+    };
+    (
+        before,
+        text[found.clone()].to_owned(),
+        cut_after(&text[found.end..], AFTER_MATCH),
+    )
+}
+
+fn cut_after(text: &str, chars: usize) -> String {
+    let mut kept: String = text.chars().take(chars).collect();
+    if kept.len() < text.len() {
+        kept.push('…');
+    }
+    kept
+}
+
+/// Where `query` first is in `text`, lower case matching lower case (a message is at most
+/// a few thousand characters and a query at most a hundred).
+fn find_ignoring_case(text: &str, query: &str) -> Option<std::ops::Range<usize>> {
+    let wanted: Vec<char> = query.chars().flat_map(char::to_lowercase).collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    for (start, _) in text.char_indices() {
+        let mut matched = 0;
+        for (i, c) in text[start..].char_indices() {
+            for lower in c.to_lowercase() {
+                if wanted.get(matched) != Some(&lower) {
+                    matched = usize::MAX;
+                    break;
+                }
+                matched += 1;
+            }
+            if matched == usize::MAX {
+                break;
+            }
+            if matched == wanted.len() {
+                return Some(start..start + i + c.len_utf8());
+            }
+        }
+    }
+    None
 }
 
 /// What the user can do with the active room: leave a group; hide a conversation, or
@@ -384,15 +502,6 @@ pub fn members(users: &[User]) -> Markup {
 }
 
 pub fn message(m: &StoredMessage) -> Markup {
-    let at =
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(m.created_at_ms) * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let iso = at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let hhmm = at
-        .format(time::macros::format_description!("[hour]:[minute]"))
-        .unwrap_or_default();
     // The rev only where it differs from the seq (an edit or a deletion), and the text as
     // written only where formatting changed it: most articles are new messages in plain
     // words, and every byte of theirs goes to every member.
@@ -405,7 +514,7 @@ pub fn message(m: &StoredMessage) -> Markup {
             div.bubble {
                 header {
                     strong.author { bdi { (m.author.username) } }
-                    time datetime=(iso) data-ts=(m.created_at_ms) { (hhmm) " UTC" }
+                    (timestamp(m.created_at_ms))
                 }
                 @if let Some(q) = m.replying_to.as_deref().filter(|_| !m.deleted) {
                     (quote(q))
@@ -426,6 +535,19 @@ pub fn message(m: &StoredMessage) -> Markup {
             }
         }
     }
+}
+
+/// A moment, in UTC until the page shows it in local time.
+fn timestamp(ms: i64) -> Markup {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let iso = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let hhmm = at
+        .format(time::macros::format_description!("[hour]:[minute]"))
+        .unwrap_or_default();
+    html! { time datetime=(iso) data-ts=(ms) { (hhmm) " UTC" } }
 }
 
 /// The quote at the top of a reply: who wrote what it answers, and how that began. It
@@ -656,6 +778,8 @@ mod tests {
             target::ERRORS,
             target::BROWSE_RESULTS,
             target::BROWSE_MORE,
+            target::SEARCH_RESULTS,
+            target::SEARCH_MORE,
             &target::unread("r1"),
             &target::room_entry("r1"),
             &target::person("u1"),

@@ -37,6 +37,9 @@ pub const ERRORS: &str = "#errors";
 /// "Browse groups": the page of groups, and the button for the next.
 pub const BROWSE_RESULTS: &str = "#browse-results";
 pub const BROWSE_MORE: &str = "#browse-more";
+/// "Search messages": the results so far, and the button for the next page.
+pub const SEARCH_RESULTS: &str = "#search-results";
+pub const SEARCH_MORE: &str = "#search-more";
 
 /// A room's unread badge.
 /// A message's article (`views::message`).

@@ -481,7 +481,7 @@ async fn scrolling_up_loads_history_and_new_messages_do_not_yank_the_view() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_leads_to_what_it_quotes_loading_history_as_needed() {
+async fn replies_and_search_results_lead_to_their_message_loading_history_as_needed() {
     let app = TestApp::spawn_with(Backend::Sqlite, &["--rate-burst", "1000"]).await;
     let bob = app.signup("bob").await;
     let mut bob_socket = app.connect(&bob).await;
@@ -523,5 +523,29 @@ async fn a_reply_leads_to_what_it_quotes_loading_history_as_needed() {
         frame.html
     );
     assert!(!ann.find("#reply-bar").await.is_displayed().await.unwrap());
+
+    // From another room, a search finds the first line and shows it where it was said.
+    ann.click("#groups a[data-group-name='python']").await;
+    ann.wait_for_text("#group-name", "python").await;
+    ann.click("#search-open").await;
+    ann.find("#search-query")
+        .await
+        .send_keys("VERY first")
+        .await
+        .unwrap();
+    ann.click("#search-form button[type='submit']").await;
+    ann.wait_for_text("#search-results", "the very first line")
+        .await;
+    ann.click("#search-results li:last-child a.found").await;
+    ann.wait_for_text("#group-name", "hi").await;
+    ann.wait_for_text("#messages-list article.sought", "the very first line")
+        .await;
+    assert!(
+        !ann.find("#search-dialog")
+            .await
+            .is_displayed()
+            .await
+            .unwrap()
+    );
     ann.close().await;
 }

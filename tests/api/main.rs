@@ -17,3 +17,4 @@ mod posting;
 mod process;
 mod reactions;
 mod replies;
+mod search;
