@@ -45,16 +45,18 @@ pub struct Config {
     pub addr: SocketAddr,
 
     /// `sqlite:<file>` (embedded, the default) or `postgres://…`.
+    // A URL may carry a password: help shows the variable's name, never its value.
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://wirechat.db",
         global = true
     )]
     pub database_url: String,
 
     /// Redis for running several nodes as one chat; unset, this node works alone.
-    #[arg(long, env = "REDIS_URL", global = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key and channel this chat uses, so several chats (or test

@@ -15,3 +15,4 @@ mod operations;
 mod pages;
 mod posting;
 mod process;
+mod startup;
