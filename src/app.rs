@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat::rate::{RateConfig, RateLimiter};
-use crate::config::Config;
+use crate::config::{Config, redact_url};
 use crate::hub::{Hub, Limits};
 use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, WritePacing, redis};
 use crate::presence::{LocalPresence, Presence, RedisPresence};
@@ -32,6 +32,8 @@ pub struct Application {
     state: AppState,
     node_id: String,
     presence_every: Duration,
+    /// The effective settings, secrets redacted, for the start line.
+    settings: String,
 }
 
 /// Connections the kernel may hold for the server before it accepts them (it caps this at
@@ -60,6 +62,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 impl Application {
     /// Connects, migrates and binds; the port is known (and can be read) before serving.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let settings = format!("{:?}", config.redacted());
         let node_id = config
             .node_id
             .clone()
@@ -81,7 +84,12 @@ impl Application {
         };
         let store = Store::connect(&config.database_url)
             .await
-            .with_context(|| format!("opening the database at {}", redact(&config.database_url)))?;
+            .with_context(|| {
+                format!(
+                    "opening the database at {}",
+                    redact_url(&config.database_url)
+                )
+            })?;
         let secret = match config.secret {
             Some(secret) => secret,
             None => store.shared_secret().await?,
@@ -157,6 +165,7 @@ impl Application {
             },
             node_id,
             presence_every,
+            settings,
         })
     }
 
@@ -211,7 +220,15 @@ impl Application {
                     .await;
             }
         });
-        tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
+        let version = env!("CARGO_PKG_VERSION");
+        tracing::info!(
+            node = %self.node_id,
+            %addr,
+            version,
+            database = ?hub.store.dialect(),
+            settings = %self.settings,
+            "wirechat {version} listening on http://{addr}"
+        );
         // For whatever started this node and waits for it (a supervisor, a test): one line
         // that says where it listens, in a form a program reads.
         println!(
@@ -247,7 +264,7 @@ async fn connect_redis(
     url: &str,
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn ChannelLayer>, Arc<dyn Presence>)> {
-    let shown = redact(url);
+    let shown = redact_url(url);
     let pool = redis::pool(url).with_context(|| format!("Redis URL {shown}"))?;
     // Unique per process, even when two nodes are given the same WIRECHAT_NODE_ID.
     let instance = uuid::Uuid::new_v4().simple().to_string();
@@ -271,35 +288,4 @@ async fn connect_redis(
         Duration::from_millis(config.presence_ttl_ms),
     );
     Ok((Arc::new(layer), Arc::new(presence)))
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
-    }
 }

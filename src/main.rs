@@ -1,18 +1,16 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use wirechat::app::Application;
-use wirechat::config::{Cli, Command};
+use wirechat::config::{Cli, Command, LogFormat};
 use wirechat::store::Store;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("wirechat=info")),
-        )
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             raise_file_limit();
@@ -31,6 +29,23 @@ async fn main() -> anyhow::Result<()> {
             let created = wirechat::accounts::seed_users(&store, count, &password).await?;
             println!("created {created} users with password {password:?}");
             Ok(())
+        }
+    }
+}
+
+/// Logs go to standard output, as text or one JSON object per line. Colour codes only
+/// help a person at a terminal: in a file or `docker logs` they are noise, and `NO_COLOR`
+/// (any value but empty) turns them off everywhere.
+fn init_logs(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("wirechat=info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            logs.with_ansi(std::io::stdout().is_terminal() && !no_color)
+                .init()
         }
     }
 }

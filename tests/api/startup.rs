@@ -2,6 +2,12 @@
 //! cannot start.
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::helpers::{Backend, fresh_database};
+use crate::process::{Output, Process};
 
 /// Settings that may hold a credential, each set to a value with a password in it.
 const SECRETS: [(&str, &str, &str); 3] = [
@@ -44,4 +50,84 @@ fn help_names_every_setting_but_shows_no_secret() {
             );
         }
     }
+}
+
+/// Starts a node with `envs` and returns its log lines up to its start line.
+async fn start_line_and_before(database_url: &str, envs: &[(&str, &str)]) -> Vec<String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wirechat"));
+    command
+        .args(["--addr", "127.0.0.1:0", "--database-url", database_url])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "wirechat=info")
+        .envs(envs.iter().copied());
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let seen = lines.clone();
+    let (_node, ()) = Process::start(command, "node", Output::Stdout, move |line| {
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.push(line.to_owned());
+        line.contains("listening on").then_some(())
+    })
+    .await;
+    lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_and_start_with_version_and_settings() {
+    let url = fresh_database(Backend::Sqlite).await;
+    let (secret_name, secret, password) = SECRETS[2];
+    let lines = start_line_and_before(
+        &url,
+        &[("WIRECHAT_LOG_FORMAT", "json"), (secret_name, secret)],
+    )
+    .await;
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let start = parsed.last().expect("a start line");
+    let fields = &start["fields"];
+    assert_eq!(fields["version"], env!("CARGO_PKG_VERSION"), "{start}");
+    let settings = fields["settings"]
+        .as_str()
+        .expect("settings in the start line");
+    assert!(settings.contains("max_message_chars: 4000"), "{settings}");
+    assert!(settings.contains("secret: Some(\"***\")"), "{settings}");
+    for line in &lines {
+        assert!(!line.contains(password), "a secret in the logs: {line}");
+    }
+}
+
+#[tokio::test]
+async fn text_logs_on_a_pipe_have_no_colour_and_no_password() {
+    // PostgreSQL here trusts local connections and ignores the password, so the URL can
+    // carry one and the node still starts.
+    let url =
+        fresh_database(Backend::Postgres)
+            .await
+            .replacen("postgres@", "postgres:pg-s3cr3t@", 1);
+    let lines = start_line_and_before(&url, &[("WIRECHAT_LOG_FORMAT", "text")]).await;
+    let start = lines.last().expect("a start line");
+    assert!(start.contains(env!("CARGO_PKG_VERSION")), "{start}");
+    assert!(start.contains("postgres:***@127.0.0.1"), "{start}");
+    for line in &lines {
+        assert!(!line.contains("\x1b["), "colour codes on a pipe: {line:?}");
+        assert!(
+            !line.contains("pg-s3cr3t"),
+            "a password in the logs: {line}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_log_format_is_refused_with_the_choices() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wirechat"))
+        .args(["--log-format", "xml", "--addr", "127.0.0.1:0"])
+        .output()
+        .expect("run wirechat");
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("xml") && said.contains("text") && said.contains("json"),
+        "{said}"
+    );
 }
