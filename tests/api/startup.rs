@@ -1,12 +1,13 @@
 //! The binary as an operator starts it: its help, its logs, and what it says when it
 //! cannot start.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{Backend, fresh_database};
+use crate::helpers::{Backend, PATIENCE, fresh_database};
 use crate::process::{Output, Process};
 
 /// Settings that may hold a credential, each set to a value with a password in it.
@@ -130,4 +131,75 @@ fn an_unknown_log_format_is_refused_with_the_choices() {
         said.contains("xml") && said.contains("text") && said.contains("json"),
         "{said}"
     );
+}
+
+/// Runs the binary to its exit (bounded by `PATIENCE`), in a directory of its own so a URL
+/// wrongly taken for a file name leaves nothing behind; returns whether it succeeded, what
+/// it said on standard error, and how long it took.
+fn run_to_exit(args: &[&str]) -> (bool, String, Duration) {
+    let dir = std::env::temp_dir()
+        .join("wirechat-tests")
+        .join(format!("run-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a directory of its own");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wirechat"))
+        .args(args)
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wirechat");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let said = std::thread::spawn(move || {
+        let mut said = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+        said
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > PATIENCE {
+            let _ = child.kill();
+            panic!("wirechat {args:?} still running after {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = started.elapsed();
+    (status.success(), said.join().expect("stderr read"), elapsed)
+}
+
+#[test]
+fn an_unknown_database_scheme_is_refused_with_the_forms_accepted() {
+    for (url, scheme) in [
+        ("mysql://wirechat:my-s3cr3t@127.0.0.1/wirechat", "mysql"),
+        ("http://127.0.0.1/wirechat", "http"),
+    ] {
+        let (ok, said, _) = run_to_exit(&["--addr", "127.0.0.1:0", "--database-url", url]);
+        assert!(!ok, "{url} was accepted");
+        assert!(said.contains(&format!("scheme `{scheme}`")), "{said}");
+        assert!(
+            said.contains("sqlite://") && said.contains("postgres://"),
+            "{said}"
+        );
+        assert!(!said.contains("my-s3cr3t"), "{said}");
+    }
+}
+
+#[test]
+fn a_refused_postgresql_fails_fast_saying_where() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("its address").port()
+    };
+    let url = format!("postgres://postgres@127.0.0.1:{port}/wirechat");
+    let (ok, said, elapsed) = run_to_exit(&["--addr", "127.0.0.1:0", "--database-url", &url]);
+    assert!(!ok, "started without a database");
+    assert!(said.contains("connection refused"), "{said}");
+    assert!(said.contains(&format!("127.0.0.1:{port}")), "{said}");
+    // Not a performance bound: the pool, left to itself, retries for its whole 10 s
+    // acquire timeout and then says only "pool timed out".
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}: {said}");
 }
