@@ -82,7 +82,7 @@ impl Application {
             }
             Some(url) => connect_redis(&config, url, &shutdown).await?,
         };
-        let store = Store::connect(&config.database_url)
+        let store = Store::connect_with(&config.database_url, config.db_pool_size)
             .await
             .with_context(|| {
                 format!(

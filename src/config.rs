@@ -55,6 +55,11 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Most database connections this node holds (default: 16 on PostgreSQL, 8 on
+    /// SQLite). Every node holds up to this many of PostgreSQL's `max_connections`.
+    #[arg(long, env = "WIRECHAT_DB_POOL_SIZE", global = true)]
+    pub db_pool_size: Option<u32>,
+
     /// Redis for running several nodes as one chat; unset, this node works alone.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
     pub redis_url: Option<String>,

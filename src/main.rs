@@ -25,7 +25,8 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped().await
         }
         Command::SeedUsers { count, password } => {
-            let store = Store::connect(&cli.config.database_url).await?;
+            let store =
+                Store::connect_with(&cli.config.database_url, cli.config.db_pool_size).await?;
             let created = wirechat::accounts::seed_users(&store, count, &password).await?;
             println!("created {created} users with password {password:?}");
             Ok(())

@@ -47,6 +47,12 @@ pub enum StoreError {
          path), `sqlite::memory:`, or `postgres://user[:password]@host[:port]/database`"
     )]
     UnknownScheme(String),
+    /// A pool too small for the store's own writers and anything else besides.
+    #[error(
+        "a database pool of {size} connections is too small: the node's message writers \
+         keep {writers} of them, so it needs at least {}", writers + 1
+    )]
+    PoolTooSmall { size: u32, writers: u32 },
     /// The database server could not be reached at all; says where, and why.
     #[error("cannot reach PostgreSQL at {at}: {why}")]
     Unreachable { at: String, why: String },
@@ -73,11 +79,33 @@ pub struct Store {
     health: Arc<Health>,
 }
 
+/// Connections a node's pool may hold when not told otherwise. A SQLite connection is a
+/// file handle; PostgreSQL's are a server process each, of the server's 100 by default
+/// (see the README's Operating section for how many nodes that allows).
+fn default_pool_size(dialect: Dialect) -> u32 {
+    match dialect {
+        Dialect::Sqlite => 8,
+        Dialect::Postgres => 16,
+    }
+}
+
 impl Store {
-    /// Connects to `url` (`sqlite:…` or `postgres://…`) and applies the dialect's migrations.
+    /// Connects to `url` (`sqlite:…` or `postgres://…`) with the dialect's default pool
+    /// size and applies the dialect's migrations.
     pub async fn connect(url: &str) -> StoreResult<Store> {
+        Store::connect_with(url, None).await
+    }
+
+    /// Connects to `url` with a pool of at most `pool_size` connections (`None`: the
+    /// dialect's default) and applies the dialect's migrations.
+    pub async fn connect_with(url: &str, pool_size: Option<u32>) -> StoreResult<Store> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = normalise_url(url)?;
+        let size = pool_size.unwrap_or_else(|| default_pool_size(dialect));
+        let writers = batch::writers(dialect);
+        if size <= writers {
+            return Err(StoreError::PoolTooSmall { size, writers });
+        }
         let options = AnyConnectOptions::from_str(&url).map_err(StoreError::Database)?;
         if dialect == Dialect::Postgres {
             reach_postgres(&url).await?;
@@ -86,7 +114,7 @@ impl Store {
         let pool = match dialect {
             Dialect::Sqlite => {
                 AnyPoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(size)
                     .acquire_timeout(Duration::from_secs(10))
                     // A SQLite connection is a file handle on its own thread; it cannot drop
                     // like a network connection. The default ping on every acquire would be
@@ -110,7 +138,7 @@ impl Store {
             }
             Dialect::Postgres => {
                 AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(size)
                     .acquire_timeout(Duration::from_secs(10))
                     // A ping before every statement would be one more round trip to
                     // PostgreSQL each time, and its CPU, on every connect and post. A connection that
@@ -181,6 +209,16 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// The most connections this store's pool may hold.
+    pub fn pool_size(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
+    /// The connections this store's pool holds now, in use or idle (or being opened).
+    pub fn connections(&self) -> u32 {
+        self.pool.size()
     }
 
     /// A cheap round trip, for readiness checks.
