@@ -44,7 +44,7 @@ pub enum StoreError {
     /// The URL names no database wirechat speaks to.
     #[error(
         "unsupported database URL scheme `{0}`: use `sqlite://<file>` (or just a file \
-         path), `sqlite::memory:`, or `postgres://user[:password]@host[:port]/database`"
+         path) or `postgres://user[:password]@host[:port]/database`"
     )]
     UnknownScheme(String),
     /// A pool too small for the store's own writers and anything else besides.
