@@ -1,5 +1,6 @@
 //! Start-up and shutdown: connect storage, pick the channel layer, bind, serve, and on
-//! shutdown close every socket with "reconnect elsewhere" before exiting.
+//! shutdown drain (not ready, still serving) for a while, then close every socket with
+//! "reconnect elsewhere" before exiting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +21,8 @@ use crate::store::Store;
 use crate::web::listener::Admission;
 use crate::web::{self, AccessLimits, AppState, LoginGuard, Proxies};
 
-/// How long shutdown waits for sockets to say goodbye.
-const SOCKET_DRAIN: Duration = Duration::from_secs(5);
+/// How long shutdown waits for sockets to say goodbye once they are told to close.
+const SOCKETS_CLOSING: Duration = Duration::from_secs(5);
 /// How long start-up waits for Redis before serving without it.
 const REDIS_START_WAIT: Duration = Duration::from_secs(3);
 
@@ -34,6 +35,8 @@ pub struct Application {
     presence_every: Duration,
     /// The effective settings, secrets redacted, for the start line.
     settings: String,
+    /// How long the node keeps serving, not ready, before it stops.
+    drain: Duration,
 }
 
 /// Connections the kernel may hold for the server before it accepts them (it caps this at
@@ -74,6 +77,8 @@ impl Application {
             );
         }
         let shutdown = CancellationToken::new();
+        // Stopping drains too (readiness fails), but draining does not stop, yet.
+        let draining = shutdown.child_token();
         let (layer, presence) = match &config.redis_url {
             None => {
                 let layer: Arc<dyn ChannelLayer> = Arc::new(LocalLayer::default());
@@ -153,6 +158,7 @@ impl Application {
                 session_ttl_ms: config.session_hours.saturating_mul(3_600_000),
                 secure_cookies: config.secure_cookies,
                 sockets: TaskTracker::new(),
+                draining,
                 access: Arc::new(AccessLimits::new(
                     config.auth_rate_limit,
                     LoginGuard {
@@ -166,6 +172,7 @@ impl Application {
             node_id,
             presence_every,
             settings,
+            drain: Duration::from_millis(config.drain_ms),
         })
     }
 
@@ -175,8 +182,15 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Cancelling this token shuts the node down gracefully.
+    /// Cancelling this token shuts the node down gracefully: `/readyz` answers 503 at
+    /// once, everything else is served for the drain period, then every socket is closed
+    /// with 1012 and the node stops.
     pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.draining.clone()
+    }
+
+    /// Cancelling this token stops the node without waiting out (the rest of) the drain.
+    pub fn stop_token(&self) -> CancellationToken {
         self.state.hub.shutdown.clone()
     }
 
@@ -203,6 +217,11 @@ impl Application {
                 hub.pacing.watch(metrics, hub.shutdown.clone()).await;
             }
         });
+        tokio::spawn(drain_then_stop(
+            self.state.draining.clone(),
+            self.drain,
+            shutdown.clone(),
+        ));
         tokio::spawn({
             // Upgraded sockets outlive the HTTP server: each one is told to close with
             // 1012 as soon as shutdown starts, so its browser reconnects elsewhere.
@@ -244,7 +263,7 @@ impl Application {
         .await;
         // The sockets are closing (told when shutdown started); wait for them a while.
         sockets.close();
-        if tokio::time::timeout(SOCKET_DRAIN, sockets.wait())
+        if tokio::time::timeout(SOCKETS_CLOSING, sockets.wait())
             .await
             .is_err()
         {
@@ -254,6 +273,27 @@ impl Application {
         tracing::info!(node = %self.node_id, "stopped");
         Ok(())
     }
+}
+
+/// Once `draining` is cancelled, waits `drain` (or until `stop` comes sooner), then stops.
+/// Meanwhile readiness fails, so a load balancer that asks sends new clients elsewhere,
+/// while this node's sockets and requests are served as before: a client is moved only
+/// when its replacement has somewhere to go.
+async fn drain_then_stop(draining: CancellationToken, drain: Duration, stop: CancellationToken) {
+    draining.cancelled().await;
+    if stop.is_cancelled() {
+        return;
+    }
+    tracing::info!(
+        drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+        "draining: /readyz answers 503 while the node keeps serving (a second signal stops at once)"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(drain) => {}
+        _ = stop.cancelled() => {}
+    }
+    tracing::info!("shutting down: closing sockets so clients reconnect elsewhere");
+    stop.cancel();
 }
 
 /// The Redis channel layer and presence, sharing one connection pool. The subscriber keeps

@@ -105,6 +105,18 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// How long the node keeps serving after it is told to stop (SIGTERM, Ctrl-C), in
+    /// milliseconds, with `/readyz` answering 503 meanwhile so that load balancers send
+    /// new clients elsewhere; then it closes its sockets (code 1012: reconnect) and exits.
+    /// A second signal ends the wait at once.
+    #[arg(
+        long,
+        env = "WIRECHAT_DRAIN_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub drain_ms: u64,
+
     /// This node's name in logs and metrics (default: generated).
     #[arg(long, env = "WIRECHAT_NODE_ID", global = true)]
     pub node_id: Option<String>,

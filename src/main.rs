@@ -16,11 +16,16 @@ async fn main() -> anyhow::Result<()> {
             raise_file_limit();
             keep_large_allocations_out_of_the_heap();
             let app = Application::build(cli.config).await?;
-            let shutdown = app.shutdown_token();
+            let drain = app.shutdown_token();
+            let stop = app.stop_token();
+            let mut signals = StopSignals::listen();
             tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("shutting down: closing sockets so clients reconnect elsewhere");
-                shutdown.cancel();
+                signals.next().await;
+                drain.cancel();
+                // Whoever asks twice (a person at Ctrl-C, a supervisor out of patience)
+                // does not want to wait for the drain.
+                signals.next().await;
+                stop.cancel();
             });
             app.run_until_stopped().await
         }
@@ -86,20 +91,43 @@ fn keep_large_allocations_out_of_the_heap() {
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and Ctrl-C, each time one arrives. Listening starts here, at start-up, so a
+/// second signal sent while the first is being handled is not missed.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn listen() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(interrupt)) => Some((term, interrupt)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
+                    None
+                }
             };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            StopSignals { unix }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, interrupt)) = &mut self.unix {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            return;
+        }
+        tokio::signal::ctrl_c().await.unwrap_or(());
+    }
 }
