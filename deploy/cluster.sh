@@ -131,8 +131,9 @@ stop_one() {
   pid="$(cat "$pidfile")"
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid"
-    # Nodes close their sockets (1012) and exit within a few seconds.
-    for ((i = 0; i < 100; i++)); do
+    # Nodes drain (WIRECHAT_DRAIN_MS, 5 s unless set), close their sockets (1012) and
+    # exit within a few seconds more.
+    for ((i = 0; i < 200; i++)); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
@@ -146,9 +147,11 @@ stop() {
   [[ -d "$dir" ]] || return 0
   # Caddy first, so no new connection reaches a node that is going away.
   stop_one "$dir/caddy.pid"
+  # All nodes at once: each drains for the same few seconds.
   for pidfile in "$dir"/node*.pid; do
-    [[ -e "$pidfile" ]] && stop_one "$pidfile"
+    [[ -e "$pidfile" ]] && stop_one "$pidfile" &
   done
+  wait
   return 0
 }
 

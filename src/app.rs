@@ -1,5 +1,6 @@
 //! Start-up and shutdown: connect storage, pick the channel layer, bind, serve, and on
-//! shutdown close every socket with "reconnect elsewhere" before exiting.
+//! shutdown drain (not ready, still serving) for a while, then close every socket with
+//! "reconnect elsewhere" before exiting.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat::rate::{RateConfig, RateLimiter};
-use crate::config::Config;
+use crate::config::{Config, redact_url};
 use crate::hub::{Hub, Limits};
 use crate::layer::{ChannelLayer, LocalLayer, RedisLayer, WritePacing, redis};
 use crate::presence::{LocalPresence, Presence, RedisPresence};
@@ -20,8 +21,8 @@ use crate::store::Store;
 use crate::web::listener::Admission;
 use crate::web::{self, AccessLimits, AppState, LoginGuard, Proxies};
 
-/// How long shutdown waits for sockets to say goodbye.
-const SOCKET_DRAIN: Duration = Duration::from_secs(5);
+/// How long shutdown waits for sockets to say goodbye once they are told to close.
+const SOCKETS_CLOSING: Duration = Duration::from_secs(5);
 /// How long start-up waits for Redis before serving without it.
 const REDIS_START_WAIT: Duration = Duration::from_secs(3);
 
@@ -32,6 +33,10 @@ pub struct Application {
     state: AppState,
     node_id: String,
     presence_every: Duration,
+    /// The effective settings, secrets redacted, for the start line.
+    settings: String,
+    /// How long the node keeps serving, not ready, before it stops.
+    drain: Duration,
 }
 
 /// Connections the kernel may hold for the server before it accepts them (it caps this at
@@ -60,6 +65,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 impl Application {
     /// Connects, migrates and binds; the port is known (and can be read) before serving.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let settings = format!("{:?}", config.redacted());
         let node_id = config
             .node_id
             .clone()
@@ -71,6 +77,8 @@ impl Application {
             );
         }
         let shutdown = CancellationToken::new();
+        // Stopping drains too (readiness fails), but draining does not stop, yet.
+        let draining = shutdown.child_token();
         let (layer, presence) = match &config.redis_url {
             None => {
                 let layer: Arc<dyn ChannelLayer> = Arc::new(LocalLayer::default());
@@ -79,9 +87,14 @@ impl Application {
             }
             Some(url) => connect_redis(&config, url, &shutdown).await?,
         };
-        let store = Store::connect(&config.database_url)
+        let store = Store::connect_with(&config.database_url, config.db_pool_size)
             .await
-            .with_context(|| format!("opening the database at {}", redact(&config.database_url)))?;
+            .with_context(|| {
+                format!(
+                    "opening the database at {}",
+                    redact_url(&config.database_url)
+                )
+            })?;
         let secret = match config.secret {
             Some(secret) => secret,
             None => store.shared_secret().await?,
@@ -145,6 +158,7 @@ impl Application {
                 session_ttl_ms: config.session_hours.saturating_mul(3_600_000),
                 secure_cookies: config.secure_cookies,
                 sockets: TaskTracker::new(),
+                draining,
                 access: Arc::new(AccessLimits::new(
                     config.auth_rate_limit,
                     LoginGuard {
@@ -157,6 +171,8 @@ impl Application {
             },
             node_id,
             presence_every,
+            settings,
+            drain: Duration::from_millis(config.drain_ms),
         })
     }
 
@@ -166,8 +182,15 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
-    /// Cancelling this token shuts the node down gracefully.
+    /// Cancelling this token shuts the node down gracefully: `/readyz` answers 503 at
+    /// once, everything else is served for the drain period, then every socket is closed
+    /// with 1012 and the node stops.
     pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.draining.clone()
+    }
+
+    /// Cancelling this token stops the node without waiting out (the rest of) the drain.
+    pub fn stop_token(&self) -> CancellationToken {
         self.state.hub.shutdown.clone()
     }
 
@@ -194,6 +217,11 @@ impl Application {
                 hub.pacing.watch(metrics, hub.shutdown.clone()).await;
             }
         });
+        tokio::spawn(drain_then_stop(
+            self.state.draining.clone(),
+            self.drain,
+            shutdown.clone(),
+        ));
         tokio::spawn({
             // Upgraded sockets outlive the HTTP server: each one is told to close with
             // 1012 as soon as shutdown starts, so its browser reconnects elsewhere.
@@ -211,7 +239,15 @@ impl Application {
                     .await;
             }
         });
-        tracing::info!(node = %self.node_id, %addr, database = ?hub.store.dialect(), "wirechat listening on http://{addr}");
+        let version = env!("CARGO_PKG_VERSION");
+        tracing::info!(
+            node = %self.node_id,
+            %addr,
+            version,
+            database = ?hub.store.dialect(),
+            settings = %self.settings,
+            "wirechat {version} listening on http://{addr}"
+        );
         // For whatever started this node and waits for it (a supervisor, a test): one line
         // that says where it listens, in a form a program reads.
         println!(
@@ -227,7 +263,7 @@ impl Application {
         .await;
         // The sockets are closing (told when shutdown started); wait for them a while.
         sockets.close();
-        if tokio::time::timeout(SOCKET_DRAIN, sockets.wait())
+        if tokio::time::timeout(SOCKETS_CLOSING, sockets.wait())
             .await
             .is_err()
         {
@@ -239,6 +275,27 @@ impl Application {
     }
 }
 
+/// Once `draining` is cancelled, waits `drain` (or until `stop` comes sooner), then stops.
+/// Meanwhile readiness fails, so a load balancer that asks sends new clients elsewhere,
+/// while this node's sockets and requests are served as before: a client is moved only
+/// when its replacement has somewhere to go.
+async fn drain_then_stop(draining: CancellationToken, drain: Duration, stop: CancellationToken) {
+    draining.cancelled().await;
+    if stop.is_cancelled() {
+        return;
+    }
+    tracing::info!(
+        drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+        "draining: /readyz answers 503 while the node keeps serving (a second signal stops at once)"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(drain) => {}
+        _ = stop.cancelled() => {}
+    }
+    tracing::info!("shutting down: closing sockets so clients reconnect elsewhere");
+    stop.cancel();
+}
+
 /// The Redis channel layer and presence, sharing one connection pool. The subscriber keeps
 /// reconnecting in the background until `stop`, so a node may start while Redis is down
 /// and serve its own sockets meanwhile.
@@ -247,7 +304,7 @@ async fn connect_redis(
     url: &str,
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn ChannelLayer>, Arc<dyn Presence>)> {
-    let shown = redact(url);
+    let shown = redact_url(url);
     let pool = redis::pool(url).with_context(|| format!("Redis URL {shown}"))?;
     // Unique per process, even when two nodes are given the same WIRECHAT_NODE_ID.
     let instance = uuid::Uuid::new_v4().simple().to_string();
@@ -271,35 +328,4 @@ async fn connect_redis(
         Duration::from_millis(config.presence_ttl_ms),
     );
     Ok((Arc::new(layer), Arc::new(presence)))
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
-    }
 }

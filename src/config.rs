@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -45,16 +45,23 @@ pub struct Config {
     pub addr: SocketAddr,
 
     /// `sqlite:<file>` (embedded, the default) or `postgres://…`.
+    // A URL may carry a password: help shows the variable's name, never its value.
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "sqlite://wirechat.db",
         global = true
     )]
     pub database_url: String,
 
+    /// Most database connections this node holds (default: 16 on PostgreSQL, 8 on
+    /// SQLite). Every node holds up to this many of PostgreSQL's `max_connections`.
+    #[arg(long, env = "WIRECHAT_DB_POOL_SIZE", global = true)]
+    pub db_pool_size: Option<u32>,
+
     /// Redis for running several nodes as one chat; unset, this node works alone.
-    #[arg(long, env = "REDIS_URL", global = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key and channel this chat uses, so several chats (or test
@@ -86,6 +93,29 @@ pub struct Config {
         global = true
     )]
     pub presence_heartbeat_ms: u64,
+
+    /// How log lines are written: `text` for people (coloured only on a terminal, and
+    /// never with `NO_COLOR` set) or `json`, one object per line, for log collectors.
+    #[arg(
+        long,
+        env = "WIRECHAT_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// How long the node keeps serving after it is told to stop (SIGTERM, Ctrl-C), in
+    /// milliseconds, with `/readyz` answering 503 meanwhile so that load balancers send
+    /// new clients elsewhere; then it closes its sockets (code 1012: reconnect) and exits.
+    /// A second signal ends the wait at once.
+    #[arg(
+        long,
+        env = "WIRECHAT_DRAIN_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub drain_ms: u64,
 
     /// This node's name in logs and metrics (default: generated).
     #[arg(long, env = "WIRECHAT_NODE_ID", global = true)]
@@ -322,6 +352,63 @@ pub struct Config {
     pub max_rooms_per_user: i64,
 }
 
+impl Config {
+    /// These settings as they may be shown in logs: URLs without their passwords, and the
+    /// cookie secret only as being set.
+    pub fn redacted(&self) -> Config {
+        Config {
+            database_url: redact_url(&self.database_url),
+            redis_url: self.redis_url.as_deref().map(redact_url),
+            secret: self.secret.as_ref().map(|_| "***".to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+/// `url` with every password in it replaced by `***`: the one in its user information
+/// (`postgres://u:p@h/db`, `redis://:p@h`) and a `password` or `sslpassword` parameter.
+/// Everything before the last `@` counts as user information, so a password with an
+/// unescaped `@` or `/` in it is hidden whole, if with some of the host.
+pub fn redact_url(url: &str) -> String {
+    let mut shown = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    };
+    if let Some(query) = shown.find('?') {
+        let params: Vec<String> = shown[query + 1..]
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if ["password", "sslpassword"].contains(&key) => {
+                    format!("{key}=***")
+                }
+                _ => param.to_owned(),
+            })
+            .collect();
+        shown = format!("{}?{}", &shown[..query], params.join("&"));
+    }
+    shown
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// `off`, or a number of attempts per minute.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AuthRateLimit {
@@ -410,5 +497,43 @@ mod tests {
         assert!(all.contains("2001:db8::1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Net>().is_err());
         assert!("nonsense".parse::<Net>().is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        for (url, shown) in [
+            ("postgres://u:p@h/db", "postgres://u:***@h/db"),
+            ("redis://:p@h", "redis://:***@h"),
+            ("rediss://user:p@h:6380/0", "rediss://user:***@h:6380/0"),
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u@h/db?password=p&sslmode=require",
+                "postgres://u@h/db?password=***&sslmode=require",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("sqlite://x.db?mode=rwc", "sqlite://x.db?mode=rwc"),
+            ("wirechat.db", "wirechat.db"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn settings_shown_carry_no_secret() {
+        let config = Config::parse_from([
+            "wirechat",
+            "--database-url",
+            "postgres://u:pg-pass@h/db",
+            "--redis-url",
+            "redis://:redis-pass@h",
+            "--secret",
+            "cookie-pass-cookie-pass-cookie-pass",
+        ]);
+        let shown = format!("{:?}", config.redacted());
+        for secret in ["pg-pass", "redis-pass", "cookie-pass"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("postgres://u:***@h/db"), "{shown}");
     }
 }

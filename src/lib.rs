@@ -3,9 +3,11 @@
 //!
 //! # Layout
 //!
-//! - [`app`]: start-up and graceful shutdown; `Application::build` binds (port 0 in tests)
-//!   and `run_until_stopped` serves.
-//! - [`config`]: flags with environment fallbacks, and the subcommands.
+//! - [`app`]: start-up and graceful shutdown (a drain, not ready but serving, then every
+//!   socket told to reconnect); `Application::build` binds (port 0 in tests) and
+//!   `run_until_stopped` serves.
+//! - [`config`]: flags with environment fallbacks, and the subcommands; settings as logs
+//!   may show them, passwords redacted.
 //! - [`web`]: accepting connections (header deadline, connections per address), HTTP routes
 //!   — pages, sign-in forms and sessions, the WebSocket handshake, static assets, health
 //!   checks — the security headers and the same-site check on every request, who a

@@ -1,36 +1,57 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use wirechat::app::Application;
-use wirechat::config::{Cli, Command};
+use wirechat::config::{Cli, Command, LogFormat};
 use wirechat::store::Store;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("wirechat=info")),
-        )
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.config.log_format);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             raise_file_limit();
             keep_large_allocations_out_of_the_heap();
             let app = Application::build(cli.config).await?;
-            let shutdown = app.shutdown_token();
+            let drain = app.shutdown_token();
+            let stop = app.stop_token();
+            let mut signals = StopSignals::listen();
             tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("shutting down: closing sockets so clients reconnect elsewhere");
-                shutdown.cancel();
+                signals.next().await;
+                drain.cancel();
+                // Whoever asks twice (a person at Ctrl-C, a supervisor out of patience)
+                // does not want to wait for the drain.
+                signals.next().await;
+                stop.cancel();
             });
             app.run_until_stopped().await
         }
         Command::SeedUsers { count, password } => {
-            let store = Store::connect(&cli.config.database_url).await?;
+            let store =
+                Store::connect_with(&cli.config.database_url, cli.config.db_pool_size).await?;
             let created = wirechat::accounts::seed_users(&store, count, &password).await?;
             println!("created {created} users with password {password:?}");
             Ok(())
+        }
+    }
+}
+
+/// Logs go to standard output, as text or one JSON object per line. Colour codes only
+/// help a person at a terminal: in a file or `docker logs` they are noise, and `NO_COLOR`
+/// (any value but empty) turns them off everywhere.
+fn init_logs(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("wirechat=info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            logs.with_ansi(std::io::stdout().is_terminal() && !no_color)
+                .init()
         }
     }
 }
@@ -70,20 +91,43 @@ fn keep_large_allocations_out_of_the_heap() {
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and Ctrl-C, each time one arrives. Listening starts here, at start-up, so a
+/// second signal sent while the first is being handled is not missed.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn listen() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let unix = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(interrupt)) => Some((term, interrupt)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
+                    None
+                }
             };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            StopSignals { unix }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, interrupt)) = &mut self.unix {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            return;
+        }
+        tokio::signal::ctrl_c().await.unwrap_or(());
+    }
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AnyPool, Connection, Executor};
 
 pub use batch::{AfterCommit, Queued};
@@ -45,6 +46,21 @@ pub enum StoreError {
     Conflict,
     #[error(transparent)]
     Database(sqlx::Error),
+    /// The URL names no database wirechat speaks to.
+    #[error(
+        "unsupported database URL scheme `{0}`: use `sqlite://<file>` (or just a file \
+         path) or `postgres://user[:password]@host[:port]/database`"
+    )]
+    UnknownScheme(String),
+    /// A pool too small for the store's own writers and anything else besides.
+    #[error(
+        "a database pool of {size} connections is too small: the node's message writers \
+         keep {writers} of them, so it needs at least {}", writers + 1
+    )]
+    PoolTooSmall { size: u32, writers: u32 },
+    /// The database server could not be reached at all; says where, and why.
+    #[error("cannot reach PostgreSQL at {at}: {why}")]
+    Unreachable { at: String, why: String },
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The transaction storing a batch of messages failed; every message in it shares the
@@ -68,17 +84,42 @@ pub struct Store {
     health: Arc<Health>,
 }
 
+/// Connections a node's pool may hold when not told otherwise. A SQLite connection is a
+/// file handle; PostgreSQL's are a server process each, of the server's 100 by default
+/// (see the README's Operating section for how many nodes that allows).
+fn default_pool_size(dialect: Dialect) -> u32 {
+    match dialect {
+        Dialect::Sqlite => 8,
+        Dialect::Postgres => 16,
+    }
+}
+
 impl Store {
-    /// Connects to `url` (`sqlite:…` or `postgres://…`) and applies the dialect's migrations.
+    /// Connects to `url` (`sqlite:…` or `postgres://…`) with the dialect's default pool
+    /// size and applies the dialect's migrations.
     pub async fn connect(url: &str) -> StoreResult<Store> {
+        Store::connect_with(url, None).await
+    }
+
+    /// Connects to `url` with a pool of at most `pool_size` connections (`None`: the
+    /// dialect's default) and applies the dialect's migrations.
+    pub async fn connect_with(url: &str, pool_size: Option<u32>) -> StoreResult<Store> {
         sqlx::any::install_default_drivers();
-        let (dialect, url) = normalise_url(url);
+        let (dialect, url) = normalise_url(url)?;
+        let size = pool_size.unwrap_or_else(|| default_pool_size(dialect));
+        let writers = batch::writers(dialect);
+        if size <= writers {
+            return Err(StoreError::PoolTooSmall { size, writers });
+        }
         let options = AnyConnectOptions::from_str(&url).map_err(StoreError::Database)?;
+        if dialect == Dialect::Postgres {
+            reach_postgres(&url).await?;
+        }
         let health = Arc::new(Health::default());
         let pool = match dialect {
             Dialect::Sqlite => {
                 AnyPoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(size)
                     .acquire_timeout(Duration::from_secs(10))
                     // A SQLite connection is a file handle on its own thread; it cannot drop
                     // like a network connection. The default ping on every acquire would be
@@ -102,7 +143,7 @@ impl Store {
             }
             Dialect::Postgres => {
                 AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(size)
                     .acquire_timeout(Duration::from_secs(10))
                     // A ping before every statement would be one more round trip to
                     // PostgreSQL each time, and its CPU, on every connect and post. A connection that
@@ -175,6 +216,16 @@ impl Store {
         self.dialect
     }
 
+    /// The most connections this store's pool may hold.
+    pub fn pool_size(&self) -> u32 {
+        self.pool.options().get_max_connections()
+    }
+
+    /// The connections this store's pool holds now, in use or idle (or being opened).
+    pub fn connections(&self) -> u32 {
+        self.pool.size()
+    }
+
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
@@ -207,10 +258,49 @@ impl Store {
     }
 }
 
+/// How long start-up waits for PostgreSQL to answer a connection at all.
+const REACH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens (and closes) one connection to PostgreSQL, so that a server that is not there
+/// fails start-up at once, saying where it was looked for. The pool would instead retry a
+/// refused connection until its acquire timeout and then say only that it timed out.
+async fn reach_postgres(url: &str) -> StoreResult<()> {
+    let options = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
+    let at = format!("{}:{}", options.get_host(), options.get_port());
+    match tokio::time::timeout(REACH_TIMEOUT, PgConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(sqlx::Error::Io(e))) => {
+            let why = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                "connection refused (is it running, and listening on that port?)".to_owned()
+            } else {
+                e.to_string()
+            };
+            Err(StoreError::Unreachable { at, why })
+        }
+        // The server answered and refused us (a wrong password, a missing database): its
+        // own message says why.
+        Ok(Err(e)) => Err(StoreError::Database(e)),
+        Err(_) => Err(StoreError::Unreachable {
+            at,
+            why: format!("no answer within {} s", REACH_TIMEOUT.as_secs()),
+        }),
+    }
+}
+
 /// Tells the dialect from the URL, and lets SQLite create its file when it is missing.
-fn normalise_url(url: &str) -> (Dialect, String) {
+/// Any other scheme is refused: taken for a file name, `mysql://…` used to become an
+/// empty SQLite database.
+fn normalise_url(url: &str) -> StoreResult<(Dialect, String)> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return (Dialect::Postgres, url.to_owned());
+        return Ok((Dialect::Postgres, url.to_owned()));
+    }
+    if let Some((scheme, _)) = url.split_once("://")
+        && scheme != "sqlite"
+    {
+        return Err(StoreError::UnknownScheme(scheme.to_owned()));
     }
     let url = if url.starts_with("sqlite:") {
         url.to_owned()
@@ -223,7 +313,7 @@ fn normalise_url(url: &str) -> (Dialect, String) {
     } else {
         format!("{url}?mode=rwc")
     };
-    (Dialect::Sqlite, url)
+    Ok((Dialect::Sqlite, url))
 }
 
 pub fn now_ms() -> i64 {
@@ -239,17 +329,32 @@ mod tests {
 
     #[test]
     fn urls_name_their_dialect() {
+        let normalised = |url| normalise_url(url).expect("a known scheme");
         assert_eq!(
-            normalise_url("postgres://u@h/db"),
+            normalised("postgres://u@h/db"),
             (Dialect::Postgres, "postgres://u@h/db".into())
         );
         assert_eq!(
-            normalise_url("wirechat.db"),
+            normalised("wirechat.db"),
             (Dialect::Sqlite, "sqlite://wirechat.db?mode=rwc".into())
         );
         assert_eq!(
-            normalise_url("sqlite:x.db?mode=ro"),
+            normalised("sqlite:x.db?mode=ro"),
             (Dialect::Sqlite, "sqlite:x.db?mode=ro".into())
         );
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused() {
+        for (url, scheme) in [
+            ("mysql://u:p@h/db", "mysql"),
+            ("http://h/db", "http"),
+            ("postgress://u@h/db", "postgress"),
+        ] {
+            match normalise_url(url) {
+                Err(StoreError::UnknownScheme(s)) => assert_eq!(s, scheme),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 }

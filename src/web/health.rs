@@ -19,8 +19,12 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Ready when the database answers, and the channel layer's backend (Redis) if it has
-/// one; otherwise 503, with one line per dependency saying which failed.
+/// one; otherwise 503, with one line per dependency saying which failed. A draining node
+/// is not ready whatever its dependencies say: it wants no new clients.
 async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned());
+    }
     let mut ok = true;
     let mut body = match state.hub.store.ping().await {
         Ok(()) => "database: ok\n".to_owned(),

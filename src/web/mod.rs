@@ -20,6 +20,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum_extra::extract::cookie::Key;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::compression::CompressionLayer;
 
@@ -38,6 +39,9 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Every socket session, so shutdown can wait for them to close.
     pub sockets: TaskTracker,
+    /// Cancelled when the node starts to drain (and when it stops): readiness fails from
+    /// then on, while everything else is served as before.
+    pub draining: CancellationToken,
     pub access: Arc<AccessLimits>,
 }
 

@@ -124,6 +124,10 @@ impl TestApp {
             "--database-url".into(),
             database_url.clone(),
         ];
+        // A test's node stops at once when told, unless the test is about draining.
+        if !args.iter().any(|a| a == "--drain-ms") {
+            argv.extend(["--drain-ms".into(), "0".into()]);
+        }
         argv.extend(args.iter().cloned());
         let config = Config::parse_from(argv);
         let app = Application::build(config).await.expect("app builds");
@@ -139,6 +143,11 @@ impl TestApp {
             shutdown,
             server: Some(server),
         }
+    }
+
+    /// Tells the node to shut down, as SIGTERM does, without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
     }
 
     /// Stops the node gracefully and waits until it has exited.

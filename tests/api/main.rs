@@ -18,3 +18,4 @@ mod process;
 mod reactions;
 mod replies;
 mod search;
+mod startup;

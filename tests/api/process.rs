@@ -141,7 +141,9 @@ pub async fn start_node(addr: &str, database_url: &str, args: &[String], name: &
         .args(["--addr", addr, "--database-url", database_url])
         .args(args)
         .env("NO_COLOR", "1")
-        .env("RUST_LOG", "wirechat=info");
+        .env("RUST_LOG", "wirechat=info")
+        // Stopped nodes stop at once, unless a test asks for a drain with `--drain-ms`.
+        .env("WIRECHAT_DRAIN_MS", "0");
     let (process, addr) = Process::start(command, name, Output::Stdout, ready_address).await;
     Node { process, addr }
 }

@@ -104,15 +104,20 @@ pub(super) struct Batcher {
     waiting: Arc<AtomicUsize>,
 }
 
+/// How many writers a node runs, each keeping a pooled connection of its own once it has
+/// stored something: exactly one on SQLite, which admits one writer at a time anyway;
+/// several on PostgreSQL, so that one batch's commit overlaps the next one's statements.
+pub(super) fn writers(dialect: Dialect) -> u32 {
+    match dialect {
+        Dialect::Sqlite => 1,
+        Dialect::Postgres => 4,
+    }
+}
+
 impl Batcher {
-    /// Starts the writers: exactly one on SQLite, which admits one writer at a time anyway;
-    /// several on PostgreSQL, so that one batch's commit overlaps the next one's statements.
+    /// Starts the writers (see `writers`).
     pub(super) fn start(pool: &AnyPool, dialect: Dialect, health: Arc<Health>) -> Batcher {
-        let count = match dialect {
-            Dialect::Sqlite => 1,
-            Dialect::Postgres => 4,
-        };
-        let writers = (0..count)
+        let writers = (0..writers(dialect))
             .map(|_| {
                 let (posts, inbox) = mpsc::channel(QUEUE);
                 let (committed, outbox) = mpsc::channel(PUBLISH_QUEUE);
