@@ -42,6 +42,8 @@ pub struct RoomSummary {
     /// For a direct conversation, the other participant.
     pub peer: Option<User>,
     pub unread: i64,
+    /// Of those, the ones that mention the user.
+    pub mentioned: i64,
     /// A conversation the user hid, with nothing new since: not in the sidebar.
     pub hidden: bool,
     /// For a direct conversation: the other participant blocked this user, who may read
@@ -108,6 +110,8 @@ pub struct StoredMessage {
     pub reactions: Vec<Reaction>,
     /// The message it replies to, as its quote shows it.
     pub replying_to: Option<Box<Quoted>>,
+    /// The people of its room it mentions (`@name`), as they were when it was posted.
+    pub mentions: Vec<User>,
 }
 
 /// What a reply shows of the message it answers: who wrote it and how it begins.

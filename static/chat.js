@@ -229,7 +229,7 @@
       for (const a of target.querySelectorAll('article[data-client-id]')) {
         if (outbox.length && outbox.some((m) => m.clientId === a.dataset.clientId)) confirmed(a.dataset.clientId);
       }
-      if (frame.swap === 'beforeend') { announce(added); stopTyping(added); }
+      if (frame.swap === 'beforeend') { announce(added); stopTyping(added); mentionsOfMe(added); }
       if (frame.swap === 'innerHTML' && pendingJump) { const id = pendingJump; pendingJump = null; jumpTo(id); }
       checkGaps();
     }
@@ -251,7 +251,11 @@
       if (!target.querySelector('button')) timers[frame.selector] = setTimeout(() => { target.innerHTML = ''; }, 8000);
     }
     if (frame.selector === '#group-name') entered();
-    if (frame.selector.startsWith('#unread-') || frame.selector === '#aside') updateTitle();
+    if (frame.selector.startsWith('#unread-') || frame.selector.startsWith('#mentions-') || frame.selector === '#aside') updateTitle();
+    if (frame.selector.startsWith('#mentions-') && frame.html) {
+      const room = target.closest('a')?.querySelector('.room-name')?.textContent || 'another room';
+      notify(`You were mentioned in ${room}`, 'Open wirechat to read it.');
+    }
   }
 
   // Someone whose message just arrived is no longer typing it.
@@ -379,6 +383,7 @@
             : '');
         a.querySelector('.bubble')?.append(actions);
       }
+      for (const m of a.querySelectorAll(`.mention[data-mention="${me}"]`)) m.classList.add('me');
       // One's own reactions show pressed.
       for (const chip of a.querySelectorAll('button.reaction')) {
         chip.setAttribute('aria-pressed', String((chip.dataset.who || '').split(' ').includes(me)));
@@ -453,11 +458,106 @@
   });
 
   function updateTitle() {
-    const unread = [...document.querySelectorAll('#aside .badge')]
-      .reduce((sum, b) => sum + (parseInt(b.textContent, 10) || 0), 0);
+    const total = (selector) => [...document.querySelectorAll(selector)]
+      .reduce((sum, b) => sum + (parseInt(b.textContent.replace('@', ''), 10) || 0), 0);
+    const unread = total('#aside .badge');
+    const mentioned = total('#aside .mention-badge');
+    const counts = [mentioned ? `@${mentioned}` : '', unread ? `${unread}` : ''].filter(Boolean).join(' · ');
     const room = activeTitle();
-    document.title = `${unread ? `(${unread}) ` : ''}${room ? `${room} · ` : ''}wirechat`;
+    document.title = `${counts ? `(${counts}) ` : ''}${room ? `${room} · ` : ''}wirechat`;
   }
+
+  // ---- Mentions: one's own name marked strongly, a notification when the tab is hidden
+  // (once the person allowed it, asked on a click), and names offered while typing @.
+  function notify(title, body) {
+    if (!document.hidden || !('Notification' in window) || Notification.permission !== 'granted') return;
+    try { new Notification(title, { body, tag: 'wirechat-mention' }); } catch (_) { /* not allowed here */ }
+  }
+  function mentionsOfMe(articles) {
+    for (const a of articles) {
+      if (a.dataset?.author === me || !a.querySelector?.(`.mention[data-mention="${me}"]`)) continue;
+      notify(`${a.querySelector('.author')?.textContent || 'Someone'} mentioned you in ${activeTitle()}`,
+        (a.querySelector('.body')?.textContent || '').slice(0, 200));
+    }
+  }
+  function offerNotifications() {
+    const button = $('#notify-on');
+    button.hidden = !('Notification' in window) || Notification.permission !== 'default';
+  }
+  $('#notify-on').addEventListener('click', async () => {
+    try { await Notification.requestPermission(); } catch (_) { /* refused */ }
+    offerNotifications();
+  });
+  offerNotifications();
+
+  // Names to complete an @ with: who is in the room, and who wrote what it shows.
+  const suggestions = $('#mention-suggestions');
+  let suggesting = null;
+  function mentionAtCaret() {
+    const before = composer.value.slice(0, composer.selectionStart);
+    const m = /(^|[^A-Za-z0-9._-])@([A-Za-z0-9._-]{0,32})$/.exec(before);
+    return m ? { from: before.length - m[2].length - 1, typed: m[2].toLowerCase() } : null;
+  }
+  function suggestMentions() {
+    const at = mentionAtCaret();
+    const names = new Set();
+    if (at) {
+      const known = [...document.querySelectorAll('#room-members bdi, #messages-list .author bdi')].map((b) => b.textContent.trim());
+      const mine = $('#logged-user').textContent.trim();
+      for (const name of known) {
+        if (name && name !== mine && name.toLowerCase().startsWith(at.typed)) names.add(name);
+        if (names.size === 6) break;
+      }
+    }
+    suggesting = names.size ? { ...at, index: 0 } : null;
+    suggestions.hidden = !suggesting;
+    suggestions.innerHTML = '';
+    [...names].forEach((name, i) => {
+      const li = document.createElement('li');
+      li.role = 'option';
+      li.id = `mention-option-${i}`;
+      li.textContent = `@${name}`;
+      li.dataset.name = name;
+      li.setAttribute('aria-selected', String(i === 0));
+      suggestions.append(li);
+    });
+    if (suggesting) composer.setAttribute('aria-activedescendant', 'mention-option-0');
+    else composer.removeAttribute('aria-activedescendant');
+  }
+  function pickMention(name) {
+    if (!suggesting) return;
+    const end = composer.selectionStart;
+    composer.value = `${composer.value.slice(0, suggesting.from)}@${name} ${composer.value.slice(end)}`;
+    const caret = suggesting.from + name.length + 2;
+    composer.setSelectionRange(caret, caret);
+    suggesting = null;
+    suggestMentions();
+    composer.focus();
+  }
+  composer.addEventListener('input', suggestMentions);
+  composer.addEventListener('keydown', (e) => {
+    if (!suggesting) return;
+    const options = [...suggestions.children];
+    if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+      e.preventDefault();
+      suggesting.index = (suggesting.index + (e.key === 'ArrowDown' ? 1 : options.length - 1)) % options.length;
+      options.forEach((o, i) => o.setAttribute('aria-selected', String(i === suggesting.index)));
+      composer.setAttribute('aria-activedescendant', options[suggesting.index].id);
+    } else if (e.key === 'Enter' || e.key === 'Tab') {
+      e.preventDefault();
+      e.stopPropagation();
+      pickMention(options[suggesting.index].dataset.name);
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation();
+      suggesting = null;
+      suggestions.hidden = true;
+    }
+  });
+  suggestions.addEventListener('mousedown', (e) => {
+    const option = e.target.closest('li[data-name]');
+    if (option) { e.preventDefault(); pickMention(option.dataset.name); }
+  });
 
   // ---- The connection: a banner while it is down, with "Retry now"; the first retry
   // comes well under a second after a drop, then less and less often.

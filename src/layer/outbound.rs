@@ -35,7 +35,8 @@ pub enum Reply {
     /// The socket's unread counts, as stored when it connected, and the entries of the
     /// rooms hidden from its sidebar.
     Rooms {
-        unread: HashMap<String, i64>,
+        /// By room: unread messages, and those of them that mention the user.
+        unread: HashMap<String, (i64, i64)>,
         hidden: HashMap<Arc<str>, Utf8Bytes>,
     },
     /// The socket is about to make `room` active: from here on the writer holds that

@@ -153,7 +153,7 @@ impl Socket {
             return refuse(format!("You have no conversation with {}.", peer.username));
         };
         self.hub.store.hide_room(&room.id, &self.user.id).await?;
-        let entry = views::direct_item(&room, &peer, 0).into_string();
+        let entry = views::direct_item(&room, &peer, 0, 0).into_string();
         self.hub
             .publish(
                 &user_group(&self.user.id),
@@ -361,8 +361,8 @@ impl Socket {
     /// for a conversation).
     async fn announce_room(&self, owner: &User, room: &Room, peer: Option<&User>) {
         let (list, entry) = match peer {
-            Some(peer) => (target::DIRECTS, views::direct_item(room, peer, 0)),
-            None => (target::GROUPS, views::group_item(room, 0)),
+            Some(peer) => (target::DIRECTS, views::direct_item(room, peer, 0, 0)),
+            None => (target::GROUPS, views::group_item(room, 0, 0)),
         };
         self.hub
             .publish(

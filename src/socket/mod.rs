@@ -144,6 +144,7 @@ async fn serve(
         backlog.clone(),
         revoked.clone(),
         client.session,
+        user.id.clone(),
         sink,
     ));
     let mut socket = Socket {
@@ -360,6 +361,7 @@ pub(crate) fn messages_frame(messages: &[StoredMessage], swap: Swap) -> Utf8Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::mentions::MAX_MENTIONED;
     use crate::chat::reactions::{MAX_KINDS, NAMED};
     use crate::model::{Quoted, Reaction};
 
@@ -417,6 +419,13 @@ mod tests {
                         snippet: "\"".repeat(Quoted::SNIPPET_CHARS),
                         deleted: false,
                     })),
+                    // As many as a message names, each with the longest name.
+                    mentions: (0..MAX_MENTIONED)
+                        .map(|_| User {
+                            id: uuid::Uuid::now_v7().to_string(),
+                            username: "u".repeat(32),
+                        })
+                        .collect(),
                 })
                 .collect();
             let frame = messages_frame(&messages, Swap::BeforeEnd);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use super::{ActionError, Socket, messages_frame, refuse};
+use crate::chat::mentions;
 use crate::chat::names::{InputError, MessageText};
 use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, Reply, room_group};
@@ -133,6 +134,13 @@ impl Socket {
             None => None,
             Some(id) => Some(self.quote(id, &room_id).await?),
         };
+        // The people of the room it names, read only for a message that names anyone.
+        let named = mentions::named(text.as_str());
+        let mut mentioned = Vec::new();
+        if !named.is_empty() {
+            mentioned = self.hub.store.members_named(&room_id, &named).await?;
+            mentioned.retain(|u| u.id != self.user.id);
+        }
         // Store before send: nothing is published (or acknowledged) until the row commits.
         // The store's writer runs the publication once the batch holding this message has
         // committed, in seq order, whether or not this socket is still here to hear the
@@ -153,6 +161,7 @@ impl Socket {
             body: text.as_str(),
             client_id,
             replying_to: replying_to.as_ref(),
+            mentions: &mentioned,
         };
         match self.hub.store.queue_message_then(draft, publish).await {
             Ok(queued) => Ok((queued, elsewhere)),

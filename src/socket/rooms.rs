@@ -54,7 +54,7 @@ impl Socket {
             }
             joins.push(layer.join(&room_group(&summary.room.id), &self.member));
             if let (true, Some(peer)) = (summary.hidden, &summary.peer) {
-                let entry = views::direct_item(&summary.room, peer, 0).into_string();
+                let entry = views::direct_item(&summary.room, peer, 0, 0).into_string();
                 hidden.insert(
                     Arc::from(summary.room.id.as_str()),
                     frame(target::DIRECTS, Swap::BeforeEnd, &entry),
@@ -65,7 +65,7 @@ impl Socket {
         self.send(Reply::Rooms {
             unread: rooms
                 .iter()
-                .map(|s| (s.room.id.clone(), s.unread))
+                .map(|s| (s.room.id.clone(), (s.unread, s.mentioned)))
                 .collect(),
             hidden,
         });
@@ -298,6 +298,7 @@ impl Socket {
                 &views::people_more(members.more),
             ),
             frame(&target::unread(&room.id), Swap::Inner, ""),
+            frame(&target::mentions(&room.id), Swap::Inner, ""),
             frame(target::TYPING, Swap::Inner, ""),
             frame(
                 target::ROOM_ACTIONS,

@@ -36,7 +36,10 @@ pub(super) struct View {
     /// Seqs above `shown_through` already shown (messages from one node can overtake
     /// another's); with it, nothing is shown twice and a resync knows where the hole is.
     shown_above: BTreeSet<i64>,
-    unread: HashMap<String, i64>,
+    /// By room not shown: messages unread, and of those, the ones that mention the user.
+    unread: HashMap<String, (i64, i64)>,
+    /// How a message's frame marks a mention of the user (see `views::format`).
+    mention_mark: Box<str>,
     /// Set by `Event::Resync`; the writer then reads what was missed from the store.
     pub(super) resync: bool,
     /// The room being entered and what arrived for it before its history and list did.
@@ -100,8 +103,16 @@ enum Held {
 }
 
 impl View {
-    pub(super) fn new(revoked: Arc<Revoked>, session: Arc<str>, hold_at_most: usize) -> View {
+    pub(super) fn new(
+        revoked: Arc<Revoked>,
+        session: Arc<str>,
+        user_id: &str,
+        hold_at_most: usize,
+    ) -> View {
         View {
+            // As the attribute reads inside a frame's JSON: a message's text cannot make it
+            // (its quotes are escaped as `&quot;` before the JSON escapes them).
+            mention_mark: format!("data-mention=\\\"{user_id}\\\"").into(),
             revoked,
             session,
             hold_at_most,
@@ -150,7 +161,7 @@ impl View {
                 catching_up,
             } => {
                 out.extend(frames);
-                self.unread.insert(room.to_string(), 0);
+                self.unread.insert(room.to_string(), (0, 0));
                 self.shown_through = floor;
                 self.shown_above.clear();
                 out.push(room_seq_frame(floor));
@@ -205,13 +216,21 @@ impl View {
                     out.push(entry);
                 }
                 if !self.show_in_room(room, *seq, f, out) {
-                    let count = self.unread.entry(room.to_string()).or_insert(0);
+                    let (count, mentions) = self.unread.entry(room.to_string()).or_insert((0, 0));
                     *count += 1;
                     out.push(frame(
                         &target::unread(room),
                         Swap::Inner,
                         &views::badge_count(*count),
                     ));
+                    if f.as_str().contains(&*self.mention_mark) {
+                        *mentions += 1;
+                        out.push(frame(
+                            &target::mentions(room),
+                            Swap::Inner,
+                            &views::mention_count(*mentions),
+                        ));
+                    }
                 }
             }
             // An edit or a deletion: shown where the room is, counted nowhere else.
@@ -233,7 +252,7 @@ impl View {
             Event::Resync => self.resync = true,
             Event::RoomAdded { room, frame: f } => {
                 self.effects.push(Effect::Join(room.clone()));
-                self.unread.entry(room.to_string()).or_insert(0);
+                self.unread.entry(room.to_string()).or_insert((0, 0));
                 self.revoked.remove(room);
                 self.hidden.remove(room);
                 out.push(f.clone());
@@ -368,7 +387,7 @@ mod tests {
     use super::*;
 
     fn view() -> View {
-        View::new(Arc::default(), Arc::from("my-session"), 4)
+        View::new(Arc::default(), Arc::from("my-session"), "me", 4)
     }
 
     fn message(room: &str, seq: i64) -> Outbound {
@@ -471,6 +490,7 @@ mod tests {
             deleted: false,
             reactions: Vec::new(),
             replying_to: None,
+            mentions: Vec::new(),
         };
         let mut out = Vec::new();
         view.show_missed(vec![changed_message], 11, &mut out);
@@ -565,6 +585,7 @@ mod tests {
                         deleted: false,
                         reactions: Vec::new(),
                         replying_to: None,
+                        mentions: Vec::new(),
                     })
                     .collect(),
             })

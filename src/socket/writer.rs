@@ -92,10 +92,16 @@ pub(super) async fn write_loop(
     backlog: Arc<Backlog>,
     revoked: Arc<Revoked>,
     session: Arc<str>,
+    user_id: String,
     mut sink: SplitSink<WebSocket, Message>,
 ) {
     let outbox = &member.outbox;
-    let mut view = View::new(revoked, session, hub.limits.outbound_queue.max(MIN_HELD));
+    let mut view = View::new(
+        revoked,
+        session,
+        &user_id,
+        hub.limits.outbound_queue.max(MIN_HELD),
+    );
     let mut taken = VecDeque::new();
     let mut frames = Vec::new();
     let mut last_write: Option<Instant> = None;

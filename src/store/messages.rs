@@ -5,6 +5,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::{AfterCommit, Queued, Store, StoreResult};
+use crate::chat::mentions::MAX_MENTIONED;
+use crate::chat::names::name_key;
 use crate::model::{Quoted, StoredMessage, User};
 
 /// A message to be posted.
@@ -17,6 +19,8 @@ pub struct Draft<'a> {
     pub client_id: Option<&'a str>,
     /// The message it replies to, in the same room.
     pub replying_to: Option<&'a Quoted>,
+    /// The people of the room it mentions.
+    pub mentions: &'a [User],
 }
 
 /// What became of a posted draft.
@@ -45,7 +49,34 @@ pub(super) fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Erro
         deleted: row.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
         reactions: super::reactions::from_column(row.try_get("reactions")?),
         replying_to: quoted_from_row(row)?,
+        mentions: users_from_column(row.try_get("mentions")?),
     })
+}
+
+/// People kept in a column as `[[id, username], …]` (NULL for none).
+pub(super) fn users_from_column(column: Option<String>) -> Vec<User> {
+    let Some(json) = column else {
+        return Vec::new();
+    };
+    let pairs: Vec<(String, String)> = serde_json::from_str(&json).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "unreadable people column");
+        Vec::new()
+    });
+    pairs
+        .into_iter()
+        .map(|(id, username)| User { id, username })
+        .collect()
+}
+
+pub(super) fn users_to_column(users: &[User]) -> Option<String> {
+    if users.is_empty() {
+        return None;
+    }
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|u| (u.id.as_str(), u.username.as_str()))
+        .collect();
+    serde_json::to_string(&pairs).ok()
 }
 
 /// The quote of the message a reply answers; `None` for a message that is no reply, or
@@ -95,7 +126,7 @@ macro_rules! select_messages {
     ($extra:literal) => {
         concat!(
             "SELECT m.id, m.room_id, m.seq, m.author_id, u.username, m.body, m.created_at, \
-             m.client_id, m.rev, m.edited_at, m.deleted_at, m.reactions, m.reply_to, \
+             m.client_id, m.rev, m.edited_at, m.deleted_at, m.reactions, m.reply_to, m.mentions, \
              qu.username AS quoted_author, SUBSTR(q.body, 1, 120) AS quoted_body, \
              q.deleted_at AS quoted_deleted",
             $extra,
@@ -128,6 +159,7 @@ impl Store {
             body,
             client_id: None,
             replying_to: None,
+            mentions: &[],
         };
         Ok(self.batcher.queue(draft, None).await?.await?.message)
     }
@@ -248,6 +280,37 @@ impl Store {
             .map_err(|e| self.failed(e))
     }
 
+    /// The members of `room_id` whose names have these keys (see `name_key`): the people a
+    /// message mentions. At most `MAX_MENTIONED` keys are asked for, one query.
+    pub async fn members_named(&self, room_id: &str, keys: &[String]) -> StoreResult<Vec<User>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &keys[..keys.len().min(MAX_MENTIONED)];
+        let placeholders: Vec<String> = (2..keys.len() + 2).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT u.id, u.username FROM users u \
+             JOIN memberships mb ON mb.user_id = u.id AND mb.room_id = $1 \
+             WHERE u.name_key IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(room_id);
+        for key in keys {
+            query = query.bind(key);
+        }
+        let found = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        // In the order the message names them.
+        let mut people: Vec<User> = found
+            .into_iter()
+            .map(|(id, username)| User { id, username })
+            .collect();
+        people.sort_by_key(|u| keys.iter().position(|k| *k == name_key(&u.username)));
+        Ok(people)
+    }
+
     /// Edits or deletes `author`'s message in `room_id`, giving the change the room's next
     /// seq (the message's new rev), and returns the message as it now is; `None` when there
     /// is no such message of theirs, or it was deleted.
@@ -273,8 +336,8 @@ impl Store {
             }
             // The text is erased, not hidden: nothing of it stays to be read or searched.
             Change::Delete => sqlx::query(
-                "UPDATE messages SET body = $1, reactions = NULL, deleted_at = $2, rev = $3 \
-                 WHERE id = $4",
+                "UPDATE messages SET body = $1, reactions = NULL, mentions = NULL, deleted_at = $2, \
+                 rev = $3 WHERE id = $4",
             )
             .bind(""),
         };
@@ -286,12 +349,21 @@ impl Store {
             .await
             .map_err(|e| self.failed(e))?;
         if change == Change::Delete {
-            // Its reactions go with its text.
+            // Its reactions go with its text, and it no longer counts as mentioning anyone.
             sqlx::query("DELETE FROM reactions WHERE message_id = $1")
                 .bind(message_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.failed(e))?;
+            sqlx::query(
+                "DELETE FROM mentions WHERE room_id = $1 \
+                 AND seq = (SELECT seq FROM messages WHERE id = $2)",
+            )
+            .bind(room_id)
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.failed(e))?;
         }
         Ok(Some(self.commit_reading(tx, message_id).await?))
     }

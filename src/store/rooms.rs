@@ -50,6 +50,8 @@ macro_rules! memberships_sql {
     ($user_id:literal) => {
         concat!(
             "SELECT r.id, r.kind, r.name, r.posted - m.read_posted AS unread, \
+        (SELECT COUNT(*) FROM mentions mn WHERE mn.user_id = m.user_id AND mn.room_id = r.id \
+         AND mn.seq > m.last_read_seq) AS mentioned, \
         CASE WHEN r.kind = 'direct' THEN \
             (SELECT pm.user_id FROM memberships pm \
              WHERE pm.room_id = r.id AND pm.user_id <> m.user_id LIMIT 1) \
@@ -84,6 +86,7 @@ fn summary_from_row(row: &AnyRow) -> Result<RoomSummary, sqlx::Error> {
             .zip(peer_name)
             .map(|(id, username)| User { id, username }),
         unread: row.try_get("unread")?,
+        mentioned: row.try_get("mentioned")?,
         hidden: row.try_get::<i64, _>("hidden")? != 0,
         blocked_by_peer: row.try_get::<i64, _>("blocked_by_peer")? != 0,
         blocking_peer: row.try_get::<i64, _>("blocking_peer")? != 0,
@@ -437,7 +440,7 @@ impl Store {
             "WITH me AS (SELECT u.id, u.username FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = $1 AND s.expires_at > $2) \
              SELECT 'u' AS part, id, 'user' AS kind, username AS name, 0 AS unread, \
-             NULL AS peer_id, NULL AS peer_name, 0 AS hidden, 0 AS blocked_by_peer, \
+             0 AS mentioned, NULL AS peer_id, NULL AS peer_name, 0 AS hidden, 0 AS blocked_by_peer, \
              0 AS blocking_peer FROM me \
              UNION ALL SELECT 'a', mine.* FROM (",
             memberships_sql!("(SELECT id FROM me)"),

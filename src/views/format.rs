@@ -16,19 +16,27 @@ use maud::{Markup, PreEscaped, html};
 use pulldown_cmark::{CodeBlockKind, Event, LinkType, Options, Parser, Tag, TagEnd};
 
 use super::links::{MAX_LINK_CHARS, MAX_LINKS, REL, is_bidi_control, linked, linked_within};
+use crate::chat::mentions::mentions_in;
+use crate::chat::names::name_key;
+use crate::model::User;
 
 /// Quotes and lists inside one another, at most.
 pub const MAX_DEPTH: usize = 6;
 
 /// A message's body: one paragraph is a `p.body` holding its text, as plain messages always
 /// were; anything else a `div.body` holding its blocks. `shows_differently` is that
-/// function's answer for `text`, which the caller has already asked.
-pub fn body(text: &str, shows_differently: bool) -> Markup {
+/// function's answer for `text`, which the caller has already asked; `mentions`, the
+/// people whose `@name` in the text is marked (outside code and links).
+pub fn body(text: &str, shows_differently: bool, mentions: &[User]) -> Markup {
     // Most messages are plain words: nothing to parse, and they show as one paragraph.
     if !shows_differently {
-        return html! { p.body dir="auto" { (linked(text)) } };
+        if mentions.is_empty() {
+            return html! { p.body dir="auto" { (linked(text)) } };
+        }
+        let marked = with_mentions(text, mentions, &mut { MAX_LINKS });
+        return html! { p.body dir="auto" { (PreEscaped(marked)) } };
     }
-    let rendered = render(text);
+    let rendered = render(text, mentions);
     match rendered.single_paragraph() {
         Some(inline) => html! { p.body dir="auto" { (PreEscaped(inline)) } },
         None => html! { div.body dir="auto" { (PreEscaped(rendered.html)) } },
@@ -78,7 +86,7 @@ impl Rendered {
 /// What closes an element opened for a `Start` event (nothing, for a tag left out).
 type Closing = Option<&'static str>;
 
-fn render(text: &str) -> Rendered {
+fn render(text: &str, mentions: &[User]) -> Rendered {
     let mut out = String::with_capacity(text.len() + 16);
     let mut open: Vec<Closing> = Vec::new();
     // Containers (quotes, lists, items) open now; past `MAX_DEPTH` they are left out.
@@ -187,8 +195,10 @@ fn render(text: &str) -> Rendered {
             Event::Text(text) => {
                 if in_link > 0 || in_code_block {
                     escape_into(&mut out, &text);
-                } else {
+                } else if mentions.is_empty() {
                     out.push_str(&linked_within(&text, &mut links).into_string());
+                } else {
+                    out.push_str(&with_mentions(&text, mentions, &mut links));
                 }
             }
             Event::Code(code) => {
@@ -222,6 +232,29 @@ fn render(text: &str) -> Rendered {
         blocks,
         first_is_paragraph,
     }
+}
+
+/// `text` with each `@name` of one of `mentions` marked (`data-mention` names who, so a
+/// page can tell its own), and its web addresses linked.
+fn with_mentions(text: &str, mentions: &[User], links: &mut usize) -> String {
+    let keys: Vec<String> = mentions.iter().map(|u| name_key(&u.username)).collect();
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut from = 0;
+    for (range, name) in mentions_in(text) {
+        let key = name_key(name);
+        let Some(who) = keys.iter().position(|k| *k == key) else {
+            continue;
+        };
+        out.push_str(&linked_within(&text[from..range.start], links).into_string());
+        out.push_str("<span class=\"mention\" data-mention=\"");
+        escape_into(&mut out, &mentions[who].id);
+        out.push_str("\">");
+        escape_into(&mut out, &text[range.clone()]);
+        out.push_str("</span>");
+        from = range.end;
+    }
+    out.push_str(&linked_within(&text[from..], links).into_string());
+    out
 }
 
 fn open_tag(out: &mut String, opening: &str, closing: &'static str) -> Closing {
@@ -259,7 +292,7 @@ mod tests {
     use super::*;
 
     fn show(text: &str) -> String {
-        body(text, shows_differently(text)).into_string()
+        body(text, shows_differently(text), &[]).into_string()
     }
 
     #[test]
@@ -283,6 +316,33 @@ mod tests {
         ] {
             assert!(shows_differently(marked), "{marked:?}");
         }
+    }
+
+    #[test]
+    fn mentions_are_marked_outside_code_and_links() {
+        let bob = [User {
+            id: "u-bob".into(),
+            username: "bob".into(),
+        }];
+        let shown = |text: &str| body(text, shows_differently(text), &bob).into_string();
+        assert_eq!(
+            shown("hi @Bob, see https://x.org"),
+            "<p class=\"body\" dir=\"auto\">hi <span class=\"mention\" data-mention=\"u-bob\">@Bob</span>, \
+             see <a href=\"https://x.org\" target=\"_blank\" rel=\"nofollow noopener noreferrer ugc\">\
+             https://x.org</a></p>"
+        );
+        assert_eq!(
+            shown("*@bob* `@bob` [@bob](https://x.org) @bobby mail@bob"),
+            "<p class=\"body\" dir=\"auto\"><em><span class=\"mention\" data-mention=\"u-bob\">@bob</span></em> \
+             <code>@bob</code> <a href=\"https://x.org\" target=\"_blank\" \
+             rel=\"nofollow noopener noreferrer ugc\">@bob</a> @bobby mail@bob</p>"
+        );
+        // Only the people given are marked, and text stays text.
+        assert_eq!(
+            shown("@carol <b>@bob</b>"),
+            "<p class=\"body\" dir=\"auto\">@carol &lt;b&gt;<span class=\"mention\" \
+             data-mention=\"u-bob\">@bob</span>&lt;/b&gt;</p>"
+        );
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub fn chat_page(view: &ChatView<'_>, more: usize, max_message_chars: usize) -> 
                 h1.title { "wirechat" }
                 p.subtitle { "I'm " bdi #logged-user { (view.me.username) } }
                 button #search-open.link type="button" aria-haspopup="dialog" { "Search" }
+                button #notify-on.link type="button" hidden title="Be told of mentions while this tab is in the background" { "Notify me" }
                 form method="post" action="/logout" { button.link type="submit" { "Log out" } }
             }
             div #connection role="status" hidden {
@@ -142,9 +143,11 @@ pub fn chat_page(view: &ChatView<'_>, more: usize, max_message_chars: usize) -> 
                     div #errors {}
                     p #announce.visually-hidden aria-live="polite" {}
                     div #reply-bar hidden {}
+                    ul #mention-suggestions role="listbox" aria-label="People to mention" hidden {}
                     form #message-form autocomplete="off" {
                         label.visually-hidden for="message-text" { "Message" }
                         textarea #message-text name="message" rows="1" data-max=(max_message_chars)
+                            aria-autocomplete="list" aria-controls="mention-suggestions"
                             placeholder="Write a message…" aria-describedby="message-count" {}
                         span #message-count.muted aria-live="polite" {}
                         button type="submit" { "Send" }
@@ -367,14 +370,15 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
         view.rooms
             .iter()
             .find(|s| s.room.id == room_id)
-            .map(|s| s.unread)
+            .map_or((0, 0), |s| (s.unread, s.mentioned))
     };
     html! {
         nav {
             h2 { "Groups" button.link #browse-open type="button" { "Browse" } }
             ul #groups {
                 @for room in view.groups {
-                    (group_item(room, unread_of(&room.id).unwrap_or(0)))
+                    @let (unread, mentioned) = unread_of(&room.id);
+                    (group_item(room, unread, mentioned))
                 }
             }
             form #new-group.inline-form {
@@ -386,7 +390,7 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
             ul #directs {
                 @for summary in view.rooms.iter().filter(|s| s.listed()) {
                     @if let Some(peer) = &summary.peer {
-                        (direct_item(&summary.room, peer, summary.unread))
+                        (direct_item(&summary.room, peer, summary.unread, summary.mentioned))
                     }
                 }
             }
@@ -428,9 +432,21 @@ pub fn contact(user_id: &str) -> Markup {
     html! { li id={ "on-" (user_id) } {} }
 }
 
-fn badge(room_id: &str, unread: i64) -> Markup {
+/// A room's counts in the sidebar: its unread messages, and those of them that mention
+/// the user.
+fn badge(room_id: &str, unread: i64, mentioned: i64) -> Markup {
     html! {
+        span.mention-badge id={ "mentions-" (room_id) } { (PreEscaped(mention_count(mentioned))) }
         span.badge id={ "unread-" (room_id) } { (PreEscaped(badge_count(unread))) }
+    }
+}
+
+/// A mention badge's content: "@2", read out as "2 mentioning you"; empty at none.
+pub fn mention_count(mentioned: i64) -> String {
+    if mentioned > 0 {
+        format!("@{mentioned}<span class=\"visually-hidden\"> mentioning you</span>")
+    } else {
+        String::new()
     }
 }
 
@@ -443,23 +459,23 @@ pub fn badge_count(unread: i64) -> String {
     }
 }
 
-pub fn group_item(room: &Room, unread: i64) -> Markup {
+pub fn group_item(room: &Room, unread: i64, mentioned: i64) -> Markup {
     let name = room.name.as_deref().unwrap_or_default();
     html! {
         li id={ "room-" (room.id) } {
             a.room-link href="#" data-group-name=(name) data-is-group="true" data-room-id=(room.id) {
-                span.room-name { "#" (name) } (badge(&room.id, unread))
+                span.room-name { "#" (name) } (badge(&room.id, unread, mentioned))
             }
         }
     }
 }
 
-pub fn direct_item(room: &Room, peer: &User, unread: i64) -> Markup {
+pub fn direct_item(room: &Room, peer: &User, unread: i64, mentioned: i64) -> Markup {
     html! {
         li id={ "room-" (room.id) } {
             a.room-link href="#" data-group-name=(peer.username) data-is-group="false" data-room-id=(room.id) {
                 span.dot data-user=(peer.id) {}
-                span.room-name { bdi { (peer.username) } } (badge(&room.id, unread))
+                span.room-name { bdi { (peer.username) } } (badge(&room.id, unread, mentioned))
             }
         }
     }
@@ -522,7 +538,7 @@ pub fn message(m: &StoredMessage) -> Markup {
                 @if m.deleted {
                     p.body.tombstone { "This message was deleted." }
                 } @else {
-                    (format::body(&m.body, formatted))
+                    (format::body(&m.body, formatted, &m.mentions))
                     // Below the text, not in the header, which a run of one person's
                     // messages hides.
                     @if m.edited_at_ms.is_some() {
@@ -624,6 +640,12 @@ pub fn article_weight(m: &StoredMessage) -> usize {
             250 + 6 * (4 * r.emoji.len() + named)
         })
         .sum();
+    // Each `@` may become a mention's mark, naming its person's id.
+    let mentions = if m.mentions.is_empty() {
+        0
+    } else {
+        m.body.matches('@').count() * 100
+    };
     // A quote: its author, its snippet and its id twice.
     let quote = m.replying_to.as_deref().map_or(0, |q| {
         200 + 6 * (q.author.len() + q.snippet.len()) + 2 * q.id.len()
@@ -633,6 +655,7 @@ pub fn article_weight(m: &StoredMessage) -> usize {
         + links.min(MAX_LINKS) * (6 * MAX_LINK_CHARS + 120)
         + reactions
         + quote
+        + mentions
 }
 
 pub fn messages(list: &[StoredMessage]) -> Markup {
@@ -743,6 +766,7 @@ mod tests {
             room: group.clone(),
             peer: None,
             unread: 0,
+            mentioned: 0,
             hidden: false,
             blocked_by_peer: false,
             blocking_peer: false,
@@ -781,6 +805,7 @@ mod tests {
             target::SEARCH_RESULTS,
             target::SEARCH_MORE,
             &target::unread("r1"),
+            &target::mentions("r1"),
             &target::room_entry("r1"),
             &target::person("u1"),
         ] {

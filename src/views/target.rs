@@ -51,6 +51,11 @@ pub fn unread(room_id: &str) -> String {
     format!("#unread-{room_id}")
 }
 
+/// A room's count of unread messages that mention the user, in the sidebar.
+pub fn mentions(room_id: &str) -> String {
+    format!("#mentions-{room_id}")
+}
+
 /// A room's entry in the sidebar.
 pub fn room_entry(room_id: &str) -> String {
     format!("#room-{room_id}")

@@ -481,7 +481,7 @@ async fn scrolling_up_loads_history_and_new_messages_do_not_yank_the_view() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_and_search_results_lead_to_their_message_loading_history_as_needed() {
+async fn replies_search_and_mentions_in_a_browser() {
     let app = TestApp::spawn_with(Backend::Sqlite, &["--rate-burst", "1000"]).await;
     let bob = app.signup("bob").await;
     let mut bob_socket = app.connect(&bob).await;
@@ -547,5 +547,23 @@ async fn replies_and_search_results_lead_to_their_message_loading_history_as_nee
             .await
             .unwrap()
     );
+
+    // Bob names Ann in another room: her sidebar and her tab's title count the mention
+    // apart from the unread messages.
+    bob_socket.enter_group("python").await;
+    bob_socket.say("@ann are you around?").await;
+    ann.wait_for_text("#groups a[data-group-name='python'] .mention-badge", "@1")
+        .await;
+    assert!(ann.client.title().await.unwrap().starts_with("(@1 · 1)"));
+    ann.click("#groups a[data-group-name='python']").await;
+    ann.wait_for_text("#messages-list .mention.me", "@ann")
+        .await;
+    // Typing @ offers the names of the room; Tab takes the one chosen.
+    let composer = ann.find("#message-text").await;
+    composer.send_keys("hi @bo").await.unwrap();
+    ann.wait_for_text("#mention-suggestions", "@bob").await;
+    composer.send_keys("\u{E004}").await.unwrap();
+    let typed = composer.prop("value").await.unwrap();
+    assert_eq!(typed.as_deref(), Some("hi @bob "));
     ann.close().await;
 }

@@ -11,6 +11,7 @@ mod faults;
 mod helpers;
 mod input;
 mod limits;
+mod mentions;
 mod operations;
 mod pages;
 mod posting;

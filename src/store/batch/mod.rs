@@ -31,9 +31,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use self::sql::{bump_and_insert_sql, bump_sql, insert_sql};
+use self::sql::{bump_and_insert_sql, bump_sql, insert_sql, mentions_sql};
 use super::health::Health;
-use super::messages::{Draft, Posted, SELECT_MESSAGES, message_from_row};
+use super::messages::{Draft, Posted, SELECT_MESSAGES, message_from_row, users_to_column};
 use super::{Dialect, StoreError, StoreResult, now_ms};
 use crate::model::{Quoted, StoredMessage, User};
 
@@ -58,6 +58,7 @@ struct Post {
     body: String,
     client_id: Option<String>,
     replying_to: Option<Box<Quoted>>,
+    mentions: Vec<User>,
     then: Option<AfterCommit>,
     reply: oneshot::Sender<StoreResult<Posted>>,
     _counted: Counted,
@@ -152,6 +153,7 @@ impl Batcher {
             body: draft.body.to_owned(),
             client_id: draft.client_id.map(str::to_owned),
             replying_to: draft.replying_to.cloned().map(Box::new),
+            mentions: draft.mentions.to_vec(),
             then,
             reply,
             _counted: Counted::new(&self.waiting),
@@ -257,7 +259,9 @@ async fn store(
     dialect: Dialect,
     posts: &[Post],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    if dialect == Dialect::Postgres {
+    // PostgreSQL's one statement stores messages alone; a batch that mentions someone
+    // stores the mentions with them, in a transaction as on SQLite.
+    if dialect == Dialect::Postgres && posts.iter().all(|p| p.mentions.is_empty()) {
         let (repeats, fresh) = sort_repeats(posts, find_repeats(conn, posts).await?);
         let by_room = by_room(posts, &fresh);
         let stored = store_in_one_statement(conn, posts, &by_room).await?;
@@ -296,9 +300,26 @@ async fn store(
                 .bind(&m.author.id)
                 .bind(&m.body)
                 .bind(&m.client_id)
-                .bind(m.replying_to.as_ref().map(|q| q.id.as_str()));
+                .bind(m.replying_to.as_ref().map(|q| q.id.as_str()))
+                .bind(users_to_column(&m.mentions));
         }
         insert.execute(&mut *tx).await?;
+        let mentions: Vec<(&str, &str, i64)> = rows
+            .iter()
+            .flat_map(|m| {
+                m.mentions
+                    .iter()
+                    .map(|u| (u.id.as_str(), m.room_id.as_str(), m.seq))
+            })
+            .collect();
+        if !mentions.is_empty() {
+            let sql = mentions_sql(mentions.len());
+            let mut insert = sqlx::query(&sql);
+            for (user, room, seq) in mentions {
+                insert = insert.bind(user).bind(room).bind(seq);
+            }
+            insert.execute(&mut *tx).await?;
+        }
     }
     tx.commit().await?;
     Ok(outcomes(stored, repeats))
@@ -490,6 +511,7 @@ fn numbered(
                 deleted: false,
                 reactions: Vec::new(),
                 replying_to: post.replying_to.clone(),
+                mentions: post.mentions.clone(),
             });
         }
     }
@@ -638,6 +660,7 @@ mod tests {
                             body: "raced",
                             client_id: Some(&id),
                             replying_to: None,
+                            mentions: &[],
                         };
                         store
                             .queue_message_then(draft, Box::new(|_| Box::pin(async {})))
@@ -725,6 +748,7 @@ mod tests {
                     body: &format!("m{i}"),
                     client_id: matches!(i % 20, 0 | 2).then_some(client_id.as_str()),
                     replying_to: None,
+                    mentions: &[],
                 };
                 let queued = store.queue_message_then(draft, then).await?;
                 queued.await.map(|posted| (i, posted))

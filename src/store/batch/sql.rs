@@ -43,22 +43,31 @@ pub(super) fn bump_sql(rooms: usize) -> String {
 }
 
 /// `INSERT … VALUES (…), (…)` for `rows` messages: `$1` is the shared creation time, then
-/// seven numbered parameters a row (numbered placeholders work on both dialects); a new
+/// eight numbered parameters a row (numbered placeholders work on both dialects); a new
 /// message's rev is its seq.
 pub(super) fn insert_sql(rows: usize) -> String {
     let mut sql = String::with_capacity(100 + rows * 48);
     sql.push_str(
         "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, reply_to, \
-         created_at, rev) VALUES ",
+         mentions, created_at, rev) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
             sql.push_str(", ");
         }
-        let first = 2 + row * 7;
-        let columns: Vec<String> = (first..first + 7).map(|p| format!("${p}")).collect();
+        let first = 2 + row * 8;
+        let columns: Vec<String> = (first..first + 8).map(|p| format!("${p}")).collect();
         sql.push_str(&format!("({}, $1, ${})", columns.join(", "), first + 2));
     }
+    sql
+}
+
+/// `INSERT … VALUES (…), (…)` for `rows` mentions: (user, room, seq) each.
+pub(super) fn mentions_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(60 + rows * 16);
+    sql.push_str("INSERT INTO mentions (user_id, room_id, seq) VALUES ");
+    push_tuples(&mut sql, rows, 3, 1, "");
+    sql.push_str(" ON CONFLICT DO NOTHING");
     sql
 }
 
@@ -100,8 +109,8 @@ mod tests {
         assert_eq!(
             insert_sql(2),
             "INSERT INTO messages (id, room_id, seq, author_id, body, client_id, reply_to, \
-             created_at, rev) VALUES ($2, $3, $4, $5, $6, $7, $8, $1, $4), ($9, $10, $11, $12, \
-             $13, $14, $15, $1, $11)"
+             mentions, created_at, rev) VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $1, $4), ($10, \
+             $11, $12, $13, $14, $15, $16, $17, $1, $12)"
         );
     }
 
