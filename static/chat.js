@@ -252,6 +252,7 @@
     }
     if (frame.selector === '#group-name') entered();
     if (frame.selector.startsWith('#unread-') || frame.selector.startsWith('#mentions-') || frame.selector === '#aside') updateTitle();
+    if (frame.selector === '#aside') offerNotifications();
     if (frame.selector.startsWith('#mentions-') && frame.html) {
       const room = target.closest('a')?.querySelector('.room-name')?.textContent || 'another room';
       notify(`You were mentioned in ${room}`, 'Open wirechat to read it.');
@@ -480,11 +481,13 @@
         (a.querySelector('.body')?.textContent || '').slice(0, 200));
     }
   }
+  // Offered in the sidebar (which the server renders anew) until answered.
   function offerNotifications() {
     const button = $('#notify-on');
-    button.hidden = !('Notification' in window) || Notification.permission !== 'default';
+    if (button) button.hidden = !('Notification' in window) || Notification.permission !== 'default';
   }
-  $('#notify-on').addEventListener('click', async () => {
+  document.addEventListener('click', async (e) => {
+    if (!e.target.closest('#notify-on')) return;
     try { await Notification.requestPermission(); } catch (_) { /* refused */ }
     offerNotifications();
   });

@@ -117,7 +117,6 @@ pub fn chat_page(view: &ChatView<'_>, more: usize, max_message_chars: usize) -> 
                 h1.title { "wirechat" }
                 p.subtitle { "I'm " bdi #logged-user { (view.me.username) } }
                 button #search-open.link type="button" aria-haspopup="dialog" { "Search" }
-                button #notify-on.link type="button" hidden title="Be told of mentions while this tab is in the background" { "Notify me" }
                 form method="post" action="/logout" { button.link type="submit" { "Log out" } }
             }
             div #connection role="status" hidden {
@@ -307,32 +306,31 @@ fn cut_after(text: &str, chars: usize) -> String {
     kept
 }
 
-/// Where `query` first is in `text`, lower case matching lower case (a message is at most
-/// a few thousand characters and a query at most a hundred).
+/// Where `query` first is in `text`, lower case matching lower case: both are lowered
+/// once, and the lowered text is searched in linear time (`str::find`), whatever the
+/// text and the query.
 fn find_ignoring_case(text: &str, query: &str) -> Option<std::ops::Range<usize>> {
-    let wanted: Vec<char> = query.chars().flat_map(char::to_lowercase).collect();
+    let wanted = query.to_lowercase();
     if wanted.is_empty() {
         return None;
     }
-    for (start, _) in text.char_indices() {
-        let mut matched = 0;
-        for (i, c) in text[start..].char_indices() {
-            for lower in c.to_lowercase() {
-                if wanted.get(matched) != Some(&lower) {
-                    matched = usize::MAX;
-                    break;
-                }
-                matched += 1;
-            }
-            if matched == usize::MAX {
-                break;
-            }
-            if matched == wanted.len() {
-                return Some(start..start + i + c.len_utf8());
-            }
+    // The lowered text, and for each of its bytes the original char it came from.
+    let mut lowered = String::with_capacity(text.len());
+    let mut origin: Vec<(usize, usize)> = Vec::with_capacity(text.len());
+    for (at, c) in text.char_indices() {
+        for lower in c.to_lowercase() {
+            let before = lowered.len();
+            lowered.push(lower);
+            origin.extend(std::iter::repeat_n(
+                (at, at + c.len_utf8()),
+                lowered.len() - before,
+            ));
         }
     }
-    None
+    let start = lowered.find(&wanted)?;
+    let (from, _) = *origin.get(start)?;
+    let (_, to) = *origin.get(start + wanted.len() - 1)?;
+    Some(from..to)
 }
 
 /// What the user can do with the active room: leave a group; hide a conversation, or
@@ -411,6 +409,7 @@ pub fn sidebar_with(view: &ChatView<'_>, more: usize, contacts: &[String]) -> Ma
                 }
             }
             p #people-more.muted { (people_more(more)) }
+            button #notify-on.link type="button" hidden { "Notify me of mentions" }
             ul #contacts hidden {
                 @for id in contacts { (contact(id)) }
             }
@@ -749,6 +748,33 @@ pub fn typing(user: &User) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_result_shows_the_text_around_its_match() {
+        assert_eq!(
+            around("The quarterly Report is due", "REPORT"),
+            ("The quarterly ".into(), "Report".into(), " is due".into())
+        );
+        // Lowering may change lengths: the match is cut on the original's characters.
+        assert_eq!(
+            around("İstanbul und STRASSE", "i̇stanbul"),
+            (String::new(), "İstanbul".into(), " und STRASSE".into())
+        );
+        let long = format!("{}needle{}", "a".repeat(100), "b".repeat(200));
+        let (before, matched, after) = around(&long, "NEEDLE");
+        assert_eq!(matched, "needle");
+        assert_eq!(before, format!("…{}", "a".repeat(60)));
+        assert_eq!(after, format!("{}…", "b".repeat(120)));
+        // No match (the database's idea of case may differ): the text's start.
+        assert_eq!(
+            around("abc", "zzz"),
+            (String::new(), String::new(), "abc".into())
+        );
+        // Linear, whatever the text and the query.
+        let text = "a".repeat(4000);
+        let query = format!("{}b", "a".repeat(99));
+        assert_eq!(find_ignoring_case(&text, &query), None);
+    }
 
     /// Every place a frame is sent is on the page, or in the entry the frame is for.
     #[test]
