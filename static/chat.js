@@ -229,7 +229,7 @@
       for (const a of target.querySelectorAll('article[data-client-id]')) {
         if (outbox.length && outbox.some((m) => m.clientId === a.dataset.clientId)) confirmed(a.dataset.clientId);
       }
-      if (frame.swap === 'beforeend') { announce(added); stopTyping(added); mentionsOfMe(added); }
+      if (frame.swap === 'beforeend') { announce(added); stopTyping(added); mentionsOfMe(added); requoteFrom(added); }
       if (frame.swap === 'innerHTML' && pendingJump) { const id = pendingJump; pendingJump = null; jumpTo(id); }
       checkGaps();
     }
@@ -338,6 +338,15 @@
       arrange();
     }
     checkGaps();
+  }
+  // A reply that arrives quotes its original as the page shows it, if it does (changed
+  // between the reply's check and its arrival).
+  function requoteFrom(articles) {
+    for (const a of articles) {
+      const id = a.querySelector?.('a.quote')?.dataset.replyTo;
+      const original = id && document.getElementById(`msg-${id}`);
+      if (original) requote(original);
+    }
   }
   // Replies on the page quote a changed message as it now is.
   function requote(el) {

@@ -211,12 +211,42 @@ impl SearchQuery {
         if query.chars().any(char::is_control) {
             return refuse("A search cannot contain control characters.");
         }
+        if !query.chars().any(char::is_alphanumeric) {
+            return refuse("Search for words: at least one letter or digit.");
+        }
         Ok(SearchQuery(query.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Where `query` first is in `text`, lower case matching lower case: both are lowered
+/// once, and the lowered text is searched in linear time (`str::find`), whatever the
+/// text and the query.
+pub fn find_ignoring_case(text: &str, query: &str) -> Option<std::ops::Range<usize>> {
+    let wanted = query.to_lowercase();
+    if wanted.is_empty() {
+        return None;
+    }
+    // The lowered text, and for each of its bytes the original char it came from.
+    let mut lowered = String::with_capacity(text.len());
+    let mut origin: Vec<(usize, usize)> = Vec::with_capacity(text.len());
+    for (at, c) in text.char_indices() {
+        for lower in c.to_lowercase() {
+            let before = lowered.len();
+            lowered.push(lower);
+            origin.extend(std::iter::repeat_n(
+                (at, at + c.len_utf8()),
+                lowered.len() - before,
+            ));
+        }
+    }
+    let start = lowered.find(&wanted)?;
+    let (from, _) = *origin.get(start)?;
+    let (_, to) = *origin.get(start + wanted.len() - 1)?;
+    Some(from..to)
 }
 
 #[cfg(test)]

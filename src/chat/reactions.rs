@@ -48,10 +48,30 @@ fn is_pictograph(c: char) -> bool {
         | '\u{1F000}'..='\u{1F1E5}' | '\u{1F200}'..='\u{1F3FA}' | '\u{1F400}'..='\u{1FAFF}')
 }
 
-/// What may follow a pictograph inside one emoji: a presentation selector, a skin tone,
-/// a tag (subdivision flags).
+/// What may follow a pictograph inside one emoji: a presentation selector, a skin tone.
 fn is_modifier(c: char) -> bool {
-    matches!(c, '\u{FE0E}' | '\u{FE0F}' | '\u{1F3FB}'..='\u{1F3FF}' | '\u{E0020}'..='\u{E007F}')
+    matches!(c, '\u{FE0E}' | '\u{FE0F}' | '\u{1F3FB}'..='\u{1F3FF}')
+}
+
+/// Pictographs joined into one emoji, at most (a family of four; a kiss with its heart).
+const MAX_JOINED: usize = 4;
+
+const BLACK_FLAG: char = '\u{1F3F4}';
+const CANCEL_TAG: char = '\u{E007F}';
+
+/// A subdivision flag: the black flag, a region's code in tag letters and digits (as
+/// `gbeng`), the cancel tag. Tags anywhere else would hide text inside a reaction that
+/// looks like another.
+fn is_subdivision_flag(chars: &[char]) -> bool {
+    match chars {
+        [BLACK_FLAG, tags @ .., CANCEL_TAG] => {
+            (2..=6).contains(&tags.len())
+                && tags
+                    .iter()
+                    .all(|t| matches!(t, '\u{E0030}'..='\u{E0039}' | '\u{E0061}'..='\u{E007A}'))
+        }
+        _ => false,
+    }
 }
 
 fn is_regional_indicator(c: char) -> bool {
@@ -63,6 +83,7 @@ fn is_one_emoji(s: &str) -> bool {
     match chars.as_slice() {
         // A flag: two regional indicators.
         [a, b] if is_regional_indicator(*a) && is_regional_indicator(*b) => true,
+        flag if is_subdivision_flag(flag) => true,
         // A keycap: 0-9, # or *, perhaps a selector, then the keycap mark.
         [k, rest @ ..]
             if (k.is_ascii_digit() || *k == '#' || *k == '*')
@@ -73,9 +94,11 @@ fn is_one_emoji(s: &str) -> bool {
         _ => {
             // Pictographs with their modifiers, joined by ZWJ: each ZWJ starts another.
             let mut expect_pictograph = true;
+            let mut joined = 0;
             for &c in &chars {
                 if expect_pictograph {
-                    if !is_pictograph(c) {
+                    joined += 1;
+                    if !is_pictograph(c) || joined > MAX_JOINED {
                         return false;
                     }
                     expect_pictograph = false;
@@ -129,6 +152,10 @@ mod tests {
             "\u{200D}👍",
             "👍\u{200D}",
             "👍\u{FE0F}\u{FE0F}x",
+            "👍\u{E0067}\u{E0062}\u{E007F}",
+            "👍\u{E007F}",
+            "🏴\u{E0067}\u{E0041}\u{E007F}",
+            "👍‍👍‍👍‍👍‍👍",
             "<b>",
             "1",
             "🏽",

@@ -148,12 +148,28 @@ impl Socket {
         let hub = self.hub.clone();
         let group = room_group(&room_id);
         let publish: AfterCommit = Box::new(move |message: &StoredMessage| {
-            let event = Event::Message {
+            let new_message = |message: &StoredMessage| Event::Message {
                 room: Arc::from(message.room_id.as_str()),
                 seq: message.seq,
                 frame: messages_frame(std::slice::from_ref(message), Swap::BeforeEnd),
             };
-            Box::pin(async move { hub.publish(&group, event).await })
+            let Some(quoted) = message.replying_to.as_deref() else {
+                let event = new_message(message);
+                return Box::pin(async move { hub.publish(&group, event).await });
+            };
+            // A reply quotes what it answers as it was checked; deleted since, the quote
+            // must not carry its text (a deletion after this is published after it, and
+            // pages apply it to quotes too).
+            let (mut message, quoted) = (message.clone(), quoted.id.clone());
+            Box::pin(async move {
+                if hub.store.is_deleted(&quoted).await.unwrap_or(true)
+                    && let Some(q) = message.replying_to.as_mut()
+                {
+                    q.deleted = true;
+                    q.snippet.clear();
+                }
+                hub.publish(&group, new_message(&message)).await
+            })
         });
         let draft = Draft {
             room_id: &room_id,

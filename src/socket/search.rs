@@ -28,6 +28,9 @@ impl Socket {
                 );
             }
             Searched::BadCursor => return refuse("\"before\" is not where a search left off."),
+            Searched::Busy => {
+                return refuse("Searching is busy right now; try again in a moment.");
+            }
         };
         self.charge_read(results.found.iter().map(|f| &f.message));
         // A first page replaces what an earlier search found; a next one goes below it.
@@ -36,7 +39,12 @@ impl Socket {
         } else {
             Swap::Inner
         };
-        let found = views::search_results(&results.found, query.as_str(), before.is_none());
+        let found = views::search_results(
+            &results.found,
+            query.as_str(),
+            before.is_none(),
+            results.next.is_some(),
+        );
         let more = views::search_more(query.as_str(), results.next.as_deref());
         self.send(Reply::Frames(vec![
             frame(target::SEARCH_RESULTS, swap, &found.into_string()),

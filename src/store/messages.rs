@@ -280,6 +280,17 @@ impl Store {
             .map_err(|e| self.failed(e))
     }
 
+    /// Whether message `message_id` was deleted (or is not there).
+    pub async fn is_deleted(&self, message_id: &str) -> StoreResult<bool> {
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT deleted_at FROM messages WHERE id = $1")
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.failed(e))?;
+        Ok(row.is_none_or(|(deleted_at,)| deleted_at.is_some()))
+    }
+
     /// The members of `room_id` whose names have these keys (see `name_key`): the people a
     /// message mentions. At most `MAX_MENTIONED` keys are asked for, one query.
     pub async fn members_named(&self, room_id: &str, keys: &[String]) -> StoreResult<Vec<User>> {

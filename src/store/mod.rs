@@ -82,6 +82,8 @@ pub struct Store {
     batcher: batch::Batcher,
     /// Whether statements have been failing for want of a working connection.
     health: Arc<Health>,
+    /// Searches running on this node, at most (see `search`).
+    searches: Arc<tokio::sync::Semaphore>,
 }
 
 /// Connections a node's pool may hold when not told otherwise. A SQLite connection is a
@@ -173,6 +175,7 @@ impl Store {
             dialect,
             batcher,
             health,
+            searches: Arc::new(tokio::sync::Semaphore::new(search::AT_ONCE)),
         };
         store.migrate().await?;
         let keyed = store.backfill_name_keys().await?;

@@ -1,26 +1,47 @@
 //! Searching message text, on a trigram index in each database (FTS5's `trigram` tokenizer
 //! on SQLite, `pg_trgm` on PostgreSQL), so that a query matches inside words and in
 //! languages written without spaces. A person finds the messages of the rooms they are in
-//! and of public groups, newest first, a page at a time. What one search reads is bounded
-//! whatever the history: on SQLite at most `CANDIDATES` index entries, on PostgreSQL at
-//! most `TIMEOUT_MS` of work.
+//! (but conversations closed by a block) and of public groups, newest first, a page at a
+//! time.
+//!
+//! What one search costs is bounded whatever the history and the query, and so is what
+//! all of a node's searches take from the database:
+//! - at most `AT_ONCE` searches run on a node; one more is refused, not queued;
+//! - on SQLite, the index is asked for the query's distinct trigrams (an `AND` of terms,
+//!   never a phrase, whose cost grows with repeats), within a window of `WINDOW` messages,
+//!   for at most `CANDIDATES` rows the searcher may read; the text is then matched here;
+//! - on PostgreSQL, a statement runs at most `TIMEOUT_MS`.
+//!
+//! Where the next page starts (`Results::next`) is a readable message's place or a window's
+//! edge, never a place taken from a message the searcher may not read: paging tells
+//! nothing of other people's conversations.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::messages::message_from_row;
 use super::{Dialect, Store, StoreResult};
+use crate::chat::names::find_ignoring_case;
 use crate::model::{Found, Room, RoomKind};
 
 /// Messages a page of results holds.
 pub const PAGE: usize = 20;
 
-/// SQLite: index entries one search reads, newest first. A page may find fewer than `PAGE`
-/// messages among them that its person may read; it still offers the next.
-const CANDIDATES: usize = 1000;
+/// Searches a node runs at once.
+pub(super) const AT_ONCE: usize = 2;
+
+/// SQLite: messages (by rowid) one search looks through, newest first.
+const WINDOW: i64 = 50_000;
+
+/// SQLite: rows holding every trigram of the query that one search matches against it.
+const CANDIDATES: usize = 200;
+
+/// SQLite: trigrams of the query the index is asked for (more only narrow what the text
+/// match then checks anyway).
+const TERMS: usize = 12;
 
 /// PostgreSQL: how long one search may run before it is given up as too broad.
-const TIMEOUT_MS: i64 = 2000;
+const TIMEOUT_MS: i64 = 500;
 
 /// A page of results.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +59,8 @@ pub enum Searched {
     TooBroad,
     /// `before` is not a place a search left off.
     BadCursor,
+    /// The node runs as many searches as it takes at once.
+    Busy,
 }
 
 /// A found message's columns: the message's, its room, the other person of a direct
@@ -55,10 +78,36 @@ const POSTGRES_SELECT: &str = select_messages!(
      m.id AS cursor"
 );
 
-/// Rows the searcher may read: not deleted, in a public group or a room of theirs (`$2`).
+/// Rows the searcher (`$2`) may read: not deleted, in a public group, or in a room of
+/// theirs that no block between its two people closed.
 const READABLE: &str = "JOIN rooms r ON r.id = m.room_id \
-     WHERE m.deleted_at IS NULL AND (r.kind = 'group' OR EXISTS \
-     (SELECT 1 FROM memberships mb WHERE mb.room_id = m.room_id AND mb.user_id = $2))";
+     WHERE m.deleted_at IS NULL AND (r.kind = 'group' OR (EXISTS \
+     (SELECT 1 FROM memberships mb WHERE mb.room_id = m.room_id AND mb.user_id = $2) \
+     AND NOT EXISTS (SELECT 1 FROM memberships pm JOIN blocks b \
+       ON (b.blocker_id = pm.user_id AND b.blocked_id = $2) \
+       OR (b.blocked_id = pm.user_id AND b.blocker_id = $2) \
+     WHERE pm.room_id = m.room_id AND pm.user_id <> $2)))";
+
+/// The FTS5 query for `query`: its distinct trigrams (lowered, as the index folds case),
+/// each a quoted term, all required.
+fn trigram_terms(query: &str) -> String {
+    let chars: Vec<char> = query.to_lowercase().chars().collect();
+    let mut terms: Vec<String> = Vec::new();
+    for window in chars.windows(3) {
+        let term: String = window.iter().collect();
+        if !terms.contains(&term) {
+            terms.push(term);
+            if terms.len() == TERMS {
+                break;
+            }
+        }
+    }
+    terms
+        .iter()
+        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
 
 impl Store {
     /// Messages whose text contains `query` (at least three characters, compared without
@@ -69,6 +118,9 @@ impl Store {
         query: &str,
         before: Option<&str>,
     ) -> StoreResult<Searched> {
+        let Ok(_running) = self.searches.try_acquire() else {
+            return Ok(Searched::Busy);
+        };
         match self.dialect {
             Dialect::Sqlite => self.search_sqlite(user_id, query, before).await,
             Dialect::Postgres => self.search_postgres(user_id, query, before).await,
@@ -81,46 +133,73 @@ impl Store {
         query: &str,
         before: Option<&str>,
     ) -> StoreResult<Searched> {
-        let before = match before.map(str::parse::<i64>) {
+        let before = match before {
             None => i64::MAX,
-            Some(Ok(rowid)) => rowid,
-            Some(Err(_)) => return Ok(Searched::BadCursor),
+            // As this module writes them: a positive number, in digits.
+            Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) => {
+                match b.parse::<i64>() {
+                    Ok(rowid) if rowid > 0 => rowid,
+                    _ => return Ok(Searched::BadCursor),
+                }
+            }
+            Some(_) => return Ok(Searched::BadCursor),
         };
-        // A phrase: the trigram tokenizer matches it anywhere in the text.
-        let phrase = format!("\"{}\"", query.replace('"', "\"\""));
-        let candidates: Vec<(i64,)> = sqlx::query_as(
-            "SELECT rowid FROM messages_search WHERE messages_search MATCH $1 AND rowid < $2 \
-             ORDER BY rowid DESC LIMIT $3",
-        )
-        .bind(&phrase)
-        .bind(before)
+        // The window: the `WINDOW` messages before `before` (the newest, at first).
+        let top = if before == i64::MAX {
+            let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(rowid) FROM messages")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.failed(e))?;
+            newest.unwrap_or(0) + 1
+        } else {
+            before
+        };
+        let floor = top.saturating_sub(WINDOW).max(0);
+        let rows = sqlx::query(&format!(
+            "{SQLITE_SELECT} {READABLE} AND m.rowid IN (SELECT rowid FROM messages_search \
+             WHERE messages_search MATCH $1 AND rowid < $3 AND rowid >= $4) \
+             ORDER BY m.rowid DESC LIMIT $5"
+        ))
+        .bind(trigram_terms(query))
+        .bind(user_id)
+        .bind(top)
+        .bind(floor)
         .bind(CANDIDATES as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.failed(e))?;
-        let Some(&(last,)) = candidates.last() else {
-            return Ok(Searched::Page(Results {
-                found: Vec::new(),
-                next: None,
-            }));
-        };
-        let rowids = serde_json::to_string(&candidates.iter().map(|c| c.0).collect::<Vec<_>>())
-            .unwrap_or_default();
-        let rows = sqlx::query(&format!(
-            "{SQLITE_SELECT} {READABLE} AND m.rowid IN (SELECT value FROM json_each($1)) \
-             ORDER BY m.rowid DESC LIMIT $3"
-        ))
-        .bind(rowids)
-        .bind(user_id)
-        .bind(PAGE as i64 + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.failed(e))?;
-        let mut results = self.results(&rows)?;
-        if results.next.is_none() && candidates.len() == CANDIDATES {
-            results.next = Some(last.to_string());
+        // The index found every trigram; the text must hold them in a row.
+        let mut found: Vec<(Found, String)> = Vec::new();
+        let mut more = false;
+        for row in &rows {
+            let (one, cursor) = found_from_row(row).map_err(|e| self.failed(e))?;
+            if find_ignoring_case(&one.message.body, query).is_some() {
+                if found.len() == PAGE {
+                    more = true;
+                    break;
+                }
+                found.push((one, cursor));
+            }
         }
-        Ok(Searched::Page(results))
+        let next = if more {
+            // The next page starts after the last shown.
+            found.last().map(|(_, cursor)| cursor.clone())
+        } else if rows.len() == CANDIDATES {
+            // Every candidate was matched: the next page starts below the last of them.
+            rows.last()
+                .map(|row| row.try_get::<String, _>("cursor"))
+                .transpose()
+                .map_err(|e| self.failed(e))?
+        } else if floor > 0 {
+            // The window is done: the next page looks through the one below it.
+            Some(floor.to_string())
+        } else {
+            None
+        };
+        Ok(Searched::Page(Results {
+            found: found.into_iter().map(|(f, _)| f).collect(),
+            next,
+        }))
     }
 
     async fn search_postgres(
@@ -129,7 +208,14 @@ impl Store {
         query: &str,
         before: Option<&str>,
     ) -> StoreResult<Searched> {
-        if before.is_some_and(|b| uuid::Uuid::parse_str(b).is_err()) {
+        // As this module writes them: a message id, lowercase and hyphenated.
+        if before.is_some_and(|b| {
+            uuid::Uuid::parse_str(b)
+                .map(|u| u.to_string())
+                .ok()
+                .as_deref()
+                != Some(b)
+        }) {
             return Ok(Searched::BadCursor);
         }
         let pattern = format!(
@@ -168,39 +254,57 @@ impl Store {
             Err(e) => return Err(self.failed(e)),
         };
         tx.commit().await.map_err(|e| self.failed(e))?;
-        Ok(Searched::Page(self.results(&rows)?))
-    }
-
-    /// Up to `PAGE` found messages from `rows` (one more says a next page exists).
-    fn results(&self, rows: &[AnyRow]) -> StoreResult<Results> {
-        let read = |row: &AnyRow| -> Result<(Found, String), sqlx::Error> {
-            let message = message_from_row(row)?;
-            let kind = if row.try_get::<String, _>("room_kind")? == RoomKind::Group.as_str() {
-                RoomKind::Group
-            } else {
-                RoomKind::Direct
-            };
-            let found = Found {
-                room: Room {
-                    id: message.room_id.clone(),
-                    kind,
-                    name: row.try_get("room_name")?,
-                },
-                peer: row.try_get("peer")?,
-                message,
-            };
-            Ok((found, row.try_get("cursor")?))
-        };
         let mut found = Vec::with_capacity(rows.len().min(PAGE));
         let mut next = None;
         for row in rows.iter().take(PAGE) {
-            let (one, cursor) = read(row).map_err(|e| self.failed(e))?;
+            let (one, cursor) = found_from_row(row).map_err(|e| self.failed(e))?;
             found.push(one);
             next = Some(cursor);
         }
         if rows.len() <= PAGE {
             next = None;
         }
-        Ok(Results { found, next })
+        Ok(Searched::Page(Results { found, next }))
+    }
+}
+
+/// A found message and where a page after it would start.
+fn found_from_row(row: &AnyRow) -> Result<(Found, String), sqlx::Error> {
+    let message = message_from_row(row)?;
+    let kind = if row.try_get::<String, _>("room_kind")? == RoomKind::Group.as_str() {
+        RoomKind::Group
+    } else {
+        RoomKind::Direct
+    };
+    let found = Found {
+        room: Room {
+            id: message.room_id.clone(),
+            kind,
+            name: row.try_get("room_name")?,
+        },
+        peer: row.try_get("peer")?,
+        message,
+    };
+    Ok((found, row.try_get("cursor")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_is_asked_for_each_trigram_once() {
+        assert_eq!(trigram_terms("Abcd"), "\"abc\" AND \"bcd\"");
+        assert_eq!(trigram_terms(&"a".repeat(100)), "\"aaa\"");
+        assert_eq!(
+            trigram_terms("a\"b\"c"),
+            "\"a\"\"b\" AND \"\"\"b\"\"\" AND \"b\"\"c\""
+        );
+        assert_eq!(
+            trigram_terms(&"abcdefghijklmnopqrstuvwxyz".repeat(3))
+                .matches(" AND ")
+                .count(),
+            TERMS - 1
+        );
     }
 }

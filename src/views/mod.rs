@@ -12,7 +12,7 @@ use links::{MAX_LINK_CHARS, MAX_LINKS};
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::chat::names::SearchQuery;
+use crate::chat::names::{SearchQuery, find_ignoring_case};
 use crate::model::{
     Found, GroupListing, Quoted, Reaction, Room, RoomKind, RoomSummary, StoredMessage, User,
 };
@@ -244,10 +244,14 @@ fn search_dialog() -> Markup {
 
 /// Rows of search results: where each message is, who wrote it and when, and its text
 /// around what matched. Each leads to the message in its room.
-pub fn search_results(found: &[Found], query: &str, first_page: bool) -> Markup {
+pub fn search_results(found: &[Found], query: &str, first_page: bool, more: bool) -> Markup {
     html! {
         @if found.is_empty() && first_page {
-            li.muted { "No messages you can read contain that." }
+            @if more {
+                li.muted { "None of the newest messages you can read contain that: look further back with More." }
+            } @else {
+                li.muted { "No messages you can read contain that." }
+            }
         }
         @for f in found {
             @let m = &f.message;
@@ -304,33 +308,6 @@ fn cut_after(text: &str, chars: usize) -> String {
         kept.push('…');
     }
     kept
-}
-
-/// Where `query` first is in `text`, lower case matching lower case: both are lowered
-/// once, and the lowered text is searched in linear time (`str::find`), whatever the
-/// text and the query.
-fn find_ignoring_case(text: &str, query: &str) -> Option<std::ops::Range<usize>> {
-    let wanted = query.to_lowercase();
-    if wanted.is_empty() {
-        return None;
-    }
-    // The lowered text, and for each of its bytes the original char it came from.
-    let mut lowered = String::with_capacity(text.len());
-    let mut origin: Vec<(usize, usize)> = Vec::with_capacity(text.len());
-    for (at, c) in text.char_indices() {
-        for lower in c.to_lowercase() {
-            let before = lowered.len();
-            lowered.push(lower);
-            origin.extend(std::iter::repeat_n(
-                (at, at + c.len_utf8()),
-                lowered.len() - before,
-            ));
-        }
-    }
-    let start = lowered.find(&wanted)?;
-    let (from, _) = *origin.get(start)?;
-    let (_, to) = *origin.get(start + wanted.len() - 1)?;
-    Some(from..to)
 }
 
 /// What the user can do with the active room: leave a group; hide a conversation, or

@@ -13,6 +13,7 @@ on_both_databases!(
     edits_and_deletions_reach_the_index,
     a_bad_search_is_refused_with_the_reason,
     searches_go_through_the_action_budget,
+    paging_tells_nothing_of_other_peoples_conversations,
 );
 
 /// Searches and returns the results and the "More" frame.
@@ -109,6 +110,11 @@ async fn a_search_finds_what_its_person_may_read(backend: Backend) {
             .html
             .contains("No messages you can read contain that.")
     );
+    // A conversation closed by a block is found no more, as it opens no more.
+    a.act("Block user", json!({ "username": "bob" })).await;
+    a.wait_for_notice("You blocked bob").await;
+    let (results, _) = search(&mut a, "private", None).await;
+    assert!(snippets(&results.html).is_empty(), "{}", results.html);
 }
 
 async fn results_come_a_page_at_a_time_newest_first(backend: Backend) {
@@ -176,7 +182,9 @@ async fn a_bad_search_is_refused_with_the_reason(backend: Backend) {
         ("ab", None, "at least 3"),
         ("  a  ", None, "at least 3"),
         (&"x".repeat(101)[..], None, "at most 100"),
+        ("!!!", None, "at least one letter or digit"),
         ("hello", Some("not-a-cursor"), "not where a search left off"),
+        ("hello", Some("-5"), "not where a search left off"),
         (
             "hello",
             Some(&"9".repeat(100)[..]),
@@ -192,7 +200,7 @@ async fn a_bad_search_is_refused_with_the_reason(backend: Backend) {
         assert!(refused.contains(says), "{query:?}: {refused}");
     }
     // Quotes and wildcards are text to find, not syntax.
-    for odd in ["\"\"\"", "100%", "a_b", "x\\y*", "NEAR(a b)"] {
+    for odd in ["\"a\"\"", "100%", "a_b", "x\\y*", "NEAR(a b)", "a OR b"] {
         let (results, _) = search(&mut a, odd, None).await;
         assert!(snippets(&results.html).is_empty(), "{odd}");
     }
@@ -215,27 +223,48 @@ async fn searches_go_through_the_action_budget(backend: Backend) {
     assert!(refused.html.contains("too fast"));
 }
 
-/// On SQLite a search reads at most a thousand index entries, newest first: a person who
-/// may read none of a thousand matches gets an empty page that offers the next, not a
-/// read of the whole history.
+/// On SQLite a search matches at most 200 candidates (messages holding every trigram of
+/// the query) against the text: past them it offers the next page, and goes on below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_search_reads_a_bounded_part_of_the_index() {
+async fn a_search_matches_a_bounded_number_of_candidates() {
     let app = TestApp::spawn_with(Backend::Sqlite, &["--rate-burst", "5000"]).await;
-    let [ann, bob, eve] = app.signups(["ann", "bob", "eve"]).await;
+    let ann = app.signup("ann").await;
     let mut a = app.connect(&ann).await;
-    a.post("an old secret anyone may read").await;
+    a.post("the real abcabd is here").await;
+    // Every trigram of "abcabd" (abc, bca, cab, abd), never in a row.
+    for n in 0..250 {
+        a.say(&format!("abd cab bca abc {n}")).await;
+    }
+    a.wait_for_message("abc 249").await;
+    let (results, more) = search(&mut a, "abcabd", None).await;
+    assert!(snippets(&results.html).is_empty(), "{}", results.html);
+    assert!(
+        results.html.contains("look further back"),
+        "{}",
+        results.html
+    );
+    let before = next_page(&more).expect("a next page past the candidates matched");
+    let (results, more) = search(&mut a, "abcabd", Some(&before)).await;
+    assert_eq!(snippets(&results.html), ["the real abcabd is here"]);
+    assert_eq!(next_page(&more), None);
+}
+
+/// Paging tells nothing of what a person may not read: a word said only in other people's
+/// conversations answers as a word said nowhere.
+async fn paging_tells_nothing_of_other_peoples_conversations(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--rate-burst", "5000"]).await;
+    let [ann, bob, eve] = app.signups(["ann", "bob", "eve"]).await;
     let mut b = app.connect(&bob).await;
     b.enter_direct("eve").await;
-    for n in 0..1000 {
-        b.say(&format!("secret {n}")).await;
+    for n in 0..300 {
+        b.say(&format!("vault code {n}")).await;
     }
-    b.wait_for_message("secret 999").await;
+    b.wait_for_message("vault code 299").await;
     drop(eve);
-
-    let (results, more) = search(&mut a, "secret", None).await;
-    assert!(snippets(&results.html).is_empty(), "{}", results.html);
-    let before = next_page(&more).expect("a next page past the thousand read");
-    let (results, more) = search(&mut a, "secret", Some(&before)).await;
-    assert_eq!(snippets(&results.html), ["an old secret anyone may read"]);
-    assert!(!more.html.contains("More"));
+    let mut a = app.connect(&ann).await;
+    let (said, said_more) = search(&mut a, "vault code", None).await;
+    let (unsaid, unsaid_more) = search(&mut a, "never said", None).await;
+    assert_eq!(said.html, unsaid.html);
+    assert_eq!(said_more.html, unsaid_more.html);
+    assert_eq!(next_page(&said_more), None);
 }
