@@ -855,7 +855,10 @@
       renderOutbox();
       flushOutbox();
     }
-    if (e.target.closest('#search-open')) {
+    // The room menu closes once an entry is chosen.
+    const entry = e.target.closest('.room-menu .menu button');
+    if (entry) entry.closest('details').open = false;
+    if (e.target.closest('#search-open, [data-open="search"]')) {
       $('#search-dialog').showModal();
       $('#search-query').select();
     }
@@ -962,6 +965,8 @@
 
   let lastTyping = 0;
   document.addEventListener('keydown', (e) => {
+    const menu = e.key === 'Escape' && e.target.closest?.('.room-menu[open]');
+    if (menu) { menu.open = false; menu.querySelector('summary').focus(); return; }
     // Alt+↑ / Alt+↓ move to the room above or below in the sidebar.
     if (e.altKey && (e.key === 'ArrowUp' || e.key === 'ArrowDown')) {
       const rooms = [...document.querySelectorAll('#groups a[data-group-name], #directs a[data-group-name]')];

@@ -314,6 +314,18 @@ fn cut_after(text: &str, chars: usize) -> String {
 /// block its other person.
 pub fn room_actions(room: &Room, peer: Option<&User>) -> Markup {
     html! {
+        details.room-menu {
+            summary { "Room ▾" }
+            div.menu { (room_menu(room, peer)) }
+        }
+    }
+}
+
+/// The room menu's entries (a disclosure: the keyboard opens it with Enter, goes through
+/// it with Tab, and Escape closes it).
+fn room_menu(room: &Room, peer: Option<&User>) -> Markup {
+    html! {
+        button.link type="button" data-open="search" { "Search messages" }
         @match (room.kind, peer) {
             (RoomKind::Direct, Some(peer)) => {
                 @let who = serde_json::json!({ "username": peer.username });

@@ -565,5 +565,15 @@ async fn replies_search_and_mentions_in_a_browser() {
     composer.send_keys("\u{E004}").await.unwrap();
     let typed = composer.prop("value").await.unwrap();
     assert_eq!(typed.as_deref(), Some("hi @bob "));
+
+    // The room's menu opens from the keyboard, and Escape closes it.
+    let summary = ann.find("#room-actions summary").await;
+    summary.send_keys("\u{E007}").await.unwrap();
+    let leave = ann
+        .find("#room-actions .menu button[data-action='Leave group']")
+        .await;
+    assert!(leave.is_displayed().await.unwrap());
+    leave.send_keys("\u{E00C}").await.unwrap();
+    assert!(!leave.is_displayed().await.unwrap());
     ann.close().await;
 }
