@@ -65,6 +65,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 impl Application {
     /// Connects, migrates and binds; the port is known (and can be read) before serving.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        install_tls_provider();
         let settings = format!("{:?}", config.redacted());
         let node_id = config
             .node_id
@@ -305,11 +306,13 @@ async fn connect_redis(
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn ChannelLayer>, Arc<dyn Presence>)> {
     let shown = redact_url(url);
-    let pool = redis::pool(url).with_context(|| format!("Redis URL {shown}"))?;
+    let info = redis::connection_info(url, config.redis_ca_file.as_deref())
+        .with_context(|| format!("Redis URL {shown}"))?;
+    let pool = redis::pool(&info).with_context(|| format!("Redis URL {shown}"))?;
     // Unique per process, even when two nodes are given the same WIRECHAT_NODE_ID.
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let layer = RedisLayer::start(
-        url,
+        &info,
         pool.clone(),
         &config.redis_prefix,
         &instance,
@@ -328,4 +331,13 @@ async fn connect_redis(
         Duration::from_millis(config.presence_ttl_ms),
     );
     Ok((Arc::new(layer), Arc::new(presence)))
+}
+
+/// TLS to PostgreSQL and Redis runs on rustls with ring (sqlx names ring; the Redis client
+/// asks for the process's default provider). ring, not aws-lc-rs: it builds with a C
+/// compiler alone. Its provider is deprecated only for lacking post-quantum key exchange,
+/// which neither PostgreSQL nor Redis offers. Installed once; a second call finds it there.
+#[allow(deprecated)]
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

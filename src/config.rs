@@ -64,6 +64,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
     pub redis_url: Option<String>,
 
+    /// With a `rediss://` Redis URL: a PEM file of the certificate authorities to trust for
+    /// Redis's certificate, instead of the system's (a private CA, a self-signed server).
+    #[arg(long, env = "WIRECHAT_REDIS_CA_FILE", global = true)]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// Prefix of every Redis key and channel this chat uses, so several chats (or test
     /// runs) can share one Redis.
     #[arg(

@@ -11,12 +11,14 @@
 //! to resync from the store, since events published during the gap are lost to this node.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
-use deadpool_redis::redis::{self, aio::PubSubSink};
+use deadpool_redis::redis::{self, ConnectionInfo, IntoConnectionInfo, aio::PubSubSink};
 use deadpool_redis::{Pool, Runtime};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -43,10 +45,28 @@ const SUBSCRIBE_CHUNK: usize = 500;
 /// kind.
 const COMMAND_BATCH: usize = 256;
 
+/// Where Redis is and how to reach it: `url` (`redis://` or, over TLS, `rediss://`), and
+/// for TLS the certificate authorities in `ca_file` (PEM) instead of the system's.
+pub fn connection_info(url: &str, ca_file: Option<&Path>) -> anyhow::Result<ConnectionInfo> {
+    let Some(ca_file) = ca_file else {
+        return Ok(url.into_connection_info()?);
+    };
+    let root_cert = std::fs::read(ca_file)
+        .with_context(|| format!("reading the Redis CA file {}", ca_file.display()))?;
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
+    };
+    let client = redis::Client::build_with_tls(url, certificates)
+        .context("a Redis CA file needs a rediss:// URL")?;
+    Ok(client.get_connection_info().clone())
+}
+
 /// A pool of multiplexed connections for commands (PUBLISH, presence).
-pub fn pool(url: &str) -> anyhow::Result<Pool> {
-    let pool = deadpool_redis::Config::from_url(url)
-        .builder()?
+pub fn pool(info: &ConnectionInfo) -> anyhow::Result<Pool> {
+    // Built from the connection info itself: deadpool's own config would drop its TLS
+    // settings.
+    let pool = Pool::builder(deadpool_redis::Manager::new(info.clone())?)
         .max_size(16)
         .wait_timeout(Some(COMMAND_WAIT))
         .create_timeout(Some(COMMAND_WAIT))
@@ -126,13 +146,13 @@ impl RedisLayer {
     /// Starts the subscriber for `url`; it runs until `stop` is cancelled. Channel names
     /// start with `prefix`, so several chats (or tests) can share one Redis.
     pub fn start(
-        url: &str,
+        info: &ConnectionInfo,
         pool: Pool,
         prefix: &str,
         origin: &str,
         stop: CancellationToken,
     ) -> anyhow::Result<RedisLayer> {
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(info.clone())?;
         let (commands, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             registry: Registry::default(),

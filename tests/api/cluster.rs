@@ -644,7 +644,8 @@ fn presence_node(
     name: &str,
     ttl: Duration,
 ) -> wirechat::presence::RedisPresence {
-    let pool = wirechat::layer::redis::pool(url).expect("pool");
+    let info = wirechat::layer::redis::connection_info(url, None).expect("a Redis URL");
+    let pool = wirechat::layer::redis::pool(&info).expect("pool");
     wirechat::presence::RedisPresence::new(pool, prefix, name, ttl)
 }
 

@@ -20,3 +20,4 @@ mod reactions;
 mod replies;
 mod search;
 mod startup;
+mod tls;

@@ -45,7 +45,7 @@ pub(super) const PACE: Duration = Duration::from_millis(50);
 mod actor;
 mod audit;
 mod chat;
-mod postgres;
+pub(crate) mod postgres;
 
 use actor::*;
 use audit::*;

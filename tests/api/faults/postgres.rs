@@ -5,7 +5,7 @@ use super::*;
 /// A PostgreSQL server of the test's own (initdb + pg_ctl from the installed PostgreSQL) on
 /// a free port, with its data under the temp dir, so it can be stopped without touching the
 /// shared instance on 5432. Stopped (immediately) and removed when dropped.
-pub(super) struct OwnPostgres {
+pub(crate) struct OwnPostgres {
     pub(super) ctl: PgCtl,
 }
 
@@ -17,6 +17,8 @@ pub(super) struct PgCtl {
     pub(super) port: u16,
     pub(super) bin: PathBuf,
     pub(super) owner: Option<(u32, u32)>,
+    /// More server settings (`-c name=value …`).
+    pub(super) settings: String,
 }
 
 impl PgCtl {
@@ -48,9 +50,10 @@ impl PgCtl {
 
     pub(super) fn start(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         let args = ["start", "-w", "-D", "data", "-l", "log", "-o", &options];
         let output = self
@@ -73,7 +76,16 @@ impl PgCtl {
 
 impl OwnPostgres {
     pub(super) async fn start() -> OwnPostgres {
-        tokio::task::spawn_blocking(|| {
+        OwnPostgres::start_with(None).await
+    }
+
+    /// A server that takes connections over TLS only, with `certificate` and `key` (PEM).
+    pub(crate) async fn start_tls(certificate: &str, key: &str) -> OwnPostgres {
+        OwnPostgres::start_with(Some((certificate.to_owned(), key.to_owned()))).await
+    }
+
+    async fn start_with(tls: Option<(String, String)>) -> OwnPostgres {
+        tokio::task::spawn_blocking(move || {
             let dir = std::env::temp_dir()
                 .join("wirechat-tests")
                 .join(format!("pg-{}", uuid::Uuid::new_v4().simple()));
@@ -88,6 +100,11 @@ impl OwnPostgres {
                 port: free_port(),
                 bin: postgres_bin(),
                 owner,
+                settings: if tls.is_some() {
+                    "-c ssl=on".into()
+                } else {
+                    String::new()
+                },
             };
             // From here on, Drop cleans up whatever was made.
             let pg = OwnPostgres { ctl };
@@ -106,6 +123,27 @@ impl OwnPostgres {
                     "--no-sync",
                 ],
             );
+            if let Some((certificate, key)) = &tls {
+                let data = pg.ctl.dir.join("data");
+                for (name, pem) in [("server.crt", certificate), ("server.key", key)] {
+                    let path = data.join(name);
+                    std::fs::write(&path, pem).expect("writing the server's certificate");
+                    std::fs::set_permissions(
+                        &path,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                    )
+                    .expect("chmod");
+                    if let Some((uid, gid)) = owner {
+                        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+                    }
+                }
+                // Over TCP, TLS or nothing.
+                std::fs::write(
+                    data.join("pg_hba.conf"),
+                    "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+                )
+                .expect("writing pg_hba.conf");
+            }
             pg.ctl.start();
             pg
         })
@@ -127,6 +165,10 @@ impl OwnPostgres {
         tokio::task::spawn_blocking(move || ctl.start())
             .await
             .expect("restarting PostgreSQL");
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.ctl.port
     }
 
     pub(super) async fn fresh_database(&self) -> String {

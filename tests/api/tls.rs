@@ -1,0 +1,226 @@
+//! TLS to PostgreSQL and Redis, as managed services require: a server with a certificate
+//! from a private authority is refused until that authority is given, and then serves as
+//! the plain one does. The certificates are made here, with `openssl`; the servers are the
+//! test's own, on free ports.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::faults::postgres::OwnPostgres;
+use crate::helpers::{TestApp, fresh_prefix};
+use crate::process::{Output, Process, free_port};
+
+/// A private certificate authority and a certificate it signed for 127.0.0.1/localhost,
+/// in a directory of the test's own.
+struct Certificates {
+    dir: PathBuf,
+}
+
+impl Certificates {
+    fn make() -> Certificates {
+        let dir = std::env::temp_dir()
+            .join("wirechat-tests")
+            .join(format!("tls-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("certificates dir");
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=wirechat test authority",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("extensions file");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            "server.pem",
+            "-extfile",
+            "server.ext",
+        ]);
+        Certificates { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).expect("a certificate file")
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis server that takes TLS only (its plain port off).
+async fn redis_over_tls(certificates: &Certificates) -> (Process, u16) {
+    let port = free_port();
+    let mut command = Command::new("redis-server");
+    let file = |name: &str| certificates.path(name).display().to_string();
+    command
+        .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port"])
+        .arg(port.to_string())
+        .args(["--tls-cert-file", &file("server.pem")])
+        .args(["--tls-key-file", &file("server.key")])
+        .args(["--tls-ca-cert-file", &file("ca.pem")])
+        .args(["--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
+    let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
+        line.contains("Ready to accept connections").then_some(())
+    })
+    .await;
+    (process, port)
+}
+
+/// Whether a node's Redis client gets an answer to PING from `url`.
+async fn pings(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
+    wirechat::app::install_tls_provider();
+    let info = wirechat::layer::redis::connection_info(url, ca_file).map_err(|e| e.to_string())?;
+    let pool = wirechat::layer::redis::pool(&info).map_err(|e| e.to_string())?;
+    let mut conn = pool.get().await.map_err(|e| format!("{e:?}"))?;
+    let answer: String = deadpool_redis::redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    (answer == "PONG").then_some(()).ok_or(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_is_trusted_with_its_authority_only() {
+    let certificates = Certificates::make();
+    let (_redis, port) = redis_over_tls(&certificates).await;
+    let url = format!("rediss://127.0.0.1:{port}");
+    // The system does not know the private authority.
+    let refused = pings(&url, None)
+        .await
+        .expect_err("an unknown authority is refused");
+    assert!(
+        refused.to_lowercase().contains("certificate") || refused.contains("UnknownIssuer"),
+        "{refused}"
+    );
+    pings(&url, Some(&certificates.path("ca.pem")))
+        .await
+        .expect("trusted with its authority");
+    // Plain Redis does not speak to a TLS port.
+    assert!(
+        pings(&format!("redis://127.0.0.1:{port}"), None)
+            .await
+            .is_err()
+    );
+    // An authority with a plain URL is a mistake, said so.
+    let mistaken = pings(
+        &format!("redis://127.0.0.1:{port}"),
+        Some(&certificates.path("ca.pem")),
+    )
+    .await
+    .expect_err("a CA file needs rediss://");
+    assert!(mistaken.contains("rediss://"), "{mistaken}");
+
+    // Two nodes chat over it.
+    let prefix = fresh_prefix();
+    let ca = certificates.path("ca.pem").display().to_string();
+    let args = |url: &str| {
+        vec![
+            "--redis-url".to_owned(),
+            url.to_owned(),
+            "--redis-ca-file".to_owned(),
+            ca.clone(),
+            "--redis-prefix".to_owned(),
+            prefix.clone(),
+        ]
+    };
+    let database_url = crate::helpers::fresh_database(crate::helpers::Backend::Postgres).await;
+    let n1 = TestApp::start(database_url.clone(), args(&url)).await;
+    let n2 = TestApp::start(database_url, args(&url)).await;
+    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
+    let mut a = n1.connect(&ann).await;
+    let mut b = n2.connect(&bob).await;
+    a.say("sent over TLS").await;
+    b.wait_for_message("sent over TLS").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_is_verified_with_its_authority() {
+    let certificates = Certificates::make();
+    let pg = OwnPostgres::start_tls(
+        &certificates.read("server.pem"),
+        &certificates.read("server.key"),
+    )
+    .await;
+    let base = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port());
+    // The server takes TLS only.
+    let plain = wirechat::store::Store::connect(&format!("{base}?sslmode=disable")).await;
+    assert!(plain.is_err(), "a plain connection was taken");
+    // Verified against the system's authorities, the private one is unknown.
+    let unknown = wirechat::store::Store::connect(&format!("{base}?sslmode=verify-full")).await;
+    let error = format!(
+        "{:#}",
+        anyhow::Error::from(unknown.err().expect("an unknown authority is refused"))
+    );
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    // With its authority, verified (name and chain), a node serves as on a plain server.
+    let ca = certificates.path("ca.pem").display().to_string();
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={ca}");
+    let app = TestApp::start(url, Vec::new()).await;
+    let ann = app.signup("ann").await;
+    let mut a = app.connect(&ann).await;
+    a.say("stored over TLS").await;
+    a.wait_for_message("stored over TLS").await;
+}
