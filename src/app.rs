@@ -104,6 +104,16 @@ impl Application {
             anyhow::bail!("WIRECHAT_SECRET must be at least 32 characters long");
         }
         let cookie_key = Key::derive_from(secret.as_bytes());
+        let previous_cookie_key = config
+            .previous_secret
+            .as_deref()
+            .map(|previous| {
+                if previous.len() < 32 {
+                    anyhow::bail!("WIRECHAT_PREVIOUS_SECRET must be at least 32 characters long");
+                }
+                Ok(Key::derive_from(previous.as_bytes()))
+            })
+            .transpose()?;
         let hub = Arc::new(Hub {
             store,
             layer,
@@ -156,6 +166,7 @@ impl Application {
             state: AppState {
                 hub,
                 cookie_key,
+                previous_cookie_key,
                 session_ttl_ms: config.session_hours.saturating_mul(3_600_000),
                 secure_cookies: config.secure_cookies,
                 sockets: TaskTracker::new(),

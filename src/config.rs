@@ -131,6 +131,16 @@ pub struct Config {
     #[arg(long, env = "WIRECHAT_SECRET", hide_env_values = true, global = true)]
     pub secret: Option<String>,
 
+    /// The secret before `WIRECHAT_SECRET`, while rotating it: cookies it signed are still
+    /// taken, and given back signed with the new one, so nobody is signed out.
+    #[arg(
+        long,
+        env = "WIRECHAT_PREVIOUS_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub previous_secret: Option<String>,
+
     /// Longest message, in characters.
     #[arg(
         long,
@@ -365,6 +375,7 @@ impl Config {
             database_url: redact_url(&self.database_url),
             redis_url: self.redis_url.as_deref().map(redact_url),
             secret: self.secret.as_ref().map(|_| "***".to_owned()),
+            previous_secret: self.previous_secret.as_ref().map(|_| "***".to_owned()),
             ..self.clone()
         }
     }

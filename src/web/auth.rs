@@ -94,6 +94,17 @@ fn too_many(reason: &str, retry_after: Duration) -> Response {
     response
 }
 
+/// The cookie that carries session `id` (to be signed by the jar it goes in).
+pub(super) fn session_cookie(state: &AppState, id: String) -> Cookie<'static> {
+    Cookie::build((SESSION_COOKIE, id))
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(state.secure_cookies)
+        .max_age(time::Duration::milliseconds(state.session_ttl_ms))
+        .build()
+}
+
 /// Starts a fresh session for `user` (a new id on every login) and sends them to the chat.
 async fn start_session(
     state: &AppState,
@@ -105,13 +116,7 @@ async fn start_session(
         .store
         .create_session(&user.id, state.session_ttl_ms)
         .await?;
-    let cookie = Cookie::build((SESSION_COOKIE, id))
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(state.secure_cookies)
-        .max_age(time::Duration::milliseconds(state.session_ttl_ms))
-        .build();
+    let cookie = session_cookie(state, id);
     let known = Cookie::build((KNOWN_COOKIE, user.id.clone()))
         .path("/login")
         .http_only(true)

@@ -2,8 +2,11 @@
 //! as extractors, so that a handler states what it needs and the cookie is read in one
 //! place.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum_extra::extract::SignedCookieJar;
 
 use super::AppState;
@@ -21,13 +24,54 @@ impl FromRequestParts<AppState> for SessionId {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let jar =
-            SignedCookieJar::<axum_extra::extract::cookie::Key>::from_request_parts(parts, state)
-                .await
-                .unwrap_or_else(|never| match never {});
         Ok(SessionId(
-            jar.get(SESSION_COOKIE).map(|c| c.value().to_owned()),
+            session_id(&parts.headers, state).map(|(id, _)| id),
         ))
+    }
+}
+
+/// The session id in `headers`' cookie, and whether the previous key signed it (the secret
+/// is being rotated: see `resign_previous_cookies`).
+fn session_id(headers: &HeaderMap, state: &AppState) -> Option<(String, bool)> {
+    let current = SignedCookieJar::from_headers(headers, state.cookie_key.clone());
+    if let Some(cookie) = current.get(SESSION_COOKIE) {
+        return Some((cookie.value().to_owned(), false));
+    }
+    let previous = state.previous_cookie_key.clone()?;
+    let cookie = SignedCookieJar::from_headers(headers, previous).get(SESSION_COOKIE)?;
+    Some((cookie.value().to_owned(), true))
+}
+
+/// While the secret is rotated, a request whose session cookie the previous secret signed
+/// is served as any other, and its response gives the cookie back signed with the current
+/// one: by the time the previous secret is dropped, the browsers in use carry new cookies.
+pub async fn resign_previous_cookies(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let resign = match state.previous_cookie_key {
+        Some(_) => session_id(request.headers(), &state).filter(|(_, previous)| *previous),
+        None => None,
+    };
+    let response = next.run(request).await;
+    // A response that sets or removes the session cookie itself (a log-in, a log-out)
+    // has the last word.
+    let sets_session = response
+        .headers()
+        .get_all(axum::http::header::SET_COOKIE)
+        .iter()
+        .any(|c| {
+            c.as_bytes()
+                .starts_with(format!("{SESSION_COOKIE}=").as_bytes())
+        });
+    match resign.filter(|_| !sets_session) {
+        Some((id, _)) => {
+            let jar = SignedCookieJar::new(state.cookie_key.clone())
+                .add(super::auth::session_cookie(&state, id));
+            (jar, response).into_response()
+        }
+        None => response,
     }
 }
 

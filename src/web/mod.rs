@@ -35,6 +35,8 @@ pub use limits::{AccessLimits, LoginGuard};
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub cookie_key: Key,
+    /// The key before `cookie_key`, while the secret is rotated (see `identity`).
+    pub previous_cookie_key: Option<Key>,
     pub session_ttl_ms: i64,
     pub secure_cookies: bool,
     /// Every socket session, so shutdown can wait for them to close.
@@ -65,6 +67,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             same_origin_posts,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            identity::resign_previous_cookies,
         ))
         .layer(middleware::map_response(security_headers))
         .with_state(state)

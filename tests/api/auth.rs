@@ -1,6 +1,6 @@
 //! Sign up, log in, guests, log out, and who may open the chat socket.
 
-use crate::helpers::{Backend, TestApp, session_cookie};
+use crate::helpers::{Backend, TestApp, fresh_database, session_cookie};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -9,6 +9,7 @@ on_both_databases!(
     guests_get_a_generated_name,
     socket_needs_session_and_origin,
     sessions_survive_restart,
+    a_rotated_secret_signs_nobody_out,
 );
 
 async fn signup_login_logout(backend: Backend) {
@@ -229,4 +230,42 @@ async fn sessions_survive_restart(backend: Backend) {
         "{}",
         history.html
     );
+}
+
+/// Rotating the cookie secret: with the old one as the previous secret, a browser's cookie
+/// is still taken and comes back signed with the new one, which then works alone.
+async fn a_rotated_secret_signs_nobody_out(backend: Backend) {
+    let (old, new) = ("o".repeat(32), "n".repeat(32));
+    let database_url = fresh_database(backend).await;
+    let mut app = TestApp::start(database_url.clone(), vec!["--secret".into(), old.clone()]).await;
+    let ann = app.signup("ann").await;
+    app.stop().await;
+
+    // The new secret alone does not know the old cookies: that is what rotation is for.
+    let mut alone =
+        TestApp::start(database_url.clone(), vec!["--secret".into(), new.clone()]).await;
+    assert_eq!(alone.get_as("/", &ann.cookie).await.status(), 303);
+    alone.stop().await;
+
+    let mut rotating = TestApp::start(
+        database_url.clone(),
+        vec![
+            "--secret".into(),
+            new.clone(),
+            "--previous-secret".into(),
+            old,
+        ],
+    )
+    .await;
+    let page = rotating.get_as("/", &ann.cookie).await;
+    assert_eq!(page.status(), 200, "the old cookie is still taken");
+    let renewed = session_cookie(&page).expect("the cookie, signed anew");
+    assert_ne!(renewed, ann.cookie);
+    // A cookie of the current secret is not signed again.
+    assert_eq!(session_cookie(&rotating.get_as("/", &renewed).await), None);
+    rotating.stop().await;
+
+    let app = TestApp::start(database_url, vec!["--secret".into(), new]).await;
+    assert_eq!(app.get_as("/", &renewed).await.status(), 200);
+    assert_eq!(app.get_as("/", &ann.cookie).await.status(), 303);
 }
