@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -38,12 +39,14 @@ use super::{Dialect, StoreError, StoreResult, now_ms};
 use crate::model::{Quoted, StoredMessage, User};
 
 /// Posts stored in one transaction, at most. It also bounds the statement's parameters
-/// (six a row), well under SQLite's and PostgreSQL's limits.
+/// (eight a row, three a mention), well under SQLite's and PostgreSQL's limits.
 const MAX_BATCH: usize = 256;
 /// Posts waiting for each writer before posters wait to queue theirs.
 const QUEUE: usize = 4 * MAX_BATCH;
 /// How often a batch is tried when it meets another writer's client ids.
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 5;
+/// A batch tried again waits up to this many milliseconds times its attempt first.
+const RETRY_JITTER_MS: u64 = 5;
 /// Committed batches waiting to be published, per writer.
 const PUBLISH_QUEUE: usize = 16;
 
@@ -209,14 +212,18 @@ async fn write_loop(
             taken = inbox.recv_many(&mut posts, MAX_BATCH) => if taken == 0 { return },
         }
         let mut stored = store_on(&mut conn, &pool, dialect, &posts).await;
-        for _ in 1..ATTEMPTS {
+        for attempt in 1..ATTEMPTS {
             match &stored {
                 // Another writer stored one of these client ids meanwhile (or the two met
-                // in the index in opposite orders): this time the batch finds it.
+                // in the index in opposite orders): this time the batch finds it. Both
+                // writers tried again at once would meet again, so each waits a moment
+                // of its own first.
                 Err(sqlx::Error::Database(e))
                     if e.is_unique_violation()
                         || e.code().is_some_and(|c| c == "40P01" || c == "40001") =>
                 {
+                    let jitter = rand::random_range(0..RETRY_JITTER_MS * attempt as u64);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
                     stored = store_on(&mut conn, &pool, dialect, &posts).await;
                 }
                 _ => break,
