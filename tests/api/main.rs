@@ -6,6 +6,7 @@ mod auth;
 mod browser;
 mod chat;
 mod cluster;
+mod deploy;
 mod editing;
 mod faults;
 mod helpers;
