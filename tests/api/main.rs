@@ -13,6 +13,7 @@ mod helpers;
 mod input;
 mod limits;
 mod mentions;
+mod metrics;
 mod operations;
 mod pages;
 mod posting;
