@@ -165,3 +165,204 @@ fn prometheus_scrapes_every_node_of_the_compose_file() {
     }
     assert_eq!(compose.matches("profiles: [monitoring]").count(), 2);
 }
+
+/// The Dockerfile's instructions, one string each: continuation lines joined, comments
+/// and blank lines dropped.
+fn dockerfile() -> Vec<String> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in repository_file("deploy/Dockerfile").lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                instructions.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    instructions
+}
+
+/// Where the dependency build is: the first `RUN` that runs `cargo build`.
+fn dependency_build(instructions: &[String]) -> usize {
+    instructions
+        .iter()
+        .position(|i| i.starts_with("RUN") && i.contains("cargo build"))
+        .expect("a RUN with cargo build")
+}
+
+/// What the `COPY` instructions in `instructions` copy from the build context.
+fn copied(instructions: &[String]) -> Vec<String> {
+    instructions
+        .iter()
+        .filter(|i| i.starts_with("COPY ") && !i.contains("--from"))
+        .flat_map(|i| {
+            let words: Vec<&str> = i.split_whitespace().skip(1).collect();
+            words[..words.len() - 1]
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The dependency layer is built from the manifests, the lock file and the patched crates
+/// alone, before any source is copied, so a code change reuses it; the sources and what
+/// they build in come after; the runtime image has no colour in its logs and carries the
+/// OCI labels. (Building the image takes far longer than a test may: this checks the
+/// Dockerfile's structure, and the next test its first step.)
+#[test]
+fn the_dockerfile_caches_dependencies_and_labels_the_image() {
+    let instructions = dockerfile();
+    assert!(
+        !instructions
+            .iter()
+            .any(|i| i.starts_with("COPY . ") || i.starts_with("ADD . ")),
+        "the whole context is never copied"
+    );
+    let deps = dependency_build(&instructions);
+    let before = copied(&instructions[..deps]);
+    for needed in ["Cargo.toml", "Cargo.lock", "loadtest/Cargo.toml", "vendor"] {
+        assert!(
+            before.iter().any(|c| c == needed),
+            "{needed} before {before:?}"
+        );
+    }
+    for source in &before {
+        assert!(
+            source.ends_with("Cargo.toml") || source == "Cargo.lock" || source == "vendor",
+            "{source} is copied before the dependency build, so editing it rebuilds them"
+        );
+    }
+    // Every patched crate is in what the dependency build sees.
+    for line in repository_file("Cargo.toml").lines() {
+        if let Some(at) = line.find("{ path = \"") {
+            let path = &line[at + 10..];
+            let path = &path[..path.find('"').expect("a closing quote")];
+            assert!(
+                before.iter().any(|c| path.starts_with(c.as_str())),
+                "{path} is not copied before the dependency build"
+            );
+        }
+    }
+    assert!(
+        instructions[deps].contains(".fingerprint/wirechat-"),
+        "the stand-ins' build is forgotten, so the real sources are compiled"
+    );
+    let real_build = deps + 1 + dependency_build(&instructions[deps + 1..]);
+    assert!(instructions[real_build].contains("cargo build --release --locked"));
+    let after = copied(&instructions[deps..real_build]);
+    for needed in ["src", "migrations", "static"] {
+        assert!(after.iter().any(|c| c == needed), "{needed} in {after:?}");
+    }
+
+    let runtime = instructions
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .expect("a runtime stage");
+    let runtime = &instructions[runtime..];
+    assert!(
+        runtime
+            .iter()
+            .any(|i| i.starts_with("ENV ") && i.split_whitespace().any(|w| w == "NO_COLOR=1")),
+        "NO_COLOR=1 in the runtime image"
+    );
+    let labels: String = runtime
+        .iter()
+        .filter(|i| i.starts_with("LABEL "))
+        .cloned()
+        .collect();
+    for label in [
+        "title",
+        "description",
+        "version",
+        "revision",
+        "source",
+        "licenses",
+    ] {
+        assert!(
+            labels.contains(&format!("org.opencontainers.image.{label}=")),
+            "label {label}"
+        );
+    }
+}
+
+/// The dependency step works on what it is given: the files copied before it and the
+/// stand-in sources its RUN writes make a workspace cargo resolves against the lock file
+/// unchanged (`--locked`), with every patched crate found.
+#[test]
+fn the_dockerfile_dependency_step_resolves_with_only_what_it_copies() {
+    let instructions = dockerfile();
+    let deps = dependency_build(&instructions);
+    let dir = std::env::temp_dir()
+        .join("wirechat-tests")
+        .join(format!("docker-{}", uuid::Uuid::new_v4().simple()));
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for source in copied(&instructions[..deps]) {
+        copy_tree(&repo.join(&source), &dir.join(&source));
+    }
+    // The RUN's commands up to the build: the stand-in sources.
+    let run = instructions[deps].trim_start_matches("RUN").trim();
+    let stand_ins = run[..run.find("cargo build").expect("cargo build")]
+        .trim()
+        .trim_end_matches("&&");
+    let status = Command::new("sh")
+        .args(["-c", stand_ins])
+        .current_dir(&dir)
+        .status()
+        .expect("sh");
+    assert!(status.success(), "{stand_ins}");
+    // For this machine's platform only: the crates other platforms need are not
+    // downloaded here, and --offline cannot fetch them.
+    let rustc = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV");
+    let rustc = String::from_utf8_lossy(&rustc.stdout);
+    let host = rustc
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc names its host");
+    let metadata = Command::new("cargo")
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", host])
+        .current_dir(&dir)
+        .output()
+        .expect("cargo metadata");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        metadata.status.success(),
+        "{}",
+        String::from_utf8_lossy(&metadata.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&metadata.stdout).expect("cargo metadata prints JSON");
+    let targets: Vec<&str> = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .filter(|p| p["name"] == "wirechat")
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(targets.contains(&"wirechat"), "{targets:?}");
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).expect("create a directory");
+        for entry in std::fs::read_dir(from).expect("read a directory") {
+            let entry = entry.expect("a directory entry");
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).expect("create a directory");
+        }
+        std::fs::copy(from, to).expect("copy a file");
+    }
+}
