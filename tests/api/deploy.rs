@@ -366,3 +366,40 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         std::fs::copy(from, to).expect("copy a file");
     }
 }
+
+/// Serving a domain: the HTTPS override publishes ports 80 and 443, names the domain as
+/// Caddy's site (which turns its automatic HTTPS on; `caddy validate` accepts that shape
+/// above), marks every node's cookie Secure, and Caddy keeps its certificates in a volume.
+#[test]
+fn the_https_override_serves_a_domain_with_secure_cookies() {
+    let compose = repository_file("docker-compose.yaml");
+    let https = repository_file("docker-compose.https.yaml");
+    assert!(
+        compose.contains("- caddy-data:/data\n"),
+        "certificates kept"
+    );
+    for port in ["\"80:80\"", "\"443:443\""] {
+        assert!(https.contains(port), "{port} published");
+    }
+    assert!(https.contains("WIRECHAT_SITE_ADDRESS: ${WIRECHAT_DOMAIN:?"));
+    let nodes: Vec<&str> = compose
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.strip_suffix(':'))
+        .filter(|name| name.starts_with("app"))
+        .collect();
+    assert_eq!(nodes, ["app1", "app2", "app3"]);
+    for node in nodes {
+        // The node's lines: from its name to the next line indented no deeper.
+        let section: String = https
+            .lines()
+            .skip_while(|l| *l != format!("  {node}:"))
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("   "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            section.contains("WIRECHAT_SECURE_COOKIES: \"true\""),
+            "{node}: {section}"
+        );
+    }
+}
