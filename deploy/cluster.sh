@@ -5,7 +5,9 @@
 #   deploy/cluster.sh start [N]   start N nodes (default 3) and Caddy, then print the URL
 #   deploy/cluster.sh stop        stop Caddy and every node (SIGTERM, then SIGKILL)
 #   deploy/cluster.sh status      show what is running
-#   deploy/cluster.sh caddyfile PORT UPSTREAM...   print the Caddy configuration used
+#
+# Caddy runs the repository's Caddyfile, with the nodes' loopback addresses as its
+# upstreams (WIRECHAT_UPSTREAMS) and CLUSTER_PROXY_PORT as its port.
 #
 # Settings (environment):
 #   DATABASE_URL        default postgres://postgres@127.0.0.1:5432/wirechat (created if missing)
@@ -14,7 +16,7 @@
 #   WIRECHAT_BIN        default target/release/wirechat (built when missing)
 #   CLUSTER_BASE_PORT   first node's port, default 8001 (nodes use 8001, 8002, ...)
 #   CLUSTER_PROXY_PORT  Caddy's port, default 8080
-#   CLUSTER_DIR         pid files, logs and the generated Caddyfile; default target/cluster
+#   CLUSTER_DIR         pid files and logs; default target/cluster
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,41 +61,6 @@ preflight() {
   fi
 }
 
-# The repository Caddyfile's proxy settings, with fixed upstreams. The cluster tests run
-# Caddy with exactly this configuration.
-caddyfile() {
-  local port="$1"
-  shift
-  cat <<EOF
-{
-	admin off
-	auto_https off
-	servers {
-		timeouts {
-			read_header 10s
-		}
-	}
-}
-
-http://127.0.0.1:$port, http://localhost:$port {
-	@internal path /metrics /readyz
-	respond @internal 404
-	reverse_proxy $* {
-		lb_policy least_conn
-		lb_try_duration 5s
-		lb_try_interval 250ms
-		health_uri /healthz
-		health_interval 2s
-		health_timeout 2s
-		fail_duration 10s
-		max_fails 1
-		unhealthy_status 502 503 504
-		flush_interval -1
-	}
-}
-EOF
-}
-
 start() {
   local n="${1:-3}" i port upstreams=""
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "N must be a positive number"
@@ -107,7 +74,7 @@ start() {
     WIRECHAT_ADDR="127.0.0.1:$port" WIRECHAT_NODE_ID="node$i" WIRECHAT_TRUST_PROXY="${WIRECHAT_TRUST_PROXY:-true}" NO_COLOR=1 \
       nohup "$bin" serve >"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
-    upstreams+=" 127.0.0.1:$port"
+    upstreams+="${upstreams:+ }127.0.0.1:$port"
   done
   for ((i = 1; i <= n; i++)); do
     port=$((base_port + i - 1))
@@ -116,9 +83,9 @@ start() {
     echo "node$i ready on http://127.0.0.1:$port"
   done
 
-  caddyfile "$proxy_port" $upstreams >"$dir/Caddyfile"
-  XDG_DATA_HOME="$dir/caddy" XDG_CONFIG_HOME="$dir/caddy" \
-    nohup caddy run --adapter caddyfile --config "$dir/Caddyfile" >"$dir/caddy.log" 2>&1 &
+  WIRECHAT_UPSTREAMS="$upstreams" WIRECHAT_SITE_ADDRESS=":$proxy_port" \
+    XDG_DATA_HOME="$dir/caddy" XDG_CONFIG_HOME="$dir/caddy" \
+    nohup caddy run --adapter caddyfile --config "$repo/Caddyfile" >"$dir/caddy.log" 2>&1 &
   echo $! >"$dir/caddy.pid"
   wait_http "http://127.0.0.1:$proxy_port/healthz" 15 ||
     die "Caddy did not start; see $dir/caddy.log"
@@ -173,10 +140,5 @@ case "${1:-}" in
   start) start "${2:-3}" ;;
   stop) stop ;;
   status) status ;;
-  caddyfile)
-    [[ $# -ge 3 ]] || die "usage: $0 caddyfile PORT UPSTREAM..."
-    shift
-    caddyfile "$@"
-    ;;
-  *) echo "usage: $0 start [N] | stop | status | caddyfile PORT UPSTREAM..." >&2; exit 2 ;;
+  *) echo "usage: $0 start [N] | stop | status" >&2; exit 2 ;;
 esac

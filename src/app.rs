@@ -28,6 +28,8 @@ const REDIS_START_WAIT: Duration = Duration::from_secs(3);
 
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on a listener of its own, when asked for.
+    metrics_listener: Option<TcpListener>,
     admission: Admission,
     guest_retention: Duration,
     state: AppState,
@@ -151,6 +153,12 @@ impl Application {
         });
         let listener =
             listen(config.addr).with_context(|| format!("listening on {}", config.addr))?;
+        let metrics_listener = match config.metrics_addr {
+            None => None,
+            Some(addr) => {
+                Some(listen(addr).with_context(|| format!("listening for metrics on {addr}"))?)
+            }
+        };
         let admission = Admission {
             header_timeout: Duration::from_secs(config.header_timeout_secs.max(1)),
             // Behind a proxy every connection comes from it: the proxy must cap them.
@@ -159,6 +167,7 @@ impl Application {
         };
         Ok(Application {
             listener,
+            metrics_listener,
             admission,
             guest_retention: Duration::from_secs(
                 config.guest_retention_days.saturating_mul(86_400),
@@ -180,6 +189,7 @@ impl Application {
                     Proxies::new(config.trust_proxy, config.trusted_proxies.clone()),
                     config.max_sockets_per_user,
                 )),
+                counters: Default::default(),
             },
             node_id,
             presence_every,
@@ -192,6 +202,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served when it has a listener of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// Cancelling this token shuts the node down gracefully: `/readyz` answers 503 at
@@ -251,10 +268,23 @@ impl Application {
                     .await;
             }
         });
+        let metrics_addr = self.metrics_addr();
+        let metrics_apart = self.metrics_listener.is_some();
+        if let Some(listener) = self.metrics_listener {
+            // Scraped through the drain too, until the node stops.
+            tokio::spawn(web::listener::serve(
+                listener,
+                web::metrics_router(self.state.clone()),
+                self.admission,
+                self.state.counters.clone(),
+                shutdown.clone(),
+            ));
+        }
         let version = env!("CARGO_PKG_VERSION");
         tracing::info!(
             node = %self.node_id,
             %addr,
+            metrics = ?metrics_addr,
             version,
             database = ?hub.store.dialect(),
             settings = %self.settings,
@@ -262,14 +292,17 @@ impl Application {
         );
         // For whatever started this node and waits for it (a supervisor, a test): one line
         // that says where it listens, in a form a program reads.
-        println!(
-            "{}",
-            serde_json::json!({ "ready": format!("http://{addr}") })
-        );
+        let mut ready = serde_json::json!({ "ready": format!("http://{addr}") });
+        if let Some(metrics_addr) = metrics_addr {
+            ready["metrics"] = format!("http://{metrics_addr}/metrics").into();
+        }
+        println!("{ready}");
+        let counters = self.state.counters.clone();
         web::listener::serve(
             self.listener,
-            web::router(self.state),
+            web::router(self.state, metrics_apart),
             self.admission,
+            counters,
             shutdown.clone(),
         )
         .await;

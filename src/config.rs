@@ -44,6 +44,11 @@ pub struct Config {
     )]
     pub addr: SocketAddr,
 
+    /// Address for `/metrics` alone (port 0 picks a free port). When set, `/metrics` is
+    /// served only there, not on `--addr`: keep it on the operators' network.
+    #[arg(long, env = "WIRECHAT_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// `sqlite:<file>` (embedded, the default) or `postgres://…`.
     // A URL may carry a password: help shows the variable's name, never its value.
     #[arg(

@@ -12,7 +12,8 @@
 //!   — pages, sign-in forms and sessions, the WebSocket handshake, static assets, health
 //!   checks — the security headers and the same-site check on every request, who a
 //!   request comes from behind proxies, and the access limits (sign-in attempts, failed
-//!   log-ins, sockets per user).
+//!   log-ins, sockets per user), and what the HTTP side counts for `/metrics` (responses,
+//!   socket handshakes by outcome).
 //! - [`socket`]: one chat socket — a reader turning actions into stores and publications
 //!   (posts queued while the ones before are stored, in `posting`; edits, deletions and
 //!   reactions in `changes`; the rooms a person chooses: joining, leaving, hiding,
@@ -37,6 +38,8 @@
 //! - [`model`]: the domain types (people, rooms, messages) that storage, views, presence
 //!   and the channel layer share.
 //! - [`memory`]: giving freed memory back to the system after a load peak.
+//! - [`process_stats`]: the process's memory, descriptors and CPU time from `/proc`, for
+//!   `/metrics`.
 //! - [`accounts`]: password hashing, generated names, `seed-users`.
 //! - [`error`]: the HTTP error type.
 
@@ -50,6 +53,7 @@ pub mod layer;
 pub mod memory;
 pub mod model;
 pub mod presence;
+pub mod process_stats;
 pub mod socket;
 pub mod store;
 pub mod views;

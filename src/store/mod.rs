@@ -229,6 +229,11 @@ impl Store {
         self.pool.size()
     }
 
+    /// The connections this store's pool holds that nothing uses now.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.num_idle()
+    }
+
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")

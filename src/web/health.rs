@@ -1,5 +1,5 @@
 //! Liveness and readiness for load balancers and orchestrators, and metrics for
-//! Prometheus.
+//! Prometheus (served on the public address, or on a listener of their own).
 
 use axum::Router;
 use axum::extract::State;
@@ -7,7 +7,10 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use std::fmt::Write;
+
 use crate::layer::metrics::Gauges;
+use crate::process_stats::ProcessStats;
 
 use super::AppState;
 
@@ -15,7 +18,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+}
+
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 /// Ready when the database answers, and the channel layer's backend (Redis) if it has
@@ -51,17 +57,52 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
     (status, body)
 }
 
-/// Prometheus text exposition of this node's counters.
+/// Prometheus text exposition of this node's counters, its HTTP side's, its database
+/// pool's and the process's own.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let layer = &state.hub.layer;
     let registry = layer.registry();
-    let body = registry.metrics().render(&Gauges {
+    let store = &state.hub.store;
+    let mut body = registry.metrics().render(&Gauges {
         open_sockets: registry.socket_count(),
         rooms_subscribed: layer.subscribed(),
-        posts_waiting: state.hub.store.posts_waiting(),
+        posts_waiting: store.posts_waiting(),
         slow_consumer_closes: registry.slow_consumers(),
         presence_failures: state.hub.presence.failures(),
     });
+    state.counters.render(&mut body);
+    let pool = [
+        (
+            "wirechat_db_pool_max_connections",
+            "Most database connections this node's pool may hold (WIRECHAT_DB_POOL_SIZE).",
+            u64::from(store.pool_size()),
+        ),
+        (
+            "wirechat_db_pool_connections",
+            "Database connections the pool holds now, in use or idle.",
+            u64::from(store.connections()),
+        ),
+        (
+            "wirechat_db_pool_idle_connections",
+            "Database connections the pool holds that nothing uses now.",
+            store.idle_connections() as u64,
+        ),
+    ];
+    for (name, help, value) in pool {
+        let _ = writeln!(
+            body,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        body,
+        "# HELP wirechat_build_info The running version (the value is always 1).\n\
+         # TYPE wirechat_build_info gauge\nwirechat_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(stats) = ProcessStats::read() {
+        stats.render(&mut body);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -40,6 +40,7 @@ pub async fn serve(
     mut listener: TcpListener,
     router: Router,
     admission: Admission,
+    counters: Arc<super::HttpCounters>,
     stop: CancellationToken,
 ) {
     let mut make_service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -61,6 +62,7 @@ pub async fn serve(
             Some(max) => match open.take(super::client::network_of(peer.ip()), max) {
                 Some(slot) => Some(slot),
                 None => {
+                    counters.refused_per_address();
                     tracing::debug!(%peer, "too many connections from one address; closed");
                     continue;
                 }

@@ -5,6 +5,7 @@
 mod assets;
 mod auth;
 mod client;
+mod counters;
 mod health;
 mod identity;
 mod limits;
@@ -28,6 +29,7 @@ use crate::error::AppError;
 use crate::hub::Hub;
 
 pub use client::Proxies;
+pub use counters::HttpCounters;
 pub use identity::SESSION_COOKIE;
 pub use limits::{AccessLimits, LoginGuard};
 
@@ -45,6 +47,8 @@ pub struct AppState {
     /// then on, while everything else is served as before.
     pub draining: CancellationToken,
     pub access: Arc<AccessLimits>,
+    /// Responses and handshakes, for `/metrics`.
+    pub counters: Arc<HttpCounters>,
 }
 
 impl FromRef<AppState> for Key {
@@ -53,7 +57,9 @@ impl FromRef<AppState> for Key {
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The public router. `/metrics` is on it unless `metrics_apart`: then only
+/// `metrics_router` serves it, on a listener of its own.
+pub fn router(state: AppState, metrics_apart: bool) -> Router {
     // Pages and assets are text that compresses well; the socket handshake stays as it is.
     let compressed = Router::new()
         .merge(pages::router())
@@ -64,6 +70,11 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::router())
         .merge(ws::router())
         .merge(health::router())
+        .merge(if metrics_apart {
+            Router::new()
+        } else {
+            health::metrics_router()
+        })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             same_origin_posts,
@@ -73,7 +84,22 @@ pub fn router(state: AppState) -> Router {
             identity::resign_previous_cookies,
         ))
         .layer(middleware::map_response(security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
         .with_state(state)
+}
+
+/// `/metrics` alone, for a listener on the operators' network.
+pub fn metrics_router(state: AppState) -> Router {
+    health::metrics_router().with_state(state)
+}
+
+async fn count_responses(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.counters.response(response.status());
+    response
 }
 
 impl AppState {

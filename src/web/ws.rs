@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::auth::session_digest;
 use super::client::origin_is_this_site;
+use super::counters::Handshake;
 use super::identity::SessionId;
 use crate::error::AppError;
 use crate::socket::{self, Client, Named, Resume};
@@ -51,30 +52,46 @@ async fn upgrade(
     Query(resume): Query<ResumeQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
+    let refuse = |outcome: Handshake, error: AppError| {
+        state.counters.handshake(outcome);
+        Err(error)
+    };
     // Before the session is read: that query also reads the sidebar's rooms.
     if !origin_is_this_site(&headers, state.scheme(&headers)) {
-        return Err(AppError::Forbidden("The Origin must be this site."));
+        return refuse(
+            Handshake::WrongOrigin,
+            AppError::Forbidden("The Origin must be this site."),
+        );
     }
     let Some(session) = session else {
-        return Err(AppError::SignedOut);
+        return refuse(Handshake::SignedOut, AppError::SignedOut);
     };
-    let Some(signed_in) = state.hub.store.signed_in(&session).await? else {
-        return Err(AppError::SignedOut);
+    let signed_in = match state.hub.store.signed_in(&session).await {
+        Ok(Some(signed_in)) => signed_in,
+        Ok(None) => return refuse(Handshake::SignedOut, AppError::SignedOut),
+        Err(e) => return refuse(Handshake::Failed, e.into()),
     };
     // A connect costs a unit of the user's budget, and the history it reads is charged
     // after: a user reconnecting over and over waits until it is paid back.
     if !state.hub.budget.spend(&signed_in.user.id, CONNECT_COST) {
-        return Err(AppError::TooMany {
-            reason: "Reconnecting too often; wait a moment.",
-            retry_after_secs: 5,
-        });
+        return refuse(
+            Handshake::ReconnectingTooOften,
+            AppError::TooMany {
+                reason: "Reconnecting too often; wait a moment.",
+                retry_after_secs: 5,
+            },
+        );
     }
     let Some(slot) = state.access.open_socket(&signed_in.user.id) else {
-        return Err(AppError::TooMany {
-            reason: "Too many open chat windows; close one and try again.",
-            retry_after_secs: 30,
-        });
+        return refuse(
+            Handshake::TooManySockets,
+            AppError::TooMany {
+                reason: "Too many open chat windows; close one and try again.",
+                retry_after_secs: 30,
+            },
+        );
     };
+    state.counters.handshake(Handshake::Accepted);
     let limit = state.hub.limits.max_frame_bytes;
     let hub = state.hub.clone();
     let tracker = state.sockets.clone();

@@ -12,7 +12,7 @@ use crate::helpers::{
     Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, fresh_prefix, message_ids,
     metric, seqs, wait_for_metric,
 };
-use crate::process::{OwnRedis, Process, caddy, free_port, start_node};
+use crate::process::{Caddy, OwnRedis, Process, free_port, start_node};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// Presence settings short enough that a dead node's users lapse within a test.
@@ -555,8 +555,8 @@ async fn redis_restart_loses_nothing_and_the_node_keeps_chatting_meanwhile() {
 async fn through_caddy_clients_spread_chat_and_fail_over() {
     let cluster = Cluster::new(SHARED_REDIS, &[]).await;
     let mut nodes = vec![cluster.node().await, cluster.node().await];
-    let (_caddy, addr) = caddy(&[nodes[0].addr, nodes[1].addr]).await;
-    let gateway = TestApp::at(addr, &cluster.database_url);
+    let caddy = Caddy::start(&[nodes[0].addr, nodes[1].addr]).await;
+    let gateway = TestApp::at(caddy.addr, &cluster.database_url);
     let (ann, bob) = (gateway.signup("ann").await, gateway.signup("bob").await);
 
     let mut a = gateway.connect(&ann).await;
@@ -625,6 +625,208 @@ async fn through_caddy_clients_spread_chat_and_fail_over() {
             .iter()
             .all(|f| !f.html.contains("while ann was away"))
     );
+}
+
+/// The repository's Caddyfile in front of three nodes, as in production: sockets spread
+/// over all three; a draining node (`/readyz` 503) gets no new socket from Caddy while it
+/// still serves its own; when it closes them (1012) they come back through Caddy to the
+/// other two and catch up, and every message posted meanwhile reaches everyone once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_caddy_a_draining_node_gets_no_new_sockets_and_its_own_move_without_loss() {
+    // A drain longer than the test: the node leaves when told a second time.
+    let drain = (PATIENCE * 10).as_millis().to_string();
+    let cluster = Cluster::new(SHARED_REDIS, &["--drain-ms", &drain]).await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let name = format!("node {i}");
+        nodes.push(start_node("127.0.0.1:0", &cluster.database_url, &cluster.args, &name).await);
+    }
+    let addrs: Vec<std::net::SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut caddy = Caddy::start(&addrs).await;
+    let gateway = TestApp::at(caddy.addr, &cluster.database_url);
+    let open_sockets = |addrs: Vec<std::net::SocketAddr>| async move {
+        let mut counts = Vec::new();
+        for addr in addrs {
+            counts.push(metric(addr, "wirechat_open_sockets").await as usize);
+        }
+        counts
+    };
+
+    // Six sockets through Caddy, noting the node each one lands on.
+    let mut users = Vec::new();
+    let mut clients = Vec::new();
+    let mut on_node = Vec::new();
+    for i in 0..6 {
+        let user = gateway.signup(&format!("user{i}")).await;
+        let before = open_sockets(addrs.clone()).await;
+        clients.push(gateway.connect(&user).await);
+        let after = open_sockets(addrs.clone()).await;
+        let node = (0..3)
+            .find(|&n| after[n] == before[n] + 1)
+            .unwrap_or_else(|| panic!("socket {i} on no node: {before:?} then {after:?}"));
+        on_node.push(node);
+        users.push(user);
+    }
+    let per_node = open_sockets(addrs.clone()).await;
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "sockets spread over every node: {per_node:?}"
+    );
+    let room = clients[0].room_id.clone();
+    assert!(clients.iter().all(|c| c.room_id == room));
+
+    // Node 0 drains. `log[i]` keeps every frame client i receives from here on.
+    let drained = 0;
+    let survivor = on_node
+        .iter()
+        .position(|&n| n != drained)
+        .expect("a socket on another node");
+    let on_drained: Vec<usize> = (0..clients.len())
+        .filter(|&i| on_node[i] == drained)
+        .collect();
+    let mut after_seq = vec![0; clients.len()];
+    clients[survivor].say("before the drain").await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        after_seq[i] = seqs(&client.wait_for_message("before the drain").await.html)[0];
+    }
+    let mut log: Vec<Vec<Frame>> = vec![Vec::new(); clients.len()];
+    caddy.skip_log();
+    nodes[drained].process.sigterm();
+    let drained_app = TestApp::at(addrs[drained], &cluster.database_url);
+    wait_for_status(&drained_app, "/readyz", 503).await;
+    let drained_host = addrs[drained].to_string();
+    caddy
+        .wait_for_log("the draining node's failed check", |entry| {
+            entry["msg"] == "status code out of tolerances"
+                && entry["status_code"] == 503
+                && entry["host"] == drained_host.as_str()
+        })
+        .await;
+
+    // Still serving its own sockets, both ways.
+    let first_on_drained = on_drained[0];
+    clients[first_on_drained]
+        .say("said on the draining node")
+        .await;
+    clients[survivor].say("said to the draining node").await;
+    for (i, client) in clients.iter_mut().enumerate() {
+        read_until_all(
+            client,
+            &["said on the draining node", "said to the draining node"],
+            &mut log[i],
+        )
+        .await;
+    }
+    // New sockets through Caddy go to the other two nodes only.
+    let drained_before = open_sockets(vec![addrs[drained]]).await[0];
+    let mut late = Vec::new();
+    for i in 0..4 {
+        let user = gateway.signup(&format!("late{i}")).await;
+        late.push(gateway.connect(&user).await);
+    }
+    assert_eq!(
+        open_sockets(vec![addrs[drained]]).await[0],
+        drained_before,
+        "Caddy sent a new socket to the draining node"
+    );
+    let others: Vec<std::net::SocketAddr> =
+        (0..3).filter(|&n| n != drained).map(|n| addrs[n]).collect();
+    let elsewhere: usize = open_sockets(others.clone()).await.iter().sum();
+    assert_eq!(elsewhere, clients.len() - on_drained.len() + late.len());
+
+    // The drain ends (a second signal): the node closes its sockets with 1012, while the
+    // others keep posting.
+    nodes[drained].process.sigterm();
+    clients[survivor].say("while moving 1").await;
+    for &i in &on_drained {
+        loop {
+            match clients[i].receive().await {
+                Received::Frame(frame) => log[i].push(frame),
+                Received::Closed(close) => {
+                    assert_eq!(close.map(|c| u16::from(c.code)), Some(1012), "client {i}");
+                    break;
+                }
+            }
+        }
+    }
+    nodes[drained].process.wait_for_exit().await;
+    clients[survivor].say("while moving 2").await;
+
+    // Each comes back through Caddy, to a live node, after the newest message it holds.
+    for &i in &on_drained {
+        let newest = log[i]
+            .iter()
+            .filter(|f| f.selector == "#messages-list")
+            .flat_map(|f| seqs(&f.html))
+            .fold(after_seq[i], i64::max);
+        let path = format!("/ws/chat/?room={room}&after={newest}");
+        clients[i] = gateway
+            .open_socket(&users[i], &path)
+            .await
+            .unwrap_or_else(|e| panic!("client {i} reconnects through Caddy: {e}"));
+    }
+    let expected_elsewhere = clients.len() + late.len();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while open_sockets(others.clone()).await.iter().sum::<usize>() != expected_elsewhere {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the moved sockets are not all on the other nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    clients[survivor].say("after the move").await;
+
+    let posted = [
+        "said on the draining node",
+        "said to the draining node",
+        "while moving 1",
+        "while moving 2",
+        "after the move",
+    ];
+    for (i, client) in clients.iter_mut().enumerate() {
+        read_until_all(client, &posted, &mut log[i]).await;
+        for text in posted {
+            let times: usize = log[i]
+                .iter()
+                .filter(|f| f.selector == "#messages-list")
+                .map(|f| f.html.matches(text).count())
+                .sum();
+            assert_eq!(times, 1, "client {i} (node {}) got {text:?}", on_node[i]);
+        }
+    }
+}
+
+/// Reads frames into `log` until every text of `texts` is in a message frame there.
+async fn read_until_all(client: &mut crate::helpers::Client, texts: &[&str], log: &mut Vec<Frame>) {
+    let has = |log: &[Frame], text: &str| {
+        log.iter()
+            .any(|f| f.selector == "#messages-list" && f.html.contains(text))
+    };
+    while !texts.iter().all(|t| has(log, t)) {
+        log.push(client.next_frame().await);
+    }
+}
+
+/// `path`'s status at `app`, asked until it is `wanted` (bounded): a node's readiness
+/// changes with no event a client can wait for.
+async fn wait_for_status(app: &TestApp, path: &str, wanted: u16) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = app
+            .http()
+            .get(app.url(path))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if status.as_ref().ok() == Some(&wanted) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} stayed {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Presence as `N` nodes (`node-a`, `node-b`, …) see it, sharing Redis under a fresh key

@@ -94,6 +94,8 @@ pub fn fresh_prefix() -> String {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when on a listener of its own (`--metrics-addr`).
+    pub metrics_addr: Option<SocketAddr>,
     pub database_url: String,
     args: Vec<String>,
     shutdown: CancellationToken,
@@ -132,12 +134,14 @@ impl TestApp {
         let config = Config::parse_from(argv);
         let app = Application::build(config).await.expect("app builds");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let shutdown = app.shutdown_token();
         let server = tokio::spawn(async move {
             app.run_until_stopped().await.expect("app runs");
         });
         TestApp {
             addr,
+            metrics_addr,
             database_url,
             args,
             shutdown,
@@ -550,6 +554,7 @@ impl TestApp {
     pub fn at(addr: SocketAddr, database_url: &str) -> TestApp {
         TestApp {
             addr,
+            metrics_addr: None,
             database_url: database_url.to_owned(),
             args: Vec::new(),
             shutdown: CancellationToken::new(),

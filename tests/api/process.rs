@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::helpers::PATIENCE;
@@ -32,10 +32,22 @@ impl Process {
     /// returning what it made of it. That output is read to its end, so the child never
     /// blocks on a full pipe (and is echoed with TEST_LOG); the other one is discarded.
     pub async fn start<T: Send + 'static>(
+        command: Command,
+        name: &str,
+        output: Output,
+        ready: impl Fn(&str) -> Option<T> + Send + 'static,
+    ) -> (Process, T) {
+        Process::start_watched(command, name, output, ready, None).await
+    }
+
+    /// As `start`, and every line after the ready one also goes to `rest`, for a test
+    /// that waits for what the process says later.
+    pub async fn start_watched<T: Send + 'static>(
         mut command: Command,
         name: &str,
         output: Output,
         ready: impl Fn(&str) -> Option<T> + Send + 'static,
+        rest: Option<mpsc::UnboundedSender<String>>,
     ) -> (Process, T) {
         let (stdout, stderr) = match output {
             Output::Stdout => (Stdio::piped(), Stdio::null()),
@@ -61,11 +73,14 @@ impl Process {
                 if echo {
                     eprintln!("[{label}] {line}");
                 }
-                if tx.is_some()
-                    && let Some(value) = ready(&line)
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(value);
+                if tx.is_some() {
+                    if let Some(value) = ready(&line)
+                        && let Some(tx) = tx.take()
+                    {
+                        let _ = tx.send(value);
+                    }
+                } else if let Some(rest) = &rest {
+                    let _ = rest.send(line);
                 }
             }
         });
@@ -87,17 +102,27 @@ impl Process {
         let _ = self.child.wait();
     }
 
-    /// Sends SIGTERM and waits (bounded) for the process to exit by itself.
-    pub async fn terminate(&mut self) {
+    /// Sends SIGTERM, as a supervisor stopping the process does.
+    pub fn sigterm(&self) {
         // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit by itself.
+    pub async fn terminate(&mut self) {
+        self.sigterm();
+        self.wait_for_exit().await;
+    }
+
+    /// Waits (bounded) for the process to exit by itself.
+    pub async fn wait_for_exit(&mut self) {
         let deadline = Instant::now() + PATIENCE;
         while self.child.try_wait().expect("try_wait").is_none() {
             assert!(
                 Instant::now() < deadline,
-                "{} ignored SIGTERM for {PATIENCE:?}",
+                "{} did not exit within {PATIENCE:?}",
                 self.name
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -210,34 +235,67 @@ impl OwnRedis {
     }
 }
 
-/// Caddy in front of `upstreams`, with the configuration deploy/cluster.sh uses.
-pub async fn caddy(upstreams: &[SocketAddr]) -> (Process, SocketAddr) {
-    let port = free_port();
-    let dir: PathBuf = std::env::temp_dir()
-        .join("wirechat-tests")
-        .join(format!("caddy-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("caddy dir");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster.sh");
-    let output = Command::new("bash")
-        .arg(script)
-        .arg("caddyfile")
-        .arg(port.to_string())
-        .args(upstreams.iter().map(|a| a.to_string()))
-        .output()
-        .expect("deploy/cluster.sh caddyfile");
-    assert!(output.status.success(), "{output:?}");
-    let path = dir.join("Caddyfile");
-    std::fs::write(&path, &output.stdout).expect("write Caddyfile");
-    let mut command = Command::new("caddy");
-    command
-        .args(["run", "--adapter", "caddyfile", "--config"])
-        .arg(&path)
-        .env("HOME", &dir)
-        .env("XDG_DATA_HOME", &dir)
-        .env("XDG_CONFIG_HOME", &dir);
-    let (process, ()) = Process::start(command, "caddy", Output::Stderr, |line| {
-        line.contains("serving initial configuration").then_some(())
-    })
-    .await;
-    (process, SocketAddr::from(([127, 0, 0, 1], port)))
+/// Caddy running the repository's own Caddyfile in front of nodes on loopback ports.
+pub struct Caddy {
+    pub process: Process,
+    pub addr: SocketAddr,
+    /// Caddy's log lines (JSON), from when it serves.
+    log: mpsc::UnboundedReceiver<String>,
+}
+
+impl Caddy {
+    /// Caddy in front of `upstreams`, on a free port: the repository's Caddyfile, given
+    /// its upstreams and address through the environment as deploy/cluster.sh gives them.
+    pub async fn start(upstreams: &[SocketAddr]) -> Caddy {
+        let port = free_port();
+        let dir: PathBuf = std::env::temp_dir()
+            .join("wirechat-tests")
+            .join(format!("caddy-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("caddy dir");
+        let upstreams: Vec<String> = upstreams.iter().map(|a| a.to_string()).collect();
+        let mut command = Command::new("caddy");
+        command
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Caddyfile"))
+            .env("WIRECHAT_UPSTREAMS", upstreams.join(" "))
+            .env("WIRECHAT_SITE_ADDRESS", format!(":{port}"))
+            .env("HOME", &dir)
+            .env("XDG_DATA_HOME", &dir)
+            .env("XDG_CONFIG_HOME", &dir);
+        let (tx, log) = mpsc::unbounded_channel();
+        let (process, ()) = Process::start_watched(
+            command,
+            "caddy",
+            Output::Stderr,
+            |line| line.contains("serving initial configuration").then_some(()),
+            Some(tx),
+        )
+        .await;
+        Caddy {
+            process,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+        }
+    }
+
+    /// Forgets what Caddy has said so far, so `wait_for_log` sees only what comes next.
+    pub fn skip_log(&mut self) {
+        while self.log.try_recv().is_ok() {}
+    }
+
+    /// Waits (bounded) for a log line of Caddy's that `wanted` accepts.
+    pub async fn wait_for_log(&mut self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.log.recv())
+                .await
+                .unwrap_or_else(|_| panic!("Caddy did not log {what} within {PATIENCE:?}"))
+                .unwrap_or_else(|| panic!("Caddy exited before it logged {what}"));
+            if let Ok(entry) = serde_json::from_str(&line)
+                && wanted(&entry)
+            {
+                return;
+            }
+        }
+    }
 }

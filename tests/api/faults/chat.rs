@@ -102,8 +102,9 @@ impl Chat {
     /// Puts Caddy in front of the nodes; from then on clients reconnect through it alone.
     pub(super) async fn behind_caddy(&mut self) -> SocketAddr {
         let upstreams: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
-        let (process, addr) = caddy(&upstreams).await;
-        self.proxy = Some(process);
+        let caddy = Caddy::start(&upstreams).await;
+        let addr = caddy.addr;
+        self.proxy = Some(caddy.process);
         *self.live.0.lock().unwrap() = vec![addr];
         addr
     }

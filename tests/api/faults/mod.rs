@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use crate::helpers::{
     Backend, PATIENCE, TestApp, fresh_database, fresh_prefix, message_ids, seqs, wait_for_metric,
 };
-use crate::process::{Node, OwnRedis, Process, caddy, free_port, start_node};
+use crate::process::{Caddy, Node, OwnRedis, Process, free_port, start_node};
 
 pub(super) const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// How long a gap in the seqs may stay open before the client asks to catch up; the page
