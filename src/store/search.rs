@@ -91,6 +91,14 @@ const READABLE: &str = "WHERE m.deleted_at IS NULL \
        OR (b.blocked_id = pm.user_id AND b.blocker_id = $2) \
      WHERE pm.room_id = m.room_id AND pm.user_id <> $2)))";
 
+/// Where a window that ends below rowid `top` starts: a multiple of `WINDOW`, one to two
+/// windows down. Aligned, a window's edge (which a page may offer as where the next one
+/// starts) tells of the history only its size to within `WINDOW` messages, not how many
+/// messages other people have written since.
+fn window_floor(top: i64) -> i64 {
+    ((top - 1) / WINDOW - 1).max(0) * WINDOW
+}
+
 /// The FTS5 query for `query`: its distinct trigrams (lowered, as the index folds case),
 /// each a quoted term, all required.
 fn trigram_terms(query: &str) -> String {
@@ -147,7 +155,7 @@ impl Store {
             }
             Some(_) => return Ok(Searched::BadCursor),
         };
-        // The window: the `WINDOW` messages before `before` (the newest, at first).
+        // The window: the messages before `before` (the newest, at first) down to a floor.
         let top = if before == i64::MAX {
             let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(rowid) FROM messages")
                 .fetch_one(&self.pool)
@@ -157,7 +165,7 @@ impl Store {
         } else {
             before
         };
-        let floor = top.saturating_sub(WINDOW).max(0);
+        let floor = window_floor(top);
         let rows = sqlx::query(&format!(
             "{SQLITE_SELECT} {READABLE} AND m.rowid IN (SELECT rowid FROM messages_search \
              WHERE messages_search MATCH $1 AND rowid < $3 AND rowid >= $4) \
@@ -294,6 +302,24 @@ fn found_from_row(row: &AnyRow) -> Result<(Found, String), sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_start_on_multiples_of_their_size() {
+        assert_eq!(window_floor(1), 0);
+        assert_eq!(window_floor(WINDOW), 0);
+        assert_eq!(window_floor(2 * WINDOW), 0);
+        assert_eq!(window_floor(2 * WINDOW + 1), WINDOW);
+        // Messages written meanwhile do not move it, within a window's size.
+        assert_eq!(window_floor(3 * WINDOW - 7), window_floor(2 * WINDOW + 9));
+        for top in [1, 77, WINDOW + 1, 5 * WINDOW + 3, i64::MAX] {
+            let floor = window_floor(top);
+            assert_eq!(floor % WINDOW, 0);
+            assert!(
+                floor < top && top - floor <= 2 * WINDOW || floor == 0,
+                "{top}"
+            );
+        }
+    }
 
     #[test]
     fn the_index_is_asked_for_each_trigram_once() {
