@@ -163,8 +163,10 @@
     const existing = el.id && document.getElementById(el.id);
     // An older state of a message (a catch-up read before its latest edit) loses.
     if (existing) return revOf(existing) > revOf(el) ? undefined : existing.replaceWith(el);
-    // A changed message older than anything shown is not brought into view.
-    if (el.dataset?.rev && target.firstElementChild && seqOf(el) < seqOf(target.firstElementChild)) return;
+    // A changed message older than anything shown is not brought into view by a change or
+    // a catch-up; a page of older history shows it where it belongs.
+    if (swap !== 'afterbegin' && el.dataset?.rev && target.firstElementChild
+      && seqOf(el) < seqOf(target.firstElementChild)) return;
     if (el.dataset && el.dataset.seq !== undefined) {
       let before = target.lastElementChild;
       while (before && seqOf(before) > seqOf(el)) before = before.previousElementSibling;
@@ -211,7 +213,7 @@
         const els = frame.swap === 'afterbegin' ? [...added].reverse() : added;
         els.forEach((el) => place(target, el, frame.swap));
         // A further page of groups: show where it starts.
-        if (target.id === 'browse-results' && added[0]) added[0].scrollIntoView({ block: 'nearest' });
+        if ((target.id === 'browse-results' || target.id === 'search-results') && added[0]) added[0].scrollIntoView({ block: 'nearest' });
         break;
       }
       default:
@@ -253,6 +255,7 @@
     if (frame.selector === '#group-name') entered();
     if (frame.selector.startsWith('#unread-') || frame.selector.startsWith('#mentions-') || frame.selector === '#aside') updateTitle();
     if (frame.selector === '#aside') offerNotifications();
+    if (frame.selector === '#search-results') localTimes();
     if (frame.selector.startsWith('#mentions-') && frame.html) {
       const room = target.closest('a')?.querySelector('.room-name')?.textContent || 'another room';
       notify(`You were mentioned in ${room}`, 'Open wirechat to read it.');
@@ -370,13 +373,16 @@
 
   // Local times, dots for who is online, the author shown once for a run of messages by one
   // person, a divider for each new day.
-  function arrange() {
+  function localTimes() {
     document.querySelectorAll('time[data-ts]:not([data-local])').forEach((t) => {
       const d = new Date(Number(t.dataset.ts));
       t.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
       t.title = d.toLocaleString();
       t.dataset.local = '1';
     });
+  }
+  function arrange() {
+    localTimes();
     let prev = null;
     for (const a of list().children) {
       a.classList.toggle('mine', a.dataset.author === me);
@@ -475,6 +481,9 @@
     const counts = [mentioned ? `@${mentioned}` : '', unread ? `${unread}` : ''].filter(Boolean).join(' · ');
     const room = activeTitle();
     document.title = `${counts ? `(${counts}) ` : ''}${room ? `${room} · ` : ''}wirechat`;
+    // On a phone the sidebar is behind "Rooms": the button says what waits there.
+    const toggle = $('#rooms-toggle');
+    if (counts) toggle.dataset.counts = counts; else delete toggle.dataset.counts;
   }
 
   // ---- Mentions: one's own name marked strongly, a notification when the tab is hidden
@@ -656,6 +665,7 @@
     const actions = article.querySelector('.msg-actions');
     if (actions) actions.hidden = true;
     body.after(form);
+    form.scrollIntoView({ block: 'nearest' });
     box.focus();
     box.setSelectionRange(box.value.length, box.value.length);
     box.addEventListener('keydown', (e) => {
@@ -746,6 +756,7 @@
       if (e.key === 'Escape') { e.preventDefault(); closePickers(); article.querySelector('[data-act="pick"]')?.focus(); }
     });
     article.querySelector('.msg-actions')?.after(picker);
+    picker.scrollIntoView({ block: 'nearest' });
     picker.querySelector('button').focus();
   }
   function closePickers() {
@@ -775,7 +786,7 @@
     const actions = article.querySelector('.msg-actions');
     switch (button.dataset.act) {
       case 'reply': return startReply(article);
-      case 'pick': return openPicker(article);
+      case 'pick': return article.querySelector('.picker') ? closePickers() : openPicker(article);
       case 'react': return react(article, button.dataset.emoji);
       case 'edit': return startEdit(article);
       case 'cancel': return stopEdit(article);
@@ -799,7 +810,7 @@
   let pendingForm = null;
   function formFeedback(errors) {
     const error = errors.querySelector('p.error');
-    if (!pendingForm || !error) return;
+    if (!pendingForm?.isConnected || !error) return;
     const slot = pendingForm.nextElementSibling?.classList.contains('form-error')
       ? pendingForm.nextElementSibling
       : pendingForm.insertAdjacentElement('afterend', Object.assign(document.createElement('p'), { className: 'form-error error', role: 'alert' }));
@@ -855,10 +866,12 @@
       renderOutbox();
       flushOutbox();
     }
-    // The room menu closes once an entry is chosen.
+    // The room menu closes once an entry is chosen, or on a click elsewhere.
     const entry = e.target.closest('.room-menu .menu button');
     if (entry) entry.closest('details').open = false;
+    for (const menu of document.querySelectorAll('.room-menu[open]')) if (!menu.contains(e.target)) menu.open = false;
     if (e.target.closest('#search-open, [data-open="search"]')) {
+      if (!$('#search-query').value.trim()) { $('#search-results').innerHTML = ''; $('#search-more').innerHTML = ''; }
       $('#search-dialog').showModal();
       $('#search-query').select();
     }
@@ -942,6 +955,8 @@
       if (!send('Search', { query: value })) $('#search-results').innerHTML = `<li class="error">${OFFLINE}</li>`;
       return;
     }
+    // Forms that answer for themselves (editing, the reaction picker) end here.
+    if (form.id !== 'new-group' && form.id !== 'new-direct') return;
     form.nextElementSibling?.classList.contains('form-error') && form.nextElementSibling.remove();
     pendingForm = form;
     if (form.id === 'new-group') send('Create group', { groupName: value });

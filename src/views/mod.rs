@@ -229,6 +229,7 @@ fn search_dialog() -> Markup {
     html! {
         dialog #search-dialog aria-labelledby="search-title" {
             h2 #search-title { "Search messages" }
+            p.muted { "In every room and conversation of yours, and every public group." }
             form #search-form.inline-form {
                 label.visually-hidden for="search-query" { "Words to find" }
                 input #search-query name="query" placeholder="words to find…" minlength=(SearchQuery::MIN_CHARS)
@@ -335,8 +336,10 @@ fn room_menu(room: &Room, peer: Option<&User>) -> Markup {
                     data-confirm={ "Block " (peer.username) "? Neither of you will be able to open or write in this conversation until you unblock them (under \"Blocked people\" in the sidebar). Its history is kept." } { "Block" }
             }
             _ => {
+                @let name = room.name.as_deref().unwrap_or_default();
                 button.link type="button" data-action="Leave group"
-                    data-payload=(serde_json::json!({ "groupName": room.name.as_deref().unwrap_or_default() })) { "Leave group" }
+                    data-payload=(serde_json::json!({ "groupName": name }))
+                    data-confirm={ "Leave #" (name) "? Its messages stop coming; you can join it again from Browse." } { "Leave group" }
             }
         }
     }

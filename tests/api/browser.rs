@@ -402,10 +402,23 @@ async fn scrolling_up_loads_history_and_new_messages_do_not_yank_the_view() {
     let app = TestApp::spawn_with(Backend::Sqlite, &["--rate-burst", "1000"]).await;
     let bob = app.signup("bob").await;
     let mut bob_socket = app.connect(&bob).await;
+    let mut second = String::new();
     for i in 1..=80 {
-        bob_socket.say(&format!("history line {i}")).await;
+        if i == 2 {
+            second = bob_socket.post("history line 2").await;
+        } else {
+            bob_socket.say(&format!("history line {i}")).await;
+        }
     }
     bob_socket.wait_for_message("history line 80").await;
+    // An old message changed since: a page of older history shows it as it now is.
+    bob_socket
+        .act(
+            "Edit message",
+            serde_json::json!({ "messageId": second, "message": "history line two, fixed" }),
+        )
+        .await;
+    bob_socket.wait_for_change(&second).await;
 
     let driver = Driver::start().await;
     let ann = driver.desktop().await;
@@ -431,6 +444,8 @@ async fn scrolling_up_loads_history_and_new_messages_do_not_yank_the_view() {
     ann.wait_for_text("#messages-list", "history line 1\n")
         .await;
     assert_eq!(ann.count("#messages-list article").await, 80);
+    ann.wait_for_text("#messages-list", "history line two, fixed")
+        .await;
     let after_load = ann.client.execute(first_visible, vec![]).await.unwrap();
     // Counted from the end, the same message keeps its index as older ones come in above.
     let moved = after_load.as_i64().unwrap() - before_load.as_i64().unwrap();
