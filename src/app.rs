@@ -102,19 +102,11 @@ impl Application {
             Some(secret) => secret,
             None => store.shared_secret().await?,
         };
-        if secret.len() < 32 {
-            anyhow::bail!("WIRECHAT_SECRET must be at least 32 characters long");
-        }
-        let cookie_key = Key::derive_from(secret.as_bytes());
+        let cookie_key = signing_key("WIRECHAT_SECRET", &secret)?;
         let previous_cookie_key = config
             .previous_secret
             .as_deref()
-            .map(|previous| {
-                if previous.len() < 32 {
-                    anyhow::bail!("WIRECHAT_PREVIOUS_SECRET must be at least 32 characters long");
-                }
-                Ok(Key::derive_from(previous.as_bytes()))
-            })
+            .map(|previous| signing_key("WIRECHAT_PREVIOUS_SECRET", previous))
             .transpose()?;
         let hub = Arc::new(Hub {
             store,
@@ -375,6 +367,14 @@ async fn connect_redis(
         Duration::from_millis(config.presence_ttl_ms),
     );
     Ok((Arc::new(layer), Arc::new(presence)))
+}
+
+/// The key that signs cookies, from the secret setting `name` holds.
+fn signing_key(name: &str, secret: &str) -> anyhow::Result<Key> {
+    if secret.len() < 32 {
+        anyhow::bail!("{name} must be at least 32 characters long");
+    }
+    Ok(Key::derive_from(secret.as_bytes()))
 }
 
 /// TLS to PostgreSQL and Redis runs on rustls with ring (sqlx names ring; the Redis client

@@ -89,7 +89,7 @@ impl Socket {
     /// Message `message_id` if it is in a room of the user's they may still use. A message
     /// elsewhere is no message at all to them: the same answer as for an id that names
     /// nothing.
-    async fn message_in_reach(
+    pub(super) async fn message_in_reach(
         &self,
         message_id: &str,
     ) -> Result<Option<StoredMessage>, ActionError> {

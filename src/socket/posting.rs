@@ -189,9 +189,7 @@ impl Socket {
     /// room, not deleted.
     async fn quote(&self, id: &str, room_id: &str) -> Result<Quoted, ActionError> {
         let original = self
-            .hub
-            .store
-            .message_for_member(id, &self.user.id)
+            .message_in_reach(id)
             .await?
             .filter(|m| m.room_id == room_id);
         match original {
