@@ -152,17 +152,9 @@ async fn a_resume_replays_the_edits_and_deletions_it_missed(backend: Backend) {
     a.wait_for_change(&deleted).await;
     a.post("said while bob was away").await;
 
-    let mut b = app
-        .connect_at(&bob, &format!("/ws/chat/?room={room}&after={after}"))
-        .await;
     // Three changes since what Bob saw: an edit, a deletion and a post; the server says
     // when it has sent everything through the last.
-    let through = (after + 3).to_string();
-    let (last, mut frames) = b
-        .wait_for_with_skipped(|f| f.selector == "#room-seq" && f.html == through)
-        .await;
-    frames.push(last.clone());
-    let html: String = frames.iter().map(|f| f.html.as_str()).collect();
+    let html = app.resumed_through(&bob, &room, after, after + 3).await;
     assert!(html.contains("after the edit"), "{html}");
     assert!(html.contains("This message was deleted."), "{html}");
     assert!(html.contains("said while bob was away"), "{html}");
@@ -241,16 +233,11 @@ async fn changes_go_through_the_posting_rate(backend: Backend) {
     let ann = app.signup("ann").await;
     let mut a = app.connect(&ann).await;
     let id = a.post("one").await;
-    let mut refused = false;
-    for n in 0..10 {
-        edit(&mut a, &id, &format!("edit {n}")).await;
-        let answer = a
-            .wait_for(|f| f.selector == "#errors" || f.selector == format!("#msg-{id}"))
-            .await;
-        if answer.selector == "#errors" && answer.html.contains("too fast") {
-            refused = true;
-            break;
-        }
-    }
+    let refused = a
+        .refused_as_too_fast(&id, |n| {
+            let data = json!({ "messageId": id, "message": format!("edit {n}") });
+            ("Edit message", data)
+        })
+        .await;
     assert!(refused, "ten edits at once were all taken");
 }

@@ -271,6 +271,26 @@ impl TestApp {
 
     /// Opens the chat socket at `path` (which may carry a resume query) and reads the
     /// frames the server sends on connect, up to the active room's history.
+    /// Opens `user`'s socket again in `room` after seq `after`, and returns everything it
+    /// is sent up to the server's word that the room is shown through seq `through`.
+    pub async fn resumed_through(
+        &self,
+        user: &TestUser,
+        room: &str,
+        after: i64,
+        through: i64,
+    ) -> String {
+        let mut client = self
+            .connect_at(user, &format!("/ws/chat/?room={room}&after={after}"))
+            .await;
+        let through = through.to_string();
+        let (last, mut frames) = client
+            .wait_for_with_skipped(|f| f.selector == "#room-seq" && f.html == through)
+            .await;
+        frames.push(last);
+        frames.iter().map(|f| f.html.as_str()).collect()
+    }
+
     pub async fn connect_at(&self, user: &TestUser, path: &str) -> Client {
         let mut client = self.open_socket(user, path).await.expect("socket opens");
         client.room_id = client.wait_for_room().await;
@@ -476,6 +496,28 @@ impl Client {
             .await;
         assert_eq!(f.selector, selector, "{}", f.html);
         f
+    }
+
+    /// Sends `change(n)` (an action and its data) about message `id` ten times, each after
+    /// the answer to the one before; whether one was refused as too fast (every other
+    /// answer is the message's new state).
+    pub async fn refused_as_too_fast(
+        &mut self,
+        id: &str,
+        change: impl Fn(usize) -> (&'static str, Value),
+    ) -> bool {
+        let selector = format!("#msg-{id}");
+        for n in 0..10 {
+            let (action, data) = change(n);
+            self.act(action, data).await;
+            let answer = self
+                .wait_for(|f| f.selector == "#errors" || f.selector == selector)
+                .await;
+            if answer.selector == "#errors" && answer.html.contains("too fast") {
+                return true;
+            }
+        }
+        false
     }
 
     /// Waits for an error fragment (not a notice) and returns its text.

@@ -158,15 +158,7 @@ async fn a_resume_replays_the_reactions_it_missed(backend: Backend) {
     react(&mut a, &id, "😂").await;
     a.wait_for_change(&id).await;
 
-    let mut b = app
-        .connect_at(&bob, &format!("/ws/chat/?room={room}&after={after}"))
-        .await;
-    let through = (after + 1).to_string();
-    let (last, mut frames) = b
-        .wait_for_with_skipped(|f| f.selector == "#room-seq" && f.html == through)
-        .await;
-    frames.push(last);
-    let html: String = frames.iter().map(|f| f.html.as_str()).collect();
+    let html = app.resumed_through(&bob, &room, after, after + 1).await;
     assert_eq!(
         chip(&html, "😂"),
         Some((1, "ann reacted with 😂".into())),
@@ -225,16 +217,10 @@ async fn reactions_go_through_the_posting_rate(backend: Backend) {
     let ann = app.signup("ann").await;
     let mut a = app.connect(&ann).await;
     let id = a.post("one").await;
-    let mut refused = false;
-    for _ in 0..10 {
-        react(&mut a, &id, "👍").await;
-        let answer = a
-            .wait_for(|f| f.selector == "#errors" || f.selector == format!("#msg-{id}"))
-            .await;
-        if answer.selector == "#errors" && answer.html.contains("too fast") {
-            refused = true;
-            break;
-        }
-    }
+    let refused = a
+        .refused_as_too_fast(&id, |_| {
+            ("React", json!({ "messageId": id, "emoji": "👍" }))
+        })
+        .await;
     assert!(refused, "ten reactions at once were all taken");
 }
