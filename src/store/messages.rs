@@ -49,34 +49,48 @@ pub(super) fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Erro
         deleted: row.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
         reactions: super::reactions::from_column(row.try_get("reactions")?),
         replying_to: quoted_from_row(row)?,
-        mentions: users_from_column(row.try_get("mentions")?),
+        mentions: from_json_column(row.try_get("mentions")?)
+            .into_iter()
+            .map(Person::user)
+            .collect(),
     })
 }
 
-/// People kept in a column as `[[id, username], …]` (NULL for none).
-pub(super) fn users_from_column(column: Option<String>) -> Vec<User> {
+/// A list kept as JSON in a column, NULL for none: the reactions and the people a message
+/// mentions. Unreadable reads as none (only this module writes them, so unreadable means a
+/// bug, not a reason to lose the message).
+pub(super) fn from_json_column<T: serde::de::DeserializeOwned>(column: Option<String>) -> Vec<T> {
     let Some(json) = column else {
         return Vec::new();
     };
-    let pairs: Vec<(String, String)> = serde_json::from_str(&json).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "unreadable people column");
+    serde_json::from_str(&json).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "unreadable JSON column");
         Vec::new()
-    });
-    pairs
-        .into_iter()
-        .map(|(id, username)| User { id, username })
-        .collect()
+    })
 }
 
-pub(super) fn users_to_column(users: &[User]) -> Option<String> {
-    if users.is_empty() {
+pub(super) fn to_json_column<T: serde::Serialize>(list: &[T]) -> Option<String> {
+    if list.is_empty() {
         return None;
     }
-    let pairs: Vec<(&str, &str)> = users
-        .iter()
-        .map(|u| (u.id.as_str(), u.username.as_str()))
-        .collect();
-    serde_json::to_string(&pairs).ok()
+    serde_json::to_string(list).ok()
+}
+
+/// People as the JSON columns keep them: `[user id, username]`.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct Person(String, String);
+
+impl Person {
+    pub(super) fn of(user: &User) -> Person {
+        Person(user.id.clone(), user.username.clone())
+    }
+
+    pub(super) fn user(self) -> User {
+        User {
+            id: self.0,
+            username: self.1,
+        }
+    }
 }
 
 /// The quote of the message a reply answers; `None` for a message that is no reply, or

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::messages::{Person, from_json_column, to_json_column};
 use super::{Store, StoreResult};
 use crate::chat::reactions::{MAX_KINDS, NAMED};
 use crate::model::{Reaction, StoredMessage, User};
@@ -24,50 +25,31 @@ pub enum Reacted {
 struct Column {
     e: String,
     n: i64,
-    who: Vec<(String, String)>,
+    who: Vec<Person>,
 }
 
-/// A message's reactions from its column; none when it is empty or unreadable (it is
-/// written only here, so unreadable means a bug, not a reason to lose the message).
+/// A message's reactions from its column.
 pub(super) fn from_column(column: Option<String>) -> Vec<Reaction> {
-    let Some(json) = column else {
-        return Vec::new();
-    };
-    let columns: Vec<Column> = serde_json::from_str(&json).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "unreadable reactions column");
-        Vec::new()
-    });
-    columns
+    from_json_column::<Column>(column)
         .into_iter()
         .map(|c| Reaction {
             emoji: c.e,
             count: c.n,
-            named: c
-                .who
-                .into_iter()
-                .map(|(id, username)| User { id, username })
-                .collect(),
+            named: c.who.into_iter().map(Person::user).collect(),
         })
         .collect()
 }
 
 fn to_column(reactions: &[Reaction]) -> Option<String> {
-    if reactions.is_empty() {
-        return None;
-    }
     let columns: Vec<Column> = reactions
         .iter()
         .map(|r| Column {
             e: r.emoji.clone(),
             n: r.count,
-            who: r
-                .named
-                .iter()
-                .map(|u| (u.id.clone(), u.username.clone()))
-                .collect(),
+            who: r.named.iter().map(Person::of).collect(),
         })
         .collect();
-    serde_json::to_string(&columns).ok()
+    to_json_column(&columns)
 }
 
 impl Store {

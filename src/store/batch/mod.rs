@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::sql::{bump_and_insert_sql, bump_sql, insert_sql, mentions_sql};
 use super::health::Health;
-use super::messages::{Draft, Posted, SELECT_MESSAGES, message_from_row, users_to_column};
+use super::messages::{Draft, Person, Posted, SELECT_MESSAGES, message_from_row, to_json_column};
 use super::{Dialect, StoreError, StoreResult, now_ms};
 use crate::model::{Quoted, StoredMessage, User};
 
@@ -308,7 +308,9 @@ async fn store(
                 .bind(&m.body)
                 .bind(&m.client_id)
                 .bind(m.replying_to.as_ref().map(|q| q.id.as_str()))
-                .bind(users_to_column(&m.mentions));
+                .bind(to_json_column(
+                    &m.mentions.iter().map(Person::of).collect::<Vec<_>>(),
+                ));
         }
         insert.execute(&mut *tx).await?;
         let mentions: Vec<(&str, &str, i64)> = rows
