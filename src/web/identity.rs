@@ -55,6 +55,9 @@ pub async fn resign_previous_cookies(
         None => None,
     };
     let response = next.run(request).await;
+    let Some((id, _)) = resign else {
+        return response;
+    };
     // A response that sets or removes the session cookie itself (a log-in, a log-out)
     // has the last word.
     let sets_session = response
@@ -63,16 +66,15 @@ pub async fn resign_previous_cookies(
         .iter()
         .any(|c| {
             c.as_bytes()
-                .starts_with(format!("{SESSION_COOKIE}=").as_bytes())
+                .strip_prefix(SESSION_COOKIE.as_bytes())
+                .is_some_and(|rest| rest.starts_with(b"="))
         });
-    match resign.filter(|_| !sets_session) {
-        Some((id, _)) => {
-            let jar = SignedCookieJar::new(state.cookie_key.clone())
-                .add(super::auth::session_cookie(&state, id));
-            (jar, response).into_response()
-        }
-        None => response,
+    if sets_session {
+        return response;
     }
+    let jar =
+        SignedCookieJar::new(state.cookie_key.clone()).add(super::auth::session_cookie(&state, id));
+    (jar, response).into_response()
 }
 
 /// The signed-in user, if the session is live.
