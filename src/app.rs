@@ -82,13 +82,27 @@ impl Application {
         let shutdown = CancellationToken::new();
         // Stopping drains too (readiness fails), but draining does not stop, yet.
         let draining = shutdown.child_token();
-        let (layer, presence) = match &config.redis_url {
-            None => {
+        let (layer, presence) = match (&config.redis_url, &config.redis_cluster) {
+            (None, None) => {
                 let layer: Arc<dyn ChannelLayer> = Arc::new(LocalLayer::default());
                 let presence: Arc<dyn Presence> = Arc::new(LocalPresence::default());
                 (layer, presence)
             }
-            Some(url) => connect_redis(&config, url, &shutdown).await?,
+            (Some(url), None) => {
+                let shown = redact_url(url);
+                let servers = redis::Servers::single(url, config.redis_ca_file.as_deref())
+                    .with_context(|| format!("Redis URL {shown}"))?;
+                connect_redis(&config, servers, &shown, &shutdown).await?
+            }
+            (None, Some(nodes)) => {
+                let shown = config.redacted().redis_cluster.unwrap_or_default();
+                let servers = redis::Servers::cluster(nodes, config.redis_ca_file.as_deref())
+                    .with_context(|| format!("Redis Cluster {shown}"))?;
+                connect_redis(&config, servers, &shown, &shutdown).await?
+            }
+            (Some(_), Some(_)) => {
+                anyhow::bail!("REDIS_URL and WIRECHAT_REDIS_CLUSTER are both set: set one")
+            }
         };
         let store = Store::connect_with(&config.database_url, config.db_pool_size)
             .await
@@ -333,36 +347,43 @@ async fn drain_then_stop(draining: CancellationToken, drain: Duration, stop: Can
     stop.cancel();
 }
 
-/// The Redis channel layer and presence, sharing one connection pool. The subscriber keeps
-/// reconnecting in the background until `stop`, so a node may start while Redis is down
-/// and serve its own sockets meanwhile.
+/// The Redis channel layer and presence, sharing their command connections. The subscriber
+/// keeps reconnecting in the background until `stop`, so a node may start while Redis is
+/// down and serve its own sockets meanwhile.
 async fn connect_redis(
     config: &Config,
-    url: &str,
+    servers: redis::Servers,
+    shown: &str,
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn ChannelLayer>, Arc<dyn Presence>)> {
-    let shown = redact_url(url);
-    let info = redis::connection_info(url, config.redis_ca_file.as_deref())
-        .with_context(|| format!("Redis URL {shown}"))?;
-    let pool = redis::pool(&info).with_context(|| format!("Redis URL {shown}"))?;
+    let commands = servers
+        .commands()
+        .with_context(|| format!("Redis {shown}"))?;
     // Unique per process, even when two nodes are given the same WIRECHAT_NODE_ID.
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let layer = RedisLayer::start(
-        &info,
-        pool.clone(),
+        &servers,
+        commands.clone(),
         &config.redis_prefix,
         &instance,
         stop.clone(),
     )
-    .with_context(|| format!("Redis URL {shown}"))?;
+    .with_context(|| format!("Redis {shown}"))?;
     if layer.wait_connected(REDIS_START_WAIT).await {
         tracing::info!(redis = %shown, prefix = %config.redis_prefix, "using the Redis channel layer");
     } else {
         tracing::warn!(redis = %shown, "Redis is not answering yet; serving this node's sockets and retrying");
     }
+    // Presence's scripts read and write many keys at once: on a cluster they share one
+    // slot, through a hash tag.
+    let presence_prefix = if servers.is_cluster() {
+        format!("{{{}}}", config.redis_prefix)
+    } else {
+        config.redis_prefix.clone()
+    };
     let presence = RedisPresence::new(
-        pool,
-        &config.redis_prefix,
+        commands,
+        &presence_prefix,
         &instance,
         Duration::from_millis(config.presence_ttl_ms),
     );

@@ -69,6 +69,16 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
     pub redis_url: Option<String>,
 
+    /// Instead of REDIS_URL, a Redis Cluster (Redis 7 or later): some of its nodes,
+    /// `host:port` or URLs, comma-separated. Rooms' events are sharded over its masters.
+    #[arg(
+        long,
+        env = "WIRECHAT_REDIS_CLUSTER",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_cluster: Option<String>,
+
     /// With a `rediss://` Redis URL: a PEM file of the certificate authorities to trust for
     /// Redis's certificate, instead of the system's (a private CA, a self-signed server).
     #[arg(long, env = "WIRECHAT_REDIS_CA_FILE", global = true)]
@@ -379,6 +389,13 @@ impl Config {
         Config {
             database_url: redact_url(&self.database_url),
             redis_url: self.redis_url.as_deref().map(redact_url),
+            redis_cluster: self.redis_cluster.as_deref().map(|nodes| {
+                nodes
+                    .split(',')
+                    .map(redact_url)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
             secret: self.secret.as_ref().map(|_| "***".to_owned()),
             previous_secret: self.previous_secret.as_ref().map(|_| "***".to_owned()),
             ..self.clone()

@@ -46,7 +46,7 @@ pub fn encode(origin: &str, event: &Event) -> Option<Vec<u8>> {
         Event::SessionEnded { session } => {
             return Some(format!("{VERSION} L {origin} {session}\n").into_bytes());
         }
-        Event::Resync => return None,
+        Event::Resync => return Some(format!("{VERSION} S {origin}\n").into_bytes()),
     };
     let mut payload = Vec::with_capacity(header.len() + frame.len());
     payload.extend_from_slice(header.as_bytes());
@@ -112,6 +112,7 @@ pub fn decode(payload: Bytes) -> Result<Received, DecodeError> {
         "L" => Event::SessionEnded {
             session: room(fields.next())?,
         },
+        "S" => Event::Resync,
         _ => return Err(DecodeError("unknown kind")),
     };
     if fields.next().is_some() {
@@ -208,7 +209,7 @@ mod tests {
             Event::SessionEnded { session } => assert_eq!(&*session, "d1g3st"),
             other => panic!("got {other:?}"),
         }
-        assert!(encode("n1", &Event::Resync).is_none());
+        assert!(matches!(round_trip(Event::Resync), Event::Resync));
     }
 
     #[test]

@@ -135,7 +135,7 @@ fn articles(frame: &Frame) -> Vec<(String, i64, String)> {
 
 /// Reads messages until every text in `expected` has arrived; returns them in arrival
 /// order as (text, id, seq), failing on any message id seen twice.
-async fn receive_all(
+pub(crate) async fn receive_all(
     client: &mut crate::helpers::Client,
     expected: &[String],
 ) -> Vec<(String, String, i64)> {
@@ -846,9 +846,9 @@ fn presence_node(
     name: &str,
     ttl: Duration,
 ) -> wirechat::presence::RedisPresence {
-    let info = wirechat::layer::redis::connection_info(url, None).expect("a Redis URL");
-    let pool = wirechat::layer::redis::pool(&info).expect("pool");
-    wirechat::presence::RedisPresence::new(pool, prefix, name, ttl)
+    let servers = wirechat::layer::redis::Servers::single(url, None).expect("a Redis URL");
+    let commands = servers.commands().expect("connections");
+    wirechat::presence::RedisPresence::new(commands, prefix, name, ttl)
 }
 
 async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {

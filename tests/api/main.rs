@@ -21,5 +21,6 @@ mod process;
 mod reactions;
 mod replies;
 mod search;
+mod sharded;
 mod startup;
 mod tls;

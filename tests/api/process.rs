@@ -299,3 +299,235 @@ impl Caddy {
         }
     }
 }
+
+/// A Redis Cluster of a test's own: three masters with a replica each, on free ports, with
+/// a short node timeout so a replica takes over from a killed master within seconds.
+pub struct OwnCluster {
+    /// Each server and its port; a killed one stays here, stopped.
+    pub servers: Vec<(Process, u16)>,
+    dir: PathBuf,
+}
+
+/// The cluster's node timeout: how long a master may be unreachable before its replica
+/// takes over.
+const CLUSTER_NODE_TIMEOUT_MS: &str = "1000";
+
+impl OwnCluster {
+    pub async fn start() -> OwnCluster {
+        let dir = std::env::temp_dir()
+            .join("wirechat-tests")
+            .join(format!("redis-cluster-{}", uuid::Uuid::new_v4().simple()));
+        let mut servers = Vec::new();
+        for _ in 0..6 {
+            // A cluster node also listens on its port + 10000 (the cluster bus): both must
+            // be free, and the bus port below the kernel's ephemeral range too.
+            let port = loop {
+                let port = free_port();
+                if port < 22_700 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                    break port;
+                }
+            };
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("cluster node dir");
+            let mut command = Command::new("redis-server");
+            command
+                .args(["--bind", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout"])
+                .arg(CLUSTER_NODE_TIMEOUT_MS)
+                // A replica syncs at once (not after the default 5 s wait for others), and
+                // may take over however long ago it last heard its master.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--cluster-replica-validity-factor", "0"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
+            let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
+                line.contains("Ready to accept connections").then_some(())
+            })
+            .await;
+            servers.push((process, port));
+        }
+        let addresses: Vec<String> = servers
+            .iter()
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "creating the cluster: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = OwnCluster { servers, dir };
+        cluster.wait_until_ok().await;
+        cluster.wait_until_replicated().await;
+        cluster
+    }
+
+    /// Waits (bounded) until every replica has synced with its master, so that it can
+    /// take over.
+    async fn wait_until_replicated(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        for (_, port) in &self.servers {
+            loop {
+                let info: String =
+                    OwnCluster::ask(*port, deadpool_redis::redis::cmd("INFO").arg("replication"))
+                        .await
+                        .expect("INFO replication");
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the replica on {port} never synced"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The nodes as `WIRECHAT_REDIS_CLUSTER` takes them.
+    pub fn nodes(&self) -> String {
+        self.servers
+            .iter()
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn live_ports(&mut self) -> Vec<u16> {
+        self.servers
+            .iter_mut()
+            .filter_map(|(process, port)| {
+                process
+                    .child
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .is_none()
+                    .then_some(*port)
+            })
+            .collect()
+    }
+
+    /// A command's answer from the server on `port`.
+    pub async fn ask<T: deadpool_redis::redis::FromRedisValue>(
+        port: u16,
+        command: &deadpool_redis::redis::Cmd,
+    ) -> deadpool_redis::redis::RedisResult<T> {
+        let client = deadpool_redis::redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        command.query_async(&mut connection).await
+    }
+
+    /// The live masters' ports, with the slot ranges each serves, as one live node sees
+    /// the cluster.
+    pub async fn masters(&mut self) -> Vec<(u16, Vec<(u16, u16)>)> {
+        let port = self.live_ports()[0];
+        let nodes: String =
+            OwnCluster::ask(port, deadpool_redis::redis::cmd("CLUSTER").arg("NODES"))
+                .await
+                .expect("CLUSTER NODES");
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let port = fields[1]
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let slots = fields[8..]
+                    .iter()
+                    .filter_map(|range| {
+                        let (from, to) = range.split_once('-').unwrap_or((range, range));
+                        Some((from.parse().ok()?, to.parse().ok()?))
+                    })
+                    .collect();
+                Some((port, slots))
+            })
+            .collect()
+    }
+
+    /// The port of the master serving `key`.
+    pub async fn master_of(&mut self, key: &str) -> u16 {
+        let port = self.live_ports()[0];
+        let slot: u16 = OwnCluster::ask(
+            port,
+            deadpool_redis::redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key),
+        )
+        .await
+        .expect("CLUSTER KEYSLOT");
+        self.masters()
+            .await
+            .into_iter()
+            .find(|(_, slots)| slots.iter().any(|(from, to)| (*from..=*to).contains(&slot)))
+            .map(|(port, _)| port)
+            .unwrap_or_else(|| panic!("no live master serves slot {slot}"))
+    }
+
+    /// Kills the master serving `key` and waits (bounded) until its replica serves the
+    /// slot and every live node sees the cluster as whole again.
+    pub async fn fail_over(&mut self, key: &str) -> u16 {
+        let doomed = self.master_of(key).await;
+        if let Some((process, _)) = self.servers.iter_mut().find(|(_, p)| *p == doomed) {
+            process.kill();
+        }
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let masters = self.masters().await;
+            if masters.len() == 3 && masters.iter().all(|(port, _)| *port != doomed) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over from {doomed}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_until_ok().await;
+        doomed
+    }
+
+    /// Waits (bounded) until every live node says the cluster is ok.
+    async fn wait_until_ok(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        for (_, port) in &self.servers {
+            loop {
+                let info: deadpool_redis::redis::RedisResult<String> =
+                    OwnCluster::ask(*port, deadpool_redis::redis::cmd("CLUSTER").arg("INFO")).await;
+                match info {
+                    Ok(info) if info.contains("cluster_state:ok") => break,
+                    // A killed server refuses: it has no say.
+                    Err(e) if e.is_connection_refusal() => break,
+                    _ => {}
+                }
+                assert!(Instant::now() < deadline, "the cluster is not ok on {port}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        for (process, _) in &mut self.servers {
+            process.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

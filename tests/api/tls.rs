@@ -129,14 +129,9 @@ async fn redis_over_tls(certificates: &Certificates) -> (Process, u16) {
 /// Whether a node's Redis client gets an answer to PING from `url`.
 async fn pings(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
     wirechat::app::install_tls_provider();
-    let info = wirechat::layer::redis::connection_info(url, ca_file).map_err(|e| e.to_string())?;
-    let pool = wirechat::layer::redis::pool(&info).map_err(|e| e.to_string())?;
-    let mut conn = pool.get().await.map_err(|e| format!("{e:?}"))?;
-    let answer: String = deadpool_redis::redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    (answer == "PONG").then_some(()).ok_or(answer)
+    let servers =
+        wirechat::layer::redis::Servers::single(url, ca_file).map_err(|e| e.to_string())?;
+    servers.commands().map_err(|e| e.to_string())?.ping().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,13 +30,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use deadpool_redis::redis::{FromRedisValue, Script};
 use futures_util::future::BoxFuture;
 
 mod scripts;
 
 use super::{Change, Listing, Members, Presence, SHOWN, sort_by_name};
+use crate::layer::redis::Commands;
 use crate::model::{SocketId, User};
 use scripts::SCRIPTS;
 
@@ -117,8 +117,10 @@ struct Local {
 }
 
 pub struct RedisPresence {
-    pool: Pool,
+    commands: Commands,
     prefix: String,
+    /// The key every script names, so a cluster runs it on the shard holding presence.
+    routing_key: String,
     /// Makes socket ids (unique per process) unique across nodes.
     instance: String,
     /// How long a node's entries outlive its last heartbeat, in milliseconds, as the
@@ -130,10 +132,14 @@ pub struct RedisPresence {
 }
 
 impl RedisPresence {
-    pub fn new(pool: Pool, prefix: &str, instance: &str, ttl: Duration) -> RedisPresence {
+    /// Presence under `prefix`. On a Redis Cluster the prefix must be a hash tag
+    /// (`{wirechat:}`), so every key is in one slot, as the scripts (which read and write
+    /// many keys at once) need.
+    pub fn new(commands: Commands, prefix: &str, instance: &str, ttl: Duration) -> RedisPresence {
         RedisPresence {
-            pool,
+            commands,
             prefix: prefix.to_owned(),
+            routing_key: format!("{prefix}presence:alive"),
             instance: instance.to_owned(),
             ttl_ms: ttl.as_millis().to_string(),
             local: Mutex::default(),
@@ -150,15 +156,9 @@ impl RedisPresence {
     }
 
     async fn eval<T: FromRedisValue>(&self, script: &Script, args: &[&str]) -> Result<T, String> {
-        let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-        let mut invocation = script.prepare_invoke();
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        invocation
-            .invoke_async(&mut conn)
+        self.commands
+            .run_script(script, &self.routing_key, args)
             .await
-            .map_err(|e| e.to_string())
     }
 
     fn failed(&self, what: &str, error: &str) {

@@ -44,9 +44,21 @@ impl Chat {
         nodes: usize,
         extra: &[&str],
     ) -> Chat {
+        Chat::start_on(name, database_url, ["--redis-url", redis_url], nodes, extra).await
+    }
+
+    /// As `start`, with Redis named by `redis` (`--redis-url` or `--redis-cluster`, and
+    /// its value).
+    pub(super) async fn start_on(
+        name: &'static str,
+        database_url: String,
+        redis: [&str; 2],
+        nodes: usize,
+        extra: &[&str],
+    ) -> Chat {
         let mut args: Vec<String> = [
-            "--redis-url",
-            redis_url,
+            redis[0],
+            redis[1],
             "--redis-prefix",
             &fresh_prefix(),
             "--rate-burst",
@@ -82,6 +94,16 @@ impl Chat {
             chat.add_node().await;
         }
         chat
+    }
+
+    /// The chat's Redis prefix.
+    pub(super) fn prefix(&self) -> &str {
+        let at = self
+            .args
+            .iter()
+            .position(|a| a == "--redis-prefix")
+            .expect("a prefix");
+        &self.args[at + 1]
     }
 
     /// Starts one more node and lets clients connect to it.

@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use crate::helpers::{
     Backend, PATIENCE, TestApp, fresh_database, fresh_prefix, message_ids, seqs, wait_for_metric,
 };
-use crate::process::{Caddy, Node, OwnRedis, Process, free_port, start_node};
+use crate::process::{Caddy, Node, OwnCluster, OwnRedis, Process, free_port, start_node};
 
 pub(super) const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// How long a gap in the seqs may stay open before the client asks to catch up; the page
@@ -58,6 +58,12 @@ use postgres::*;
 async fn three_nodes_six_senders(name: &'static str) -> Chat {
     let database_url = fresh_database(Backend::Postgres).await;
     let mut chat = Chat::start(name, database_url, SHARED_REDIS, 3, &[]).await;
+    two_senders_on_each_node(&mut chat).await;
+    chat
+}
+
+/// Signs up six senders, two on each of three nodes.
+async fn two_senders_on_each_node(chat: &mut Chat) {
     for (i, user) in ["ann", "bob", "cat", "dan", "eve", "fay"]
         .iter()
         .enumerate()
@@ -65,7 +71,20 @@ async fn three_nodes_six_senders(name: &'static str) -> Chat {
         let node = chat.nodes[i % 3].addr;
         chat.join(user, node, Role::sender()).await;
     }
-    chat
+}
+
+/// Waits until every node has reconnected its Redis subscriber (no client-visible event:
+/// polls their metrics, bounded).
+async fn every_node_resubscribed(chat: &Chat) {
+    for node in &chat.nodes {
+        wait_for_metric(
+            node.addr,
+            "wirechat_redis_reconnects_total",
+            PATIENCE,
+            |v| v >= 1.0,
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,13 +177,7 @@ async fn redis_outage(name: &'static str, client_catch_up: bool) {
     let database_url = fresh_database(Backend::Postgres).await;
     let mut chat = Chat::start(name, database_url, &redis.url(), 3, &[]).await;
     chat.client_catch_up = client_catch_up;
-    for (i, user) in ["ann", "bob", "cat", "dan", "eve", "fay"]
-        .iter()
-        .enumerate()
-    {
-        let node = chat.nodes[i % 3].addr;
-        chat.join(user, node, Role::sender()).await;
-    }
+    two_senders_on_each_node(&mut chat).await;
     chat.traffic(60).await;
     redis.process.terminate().await;
     // Without Redis each node's own clients still hear each other.
@@ -173,15 +186,34 @@ async fn redis_outage(name: &'static str, client_catch_up: bool) {
     redis = OwnRedis::start(port).await;
     // The nodes resubscribe (no client-visible event: poll their metrics, bounded) and
     // their sockets read what they missed from the database.
-    for node in &chat.nodes {
-        wait_for_metric(
-            node.addr,
-            "wirechat_redis_reconnects_total",
-            PATIENCE,
-            |v| v >= 1.0,
-        )
-        .await;
-    }
+    every_node_resubscribed(&chat).await;
+    chat.traffic(60).await;
+    chat.finish().await;
+    drop(redis);
+}
+
+/// On a Redis Cluster, the master holding the room's channel dies and its replica takes
+/// over: the nodes find the new master, subscribe again and catch their sockets up, with
+/// clients that never ask to `Catch up` themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_master_fails_over() {
+    let mut redis = OwnCluster::start().await;
+    let database_url = fresh_database(Backend::Postgres).await;
+    let nodes = redis.nodes();
+    let mut chat = Chat::start_on(
+        "redis-cluster-failover",
+        database_url,
+        ["--redis-cluster", &nodes],
+        3,
+        &[],
+    )
+    .await;
+    chat.client_catch_up = false;
+    two_senders_on_each_node(&mut chat).await;
+    chat.traffic(60).await;
+    let channel = format!("{}room:{}", chat.prefix(), chat.room);
+    redis.fail_over(&channel).await;
+    every_node_resubscribed(&chat).await;
     chat.traffic(60).await;
     chat.finish().await;
     drop(redis);

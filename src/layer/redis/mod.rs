@@ -1,80 +1,51 @@
-//! The Redis channel layer: nodes share events over Redis pub/sub.
+//! The Redis channel layer: nodes share events over Redis pub/sub, on one server or
+//! sharded over a Redis Cluster (see `connection`).
 //!
 //! Each group is one Redis channel, `<prefix><group>` (the group is an internal id, never
-//! client text). An event is delivered to this node's sockets at once and PUBLISHed once,
-//! over a pooled connection; every node holds a single dedicated subscriber connection,
+//! client text). An event is delivered to this node's sockets at once and published once;
+//! every node holds a single subscriber connection (on a cluster, one per shard),
 //! subscribed to exactly the groups that have a socket on that node, and fans each message
 //! out in-process. Redis work per message is therefore O(nodes), never O(members).
 //!
-//! The subscriber runs in a loop that reconnects with backoff when Redis goes away,
-//! subscribes again to every group with a local socket, and then tells every local socket
-//! to resync from the store, since events published during the gap are lost to this node.
+//! The subscriber runs in a loop that reconnects with backoff when Redis goes away (or a
+//! cluster shard fails over, or moves a slot), subscribes again to every group with a
+//! local socket, and then tells every local socket to resync from the store, since events
+//! published during the gap are lost to this node.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+mod connection;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
-use deadpool_redis::redis::{self, ConnectionInfo, IntoConnectionInfo, aio::PubSubSink};
-use deadpool_redis::{Pool, Runtime};
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{ChannelLayer, Event, PublishError, Registry, SocketId, Subscriber, wire};
+use connection::{COMMAND_WAIT, Incoming, PublishFailure, Subscriber as Connection};
+pub use connection::{Commands, Servers};
 
 /// Longest wait for Redis to confirm a SUBSCRIBE before a join gives up waiting (the socket
 /// is registered regardless, and a resync follows if the connection was lost).
 const JOIN_WAIT: Duration = Duration::from_secs(3);
-/// Longest wait for the subscriber connection to be set up, or a command on it answered,
-/// before it counts as lost.
-const COMMAND_WAIT: Duration = Duration::from_secs(3);
 /// How often an idle subscriber connection is checked with PING, so a silently dropped
 /// connection is noticed even when no messages flow.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long after reconnecting to a Redis Cluster a node subscribes once more.
+const SETTLE: Duration = Duration::from_secs(3);
+/// Why a node subscribes once more to a settled cluster.
+const SETTLED: &str = "settled";
 /// Channels per SUBSCRIBE when resubscribing, so one command never blocks Redis for long.
 const SUBSCRIBE_CHUNK: usize = 500;
 /// Subscription changes handled together, coalesced into one command per run of the same
 /// kind.
 const COMMAND_BATCH: usize = 256;
-
-/// Where Redis is and how to reach it: `url` (`redis://` or, over TLS, `rediss://`), and
-/// for TLS the certificate authorities in `ca_file` (PEM) instead of the system's.
-pub fn connection_info(url: &str, ca_file: Option<&Path>) -> anyhow::Result<ConnectionInfo> {
-    let Some(ca_file) = ca_file else {
-        return Ok(url.into_connection_info()?);
-    };
-    let root_cert = std::fs::read(ca_file)
-        .with_context(|| format!("reading the Redis CA file {}", ca_file.display()))?;
-    let certificates = redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(root_cert),
-    };
-    let client = redis::Client::build_with_tls(url, certificates)
-        .context("a Redis CA file needs a rediss:// URL")?;
-    Ok(client.get_connection_info().clone())
-}
-
-/// A pool of multiplexed connections for commands (PUBLISH, presence).
-pub fn pool(info: &ConnectionInfo) -> anyhow::Result<Pool> {
-    // Built from the connection info itself: deadpool's own config would drop its TLS
-    // settings.
-    let pool = Pool::builder(deadpool_redis::Manager::new(info.clone())?)
-        .max_size(16)
-        .wait_timeout(Some(COMMAND_WAIT))
-        .create_timeout(Some(COMMAND_WAIT))
-        .recycle_timeout(Some(COMMAND_WAIT))
-        .runtime(Runtime::Tokio1)
-        .build()?;
-    Ok(pool)
-}
 
 enum Command {
     Subscribe(String),
@@ -136,7 +107,7 @@ impl Shared {
 
 pub struct RedisLayer {
     shared: Arc<Shared>,
-    pool: Pool,
+    commands_out: Commands,
     commands: mpsc::UnboundedSender<Command>,
     /// Publications for the publisher, in order.
     publications: mpsc::Sender<Publication>,
@@ -146,13 +117,16 @@ impl RedisLayer {
     /// Starts the subscriber for `url`; it runs until `stop` is cancelled. Channel names
     /// start with `prefix`, so several chats (or tests) can share one Redis.
     pub fn start(
-        info: &ConnectionInfo,
-        pool: Pool,
+        servers: &Servers,
+        commands_out: Commands,
         prefix: &str,
         origin: &str,
         stop: CancellationToken,
     ) -> anyhow::Result<RedisLayer> {
-        let client = redis::Client::open(info.clone())?;
+        if servers.is_cluster() && prefix.contains(['{', '}']) {
+            // A hash tag in the prefix would put every channel in one slot, on one shard.
+            anyhow::bail!("with a Redis Cluster, WIRECHAT_REDIS_PREFIX may not hold '{{' or '}}'");
+        }
         let (commands, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             registry: Registry::default(),
@@ -161,12 +135,12 @@ impl RedisLayer {
             subscriptions: Mutex::default(),
             connected: watch::Sender::new(false),
         });
-        tokio::spawn(subscriber(shared.clone(), client, inbox, stop));
+        tokio::spawn(subscriber(shared.clone(), servers.clone(), inbox, stop));
         let (publications, queue) = mpsc::channel(PUBLICATION_QUEUE);
-        tokio::spawn(publisher(pool.clone(), queue));
+        tokio::spawn(publisher(commands_out.clone(), origin.to_owned(), queue));
         Ok(RedisLayer {
             shared,
-            pool,
+            commands_out,
             commands,
             publications,
         })
@@ -208,28 +182,56 @@ const PUBLICATION_QUEUE: usize = 4096;
 /// PUBLISH commands sent in one pipeline, at most.
 const PUBLICATION_BATCH: usize = 256;
 
+/// How often a node whose publications failed tries again to tell the other nodes.
+const UNSENT_RETRY: Duration = Duration::from_millis(250);
+
 /// Sends this node's publications to Redis in the order they were queued: whatever has
-/// queued up goes in one pipeline, and the next pipeline only once it is answered. One
-/// connection at a time keeps a room's events in order on every node (over a pool of
-/// connections, two PUBLISHes in flight at once can overtake each other), and a pipeline
-/// costs Redis and this node one round trip for many events.
-async fn publisher(pool: Pool, mut queue: mpsc::Receiver<Publication>) {
+/// queued up goes in one pipeline (one per hash slot on a cluster), and the next only once
+/// it is answered. One connection at a time keeps a room's events in order on every node
+/// (over a pool of connections, two PUBLISHes in flight at once can overtake each other),
+/// and a pipeline costs Redis and this node one round trip for many events.
+///
+/// A failed publication's event is in the store but may have reached no other node, and
+/// those nodes may not have lost their own connections (a cluster shard failing over
+/// fails this node's publications while the others have already moved to the new master).
+/// So its channel is remembered, and as soon as Redis answers again a resync goes out on
+/// it, ahead of anything newer: every node catches that group's sockets up from the
+/// store.
+async fn publisher(commands: Commands, origin: String, mut queue: mpsc::Receiver<Publication>) {
     let mut batch = Vec::with_capacity(PUBLICATION_BATCH);
-    while queue.recv_many(&mut batch, PUBLICATION_BATCH).await > 0 {
-        let sent = match pool.get().await {
-            Ok(mut conn) => {
-                let mut pipe = redis::pipe();
-                for p in &batch {
-                    pipe.cmd("PUBLISH").arg(&p.channel).arg(&p.payload);
-                }
-                pipe.query_async::<Vec<i64>>(&mut conn)
-                    .await
-                    .map(drop)
-                    .map_err(|e| PublishError::Command(Arc::new(e)))
-            }
-            Err(e) => Err(PublishError::Connection(Arc::new(e))),
+    let mut unsent: BTreeSet<String> = BTreeSet::new();
+    let resync = wire::encode(&origin, &Event::Resync).unwrap_or_default();
+    loop {
+        let received = if unsent.is_empty() {
+            queue.recv_many(&mut batch, PUBLICATION_BATCH).await
+        } else {
+            tokio::time::timeout(UNSENT_RETRY, queue.recv_many(&mut batch, PUBLICATION_BATCH))
+                .await
+                .unwrap_or(usize::MAX)
         };
+        if received == 0 {
+            return;
+        }
+        let items: Vec<(&str, &[u8])> = unsent
+            .iter()
+            .map(|channel| (channel.as_str(), resync.as_slice()))
+            .chain(
+                batch
+                    .iter()
+                    .map(|p| (p.channel.as_str(), p.payload.as_slice())),
+            )
+            .collect();
+        let sent = commands.publish(&items).await.map_err(|e| match e {
+            PublishFailure::Connection(e) => PublishError::Connection(Arc::new(e)),
+            PublishFailure::Command(e) => PublishError::Command(Arc::new(e)),
+        });
+        drop(items);
         let failed = sent.is_err();
+        if failed {
+            unsent.extend(batch.iter().map(|p| p.channel.clone()));
+        } else {
+            unsent.clear();
+        }
         for p in batch.drain(..) {
             let _ = p.done.send(sent.clone());
         }
@@ -237,6 +239,7 @@ async fn publisher(pool: Pool, mut queue: mpsc::Receiver<Publication>) {
             // Redis is away: what queued meanwhile fails at once rather than a wait for a
             // connection each.
             while let Ok(p) = queue.try_recv() {
+                unsent.insert(p.channel);
                 let _ = p.done.send(sent.clone());
             }
         }
@@ -324,13 +327,7 @@ impl ChannelLayer for RedisLayer {
 
     fn backend_status(&self) -> BoxFuture<'_, Option<(&'static str, Result<(), String>)>> {
         Box::pin(async move {
-            let ping = async {
-                let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
+            let ping = self.commands_out.ping();
             let status = match tokio::time::timeout(COMMAND_WAIT, ping).await {
                 Err(_) => Err("no answer".to_owned()),
                 Ok(Err(e)) => Err(e),
@@ -347,35 +344,27 @@ impl ChannelLayer for RedisLayer {
 /// The node's one pub/sub connection, kept up for as long as the node runs.
 async fn subscriber(
     shared: Arc<Shared>,
-    client: redis::Client,
+    servers: Servers,
     mut commands: mpsc::UnboundedReceiver<Command>,
     stop: CancellationToken,
 ) {
     let mut backoff = BACKOFF_FIRST;
     let mut ever_connected = false;
+    // Whether the connection being made follows a lost one (not a settled cluster's).
+    let mut after_loss = false;
     loop {
-        let connecting = tokio::time::timeout(COMMAND_WAIT, client.get_async_pubsub());
-        let pubsub = tokio::select! {
+        let connection = tokio::select! {
             _ = stop.cancelled() => return,
-            result = connecting => match result {
-                Ok(Ok(pubsub)) => Some(pubsub),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cannot connect the Redis subscriber");
-                    None
-                }
-                Err(_) => {
-                    tracing::warn!("Redis subscriber connection timed out");
-                    None
-                }
-            },
+            result = servers.subscriber() => result
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot connect the Redis subscriber"))
+                .ok(),
         };
-        let Some(pubsub) = pubsub else {
+        let Some(mut connection) = connection else {
             if !wait_to_retry(&mut backoff, &mut commands, &stop).await {
                 return;
             }
             continue;
         };
-        let (mut sink, mut stream) = pubsub.split();
 
         // From here joins wait for confirmation; the groups that already have sockets are
         // read in the same critical section, so every group is either in this snapshot or
@@ -385,7 +374,15 @@ async fn subscriber(
             subs.connected = true;
             shared.registry.groups()
         };
-        if let Err(e) = subscribe(&shared, &mut sink, &groups).await {
+        // Checked again once subscribed: a cluster that changed meanwhile (a failover)
+        // may have dropped some of the new subscriptions.
+        let subscribed = match subscribe(&shared, &mut connection, &groups).await {
+            Ok(()) => tokio::time::timeout(COMMAND_WAIT, connection.ping())
+                .await
+                .unwrap_or_else(|_| Err("PING unanswered".to_owned())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = subscribed {
             tracing::warn!(error = %e, "resubscribing failed");
             lost(&shared);
             if !wait_to_retry(&mut backoff, &mut commands, &stop).await {
@@ -415,12 +412,21 @@ async fn subscriber(
 
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        // A cluster that has just changed (a failover) can still drop subscriptions made
+        // in its first moments without a word; once it has settled, subscribe once more.
+        let settle = tokio::time::sleep(SETTLE);
+        tokio::pin!(settle);
+        let settling = servers.is_cluster() && after_loss;
         let reason = loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                message = stream.next() => match message {
-                    Some(message) => receive(&shared, &message),
-                    None => break "connection closed".to_owned(),
+                _ = &mut settle, if settling => {
+                    break SETTLED.to_owned();
+                }
+                incoming = connection.next() => match incoming {
+                    Incoming::Message { channel, payload } => receive(&shared, &channel, payload),
+                    Incoming::Nothing => {}
+                    Incoming::Lost(reason) => break reason,
                 },
                 command = commands.recv() => {
                     let Some(command) = command else { return };
@@ -431,20 +437,25 @@ async fn subscriber(
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = apply(&shared, &mut sink, batch).await {
+                    if let Err(e) = apply(&shared, &mut connection, batch).await {
                         break e;
                     }
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(COMMAND_WAIT, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => break e.to_string(),
+                    match tokio::time::timeout(COMMAND_WAIT, connection.ping()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break e,
                         Err(_) => break "PING unanswered".to_owned(),
                     }
                 }
             }
         };
-        tracing::warn!(reason, "lost the Redis subscriber connection; reconnecting");
+        if reason == SETTLED {
+            tracing::info!("the Redis Cluster settled; subscribing once more");
+        } else {
+            tracing::warn!(reason, "lost the Redis subscriber connection; reconnecting");
+        }
+        after_loss = reason != SETTLED;
         lost(&shared);
         if !wait_to_retry(&mut backoff, &mut commands, &stop).await {
             return;
@@ -480,19 +491,19 @@ async fn wait_to_retry(
 
 async fn subscribe(
     shared: &Shared,
-    sink: &mut PubSubSink,
+    connection: &mut Connection,
     groups: &[String],
 ) -> Result<(), String> {
     for chunk in groups.chunks(SUBSCRIBE_CHUNK) {
         let channels: Vec<String> = chunk.iter().map(|g| shared.channel(g)).collect();
-        match tokio::time::timeout(COMMAND_WAIT, sink.subscribe(&channels)).await {
+        match tokio::time::timeout(COMMAND_WAIT, connection.subscribe(&channels)).await {
             Ok(Ok(())) => {
                 let mut subs = shared.subscriptions();
                 for group in chunk {
                     subs.confirm(group.clone());
                 }
             }
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(e),
             Err(_) => return Err("SUBSCRIBE unanswered".to_owned()),
         }
     }
@@ -501,28 +512,32 @@ async fn subscribe(
 
 async fn unsubscribe(
     shared: &Shared,
-    sink: &mut PubSubSink,
+    connection: &mut Connection,
     groups: &[String],
 ) -> Result<(), String> {
     if groups.is_empty() {
         return Ok(());
     }
     let channels: Vec<String> = groups.iter().map(|g| shared.channel(g)).collect();
-    match tokio::time::timeout(COMMAND_WAIT, sink.unsubscribe(&channels)).await {
+    match tokio::time::timeout(COMMAND_WAIT, connection.unsubscribe(&channels)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err("UNSUBSCRIBE unanswered".to_owned()),
     }
 }
 
 /// Applies subscription changes in order, one Redis command per run of the same kind.
-async fn apply(shared: &Shared, sink: &mut PubSubSink, batch: Vec<Command>) -> Result<(), String> {
+async fn apply(
+    shared: &Shared,
+    connection: &mut Connection,
+    batch: Vec<Command>,
+) -> Result<(), String> {
     let mut to_subscribe = Vec::new();
     let mut to_unsubscribe = Vec::new();
     for command in batch {
         match command {
             Command::Subscribe(group) => {
-                unsubscribe(shared, sink, &std::mem::take(&mut to_unsubscribe)).await?;
+                unsubscribe(shared, connection, &std::mem::take(&mut to_unsubscribe)).await?;
                 let mut subs = shared.subscriptions();
                 if subs.live.contains(&group) {
                     subs.confirm(group);
@@ -534,7 +549,7 @@ async fn apply(shared: &Shared, sink: &mut PubSubSink, batch: Vec<Command>) -> R
                 }
             }
             Command::Unsubscribe(group) => {
-                subscribe(shared, sink, &std::mem::take(&mut to_subscribe)).await?;
+                subscribe(shared, connection, &std::mem::take(&mut to_subscribe)).await?;
                 // Decided under the lock a join takes after registering its socket: either
                 // the join is visible here and the channel stays, or it comes after and
                 // waits for the SUBSCRIBE it queued.
@@ -545,16 +560,16 @@ async fn apply(shared: &Shared, sink: &mut PubSubSink, batch: Vec<Command>) -> R
             }
         }
     }
-    subscribe(shared, sink, &to_subscribe).await?;
-    unsubscribe(shared, sink, &to_unsubscribe).await
+    subscribe(shared, connection, &to_subscribe).await?;
+    unsubscribe(shared, connection, &to_unsubscribe).await
 }
 
 /// One message from Redis, delivered to the sockets on this node in its group.
-fn receive(shared: &Shared, message: &redis::Msg) {
-    let Some(group) = message.get_channel_name().strip_prefix(&shared.prefix) else {
+fn receive(shared: &Shared, channel: &str, payload: Bytes) {
+    let Some(group) = channel.strip_prefix(&shared.prefix) else {
         return;
     };
-    match wire::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
+    match wire::decode(payload) {
         Ok(received) if received.origin == shared.origin => {}
         Ok(received) => shared.registry.deliver(group, Arc::new(received.event)),
         Err(e) => tracing::warn!(error = %e, group, "dropped an event from Redis"),

@@ -1,0 +1,598 @@
+//! Where Redis is, and the connections to it: one server, or every shard of a Redis
+//! Cluster.
+//!
+//! On one server, events go out with PUBLISH and come in over a SUBSCRIBE connection, and
+//! commands (presence scripts, PING) take a connection from a pool. On a cluster, each
+//! channel lives on the shard that owns its hash slot: events go out with SPUBLISH and come
+//! in with SSUBSCRIBE, so a room's traffic crosses one shard and never the whole cluster.
+//! The cluster client keeps one multiplexed connection per shard (one set for commands,
+//! one for subscriptions), follows MOVED redirections, and reports every subscription's
+//! messages as RESP3 pushes.
+//!
+//! A subscriber connection to a cluster counts as lost when any shard's connection closes,
+//! when a shard does not answer a PING, or when a shard drops a subscription itself (its
+//! slot moved to another shard). The layer then connects anew, which reads the cluster's
+//! current topology, subscribes again, and has every socket catch up from the store, as
+//! after a lost connection to one server.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use deadpool_redis::redis::{
+    self, ConnectionInfo, FromRedisValue, IntoConnectionInfo, PushInfo, PushKind, Script, Value,
+    aio::{PubSubSink, PubSubStream},
+};
+use deadpool_redis::{Pool, Runtime};
+use futures_util::StreamExt;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, Slot};
+use tokio::sync::mpsc;
+
+/// Longest wait for a connection to be set up, or a command answered, before it counts as
+/// failed.
+pub const COMMAND_WAIT: Duration = Duration::from_secs(3);
+/// Attempts a cluster command gets (redirections, a shard reconnecting) before it fails:
+/// few, since the layer itself reconnects and catches up after a failure.
+const CLUSTER_RETRIES: u32 = 3;
+/// Subscriptions sent to a cluster at once, each to its own slot.
+const CLUSTER_SUBSCRIBE_CONCURRENCY: usize = 64;
+
+/// Where Redis is.
+#[derive(Clone)]
+pub enum Servers {
+    /// One server (`redis://` or `rediss://`).
+    Single(ConnectionInfo),
+    /// A Redis Cluster, reached through any of these nodes; the client learns the rest.
+    Cluster {
+        nodes: Vec<ConnectionInfo>,
+        /// Certificate authorities (PEM) to trust for `rediss://` nodes.
+        root_cert: Option<Vec<u8>>,
+    },
+}
+
+impl Servers {
+    /// One server at `url`; with `ca_file`, TLS trusts the authorities in that PEM file
+    /// instead of the system's.
+    pub fn single(url: &str, ca_file: Option<&Path>) -> anyhow::Result<Servers> {
+        let Some(ca_file) = ca_file else {
+            return Ok(Servers::Single(url.into_connection_info()?));
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(read_ca_file(ca_file)?),
+        };
+        let client = redis::Client::build_with_tls(url, certificates)
+            .context("a Redis CA file needs a rediss:// URL")?;
+        Ok(Servers::Single(client.get_connection_info().clone()))
+    }
+
+    /// A cluster reached through `nodes` (`host:port` or URLs, comma-separated).
+    pub fn cluster(nodes: &str, ca_file: Option<&Path>) -> anyhow::Result<Servers> {
+        let nodes = nodes
+            .split(',')
+            .map(str::trim)
+            .filter(|node| !node.is_empty())
+            .map(|node| {
+                let url = if node.contains("://") {
+                    node.to_owned()
+                } else {
+                    format!("redis://{node}")
+                };
+                url.as_str()
+                    .into_connection_info()
+                    .with_context(|| format!("cluster node {node}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if nodes.is_empty() {
+            anyhow::bail!("no cluster node given: name at least one host:port");
+        }
+        let root_cert = ca_file.map(read_ca_file).transpose()?;
+        Ok(Servers::Cluster { nodes, root_cert })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Servers::Cluster { .. })
+    }
+
+    /// The client for a cluster; `pushes` receives what subscriptions bring.
+    fn cluster_client(
+        nodes: &[ConnectionInfo],
+        root_cert: &Option<Vec<u8>>,
+        pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+    ) -> redis::RedisResult<ClusterClient> {
+        let mut builder = ClusterClientBuilder::new(nodes.to_vec())
+            .retries(CLUSTER_RETRIES)
+            .connection_timeout(COMMAND_WAIT)
+            .response_timeout(COMMAND_WAIT);
+        if let Some(root_cert) = root_cert {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert.clone()),
+            });
+        }
+        if let Some(pushes) = pushes {
+            builder = builder
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes);
+        }
+        builder.build()
+    }
+
+    /// The connections for commands and publications.
+    pub fn commands(&self) -> anyhow::Result<Commands> {
+        match self {
+            Servers::Single(info) => {
+                // Built from the connection info itself: deadpool's own config would drop
+                // its TLS settings.
+                let pool = Pool::builder(deadpool_redis::Manager::new(info.clone())?)
+                    .max_size(16)
+                    .wait_timeout(Some(COMMAND_WAIT))
+                    .create_timeout(Some(COMMAND_WAIT))
+                    .recycle_timeout(Some(COMMAND_WAIT))
+                    .runtime(Runtime::Tokio1)
+                    .build()?;
+                Ok(Commands::Single(pool))
+            }
+            Servers::Cluster { nodes, root_cert } => {
+                let client = Servers::cluster_client(nodes, root_cert, None)?;
+                Ok(Commands::Cluster(Arc::new(ClusterCommands {
+                    client,
+                    connection: Mutex::new(None),
+                })))
+            }
+        }
+    }
+
+    /// A new subscriber connection.
+    pub async fn subscriber(&self) -> Result<Subscriber, String> {
+        let connecting = async {
+            match self {
+                Servers::Single(info) => {
+                    let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
+                    let (sink, stream) = client
+                        .get_async_pubsub()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .split();
+                    Ok(Subscriber::Single { sink, stream })
+                }
+                Servers::Cluster { nodes, root_cert } => {
+                    let (tx, pushes) = mpsc::unbounded_channel();
+                    let client = Servers::cluster_client(nodes, root_cert, Some(tx))
+                        .map_err(|e| e.to_string())?;
+                    let mut connection = client
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    // Mid-failover, a shard may still be listed under its dead master, or
+                    // its replica not yet own the slots: subscriptions made then can be
+                    // dropped without a word. Subscribe only to a cluster all masters of
+                    // which say it is whole.
+                    whole(&mut connection).await?;
+                    Ok(Subscriber::Cluster {
+                        connection,
+                        pushes,
+                        asked: Asked::default(),
+                    })
+                }
+            }
+        };
+        tokio::time::timeout(COMMAND_WAIT, connecting)
+            .await
+            .unwrap_or_else(|_| Err("connecting timed out".to_owned()))
+    }
+}
+
+fn read_ca_file(ca_file: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(ca_file)
+        .with_context(|| format!("reading the Redis CA file {}", ca_file.display()))
+}
+
+/// Connections for commands: a pool of connections to one server, or one multiplexed
+/// connection per shard of a cluster.
+#[derive(Clone)]
+pub enum Commands {
+    Single(Pool),
+    Cluster(Arc<ClusterCommands>),
+}
+
+pub struct ClusterCommands {
+    client: ClusterClient,
+    /// The current connection, shared; made anew after one fails.
+    connection: Mutex<Option<ClusterConnection>>,
+}
+
+impl ClusterCommands {
+    async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
+        if let Some(connection) = self.slot().as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = tokio::time::timeout(COMMAND_WAIT, self.client.get_async_connection())
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting to the Redis Cluster timed out",
+                ))
+            })??;
+        *self.slot() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ClusterConnection>> {
+        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a failure the next command connects anew, reading the cluster's topology
+    /// again (a failover may have promoted a replica the old connection does not know).
+    fn failed(&self) {
+        self.slot().take();
+    }
+}
+
+/// A command's failure, as text for logs and readiness.
+pub type CommandError = String;
+
+impl Commands {
+    /// Runs `script` with `key` (which routes it to its shard on a cluster) and `args`.
+    pub async fn run_script<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<T, CommandError> {
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        match self {
+            Commands::Single(pool) => {
+                let mut connection = pool.get().await.map_err(|e| e.to_string())?;
+                invocation
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Commands::Cluster(cluster) => {
+                let mut connection = cluster.connection().await.map_err(|e| e.to_string())?;
+                invocation
+                    .invoke_async(&mut connection)
+                    .await
+                    .inspect_err(|_| cluster.failed())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Whether Redis answers: the server, or every master of the cluster.
+    pub async fn ping(&self) -> Result<(), CommandError> {
+        match self {
+            Commands::Single(pool) => {
+                let mut connection = pool.get().await.map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            Commands::Cluster(cluster) => {
+                let mut connection = cluster.connection().await.map_err(|e| e.to_string())?;
+                ping_masters(&mut connection)
+                    .await
+                    .inspect_err(|_| cluster.failed())
+            }
+        }
+    }
+
+    /// Publishes each `(channel, payload)`, in order per channel: one pipeline to one
+    /// server, or one pipeline per hash slot (a pipeline to a cluster stays within one
+    /// slot), all sent at once.
+    pub async fn publish(&self, batch: &[(&str, &[u8])]) -> Result<(), PublishFailure> {
+        match self {
+            Commands::Single(pool) => {
+                let mut connection = pool.get().await.map_err(PublishFailure::Connection)?;
+                let mut pipe = redis::pipe();
+                for (channel, payload) in batch {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload);
+                }
+                pipe.query_async::<Vec<i64>>(&mut connection)
+                    .await
+                    .map(drop)
+                    .map_err(PublishFailure::Command)
+            }
+            Commands::Cluster(cluster) => {
+                let connection = cluster
+                    .connection()
+                    .await
+                    .map_err(PublishFailure::Command)?;
+                let mut slots: HashMap<Slot, usize> = HashMap::new();
+                let mut pipes: Vec<redis::Pipeline> = Vec::new();
+                for (channel, payload) in batch {
+                    let at = *slots.entry(Slot::for_key(channel)).or_insert_with(|| {
+                        pipes.push(redis::pipe());
+                        pipes.len() - 1
+                    });
+                    pipes[at].cmd("SPUBLISH").arg(channel).arg(payload);
+                }
+                let sent = futures_util::future::join_all(pipes.iter().map(|pipe| {
+                    let mut connection = connection.clone();
+                    async move { pipe.query_async::<Vec<i64>>(&mut connection).await }
+                }))
+                .await;
+                match sent.into_iter().find_map(Result::err) {
+                    Some(e) => {
+                        cluster.failed();
+                        Err(PublishFailure::Command(e))
+                    }
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Why a publication failed.
+pub enum PublishFailure {
+    Connection(deadpool_redis::PoolError),
+    Command(redis::RedisError),
+}
+
+async fn ping_masters(connection: &mut ClusterConnection) -> Result<(), CommandError> {
+    let all_masters = RoutingInfo::MultiNode((
+        MultipleNodeRoutingInfo::AllMasters,
+        Some(ResponsePolicy::AllSucceeded),
+    ));
+    connection
+        .route_command(redis::cmd("PING"), all_masters)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Whether every master the connection knows answers and says the cluster is ok.
+async fn whole(connection: &mut ClusterConnection) -> Result<(), CommandError> {
+    let all_masters = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let info = connection
+        .route_command(redis::cmd("CLUSTER").arg("INFO").clone(), all_masters)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = format!("{info:?}");
+    if text.contains("cluster_state:ok") && !text.contains("cluster_state:fail") {
+        Ok(())
+    } else {
+        Err("the cluster is not whole yet".to_owned())
+    }
+}
+
+/// What a subscriber connection brings.
+pub enum Incoming {
+    /// A message published to `channel`.
+    Message { channel: String, payload: Bytes },
+    /// Nothing for the layer (a confirmation, a notice).
+    Nothing,
+    /// The connection, or a subscription on it, is lost: events may have been missed.
+    Lost(String),
+}
+
+/// A subscriber connection: to one server, or to every shard of a cluster.
+pub enum Subscriber {
+    Single {
+        sink: PubSubSink,
+        stream: PubSubStream,
+    },
+    Cluster {
+        connection: ClusterConnection,
+        pushes: mpsc::UnboundedReceiver<PushInfo>,
+        /// Subscription changes this node asked for whose confirmation has not come yet.
+        asked: Asked,
+    },
+}
+
+/// Subscriptions and unsubscriptions asked for and not yet confirmed, per channel. A
+/// confirmation nobody asked for means the cluster client or a shard changed this node's
+/// subscriptions by itself: a shard dropped them (its slot moved), or the client moved them
+/// to new connections, and events may have been missed meanwhile.
+#[derive(Default)]
+pub struct Asked {
+    subscribe: HashMap<String, usize>,
+    unsubscribe: HashMap<String, usize>,
+}
+
+impl Asked {
+    fn ask(pending: &mut HashMap<String, usize>, channels: &[String]) {
+        for channel in channels {
+            *pending.entry(channel.clone()).or_default() += 1;
+        }
+    }
+
+    /// Whether a confirmation for `channel` was asked for (and counts it as come).
+    fn confirmed(pending: &mut HashMap<String, usize>, channel: &str) -> bool {
+        let Some(count) = pending.get_mut(channel) else {
+            return false;
+        };
+        *count -= 1;
+        if *count == 0 {
+            pending.remove(channel);
+        }
+        true
+    }
+}
+
+impl Subscriber {
+    /// Subscribes to `channels`: one command for one server; on a cluster, one per slot
+    /// (SSUBSCRIBE takes channels of one slot), sent together.
+    pub async fn subscribe(&mut self, channels: &[String]) -> Result<(), CommandError> {
+        self.change(channels, true).await
+    }
+
+    pub async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), CommandError> {
+        self.change(channels, false).await
+    }
+
+    async fn change(&mut self, channels: &[String], subscribe: bool) -> Result<(), CommandError> {
+        match self {
+            Subscriber::Single { sink, .. } if subscribe => sink.subscribe(channels).await,
+            Subscriber::Single { sink, .. } => sink.unsubscribe(channels).await,
+            Subscriber::Cluster {
+                connection, asked, ..
+            } => {
+                let pending = if subscribe {
+                    &mut asked.subscribe
+                } else {
+                    &mut asked.unsubscribe
+                };
+                Asked::ask(pending, channels);
+                let sent: Vec<_> = by_slot(channels)
+                    .into_iter()
+                    .map(|channels| {
+                        let mut connection = connection.clone();
+                        async move {
+                            if subscribe {
+                                connection.ssubscribe(channels).await
+                            } else {
+                                connection.sunsubscribe(channels).await
+                            }
+                        }
+                    })
+                    .collect();
+                all_of(sent).await
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// Whether the connection still answers; on a cluster, whether every master does and
+    /// says the cluster is whole (a failover under way makes it not).
+    pub async fn ping(&mut self) -> Result<(), CommandError> {
+        match self {
+            Subscriber::Single { sink, .. } => sink
+                .ping::<Value>()
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Subscriber::Cluster { connection, .. } => whole(connection).await,
+        }
+    }
+
+    /// The next thing the connection brings.
+    pub async fn next(&mut self) -> Incoming {
+        match self {
+            Subscriber::Single { stream, .. } => match stream.next().await {
+                Some(message) => Incoming::Message {
+                    channel: message.get_channel_name().to_owned(),
+                    payload: Bytes::copy_from_slice(message.get_payload_bytes()),
+                },
+                None => Incoming::Lost("connection closed".to_owned()),
+            },
+            Subscriber::Cluster { pushes, asked, .. } => match pushes.recv().await {
+                Some(push) => cluster_push(push, asked),
+                None => Incoming::Lost("connection closed".to_owned()),
+            },
+        }
+    }
+}
+
+/// What a push from a cluster shard means for the layer.
+fn cluster_push(push: PushInfo, asked: &mut Asked) -> Incoming {
+    let channel = match push.data.first() {
+        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        _ => String::new(),
+    };
+    match push.kind {
+        PushKind::SMessage => match push.data.get(1) {
+            Some(Value::BulkString(payload)) => Incoming::Message {
+                channel,
+                payload: Bytes::copy_from_slice(payload),
+            },
+            _ => Incoming::Nothing,
+        },
+        PushKind::Disconnection => Incoming::Lost("a shard's connection closed".to_owned()),
+        PushKind::SUnsubscribe if !Asked::confirmed(&mut asked.unsubscribe, &channel) => {
+            Incoming::Lost(format!("a shard dropped {channel} (its slot moved)"))
+        }
+        PushKind::SSubscribe if !Asked::confirmed(&mut asked.subscribe, &channel) => {
+            Incoming::Lost(format!(
+                "{channel} was subscribed again on a new connection"
+            ))
+        }
+        _ => Incoming::Nothing,
+    }
+}
+
+/// Runs `commands` a bounded number at a time; the first failure, if any.
+async fn all_of<F>(commands: Vec<F>) -> redis::RedisResult<()>
+where
+    F: std::future::Future<Output = redis::RedisResult<()>>,
+{
+    futures_util::stream::iter(commands)
+        .buffer_unordered(CLUSTER_SUBSCRIBE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// `channels` grouped by hash slot, each group in the order given.
+fn by_slot(channels: &[String]) -> Vec<Vec<String>> {
+    let mut slots: HashMap<Slot, usize> = HashMap::new();
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    for channel in channels {
+        let at = *slots.entry(Slot::for_key(channel)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(channel.clone());
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_are_grouped_by_slot_in_order() {
+        // {a} tags hash alike; "b" and "c" land elsewhere.
+        let channels: Vec<String> = ["x{a}1", "b", "x{a}2", "c", "x{a}3"]
+            .map(String::from)
+            .into();
+        let groups = by_slot(&channels);
+        let tagged = groups
+            .iter()
+            .find(|g| g.contains(&"x{a}1".to_owned()))
+            .expect("the tagged group");
+        assert_eq!(tagged, &["x{a}1", "x{a}2", "x{a}3"]);
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn only_an_unasked_subscription_change_is_a_loss() {
+        let push = |channel: &str| PushInfo {
+            kind: PushKind::SUnsubscribe,
+            data: vec![
+                Value::BulkString(channel.as_bytes().to_vec()),
+                Value::Int(0),
+            ],
+        };
+        let mut asked = Asked::default();
+        Asked::ask(&mut asked.unsubscribe, &["asked".to_owned()]);
+        assert!(matches!(
+            cluster_push(push("asked"), &mut asked),
+            Incoming::Nothing
+        ));
+        assert!(asked.unsubscribe.is_empty());
+        assert!(matches!(
+            cluster_push(push("asked"), &mut asked),
+            Incoming::Lost(_)
+        ));
+        assert!(matches!(
+            cluster_push(push("moved"), &mut asked),
+            Incoming::Lost(_)
+        ));
+    }
+}

@@ -1,0 +1,227 @@
+//! Nodes sharing a Redis Cluster: rooms' events sharded over its masters (SPUBLISH and
+//! SSUBSCRIBE), presence in one slot. Each test runs a cluster of its own (three masters,
+//! a replica each), so one may kill a master.
+
+use std::collections::BTreeSet;
+
+use deadpool_redis::redis;
+
+use crate::cluster::receive_all;
+use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database, fresh_prefix};
+use crate::process::OwnCluster;
+
+/// One chat on a cluster of its own.
+struct Sharded {
+    redis: OwnCluster,
+    database_url: String,
+    prefix: String,
+}
+
+impl Sharded {
+    async fn new() -> Sharded {
+        Sharded {
+            redis: OwnCluster::start().await,
+            database_url: fresh_database(Backend::Postgres).await,
+            prefix: fresh_prefix(),
+        }
+    }
+
+    async fn node(&self) -> TestApp {
+        let args = [
+            "--redis-cluster",
+            &self.redis.nodes(),
+            "--redis-prefix",
+            &self.prefix,
+            "--rate-burst",
+            "1000",
+        ];
+        TestApp::start(
+            self.database_url.clone(),
+            args.iter().map(|s| s.to_string()).collect(),
+        )
+        .await
+    }
+
+    /// Each live master's port and the channels of this chat it holds subscriptions for,
+    /// prefix taken off.
+    async fn channels_by_master(&mut self) -> Vec<(u16, BTreeSet<String>)> {
+        let mut by_master = Vec::new();
+        for (port, _) in self.redis.masters().await {
+            let channels: Vec<String> = OwnCluster::ask(
+                port,
+                redis::cmd("PUBSUB")
+                    .arg("SHARDCHANNELS")
+                    .arg(format!("{}*", self.prefix)),
+            )
+            .await
+            .expect("PUBSUB SHARDCHANNELS");
+            let channels = channels
+                .into_iter()
+                .map(|c| c[self.prefix.len()..].to_owned())
+                .collect();
+            by_master.push((port, channels));
+        }
+        by_master
+    }
+
+    /// How many people's own channels are subscribed, over every master.
+    async fn user_channels(&mut self) -> usize {
+        self.channels_by_master()
+            .await
+            .iter()
+            .flat_map(|(_, channels)| channels.iter())
+            .filter(|c| c.starts_with("user:"))
+            .count()
+    }
+
+    /// How many nodes subscribe to `group`, over every master.
+    async fn subscribers(&mut self, group: &str) -> i64 {
+        let mut total = 0;
+        for (port, _) in self.redis.masters().await {
+            let (_, count): (String, i64) = OwnCluster::ask(
+                port,
+                redis::cmd("PUBSUB")
+                    .arg("SHARDNUMSUB")
+                    .arg(format!("{}{group}", self.prefix)),
+            )
+            .await
+            .expect("PUBSUB SHARDNUMSUB");
+            total += count;
+        }
+        total
+    }
+}
+
+/// Three nodes on three shards: group rooms that live on every master, each crossing
+/// nodes once and in order; a conversation reaching only its two people; who is online
+/// seen everywhere; and a node's subscriptions following its sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_chat_over_a_sharded_cluster() {
+    let mut chat = Sharded::new().await;
+    let nodes = [chat.node().await, chat.node().await, chat.node().await];
+    let ann = nodes[0].signup("ann").await;
+    let bob = nodes[1].signup("bob").await;
+    let cat = nodes[2].signup("cat").await;
+    // Presence: each arrival is seen on the other nodes.
+    let mut a = nodes[0].connect(&ann).await;
+    let mut b = nodes[1].connect(&bob).await;
+    a.wait_for(|f| f.selector == "#people" && f.html.contains("bob"))
+        .await;
+    let mut c = nodes[2].connect(&cat).await;
+    for client in [&mut a, &mut b] {
+        client
+            .wait_for(|f| f.selector == "#people" && f.html.contains("cat"))
+            .await;
+    }
+
+    // Ann opens groups until every master holds one of them: one room per shard.
+    let mut rooms: Vec<(String, String)> = Vec::new();
+    for i in 0..40 {
+        let name = format!("shard-{i}");
+        a.enter_group(&name).await;
+        let group = format!("room:{}", a.room_id);
+        let by_master = chat.channels_by_master().await;
+        let holder = by_master
+            .iter()
+            .find(|(_, channels)| channels.contains(&group))
+            .map(|(port, _)| *port)
+            .expect("the new room's channel is on a master");
+        let held: BTreeSet<u16> = rooms
+            .iter()
+            .map(|(_, g)| {
+                by_master
+                    .iter()
+                    .find(|(_, channels)| channels.contains(g))
+                    .map(|(port, _)| *port)
+                    .expect("an earlier room's channel")
+            })
+            .collect();
+        if !held.contains(&holder) {
+            rooms.push((name, group));
+        }
+        if rooms.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(rooms.len(), 3, "rooms never reached every master");
+
+    const EACH: usize = 10;
+    for (name, group) in &rooms {
+        for client in [&mut a, &mut b, &mut c] {
+            client.enter_group(name).await;
+        }
+        assert_eq!(
+            chat.subscribers(group).await,
+            3,
+            "every node follows {name}"
+        );
+        let said: Vec<Vec<String>> = ["ann", "bob", "cat"]
+            .iter()
+            .map(|who| {
+                (0..EACH)
+                    .map(|i| format!("{who}-in-{name}-{i:02}"))
+                    .collect()
+            })
+            .collect();
+        for ((x, y), z) in said[0].iter().zip(&said[1]).zip(&said[2]) {
+            a.say(x).await;
+            b.say(y).await;
+            c.say(z).await;
+        }
+        let everything: Vec<String> = said.concat();
+        for client in [&mut a, &mut b, &mut c] {
+            let got = receive_all(client, &everything).await;
+            for sent in &said {
+                let order: Vec<&String> = got
+                    .iter()
+                    .filter(|(t, _, _)| sent.contains(t))
+                    .map(|(t, _, _)| t)
+                    .collect();
+                assert_eq!(
+                    order,
+                    sent.iter().collect::<Vec<_>>(),
+                    "{}",
+                    client.username
+                );
+            }
+            let after = client.frames_until_own_marker().await;
+            assert!(
+                after
+                    .iter()
+                    .all(|f| !everything.iter().any(|t| f.html.contains(t.as_str()))),
+                "{}: repeated {after:?}",
+                client.username
+            );
+        }
+    }
+
+    // A conversation between ann and bob: two nodes follow it, cat's never sees it.
+    a.enter_direct("bob").await;
+    b.wait_for(|f| f.selector == "#directs" && f.html.contains("ann"))
+        .await;
+    b.enter_direct("ann").await;
+    assert_eq!(a.room_id, b.room_id);
+    let direct = format!("room:{}", a.room_id);
+    assert_eq!(chat.subscribers(&direct).await, 2);
+    a.say("secret for bob").await;
+    b.wait_for_message("secret for bob").await;
+    let seen_by_cat = c.frames_until_own_marker().await;
+    assert!(
+        seen_by_cat.iter().all(|f| !f.html.contains("secret")),
+        "{seen_by_cat:?}"
+    );
+
+    // Bob's node drops its subscriptions with his socket: his own channel, and the
+    // conversation only ann's node follows now.
+    assert_eq!(chat.user_channels().await, 3);
+    b.close().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while chat.user_channels().await != 2 || chat.subscribers(&direct).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's node kept its subscriptions"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(chat.subscribers(&rooms[0].1).await, 2);
+}
