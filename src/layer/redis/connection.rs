@@ -36,6 +36,8 @@ use tokio::sync::mpsc;
 /// Longest wait for a connection to be set up, or a command answered, before it counts as
 /// failed.
 pub const COMMAND_WAIT: Duration = Duration::from_secs(3);
+/// Longest wait for one cluster node to accept a connection.
+const NODE_CONNECT_WAIT: Duration = Duration::from_secs(1);
 /// Attempts a cluster command gets (redirections, a shard reconnecting) before it fails:
 /// few, since the layer itself reconnects and catches up after a failure.
 const CLUSTER_RETRIES: u32 = 3;
@@ -105,9 +107,11 @@ impl Servers {
         root_cert: &Option<Vec<u8>>,
         pushes: Option<mpsc::UnboundedSender<PushInfo>>,
     ) -> redis::RedisResult<ClusterClient> {
+        // Each node gets less than the whole connection's limit: the client waits for every
+        // listed node, so one that drops packets must not use up all of it.
         let mut builder = ClusterClientBuilder::new(nodes.to_vec())
             .retries(CLUSTER_RETRIES)
-            .connection_timeout(COMMAND_WAIT)
+            .connection_timeout(NODE_CONNECT_WAIT)
             .response_timeout(COMMAND_WAIT);
         if let Some(root_cert) = root_cert {
             builder = builder.certs(redis::TlsCertificates {

@@ -127,6 +127,10 @@ impl RedisLayer {
             // A hash tag in the prefix would put every channel in one slot, on one shard.
             anyhow::bail!("with a Redis Cluster, WIRECHAT_REDIS_PREFIX may not hold '{{' or '}}'");
         }
+        if servers.is_cluster() && prefix.is_empty() {
+            // Presence's keys share the hash tag `{<prefix>}`, which Redis ignores empty.
+            anyhow::bail!("with a Redis Cluster, WIRECHAT_REDIS_PREFIX may not be empty");
+        }
         let (commands, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             registry: Registry::default(),
@@ -360,6 +364,7 @@ async fn subscriber(
                 .ok(),
         };
         let Some(mut connection) = connection else {
+            after_loss = ever_connected;
             if !wait_to_retry(&mut backoff, &mut commands, &stop).await {
                 return;
             }
@@ -384,6 +389,7 @@ async fn subscriber(
         };
         if let Err(e) = subscribed {
             tracing::warn!(error = %e, "resubscribing failed");
+            after_loss = ever_connected;
             lost(&shared);
             if !wait_to_retry(&mut backoff, &mut commands, &stop).await {
                 return;

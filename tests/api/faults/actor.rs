@@ -325,7 +325,8 @@ impl Actor {
                             }
                             return;
                         }
-                        Step::Frame { .. } => continue,
+                        // Messages can come before the title while others post.
+                        Step::Frame { selector, html } => self.record(&selector, &html),
                         Step::Closed(_) | Step::Quiet => break,
                     }
                 }
