@@ -154,13 +154,12 @@ impl Store {
         query: &str,
         before: Option<&str>,
     ) -> StoreResult<Searched> {
-        let Some(before) = parse_before(before) else {
-            return Ok(Searched::BadCursor);
-        };
         // The window: the messages before `before` (the newest, at first) down to a floor.
-        let top = match before {
-            Some(top) => top,
-            None => {
+        let top = match parse_before(before) {
+            Some(Start::Below(top)) => top,
+            // Only PostgreSQL's cursors were message ids.
+            Some(Start::BelowMessage(_)) | None => return Ok(Searched::BadCursor),
+            Some(Start::Newest) => {
                 let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(rowid) FROM messages")
                     .fetch_one(&self.pool)
                     .await
@@ -222,7 +221,7 @@ impl Store {
         query: &str,
         before: Option<&str>,
     ) -> StoreResult<Searched> {
-        let Some(before) = parse_before(before) else {
+        let Some(start) = parse_before(before) else {
             return Ok(Searched::BadCursor);
         };
         let pattern = format!(
@@ -245,14 +244,28 @@ impl Store {
         // The window, as on SQLite. The first page's top is the last place handed out,
         // which rolled-back writes may have taken past the newest message: only the
         // window's aligned floor is ever shown.
-        let top = match before {
-            Some(top) => top,
-            None => {
+        let top = match start {
+            Start::Below(top) => top,
+            Start::Newest => {
                 let (last,): (i64,) = sqlx::query_as("SELECT last_value FROM messages_place_seq")
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(|e| self.failed(e))?;
                 last.saturating_add(1)
+            }
+            // A page shown before an upgrade offers More below its last message, which
+            // the version before named by its id: the next page starts below the newest
+            // message stored before that id, as it did then. That message may be one the
+            // searcher cannot read, but only its window's aligned floor can be shown.
+            Start::BelowMessage(id) => {
+                let below: Option<(i64,)> = sqlx::query_as(
+                    "SELECT place FROM messages WHERE id < $1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.failed(e))?;
+                below.map_or(1, |(place,)| place + 1)
             }
         };
         let floor = window_floor(top);
@@ -304,13 +317,29 @@ impl Store {
     }
 }
 
-/// `before` as this module writes it (a positive number, in digits): `Some(None)` for the
-/// first page, `None` if it is not one.
-fn parse_before(before: Option<&str>) -> Option<Option<i64>> {
+/// Where a page of results starts.
+#[derive(Debug, PartialEq, Eq)]
+enum Start<'a> {
+    /// The first page: at the newest message.
+    Newest,
+    /// Below a rowid or place (`Results::next` as this module writes it).
+    Below(i64),
+    /// Below a message id, as the version before wrote `Results::next` on PostgreSQL.
+    BelowMessage(&'a str),
+}
+
+/// Where `before` starts a page, if it is a place a search left off: a positive number in
+/// digits, or a message id, lowercase and hyphenated.
+fn parse_before(before: Option<&str>) -> Option<Start<'_>> {
     match before {
-        None => Some(None),
-        Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) => {
-            b.parse::<i64>().ok().filter(|&place| place > 0).map(Some)
+        None => Some(Start::Newest),
+        Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) => b
+            .parse::<i64>()
+            .ok()
+            .filter(|&place| place > 0)
+            .map(Start::Below),
+        Some(b) if uuid::Uuid::parse_str(b).is_ok_and(|u| u.to_string() == b) => {
+            Some(Start::BelowMessage(b))
         }
         Some(_) => None,
     }
@@ -365,10 +394,13 @@ mod tests {
     }
 
     #[test]
-    fn a_cursor_is_a_positive_number() {
-        assert_eq!(parse_before(None), Some(None));
-        assert_eq!(parse_before(Some("50000")), Some(Some(50_000)));
-        for bad in ["", "0", "-5", "+5", "5 ", "x", &"9".repeat(100)] {
+    fn a_cursor_is_a_positive_number_or_a_message_id() {
+        assert_eq!(parse_before(None), Some(Start::Newest));
+        assert_eq!(parse_before(Some("50000")), Some(Start::Below(50_000)));
+        let id = "0190a2b4-7c1d-7e3f-8a4b-5c6d7e8f9a0b";
+        assert_eq!(parse_before(Some(id)), Some(Start::BelowMessage(id)));
+        let upper = id.to_uppercase();
+        for bad in ["", "0", "-5", "+5", "5 ", "x", &"9".repeat(100), &upper] {
             assert_eq!(parse_before(Some(bad)), None, "{bad:?}");
         }
     }
