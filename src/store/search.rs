@@ -7,10 +7,13 @@
 //! What one search costs is bounded whatever the history and the query, and so is what
 //! all of a node's searches take from the database:
 //! - at most `AT_ONCE` searches run on a node; one more is refused, not queued;
+//! - a search looks through a window of the newest `WINDOW` to `2 * WINDOW` messages (by
+//!   SQLite's rowid, or PostgreSQL's `place`, both numbering messages as they are stored);
 //! - on SQLite, the index is asked for the query's distinct trigrams (an `AND` of terms,
-//!   never a phrase, whose cost grows with repeats), within a window of `WINDOW` messages,
-//!   for at most `CANDIDATES` rows the searcher may read; the text is then matched here;
-//! - on PostgreSQL, a statement runs at most `TIMEOUT_MS`.
+//!   never a phrase, whose cost grows with repeats) for at most `CANDIDATES` rows the
+//!   searcher may read; the text is then matched here;
+//! - on PostgreSQL, the index is asked one slice of `SLICE` places at a time, newest
+//!   first, until a page is full; a statement runs at most `TIMEOUT_MS`.
 //!
 //! Where the next page starts (`Results::next`) is a readable message's place or a window's
 //! edge, never a place taken from a message the searcher may not read: paging tells
@@ -30,8 +33,15 @@ pub const PAGE: usize = 20;
 /// Searches a node runs at once.
 pub(super) const AT_ONCE: usize = 2;
 
-/// SQLite: messages (by rowid) one search looks through, newest first.
+/// Messages (by rowid or place) one search looks through, newest first.
 const WINDOW: i64 = 50_000;
+
+/// PostgreSQL: places whose part of the index one step of a search reads. The index is
+/// on `place / 10000` (migration 0011), and a query uses it only with the same expression.
+const SLICE: i64 = 10_000;
+
+// A window's floor is then where a slice starts.
+const _: () = assert!(WINDOW % SLICE == 0);
 
 /// SQLite: rows holding every trigram of the query that one search matches against it.
 const CANDIDATES: usize = 200;
@@ -77,7 +87,7 @@ const POSTGRES_SELECT: &str = select_messages!(
      (SELECT r.name FROM rooms r WHERE r.id = m.room_id) AS room_name, \
      (SELECT pu.username FROM memberships pm JOIN users pu ON pu.id = pm.user_id \
       WHERE pm.room_id = m.room_id AND pm.user_id <> $2 LIMIT 1) AS peer, \
-     m.id AS cursor"
+     CAST(m.place AS TEXT) AS cursor"
 );
 
 /// Rows the searcher (`$2`) may read: not deleted, in a public group, or in a room of
@@ -91,10 +101,10 @@ const READABLE: &str = "WHERE m.deleted_at IS NULL \
        OR (b.blocked_id = pm.user_id AND b.blocker_id = $2) \
      WHERE pm.room_id = m.room_id AND pm.user_id <> $2)))";
 
-/// Where a window that ends below rowid `top` starts: a multiple of `WINDOW`, one to two
-/// windows down. Aligned, a window's edge (which a page may offer as where the next one
-/// starts) tells of the history only its size to within `WINDOW` messages, not how many
-/// messages other people have written since.
+/// Where a window that ends below rowid (or place) `top` starts: a multiple of `WINDOW`,
+/// one to two windows down. Aligned, a window's edge (which a page may offer as where the
+/// next one starts) tells of the history only its size to within `WINDOW` messages, not
+/// how many messages other people have written since.
 fn window_floor(top: i64) -> i64 {
     ((top - 1) / WINDOW - 1).max(0) * WINDOW
 }
@@ -144,26 +154,18 @@ impl Store {
         query: &str,
         before: Option<&str>,
     ) -> StoreResult<Searched> {
-        let before = match before {
-            None => i64::MAX,
-            // As this module writes them: a positive number, in digits.
-            Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) => {
-                match b.parse::<i64>() {
-                    Ok(rowid) if rowid > 0 => rowid,
-                    _ => return Ok(Searched::BadCursor),
-                }
-            }
-            Some(_) => return Ok(Searched::BadCursor),
-        };
         // The window: the messages before `before` (the newest, at first) down to a floor.
-        let top = if before == i64::MAX {
-            let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(rowid) FROM messages")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| self.failed(e))?;
-            newest.unwrap_or(0) + 1
-        } else {
-            before
+        let top = match parse_before(before) {
+            Some(Start::Below(top)) => top,
+            // Only PostgreSQL's cursors were message ids.
+            Some(Start::BelowMessage(_)) | None => return Ok(Searched::BadCursor),
+            Some(Start::Newest) => {
+                let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(rowid) FROM messages")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                newest.unwrap_or(0) + 1
+            }
         };
         let floor = window_floor(top);
         let rows = sqlx::query(&format!(
@@ -219,16 +221,9 @@ impl Store {
         query: &str,
         before: Option<&str>,
     ) -> StoreResult<Searched> {
-        // As this module writes them: a message id, lowercase and hyphenated.
-        if before.is_some_and(|b| {
-            uuid::Uuid::parse_str(b)
-                .map(|u| u.to_string())
-                .ok()
-                .as_deref()
-                != Some(b)
-        }) {
+        let Some(start) = parse_before(before) else {
             return Ok(Searched::BadCursor);
-        }
+        };
         let pattern = format!(
             "%{}%",
             query
@@ -236,26 +231,63 @@ impl Store {
                 .replace('%', "\\%")
                 .replace('_', "\\_")
         );
-        let sql = format!(
-            "{POSTGRES_SELECT} {READABLE} AND m.body ILIKE $1 {} ORDER BY m.id DESC LIMIT $3",
-            if before.is_some() {
-                "AND m.id < $4"
-            } else {
-                ""
-            }
-        );
         let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
-        sqlx::query(&format!("SET LOCAL statement_timeout = {TIMEOUT_MS}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.failed(e))?;
-        let mut search = sqlx::query(&sql)
+        // JIT compiling takes longer than these small scans run (some 40 ms, where the
+        // scans take a few), and the plan's cost estimate passes its threshold.
+        sqlx::query(&format!(
+            "SELECT set_config('statement_timeout', '{TIMEOUT_MS}', true), \
+             set_config('jit', 'off', true)"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.failed(e))?;
+        // The window, as on SQLite. The first page's top is the last place handed out,
+        // which rolled-back writes may have taken past the newest message: only the
+        // window's aligned floor is ever shown.
+        let top = match start {
+            Start::Below(top) => top,
+            Start::Newest => {
+                let (last,): (i64,) = sqlx::query_as("SELECT last_value FROM messages_place_seq")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                last.saturating_add(1)
+            }
+            // A page shown before an upgrade offers More below its last message, which
+            // the version before named by its id: the next page starts below the newest
+            // message stored before that id, as it did then. That message may be one the
+            // searcher cannot read, but only its window's aligned floor can be shown.
+            Start::BelowMessage(id) => {
+                let below: Option<(i64,)> = sqlx::query_as(
+                    "SELECT place FROM messages WHERE id < $1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.failed(e))?;
+                below.map_or(1, |(place,)| place + 1)
+            }
+        };
+        let floor = window_floor(top);
+        // Slice by slice, newest first: the nested loop over the slices yields each one's
+        // rows before it reads the next, so the outer LIMIT stops reading once a page is
+        // full. The slices are what bounds a statement: a scan of one reads only that
+        // slice's part of each trigram's posting list, and rechecks only its rows.
+        let sql = format!(
+            "{POSTGRES_SELECT} WHERE m.id IN (SELECT hit.id \
+             FROM generate_series($3, $4, -1) AS s(slice) CROSS JOIN LATERAL \
+             (SELECT m.id FROM messages m {READABLE} AND (m.place / {SLICE}) = s.slice \
+              AND m.place < $5 AND m.body ILIKE $1 \
+              ORDER BY m.place DESC LIMIT $6) hit LIMIT $6) \
+             ORDER BY m.place DESC"
+        );
+        let search = sqlx::query(&sql)
             .bind(pattern)
             .bind(user_id)
+            .bind((top - 1) / SLICE)
+            .bind(floor / SLICE)
+            .bind(top)
             .bind(PAGE as i64 + 1);
-        if let Some(before) = before {
-            search = search.bind(before);
-        }
         let rows = match search.fetch_all(&mut *tx).await {
             Ok(rows) => rows,
             // query_canceled: the statement timeout.
@@ -266,16 +298,50 @@ impl Store {
         };
         tx.commit().await.map_err(|e| self.failed(e))?;
         let mut found = Vec::with_capacity(rows.len().min(PAGE));
-        let mut next = None;
+        let mut last = None;
         for row in rows.iter().take(PAGE) {
             let (one, cursor) = found_from_row(row).map_err(|e| self.failed(e))?;
             found.push(one);
-            next = Some(cursor);
+            last = Some(cursor);
         }
-        if rows.len() <= PAGE {
-            next = None;
-        }
+        let next = if rows.len() > PAGE {
+            // The next page starts after the last shown.
+            last
+        } else if floor > 0 {
+            // The window is done: the next page looks through the one below it.
+            Some(floor.to_string())
+        } else {
+            None
+        };
         Ok(Searched::Page(Results { found, next }))
+    }
+}
+
+/// Where a page of results starts.
+#[derive(Debug, PartialEq, Eq)]
+enum Start<'a> {
+    /// The first page: at the newest message.
+    Newest,
+    /// Below a rowid or place (`Results::next` as this module writes it).
+    Below(i64),
+    /// Below a message id, as the version before wrote `Results::next` on PostgreSQL.
+    BelowMessage(&'a str),
+}
+
+/// Where `before` starts a page, if it is a place a search left off: a positive number in
+/// digits, or a message id, lowercase and hyphenated.
+fn parse_before(before: Option<&str>) -> Option<Start<'_>> {
+    match before {
+        None => Some(Start::Newest),
+        Some(b) if !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()) => b
+            .parse::<i64>()
+            .ok()
+            .filter(|&place| place > 0)
+            .map(Start::Below),
+        Some(b) if uuid::Uuid::parse_str(b).is_ok_and(|u| u.to_string() == b) => {
+            Some(Start::BelowMessage(b))
+        }
+        Some(_) => None,
     }
 }
 
@@ -318,6 +384,24 @@ mod tests {
                 floor < top && top - floor <= 2 * WINDOW || floor == 0,
                 "{top}"
             );
+        }
+    }
+
+    #[test]
+    fn the_slices_are_those_the_postgres_index_is_keyed_by() {
+        let migration = include_str!("../../migrations/postgres/0011_search_slices.sql");
+        assert!(migration.contains(&format!("((place / {SLICE}), body gin_trgm_ops)")));
+    }
+
+    #[test]
+    fn a_cursor_is_a_positive_number_or_a_message_id() {
+        assert_eq!(parse_before(None), Some(Start::Newest));
+        assert_eq!(parse_before(Some("50000")), Some(Start::Below(50_000)));
+        let id = "0190a2b4-7c1d-7e3f-8a4b-5c6d7e8f9a0b";
+        assert_eq!(parse_before(Some(id)), Some(Start::BelowMessage(id)));
+        let upper = id.to_uppercase();
+        for bad in ["", "0", "-5", "+5", "5 ", "x", &"9".repeat(100), &upper] {
+            assert_eq!(parse_before(Some(bad)), None, "{bad:?}");
         }
     }
 

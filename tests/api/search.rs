@@ -268,3 +268,22 @@ async fn paging_tells_nothing_of_other_peoples_conversations(backend: Backend) {
     assert_eq!(said_more.html, unsaid_more.html);
     assert_eq!(next_page(&said_more), None);
 }
+
+/// On PostgreSQL the version before offered More below a message id: a page shown before
+/// an upgrade still goes on below that message after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_from_a_page_of_the_version_before_goes_on_below_its_message() {
+    let app = TestApp::spawn_with(Backend::Postgres, &["--rate-burst", "100"]).await;
+    let ann = app.signup("ann").await;
+    let mut a = app.connect(&ann).await;
+    let mut ids = Vec::new();
+    for n in 1..=5 {
+        ids.push(a.post(&format!("needle {n}")).await);
+    }
+    let (results, more) = search(&mut a, "needle", Some(&ids[3])).await;
+    assert_eq!(
+        snippets(&results.html),
+        ["needle 3", "needle 2", "needle 1"]
+    );
+    assert_eq!(next_page(&more), None);
+}
