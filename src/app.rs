@@ -356,6 +356,7 @@ async fn connect_redis(
     shown: &str,
     stop: &CancellationToken,
 ) -> anyhow::Result<(Arc<dyn ChannelLayer>, Arc<dyn Presence>)> {
+    servers.check_mode().await?;
     let commands = servers
         .commands()
         .with_context(|| format!("Redis {shown}"))?;

@@ -225,3 +225,39 @@ async fn three_nodes_chat_over_a_sharded_cluster() {
     }
     assert_eq!(chat.subscribers(&rooms[0].1).await, 2);
 }
+
+/// A cluster named as one server, or one server as a cluster, is refused at start with
+/// what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_given_in_the_wrong_mode_is_refused_saying_which() {
+    let cluster = OwnCluster::start().await;
+    let database_url = fresh_database(Backend::Postgres).await;
+    let node = cluster
+        .nodes()
+        .split(',')
+        .next()
+        .expect("a node")
+        .to_owned();
+    let cases = [
+        (
+            vec!["--redis-url".to_owned(), format!("redis://{node}")],
+            "name the cluster's nodes in WIRECHAT_REDIS_CLUSTER",
+        ),
+        (
+            vec!["--redis-cluster".to_owned(), "127.0.0.1:6379".to_owned()],
+            "without cluster mode: name it in REDIS_URL",
+        ),
+    ];
+    for (redis, said) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_wirechat"))
+            .args(["--addr", "127.0.0.1:0", "--database-url", &database_url])
+            .args(&redis)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("wirechat runs");
+        let text = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{redis:?} was accepted");
+        assert!(text.contains(said), "{redis:?}: {text}");
+    }
+}

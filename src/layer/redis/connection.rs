@@ -101,6 +101,43 @@ impl Servers {
         matches!(self, Servers::Cluster { .. })
     }
 
+    /// Refuses, with what to do instead, a cluster given as one server or one server
+    /// given as a cluster; says nothing of servers that do not answer yet (a node may
+    /// start before Redis does).
+    pub async fn check_mode(&self) -> anyhow::Result<()> {
+        let (nodes, want_cluster) = match self {
+            Servers::Single(info) => (std::slice::from_ref(info), false),
+            Servers::Cluster { nodes, .. } => (nodes.as_slice(), true),
+        };
+        for node in nodes {
+            let ask = async {
+                let client = redis::Client::open(node.clone())?;
+                let mut connection = client.get_multiplexed_async_connection().await?;
+                redis::cmd("INFO")
+                    .arg("cluster")
+                    .query_async::<String>(&mut connection)
+                    .await
+            };
+            let Ok(Ok(info)) = tokio::time::timeout(NODE_CONNECT_WAIT, ask).await else {
+                continue;
+            };
+            let is_cluster = info.contains("cluster_enabled:1");
+            let addr = node.addr();
+            if want_cluster && !is_cluster {
+                anyhow::bail!(
+                    "{addr} is a Redis without cluster mode: name it in REDIS_URL, not WIRECHAT_REDIS_CLUSTER"
+                );
+            }
+            if !want_cluster && is_cluster {
+                anyhow::bail!(
+                    "{addr} is a Redis Cluster node: name the cluster's nodes in WIRECHAT_REDIS_CLUSTER, not REDIS_URL"
+                );
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
     /// The client for a cluster; `pushes` receives what subscriptions bring.
     fn cluster_client(
         nodes: &[ConnectionInfo],
@@ -365,8 +402,17 @@ async fn whole(connection: &mut ClusterConnection) -> Result<(), CommandError> {
         .route_command(redis::cmd("CLUSTER").arg("INFO").clone(), all_masters)
         .await
         .map_err(|e| e.to_string())?;
-    let text = format!("{info:?}");
-    if text.contains("cluster_state:ok") && !text.contains("cluster_state:fail") {
+    // One answer per master, by address; a master's error reply comes as its answer.
+    let Value::Map(answers) = info else {
+        return Err("CLUSTER INFO did not answer per master".to_owned());
+    };
+    let whole = !answers.is_empty()
+        && answers.iter().all(|(_, answer)| match answer {
+            Value::BulkString(text) => String::from_utf8_lossy(text).contains("cluster_state:ok"),
+            Value::VerbatimString { text, .. } => text.contains("cluster_state:ok"),
+            _ => false,
+        });
+    if whole {
         Ok(())
     } else {
         Err("the cluster is not whole yet".to_owned())
