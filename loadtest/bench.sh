@@ -6,6 +6,8 @@
 #
 #   --pg              a fresh PostgreSQL database (default: a fresh SQLite file)
 #   --nodes N         N nodes (N > 1: PostgreSQL and Redis, a fresh key prefix)
+#   --redis-cluster NODES  with --nodes N > 1: the nodes share this Redis Cluster
+#                     (WIRECHAT_REDIS_CLUSTER) instead of the Redis on 127.0.0.1:6379
 #   --port P          the first node's port (default 8201; node i listens on P + i - 1)
 #   --pin NODE:LOAD   run the node on CPUs NODE and the generator on CPUs LOAD (taskset)
 #   --bin DIR         where wirechat, wirechat-load and wirechat-baseline are
@@ -40,6 +42,7 @@ node_bin=""
 server=wirechat
 pg=0
 nodes=1
+redis_cluster=""
 first_port=8201
 pin=""
 extra_env=()
@@ -54,6 +57,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --pg) pg=1; common+=("$1") ;;
         --nodes) nodes="$2"; common+=("$1" "$2"); shift ;;
+        --redis-cluster) redis_cluster="$2"; common+=("$1" "$2"); shift ;;
         --port) first_port="$2"; common+=("$1" "$2"); shift ;;
         --pin) pin="$2"; common+=("$1" "$2"); shift ;;
         --bin) bin="$2"; shift ;;
@@ -243,7 +247,9 @@ for i in $(seq 1 "$nodes"); do
         WIRECHAT_MAX_ROOMS_PER_USER=1000000 WIRECHAT_MAX_CONNECTIONS_PER_ADDRESS=0
         WIRECHAT_DRAIN_MS=0
     )
-    if (( nodes > 1 )); then
+    if (( nodes > 1 )) && [[ -n "$redis_cluster" ]]; then
+        node_env+=(WIRECHAT_REDIS_CLUSTER="$redis_cluster" WIRECHAT_REDIS_PREFIX="$redis_prefix")
+    elif (( nodes > 1 )); then
         node_env+=(REDIS_URL=redis://127.0.0.1:6379 WIRECHAT_REDIS_PREFIX="$redis_prefix")
     fi
     # Nothing from the caller's environment but these (and PATH, HOME for the tools).
