@@ -269,10 +269,33 @@ impl ClusterCommands {
         self.connection.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// After a failure the next command connects anew, reading the cluster's topology
-    /// again (a failover may have promoted a replica the old connection does not know).
-    fn failed(&self) {
-        self.slot().take();
+    /// After a connection's failure the next command connects anew, reading the
+    /// cluster's topology again (a failover may have promoted a replica the old connection
+    /// does not know), as after a redirection or a cluster-down answer the client's own
+    /// retries did not get past. A command's own error (a script's) leaves the connection
+    /// as it is.
+    fn failed(&self, error: &redis::RedisError) {
+        use redis::{ErrorKind, ServerErrorKind};
+        let topology = matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        );
+        if topology
+            || error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+        {
+            self.slot().take();
+        }
     }
 }
 
@@ -304,7 +327,7 @@ impl Commands {
                 invocation
                     .invoke_async(&mut connection)
                     .await
-                    .inspect_err(|_| cluster.failed())
+                    .inspect_err(|e| cluster.failed(e))
                     .map_err(|e| e.to_string())
             }
         }
@@ -325,65 +348,76 @@ impl Commands {
                 let mut connection = cluster.connection().await.map_err(|e| e.to_string())?;
                 ping_masters(&mut connection)
                     .await
-                    .inspect_err(|_| cluster.failed())
+                    .inspect_err(|e| cluster.failed(e))
+                    .map_err(|e| e.to_string())
             }
         }
     }
 
     /// Publishes each `(channel, payload)`, in order per channel: one pipeline to one
     /// server, or one pipeline per hash slot (a pipeline to a cluster stays within one
-    /// slot), all sent at once.
-    pub async fn publish(&self, batch: &[(&str, &[u8])]) -> Result<(), PublishFailure> {
+    /// slot), all sent at once. Each item's own outcome, in order: on a cluster, one
+    /// shard failing fails only the publications to its slots.
+    pub async fn publish(&self, batch: &[(&str, &[u8])]) -> Vec<Result<(), PublishFailure>> {
         match self {
             Commands::Single(pool) => {
-                let mut connection = pool.get().await.map_err(PublishFailure::Connection)?;
-                let mut pipe = redis::pipe();
-                for (channel, payload) in batch {
-                    pipe.cmd("PUBLISH").arg(channel).arg(payload);
-                }
-                pipe.query_async::<Vec<i64>>(&mut connection)
-                    .await
-                    .map(drop)
-                    .map_err(PublishFailure::Command)
+                let sent = match pool.get().await {
+                    Ok(mut connection) => {
+                        let mut pipe = redis::pipe();
+                        for (channel, payload) in batch {
+                            pipe.cmd("PUBLISH").arg(channel).arg(payload);
+                        }
+                        pipe.query_async::<Vec<i64>>(&mut connection)
+                            .await
+                            .map(drop)
+                            .map_err(|e| PublishFailure::Command(Arc::new(e)))
+                    }
+                    Err(e) => Err(PublishFailure::Connection(Arc::new(e))),
+                };
+                vec![sent; batch.len()]
             }
             Commands::Cluster(cluster) => {
-                let connection = cluster
-                    .connection()
-                    .await
-                    .map_err(PublishFailure::Command)?;
+                let connection = match cluster.connection().await {
+                    Ok(connection) => connection,
+                    Err(e) => return vec![Err(PublishFailure::Command(Arc::new(e))); batch.len()],
+                };
                 let mut slots: HashMap<Slot, usize> = HashMap::new();
                 let mut pipes: Vec<redis::Pipeline> = Vec::new();
+                let mut pipe_of = Vec::with_capacity(batch.len());
                 for (channel, payload) in batch {
                     let at = *slots.entry(Slot::for_key(channel)).or_insert_with(|| {
                         pipes.push(redis::pipe());
                         pipes.len() - 1
                     });
                     pipes[at].cmd("SPUBLISH").arg(channel).arg(payload);
+                    pipe_of.push(at);
                 }
-                let sent = futures_util::future::join_all(pipes.iter().map(|pipe| {
-                    let mut connection = connection.clone();
-                    async move { pipe.query_async::<Vec<i64>>(&mut connection).await }
-                }))
-                .await;
-                match sent.into_iter().find_map(Result::err) {
-                    Some(e) => {
-                        cluster.failed();
-                        Err(PublishFailure::Command(e))
-                    }
-                    None => Ok(()),
-                }
+                let sent: Vec<Result<(), PublishFailure>> =
+                    futures_util::future::join_all(pipes.iter().map(|pipe| {
+                        let mut connection = connection.clone();
+                        async move {
+                            pipe.query_async::<Vec<i64>>(&mut connection)
+                                .await
+                                .map(drop)
+                                .inspect_err(|e| cluster.failed(e))
+                                .map_err(|e| PublishFailure::Command(Arc::new(e)))
+                        }
+                    }))
+                    .await;
+                pipe_of.into_iter().map(|at| sent[at].clone()).collect()
             }
         }
     }
 }
 
-/// Why a publication failed.
+/// Why a publication failed; shared by the publications that failed together.
+#[derive(Clone)]
 pub enum PublishFailure {
-    Connection(deadpool_redis::PoolError),
-    Command(redis::RedisError),
+    Connection(Arc<deadpool_redis::PoolError>),
+    Command(Arc<redis::RedisError>),
 }
 
-async fn ping_masters(connection: &mut ClusterConnection) -> Result<(), CommandError> {
+async fn ping_masters(connection: &mut ClusterConnection) -> redis::RedisResult<()> {
     let all_masters = RoutingInfo::MultiNode((
         MultipleNodeRoutingInfo::AllMasters,
         Some(ResponsePolicy::AllSucceeded),
@@ -392,7 +426,6 @@ async fn ping_masters(connection: &mut ClusterConnection) -> Result<(), CommandE
         .route_command(redis::cmd("PING"), all_masters)
         .await
         .map(drop)
-        .map_err(|e| e.to_string())
 }
 
 /// Whether every master the connection knows answers and says the cluster is ok.

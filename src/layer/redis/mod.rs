@@ -216,7 +216,8 @@ async fn publisher(commands: Commands, origin: String, mut queue: mpsc::Receiver
         if received == 0 {
             return;
         }
-        let items: Vec<(&str, &[u8])> = unsent
+        let markers: Vec<String> = unsent.iter().cloned().collect();
+        let items: Vec<(&str, &[u8])> = markers
             .iter()
             .map(|channel| (channel.as_str(), resync.as_slice()))
             .chain(
@@ -225,26 +226,40 @@ async fn publisher(commands: Commands, origin: String, mut queue: mpsc::Receiver
                     .map(|p| (p.channel.as_str(), p.payload.as_slice())),
             )
             .collect();
-        let sent = commands.publish(&items).await.map_err(|e| match e {
-            PublishFailure::Connection(e) => PublishError::Connection(Arc::new(e)),
-            PublishFailure::Command(e) => PublishError::Command(Arc::new(e)),
-        });
+        let sent: Vec<Result<(), PublishError>> = commands
+            .publish(&items)
+            .await
+            .into_iter()
+            .map(|sent| {
+                sent.map_err(|e| match e {
+                    PublishFailure::Connection(e) => PublishError::Connection(e),
+                    PublishFailure::Command(e) => PublishError::Command(e),
+                })
+            })
+            .collect();
         drop(items);
-        let failed = sent.is_err();
-        if failed {
-            unsent.extend(batch.iter().map(|p| p.channel.clone()));
-        } else {
-            unsent.clear();
+        let (marked, published) = sent.split_at(markers.len());
+        for (channel, sent) in markers.iter().zip(marked) {
+            if sent.is_ok() {
+                unsent.remove(channel);
+            }
         }
-        for p in batch.drain(..) {
+        let mut failure = None;
+        for (p, sent) in batch.drain(..).zip(published) {
+            if let Err(e) = sent {
+                unsent.insert(p.channel);
+                failure = Some(e.clone());
+            }
             let _ = p.done.send(sent.clone());
         }
-        if failed {
+        if let Some(failure) = failure
+            && published.iter().all(Result::is_err)
+        {
             // Redis is away: what queued meanwhile fails at once rather than a wait for a
             // connection each.
             while let Ok(p) = queue.try_recv() {
                 unsent.insert(p.channel);
-                let _ = p.done.send(sent.clone());
+                let _ = p.done.send(Err(failure.clone()));
             }
         }
     }

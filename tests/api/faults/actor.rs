@@ -50,6 +50,9 @@ impl Progress {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Phase {
+    /// Everyone reads; senders wait for the first traffic, so that everyone has joined
+    /// before anything is posted.
+    Hold,
     /// Senders post; everyone reads.
     Run,
     /// Senders have stopped; everyone keeps reading.
@@ -437,11 +440,12 @@ impl Actor {
         let mut pace = tokio::time::interval(PACE);
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n = 0;
-        while *phase.borrow() == Phase::Run {
+        while matches!(*phase.borrow(), Phase::Hold | Phase::Run) {
+            let posting = sends && *phase.borrow() == Phase::Run;
             let wake = tokio::select! {
                 biased;
                 _ = phase.changed() => Wake::Phase,
-                _ = pace.tick(), if sends => Wake::Tick,
+                _ = pace.tick(), if posting => Wake::Tick,
                 step = self.listen() => Wake::Read(step),
             };
             match wake {

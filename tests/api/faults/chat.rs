@@ -84,7 +84,7 @@ impl Chat {
             started: 0,
             live: Live::default(),
             progress: Arc::new(Progress::default()),
-            phase: watch::Sender::new(Phase::Run),
+            phase: watch::Sender::new(Phase::Hold),
             actors: Vec::new(),
             room: String::new(),
             proxy: None,
@@ -182,7 +182,16 @@ impl Chat {
     }
 
     /// Waits until `more` messages beyond the current count have been acknowledged.
+    /// Waits until `more` messages have been acknowledged (the first call lets the
+    /// senders start).
     pub(super) async fn traffic(&self, more: usize) {
+        self.phase.send_if_modified(|phase| {
+            let held = *phase == Phase::Hold;
+            if held {
+                *phase = Phase::Run;
+            }
+            held
+        });
         let target = self.acked() + more;
         Progress::wait(&self.progress.acked, "acknowledged messages", target).await;
     }
