@@ -207,17 +207,28 @@ pub struct OwnRedis {
     pub port: u16,
 }
 
+/// A redis-server on loopback with `args` (its ports, its mode), keeping nothing on disk;
+/// returns once it accepts connections.
+pub async fn redis_server(args: &[&str]) -> Process {
+    let mut command = Command::new("redis-server");
+    command.args(["--bind", "127.0.0.1"]).args(args).args([
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--logfile",
+        "",
+    ]);
+    let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
+        line.contains("Ready to accept connections").then_some(())
+    })
+    .await;
+    process
+}
+
 impl OwnRedis {
     pub async fn start(port: u16) -> OwnRedis {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
-        let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
-            line.contains("Ready to accept connections").then_some(())
-        })
-        .await;
+        let process = redis_server(&["--port", &port.to_string()]).await;
         OwnRedis { process, port }
     }
 
@@ -329,22 +340,22 @@ impl OwnCluster {
             };
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("cluster node dir");
-            let mut command = Command::new("redis-server");
-            command
-                .args(["--bind", "127.0.0.1", "--port"])
-                .arg(port.to_string())
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout"])
-                .arg(CLUSTER_NODE_TIMEOUT_MS)
+            let process = redis_server(&[
+                "--port",
+                &port.to_string(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                CLUSTER_NODE_TIMEOUT_MS,
                 // A replica syncs at once (not after the default 5 s wait for others), and
                 // may take over however long ago it last heard its master.
-                .args(["--repl-diskless-sync-delay", "0"])
-                .args(["--cluster-replica-validity-factor", "0"])
-                .arg("--dir")
-                .arg(&node_dir)
-                .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
-            let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
-                line.contains("Ready to accept connections").then_some(())
-            })
+                "--repl-diskless-sync-delay",
+                "0",
+                "--cluster-replica-validity-factor",
+                "0",
+                "--dir",
+                &node_dir.display().to_string(),
+            ])
             .await;
             servers.push((process, port));
         }
@@ -373,20 +384,27 @@ impl OwnCluster {
     /// Waits (bounded) until every replica has synced with its master, so that it can
     /// take over.
     async fn wait_until_replicated(&self) {
+        let command = deadpool_redis::redis::cmd("INFO")
+            .arg("replication")
+            .clone();
+        self.wait_for_every_server("replica synced", &command, |answer| {
+            let info = answer.expect("INFO replication");
+            info.contains("role:master") || info.contains("master_link_status:up")
+        })
+        .await;
+    }
+
+    /// Waits (bounded) until each server's answer to `command` satisfies `done`.
+    async fn wait_for_every_server(
+        &self,
+        what: &str,
+        command: &deadpool_redis::redis::Cmd,
+        done: impl Fn(deadpool_redis::redis::RedisResult<String>) -> bool,
+    ) {
         let deadline = Instant::now() + PATIENCE;
         for (_, port) in &self.servers {
-            loop {
-                let info: String =
-                    OwnCluster::ask(*port, deadpool_redis::redis::cmd("INFO").arg("replication"))
-                        .await
-                        .expect("INFO replication");
-                if info.contains("role:master") || info.contains("master_link_status:up") {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the replica on {port} never synced"
-                );
+            while !done(OwnCluster::ask(*port, command).await) {
+                assert!(Instant::now() < deadline, "{what}: not on {port}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -505,21 +523,13 @@ impl OwnCluster {
 
     /// Waits (bounded) until every live node says the cluster is ok.
     async fn wait_until_ok(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        for (_, port) in &self.servers {
-            loop {
-                let info: deadpool_redis::redis::RedisResult<String> =
-                    OwnCluster::ask(*port, deadpool_redis::redis::cmd("CLUSTER").arg("INFO")).await;
-                match info {
-                    Ok(info) if info.contains("cluster_state:ok") => break,
-                    // A killed server refuses: it has no say.
-                    Err(e) if e.is_connection_refusal() => break,
-                    _ => {}
-                }
-                assert!(Instant::now() < deadline, "the cluster is not ok on {port}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let command = deadpool_redis::redis::cmd("CLUSTER").arg("INFO").clone();
+        self.wait_for_every_server("the cluster is ok", &command, |answer| match answer {
+            Ok(info) => info.contains("cluster_state:ok"),
+            // A killed server refuses: it has no say.
+            Err(e) => e.is_connection_refusal(),
+        })
+        .await;
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::faults::postgres::OwnPostgres;
 use crate::helpers::{TestApp, fresh_prefix};
-use crate::process::{Output, Process, free_port};
+use crate::process::{Process, free_port, redis_server};
 
 /// A private certificate authority and a certificate it signed for 127.0.0.1/localhost,
 /// in a directory of the test's own.
@@ -109,19 +109,21 @@ impl Drop for Certificates {
 /// A Redis server that takes TLS only (its plain port off).
 async fn redis_over_tls(certificates: &Certificates) -> (Process, u16) {
     let port = free_port();
-    let mut command = Command::new("redis-server");
     let file = |name: &str| certificates.path(name).display().to_string();
-    command
-        .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port"])
-        .arg(port.to_string())
-        .args(["--tls-cert-file", &file("server.pem")])
-        .args(["--tls-key-file", &file("server.key")])
-        .args(["--tls-ca-cert-file", &file("ca.pem")])
-        .args(["--tls-auth-clients", "no"])
-        .args(["--save", "", "--appendonly", "no", "--logfile", ""]);
-    let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
-        line.contains("Ready to accept connections").then_some(())
-    })
+    let process = redis_server(&[
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &file("server.pem"),
+        "--tls-key-file",
+        &file("server.key"),
+        "--tls-ca-cert-file",
+        &file("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+    ])
     .await;
     (process, port)
 }

@@ -5,15 +5,16 @@
 //! commands (presence scripts, PING) take a connection from a pool. On a cluster, each
 //! channel lives on the shard that owns its hash slot: events go out with SPUBLISH and come
 //! in with SSUBSCRIBE, so a room's traffic crosses one shard and never the whole cluster.
-//! The cluster client keeps one multiplexed connection per shard (one set for commands,
-//! one for subscriptions), follows MOVED redirections, and reports every subscription's
-//! messages as RESP3 pushes.
+//! The cluster client keeps one multiplexed connection per cluster node (one set for
+//! commands, one for subscriptions), follows MOVED redirections, and reports every
+//! subscription's messages as RESP3 pushes.
 //!
-//! A subscriber connection to a cluster counts as lost when any shard's connection closes,
-//! when a shard does not answer a PING, or when a shard drops a subscription itself (its
-//! slot moved to another shard). The layer then connects anew, which reads the cluster's
-//! current topology, subscribes again, and has every socket catch up from the store, as
-//! after a lost connection to one server.
+//! A subscriber connection to a cluster counts as lost when any node's connection closes,
+//! when a master does not say the cluster is whole (`cluster_state:ok`), or when a
+//! subscription changes without being asked (a shard dropped it as its slot moved, or the
+//! client moved it to a new connection). The layer then connects anew, which reads the
+//! cluster's current topology, subscribes again, and has every socket catch up from the
+//! store, as after a lost connection to one server.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,6 +33,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, Slot};
 use tokio::sync::mpsc;
+
+use crate::layer::PublishError;
 
 /// Longest wait for a connection to be set up, or a command answered, before it counts as
 /// failed.
@@ -64,11 +67,7 @@ impl Servers {
         let Some(ca_file) = ca_file else {
             return Ok(Servers::Single(url.into_connection_info()?));
         };
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(read_ca_file(ca_file)?),
-        };
-        let client = redis::Client::build_with_tls(url, certificates)
+        let client = redis::Client::build_with_tls(url, trusting(read_ca_file(ca_file)?))
             .context("a Redis CA file needs a rediss:// URL")?;
         Ok(Servers::Single(client.get_connection_info().clone()))
     }
@@ -151,10 +150,7 @@ impl Servers {
             .connection_timeout(NODE_CONNECT_WAIT)
             .response_timeout(COMMAND_WAIT);
         if let Some(root_cert) = root_cert {
-            builder = builder.certs(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(root_cert.clone()),
-            });
+            builder = builder.certs(trusting(root_cert.clone()));
         }
         if let Some(pushes) = pushes {
             builder = builder
@@ -226,6 +222,14 @@ impl Servers {
         tokio::time::timeout(COMMAND_WAIT, connecting)
             .await
             .unwrap_or_else(|_| Err("connecting timed out".to_owned()))
+    }
+}
+
+/// TLS that trusts the authorities in `root_cert` (PEM) instead of the system's.
+fn trusting(root_cert: Vec<u8>) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_cert),
     }
 }
 
@@ -358,7 +362,7 @@ impl Commands {
     /// server, or one pipeline per hash slot (a pipeline to a cluster stays within one
     /// slot), all sent at once. Each item's own outcome, in order: on a cluster, one
     /// shard failing fails only the publications to its slots.
-    pub async fn publish(&self, batch: &[(&str, &[u8])]) -> Vec<Result<(), PublishFailure>> {
+    pub async fn publish(&self, batch: &[(&str, &[u8])]) -> Vec<Result<(), PublishError>> {
         match self {
             Commands::Single(pool) => {
                 let sent = match pool.get().await {
@@ -370,51 +374,45 @@ impl Commands {
                         pipe.query_async::<Vec<i64>>(&mut connection)
                             .await
                             .map(drop)
-                            .map_err(|e| PublishFailure::Command(Arc::new(e)))
+                            .map_err(|e| PublishError::Command(Arc::new(e)))
                     }
-                    Err(e) => Err(PublishFailure::Connection(Arc::new(e))),
+                    Err(e) => Err(PublishError::Connection(Arc::new(e))),
                 };
                 vec![sent; batch.len()]
             }
             Commands::Cluster(cluster) => {
                 let connection = match cluster.connection().await {
                     Ok(connection) => connection,
-                    Err(e) => return vec![Err(PublishFailure::Command(Arc::new(e))); batch.len()],
+                    Err(e) => return vec![Err(PublishError::Command(Arc::new(e))); batch.len()],
                 };
-                let mut slots: HashMap<Slot, usize> = HashMap::new();
-                let mut pipes: Vec<redis::Pipeline> = Vec::new();
-                let mut pipe_of = Vec::with_capacity(batch.len());
-                for (channel, payload) in batch {
-                    let at = *slots.entry(Slot::for_key(channel)).or_insert_with(|| {
-                        pipes.push(redis::pipe());
-                        pipes.len() - 1
-                    });
-                    pipes[at].cmd("SPUBLISH").arg(channel).arg(payload);
-                    pipe_of.push(at);
-                }
-                let sent: Vec<Result<(), PublishFailure>> =
-                    futures_util::future::join_all(pipes.iter().map(|pipe| {
+                let groups = slot_groups(batch.iter().map(|(channel, _)| *channel));
+                let sent: Vec<Result<(), PublishError>> =
+                    futures_util::future::join_all(groups.iter().map(|group| {
+                        let mut pipe = redis::pipe();
+                        for &at in group {
+                            let (channel, payload) = batch[at];
+                            pipe.cmd("SPUBLISH").arg(channel).arg(payload);
+                        }
                         let mut connection = connection.clone();
                         async move {
                             pipe.query_async::<Vec<i64>>(&mut connection)
                                 .await
                                 .map(drop)
                                 .inspect_err(|e| cluster.failed(e))
-                                .map_err(|e| PublishFailure::Command(Arc::new(e)))
+                                .map_err(|e| PublishError::Command(Arc::new(e)))
                         }
                     }))
                     .await;
-                pipe_of.into_iter().map(|at| sent[at].clone()).collect()
+                let mut outcomes = vec![Ok(()); batch.len()];
+                for (group, sent) in groups.iter().zip(sent) {
+                    for &at in group {
+                        outcomes[at] = sent.clone();
+                    }
+                }
+                outcomes
             }
         }
     }
-}
-
-/// Why a publication failed; shared by the publications that failed together.
-#[derive(Clone)]
-pub enum PublishFailure {
-    Connection(Arc<deadpool_redis::PoolError>),
-    Command(Arc<redis::RedisError>),
 }
 
 async fn ping_masters(connection: &mut ClusterConnection) -> redis::RedisResult<()> {
@@ -620,18 +618,27 @@ where
         .collect()
 }
 
-/// `channels` grouped by hash slot, each group in the order given.
-fn by_slot(channels: &[String]) -> Vec<Vec<String>> {
+/// The places of `channels` grouped by hash slot, each group in the order given: what one
+/// cluster command (a pipeline, an SSUBSCRIBE) may carry together.
+fn slot_groups<'a>(channels: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usize>> {
     let mut slots: HashMap<Slot, usize> = HashMap::new();
-    let mut groups: Vec<Vec<String>> = Vec::new();
-    for channel in channels {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (place, channel) in channels.into_iter().enumerate() {
         let at = *slots.entry(Slot::for_key(channel)).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
-        groups[at].push(channel.clone());
+        groups[at].push(place);
     }
     groups
+}
+
+/// `channels` grouped by hash slot, each group in the order given.
+fn by_slot(channels: &[String]) -> Vec<Vec<String>> {
+    slot_groups(channels.iter().map(String::as_str))
+        .into_iter()
+        .map(|group| group.into_iter().map(|at| channels[at].clone()).collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! Each group is one Redis channel, `<prefix><group>` (the group is an internal id, never
 //! client text). An event is delivered to this node's sockets at once and published once;
-//! every node holds a single subscriber connection (on a cluster, one per shard),
+//! every node holds a single subscriber connection (on a cluster, one per cluster node),
 //! subscribed to exactly the groups that have a socket on that node, and fans each message
 //! out in-process. Redis work per message is therefore O(nodes), never O(members).
 //!
@@ -26,14 +26,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{ChannelLayer, Event, PublishError, Registry, SocketId, Subscriber, wire};
-use connection::{COMMAND_WAIT, Incoming, PublishFailure, Subscriber as Connection};
+use connection::{COMMAND_WAIT, Incoming, Subscriber as Connection};
 pub use connection::{Commands, Servers};
 
 /// Longest wait for Redis to confirm a SUBSCRIBE before a join gives up waiting (the socket
 /// is registered regardless, and a resync follows if the connection was lost).
 const JOIN_WAIT: Duration = Duration::from_secs(3);
-/// How often an idle subscriber connection is checked with PING, so a silently dropped
-/// connection is noticed even when no messages flow.
+/// How often an idle subscriber connection is checked (PING; on a cluster, every master's
+/// `CLUSTER INFO`), so a silently dropped connection or a failing shard is noticed even
+/// when no messages flow.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -226,17 +227,7 @@ async fn publisher(commands: Commands, origin: String, mut queue: mpsc::Receiver
                     .map(|p| (p.channel.as_str(), p.payload.as_slice())),
             )
             .collect();
-        let sent: Vec<Result<(), PublishError>> = commands
-            .publish(&items)
-            .await
-            .into_iter()
-            .map(|sent| {
-                sent.map_err(|e| match e {
-                    PublishFailure::Connection(e) => PublishError::Connection(e),
-                    PublishFailure::Command(e) => PublishError::Command(e),
-                })
-            })
-            .collect();
+        let sent = commands.publish(&items).await;
         drop(items);
         let (marked, published) = sent.split_at(markers.len());
         for (channel, sent) in markers.iter().zip(marked) {
