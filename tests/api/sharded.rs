@@ -34,6 +34,10 @@ impl Sharded {
             &self.prefix,
             "--rate-burst",
             "1000",
+            // The test opens groups until every master holds one: more than the default
+            // ten an hour, one time in twenty.
+            "--new-groups-per-hour",
+            "100",
         ];
         TestApp::start(
             self.database_url.clone(),
