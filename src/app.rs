@@ -82,27 +82,64 @@ impl Application {
         let shutdown = CancellationToken::new();
         // Stopping drains too (readiness fails), but draining does not stop, yet.
         let draining = shutdown.child_token();
-        let (layer, presence) = match (&config.redis_url, &config.redis_cluster) {
-            (None, None) => {
-                let layer: Arc<dyn ChannelLayer> = Arc::new(LocalLayer::default());
-                let presence: Arc<dyn Presence> = Arc::new(LocalPresence::default());
-                (layer, presence)
-            }
-            (Some(url), None) => {
-                let shown = redact_url(url);
-                let servers = redis::Servers::single(url, config.redis_ca_file.as_deref())
-                    .with_context(|| format!("Redis URL {shown}"))?;
-                connect_redis(&config, servers, &shown, &shutdown).await?
-            }
-            (None, Some(nodes)) => {
-                let shown = config.redacted().redis_cluster.unwrap_or_default();
-                let servers = redis::Servers::cluster(nodes, config.redis_ca_file.as_deref())
-                    .with_context(|| format!("Redis Cluster {shown}"))?;
-                connect_redis(&config, servers, &shown, &shutdown).await?
-            }
-            (Some(_), Some(_)) => {
-                anyhow::bail!("REDIS_URL and WIRECHAT_REDIS_CLUSTER are both set: set one")
-            }
+        let redis_settings = [
+            config.redis_url.as_ref().map(|_| "REDIS_URL"),
+            config
+                .redis_cluster
+                .as_ref()
+                .map(|_| "WIRECHAT_REDIS_CLUSTER"),
+            config
+                .redis_sentinel
+                .as_ref()
+                .map(|_| "WIRECHAT_REDIS_SENTINEL"),
+        ];
+        let redis_settings: Vec<&str> = redis_settings.into_iter().flatten().collect();
+        if redis_settings.len() > 1 {
+            let how_many = if redis_settings.len() == 2 {
+                "both"
+            } else {
+                "all"
+            };
+            anyhow::bail!(
+                "{} are {how_many} set: set one",
+                redis_settings.join(" and ")
+            );
+        }
+        if config.redis_sentinel_master.is_some() && config.redis_sentinel.is_none() {
+            anyhow::bail!(
+                "WIRECHAT_REDIS_SENTINEL_MASTER is set without WIRECHAT_REDIS_SENTINEL: name the sentinels too"
+            );
+        }
+        let shown = config.redacted();
+        let ca_file = config.redis_ca_file.as_deref();
+        let (layer, presence) = if let Some(url) = &config.redis_url {
+            let shown = shown.redis_url.unwrap_or_default();
+            let servers = redis::Servers::single(url, ca_file)
+                .with_context(|| format!("Redis URL {shown}"))?;
+            connect_redis(&config, servers, &shown, &shutdown).await?
+        } else if let Some(nodes) = &config.redis_cluster {
+            let shown = shown.redis_cluster.unwrap_or_default();
+            let servers = redis::Servers::cluster(nodes, ca_file)
+                .with_context(|| format!("Redis Cluster {shown}"))?;
+            connect_redis(&config, servers, &shown, &shutdown).await?
+        } else if let Some(nodes) = &config.redis_sentinel {
+            let Some(master) = &config.redis_sentinel_master else {
+                anyhow::bail!(
+                    "WIRECHAT_REDIS_SENTINEL needs WIRECHAT_REDIS_SENTINEL_MASTER: the master's name among the sentinels"
+                );
+            };
+            let shown = format!(
+                "Sentinel {} (master {})",
+                shown.redis_sentinel.unwrap_or_default(),
+                shown.redis_sentinel_master.unwrap_or_default()
+            );
+            let servers = redis::Servers::sentinel(nodes, master, ca_file)
+                .with_context(|| format!("Redis {shown}"))?;
+            connect_redis(&config, servers, &shown, &shutdown).await?
+        } else {
+            let layer: Arc<dyn ChannelLayer> = Arc::new(LocalLayer::default());
+            let presence: Arc<dyn Presence> = Arc::new(LocalPresence::default());
+            (layer, presence)
         };
         let store = Store::connect_with(&config.database_url, config.db_pool_size)
             .await

@@ -79,6 +79,28 @@ pub struct Config {
     )]
     pub redis_cluster: Option<String>,
 
+    /// Instead of REDIS_URL, Redis Sentinel: some of the sentinels, `host:port` or URLs,
+    /// comma-separated. Every connection goes to the master they name, so a failover they
+    /// make moves the chat to the new master. Needs WIRECHAT_REDIS_SENTINEL_MASTER.
+    #[arg(
+        long,
+        env = "WIRECHAT_REDIS_SENTINEL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_sentinel: Option<String>,
+
+    /// With WIRECHAT_REDIS_SENTINEL: the master's name among the sentinels (`mymaster`),
+    /// or a URL whose host is that name and which holds the master's password, database
+    /// and scheme (`rediss://:secret@mymaster/0`).
+    #[arg(
+        long,
+        env = "WIRECHAT_REDIS_SENTINEL_MASTER",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_sentinel_master: Option<String>,
+
     /// With a `rediss://` Redis URL: a PEM file of the certificate authorities to trust for
     /// Redis's certificate, instead of the system's (a private CA, a self-signed server).
     #[arg(long, env = "WIRECHAT_REDIS_CA_FILE", global = true)]
@@ -396,6 +418,14 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join(",")
             }),
+            redis_sentinel: self.redis_sentinel.as_deref().map(|nodes| {
+                nodes
+                    .split(',')
+                    .map(redact_url)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            redis_sentinel_master: self.redis_sentinel_master.as_deref().map(redact_url),
             secret: self.secret.as_ref().map(|_| "***".to_owned()),
             previous_secret: self.previous_secret.as_ref().map(|_| "***".to_owned()),
             ..self.clone()

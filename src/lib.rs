@@ -29,7 +29,8 @@
 //!   message text's formatting (`format`) and web addresses (`links`).
 //! - [`layer`]: the `ChannelLayer` trait (publish to a group, deliver to local sockets)
 //!   with its in-process backend and its Redis pub/sub backend for several nodes (one
-//!   Redis, or sharded over a Redis Cluster, in `redis::connection`), each
+//!   Redis, the master Redis Sentinel names, or sharded over a Redis Cluster, in
+//!   `redis::connection`), each
 //!   socket's queue (its outbox) and what goes in it, and the counters behind `/metrics`.
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
 //!   log-ins, rooms, memberships, blocks, messages; posts are stored in batches by per-node

@@ -664,3 +664,16 @@ pub async fn count(database_url: &str, sql: &str, bind: &str) -> i64 {
     pool.close().await;
     n
 }
+
+/// Runs the wirechat binary on `database_url` with `args`, which must make it refuse to
+/// start; what it said.
+pub fn refused_at_start(database_url: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wirechat"))
+        .args(["--addr", "127.0.0.1:0", "--database-url", database_url])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("wirechat runs");
+    assert!(!output.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout)
+}

@@ -21,6 +21,7 @@ mod process;
 mod reactions;
 mod replies;
 mod search;
+mod sentinel;
 mod sharded;
 mod startup;
 mod tls;

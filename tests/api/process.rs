@@ -1,7 +1,7 @@
 //! Child processes for tests: wirechat nodes, redis-server, Caddy, each started and
 //! waited for by reading the line that says it is ready, and killed when dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -210,8 +210,14 @@ pub struct OwnRedis {
 /// A redis-server on loopback with `args` (its ports, its mode), keeping nothing on disk;
 /// returns once it accepts connections.
 pub async fn redis_server(args: &[&str]) -> Process {
+    redis_server_logging(args, "Ready to accept connections").await
+}
+
+/// A redis-server as `redis_server` starts it; returns once it logs `ready`.
+async fn redis_server_logging(args: &[&str], ready: &'static str) -> Process {
     let mut command = Command::new("redis-server");
-    command.args(["--bind", "127.0.0.1"]).args(args).args([
+    // A configuration file, if any, must come first.
+    command.args(args).args(["--bind", "127.0.0.1"]).args([
         "--save",
         "",
         "--appendonly",
@@ -219,8 +225,8 @@ pub async fn redis_server(args: &[&str]) -> Process {
         "--logfile",
         "",
     ]);
-    let (process, ()) = Process::start(command, "redis-server", Output::Stdout, |line| {
-        line.contains("Ready to accept connections").then_some(())
+    let (process, ()) = Process::start(command, "redis-server", Output::Stdout, move |line| {
+        line.contains(ready).then_some(())
     })
     .await;
     process
@@ -530,6 +536,220 @@ impl OwnCluster {
             Err(e) => e.is_connection_refusal(),
         })
         .await;
+    }
+}
+
+/// Redis Sentinel of a test's own: a master and its replica, watched by three sentinels
+/// (two must agree the master is down), on free ports, quick to fail over.
+pub struct OwnSentinel {
+    /// The master the sentinels were first told of, then its replica; a killed one stays
+    /// here, stopped.
+    pub servers: Vec<(Process, u16)>,
+    pub sentinels: Vec<(Process, u16)>,
+    dir: PathBuf,
+}
+
+/// The master's name among the test's sentinels.
+pub const SENTINEL_MASTER: &str = "chat";
+
+impl OwnSentinel {
+    pub async fn start() -> OwnSentinel {
+        let dir = std::env::temp_dir()
+            .join("wirechat-tests")
+            .join(format!("redis-sentinel-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        // A replica's sync writes a file to the server's directory: the test's own.
+        let in_dir = dir.display().to_string();
+        let master_port = free_port();
+        let master = redis_server(&["--port", &master_port.to_string(), "--dir", &in_dir]).await;
+        let replica_port = free_port();
+        let replica = redis_server(&[
+            "--port",
+            &replica_port.to_string(),
+            "--dir",
+            &in_dir,
+            "--replicaof",
+            "127.0.0.1",
+            &master_port.to_string(),
+            "--repl-diskless-sync-delay",
+            "0",
+        ])
+        .await;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            // A sentinel rewrites its configuration file as it learns: each has its own.
+            let config = dir.join(format!("sentinel-{port}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 10000\n"
+                ),
+            )
+            .expect("sentinel config");
+            let process = redis_server_logging(
+                &[
+                    &config.display().to_string(),
+                    "--sentinel",
+                    "--port",
+                    &port.to_string(),
+                ],
+                "+monitor master",
+            )
+            .await;
+            sentinels.push((process, port));
+        }
+        let own = OwnSentinel {
+            servers: vec![(master, master_port), (replica, replica_port)],
+            sentinels,
+            dir,
+        };
+        // A failover needs the replica synced and known to every sentinel, and the
+        // sentinels known to each other (a majority of them elects the one that acts).
+        let synced = deadpool_redis::redis::cmd("INFO")
+            .arg("replication")
+            .clone();
+        poll("the replica synced", || async {
+            OwnCluster::ask::<String>(replica_port, &synced)
+                .await
+                .is_ok_and(|info| info.contains("master_link_status:up"))
+        })
+        .await;
+        let master_state = deadpool_redis::redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(SENTINEL_MASTER)
+            .clone();
+        for (_, port) in &own.sentinels {
+            poll(
+                "every sentinel knows the replica and the others",
+                || async {
+                    let state: HashMap<String, String> =
+                        match OwnCluster::ask(*port, &master_state).await {
+                            Ok(state) => state,
+                            Err(_) => return false,
+                        };
+                    state.get("num-slaves").map(String::as_str) == Some("1")
+                        && state.get("num-other-sentinels").map(String::as_str) == Some("2")
+                },
+            )
+            .await;
+        }
+        own
+    }
+
+    /// The sentinels as `WIRECHAT_REDIS_SENTINEL` takes them.
+    pub fn nodes(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The port of the master every sentinel names.
+    pub async fn master(&self) -> Option<u16> {
+        let ask = deadpool_redis::redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(SENTINEL_MASTER)
+            .clone();
+        let mut named = BTreeSet::new();
+        for (_, port) in &self.sentinels {
+            let (_, master): (String, u16) = OwnCluster::ask(*port, &ask).await.ok()?;
+            named.insert(master);
+        }
+        match named.len() {
+            1 => named.pop_first(),
+            _ => None,
+        }
+    }
+
+    /// Kills the master, and waits until every sentinel names the replica and the replica
+    /// says it is the master. Returns the new master's port.
+    pub async fn fail_over(&mut self) -> u16 {
+        let old = self
+            .master()
+            .await
+            .expect("a master named by every sentinel");
+        if let Some((process, _)) = self.servers.iter_mut().find(|(_, p)| *p == old) {
+            process.kill();
+        }
+        self.moved_from(old, None).await
+    }
+
+    /// Waits until every sentinel names a master other than `old` that says it is the
+    /// master, and `old`, if given, says it is a replica. Returns the new master's port.
+    async fn moved_from(&self, old: u16, old_now: Option<u16>) -> u16 {
+        let role = deadpool_redis::redis::cmd("ROLE").clone();
+        let says = |port: u16, role_now: &'static str| {
+            let role = role.clone();
+            async move {
+                OwnCluster::ask::<deadpool_redis::redis::Value>(port, &role)
+                    .await
+                    .is_ok_and(|role| format!("{role:?}").contains(role_now))
+            }
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(new) = self.master().await
+                && new != old
+                && says(new, "master").await
+                && match old_now {
+                    Some(port) => says(port, "slave").await,
+                    None => true,
+                }
+            {
+                return new;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not move the master from {old}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl OwnSentinel {
+    /// Has the sentinels move the master to its replica with both running (`SENTINEL
+    /// FAILOVER`), and waits until every sentinel names the replica and the old master
+    /// says it is now a replica. Returns the new master's port.
+    pub async fn switch(&mut self) -> u16 {
+        let old = self
+            .master()
+            .await
+            .expect("a master named by every sentinel");
+        let failover = deadpool_redis::redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SENTINEL_MASTER)
+            .clone();
+        let _: String = OwnCluster::ask(self.sentinels[0].1, &failover)
+            .await
+            .expect("SENTINEL FAILOVER");
+        self.moved_from(old, Some(old)).await
+    }
+}
+
+impl Drop for OwnSentinel {
+    fn drop(&mut self) {
+        for (process, _) in self.servers.iter_mut().chain(&mut self.sentinels) {
+            process.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits (bounded) until `done` says so.
+async fn poll<F, Fut>(what: &str, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use deadpool_redis::redis;
 
 use crate::cluster::receive_all;
-use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database, fresh_prefix};
+use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database, fresh_prefix, refused_at_start};
 use crate::process::OwnCluster;
 
 /// One chat on a cluster of its own.
@@ -253,15 +253,8 @@ async fn a_redis_given_in_the_wrong_mode_is_refused_saying_which() {
         ),
     ];
     for (redis, said) in cases {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_wirechat"))
-            .args(["--addr", "127.0.0.1:0", "--database-url", &database_url])
-            .args(&redis)
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("wirechat runs");
-        let text = String::from_utf8_lossy(&output.stderr).into_owned()
-            + &String::from_utf8_lossy(&output.stdout);
-        assert!(!output.status.success(), "{redis:?} was accepted");
+        let args: Vec<&str> = redis.iter().map(String::as_str).collect();
+        let text = refused_at_start(&database_url, &args);
         assert!(text.contains(said), "{redis:?}: {text}");
     }
 }

@@ -1,8 +1,13 @@
-//! Where Redis is, and the connections to it: one server, or every shard of a Redis
-//! Cluster.
+//! Where Redis is, and the connections to it: one server, the master Redis Sentinel names,
+//! or every shard of a Redis Cluster.
 //!
 //! On one server, events go out with PUBLISH and come in over a SUBSCRIBE connection, and
-//! commands (presence scripts, PING) take a connection from a pool. On a cluster, each
+//! commands (presence scripts, PING) take a connection from a pool. With Sentinel, the
+//! same commands go to whichever server the sentinels name as master at the time: every
+//! connection asks them first, and one connection carries the commands. A failover closes
+//! the connections to the old master (it died, or the sentinels closed its clients as they
+//! made it a replica), so the layer connects anew, to the new master, and catches up as
+//! after any lost connection. On a cluster, each
 //! channel lives on the shard that owns its hash slot: events go out with SPUBLISH and come
 //! in with SSUBSCRIBE, so a room's traffic crosses one shard and never the whole cluster.
 //! The cluster client keeps one multiplexed connection per cluster node (one set for
@@ -32,6 +37,8 @@ use futures_util::StreamExt;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo, Slot};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{ConnectionAddr, TlsMode, aio::MultiplexedConnection};
 use tokio::sync::mpsc;
 
 use crate::layer::PublishError;
@@ -52,6 +59,9 @@ const CLUSTER_SUBSCRIBE_CONCURRENCY: usize = 64;
 pub enum Servers {
     /// One server (`redis://` or `rediss://`).
     Single(ConnectionInfo),
+    /// The master of a group of servers Redis Sentinel watches, found through the
+    /// sentinels on every connection.
+    Sentinel(Arc<Sentinels>),
     /// A Redis Cluster, reached through any of these nodes; the client learns the rest.
     Cluster {
         nodes: Vec<ConnectionInfo>,
@@ -74,62 +84,148 @@ impl Servers {
 
     /// A cluster reached through `nodes` (`host:port` or URLs, comma-separated).
     pub fn cluster(nodes: &str, ca_file: Option<&Path>) -> anyhow::Result<Servers> {
-        let nodes = nodes
-            .split(',')
-            .map(str::trim)
-            .filter(|node| !node.is_empty())
-            .map(|node| {
-                let url = if node.contains("://") {
-                    node.to_owned()
-                } else {
-                    format!("redis://{node}")
-                };
-                url.as_str()
-                    .into_connection_info()
-                    .with_context(|| format!("cluster node {node}"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if nodes.is_empty() {
-            anyhow::bail!("no cluster node given: name at least one host:port");
-        }
+        let nodes = node_list(nodes, "cluster node")?;
         let root_cert = ca_file.map(read_ca_file).transpose()?;
         Ok(Servers::Cluster { nodes, root_cert })
+    }
+
+    /// The master named `master` by the sentinels at `nodes` (`host:port` or URLs,
+    /// comma-separated; a URL's user and password are the sentinels' own). `master` is the
+    /// name, or a URL whose host is the name and whose user, password, database and scheme
+    /// (`rediss://` for TLS, trusting `ca_file` if given) are the master's.
+    pub fn sentinel(nodes: &str, master: &str, ca_file: Option<&Path>) -> anyhow::Result<Servers> {
+        let nodes = node_list(nodes, "sentinel")?;
+        let sentinel_login = nodes
+            .iter()
+            .map(|node| node.redis_settings().clone())
+            .find(|login| login.password().is_some());
+        let addresses = nodes.iter().map(|node| node.addr().clone());
+        let (name, login, tls) = if master.contains("://") {
+            let info = master
+                .into_connection_info()
+                .context("WIRECHAT_REDIS_SENTINEL_MASTER is not a valid URL")?;
+            match info.addr() {
+                ConnectionAddr::Tcp(host, _) => (host.clone(), info.redis_settings().clone(), None),
+                ConnectionAddr::TcpTls { host, insecure, .. } => (
+                    host.clone(),
+                    info.redis_settings().clone(),
+                    Some(if *insecure {
+                        TlsMode::Insecure
+                    } else {
+                        TlsMode::Secure
+                    }),
+                ),
+                _ => anyhow::bail!("WIRECHAT_REDIS_SENTINEL_MASTER's host is the master's name"),
+            }
+        } else {
+            (master.trim().to_owned(), Default::default(), None)
+        };
+        if name.is_empty() {
+            anyhow::bail!(
+                "WIRECHAT_REDIS_SENTINEL_MASTER is empty: name the master the sentinels watch"
+            );
+        }
+        let mut builder = SentinelClientBuilder::new(addresses, &name, SentinelServerType::Master)?
+            .set_client_to_redis_db(login.db());
+        if let Some(username) = login.username() {
+            builder = builder.set_client_to_redis_username(username);
+        }
+        if let Some(password) = login.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if let Some(tls) = tls {
+            builder = builder.set_client_to_redis_tls_mode(tls);
+            if let Some(ca_file) = ca_file {
+                builder =
+                    builder.set_client_to_redis_certificates(trusting(read_ca_file(ca_file)?));
+            }
+        } else if ca_file.is_some() {
+            anyhow::bail!("a Redis CA file needs a rediss:// master URL");
+        }
+        if let Some(login) = sentinel_login {
+            if let Some(username) = login.username() {
+                builder = builder.set_client_to_sentinel_username(username);
+            }
+            if let Some(password) = login.password() {
+                builder = builder.set_client_to_sentinel_password(password);
+            }
+        }
+        Ok(Servers::Sentinel(Arc::new(Sentinels {
+            client: tokio::sync::Mutex::new(builder.build()?),
+            nodes,
+            name,
+            master: Mutex::new(None),
+        })))
     }
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Servers::Cluster { .. })
     }
 
-    /// Refuses, with what to do instead, a cluster given as one server or one server
-    /// given as a cluster; says nothing of servers that do not answer yet (a node may
-    /// start before Redis does).
+    /// Refuses, with what to do instead, a cluster given as one server, one server given
+    /// as a cluster, a server that is not a sentinel given as one, and sentinels that
+    /// watch no master of the name given; says nothing of servers that do not answer yet
+    /// (a node may start before Redis does).
     pub async fn check_mode(&self) -> anyhow::Result<()> {
-        let (nodes, want_cluster) = match self {
-            Servers::Single(info) => (std::slice::from_ref(info), false),
-            Servers::Cluster { nodes, .. } => (nodes.as_slice(), true),
+        let (nodes, want) = match self {
+            Servers::Single(info) => (std::slice::from_ref(info), "standalone"),
+            Servers::Sentinel(sentinels) => (sentinels.nodes.as_slice(), "sentinel"),
+            Servers::Cluster { nodes, .. } => (nodes.as_slice(), "cluster"),
         };
         for node in nodes {
             let ask = async {
                 let client = redis::Client::open(node.clone())?;
                 let mut connection = client.get_multiplexed_async_connection().await?;
-                redis::cmd("INFO")
-                    .arg("cluster")
+                let info = redis::cmd("INFO")
+                    .arg("server")
                     .query_async::<String>(&mut connection)
-                    .await
+                    .await?;
+                let mode = info
+                    .lines()
+                    .find_map(|line| line.strip_prefix("redis_mode:"))
+                    .unwrap_or("standalone")
+                    .trim()
+                    .to_owned();
+                let watched = match self {
+                    Servers::Sentinel(sentinels) if mode == "sentinel" => Some(
+                        redis::cmd("SENTINEL")
+                            .arg("get-master-addr-by-name")
+                            .arg(&sentinels.name)
+                            .query_async::<Option<Vec<String>>>(&mut connection)
+                            .await?
+                            .is_some(),
+                    ),
+                    _ => None,
+                };
+                redis::RedisResult::Ok((mode, watched))
             };
-            let Ok(Ok(info)) = tokio::time::timeout(NODE_CONNECT_WAIT, ask).await else {
+            let Ok(Ok((mode, watched))) = tokio::time::timeout(NODE_CONNECT_WAIT, ask).await else {
                 continue;
             };
-            let is_cluster = info.contains("cluster_enabled:1");
             let addr = node.addr();
-            if want_cluster && !is_cluster {
-                anyhow::bail!(
-                    "{addr} is a Redis without cluster mode: name it in REDIS_URL, not WIRECHAT_REDIS_CLUSTER"
-                );
+            let setting = |mode: &str| match mode {
+                "sentinel" => "WIRECHAT_REDIS_SENTINEL",
+                "cluster" => "WIRECHAT_REDIS_CLUSTER",
+                _ => "REDIS_URL",
+            };
+            let (is, instead) = match mode.as_str() {
+                "sentinel" => (
+                    "a Redis Sentinel",
+                    "name the sentinels in WIRECHAT_REDIS_SENTINEL",
+                ),
+                "cluster" => (
+                    "a Redis Cluster node",
+                    "name the cluster's nodes in WIRECHAT_REDIS_CLUSTER",
+                ),
+                _ => ("a Redis without cluster mode", "name it in REDIS_URL"),
+            };
+            if mode != want {
+                anyhow::bail!("{addr} is {is}: {instead}, not {}", setting(want));
             }
-            if !want_cluster && is_cluster {
+            if let (Servers::Sentinel(sentinels), Some(false)) = (self, watched) {
                 anyhow::bail!(
-                    "{addr} is a Redis Cluster node: name the cluster's nodes in WIRECHAT_REDIS_CLUSTER, not REDIS_URL"
+                    "the sentinel at {addr} watches no master named {}: check WIRECHAT_REDIS_SENTINEL_MASTER",
+                    sentinels.name
                 );
             }
             return Ok(());
@@ -179,9 +275,13 @@ impl Servers {
                 let client = Servers::cluster_client(nodes, root_cert, None)?;
                 Ok(Commands::Cluster(Arc::new(ClusterCommands {
                     client,
-                    connection: Mutex::new(None),
+                    connection: Kept::default(),
                 })))
             }
+            Servers::Sentinel(sentinels) => Ok(Commands::Sentinel(Arc::new(SentinelCommands {
+                sentinels: sentinels.clone(),
+                connection: Kept::default(),
+            }))),
         }
     }
 
@@ -191,13 +291,9 @@ impl Servers {
             match self {
                 Servers::Single(info) => {
                     let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
-                    let (sink, stream) = client
-                        .get_async_pubsub()
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .split();
-                    Ok(Subscriber::Single { sink, stream })
+                    Subscriber::to(client).await
                 }
+                Servers::Sentinel(sentinels) => Subscriber::to(sentinels.master().await?).await,
                 Servers::Cluster { nodes, root_cert } => {
                     let (tx, pushes) = mpsc::unbounded_channel();
                     let client = Servers::cluster_client(nodes, root_cert, Some(tx))
@@ -225,6 +321,60 @@ impl Servers {
     }
 }
 
+/// `nodes` (`host:port` or URLs, comma-separated), each a `kind` of Redis node.
+fn node_list(nodes: &str, kind: &str) -> anyhow::Result<Vec<ConnectionInfo>> {
+    let nodes = nodes
+        .split(',')
+        .map(str::trim)
+        .filter(|node| !node.is_empty())
+        .map(|node| {
+            let url = if node.contains("://") {
+                node.to_owned()
+            } else {
+                format!("redis://{node}")
+            };
+            url.as_str()
+                .into_connection_info()
+                .with_context(|| format!("{kind} {node}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if nodes.is_empty() {
+        anyhow::bail!("no {kind} given: name at least one host:port");
+    }
+    Ok(nodes)
+}
+
+/// The sentinels watching one master, and the master they named last.
+pub struct Sentinels {
+    /// Asks the sentinels, one question at a time, and checks with ROLE that the server
+    /// they name says it is the master.
+    client: tokio::sync::Mutex<SentinelClient>,
+    /// The sentinels, as given.
+    nodes: Vec<ConnectionInfo>,
+    /// The master's name among the sentinels.
+    name: String,
+    /// The address of the master last found: a command connection to another one is
+    /// stale.
+    master: Mutex<Option<ConnectionAddr>>,
+}
+
+impl Sentinels {
+    /// A client for the server the sentinels name as master now.
+    async fn master(&self) -> Result<redis::Client, CommandError> {
+        let asking = async { self.client.lock().await.async_get_client().await };
+        let client = tokio::time::timeout(COMMAND_WAIT, asking)
+            .await
+            .map_err(|_| "the sentinels did not answer in time".to_owned())?
+            .map_err(|e| format!("no master named {} from the sentinels: {e}", self.name))?;
+        *self.last() = Some(client.get_connection_info().addr().clone());
+        Ok(client)
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<ConnectionAddr>> {
+        self.master.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// TLS that trusts the authorities in `root_cert` (PEM) instead of the system's.
 fn trusting(root_cert: Vec<u8>) -> redis::TlsCertificates {
     redis::TlsCertificates {
@@ -243,41 +393,102 @@ fn read_ca_file(ca_file: &Path) -> anyhow::Result<Vec<u8>> {
 #[derive(Clone)]
 pub enum Commands {
     Single(Pool),
+    Sentinel(Arc<SentinelCommands>),
     Cluster(Arc<ClusterCommands>),
 }
 
 pub struct ClusterCommands {
     client: ClusterClient,
-    /// The current connection, shared; made anew after one fails.
-    connection: Mutex<Option<ClusterConnection>>,
+    connection: Kept<ClusterConnection>,
 }
 
 impl ClusterCommands {
     async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
-        if let Some(connection) = self.slot().as_ref() {
+        self.connection
+            .get(None, || async {
+                let connection =
+                    tokio::time::timeout(COMMAND_WAIT, self.client.get_async_connection())
+                        .await
+                        .map_err(|_| timed_out("connecting to the Redis Cluster timed out"))??;
+                Ok((connection, None))
+            })
+            .await
+    }
+}
+
+/// Commands to the master the sentinels name.
+pub struct SentinelCommands {
+    sentinels: Arc<Sentinels>,
+    connection: Kept<MultiplexedConnection>,
+}
+
+impl SentinelCommands {
+    /// The connection to the master; a new one when the sentinels have named another
+    /// master since it was made.
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let master = self.sentinels.last().clone();
+        self.connection
+            .get(master, || async {
+                let client = self.sentinels.master().await.map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "no Redis master", e))
+                })?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(COMMAND_WAIT))
+                    .set_response_timeout(Some(COMMAND_WAIT));
+                let connection = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                Ok((
+                    connection,
+                    Some(client.get_connection_info().addr().clone()),
+                ))
+            })
+            .await
+    }
+}
+
+/// One connection every command shares, made anew after one fails.
+struct Kept<C> {
+    /// The connection, and the address of the server it goes to where that can change.
+    slot: Mutex<Option<(C, Option<ConnectionAddr>)>>,
+}
+
+impl<C> Default for Kept<C> {
+    fn default() -> Self {
+        Kept {
+            slot: Mutex::new(None),
+        }
+    }
+}
+
+impl<C: Clone> Kept<C> {
+    /// The connection kept, unless it goes elsewhere than `to` (when given); otherwise a
+    /// new one from `connect`.
+    async fn get<F, Fut>(&self, to: Option<ConnectionAddr>, connect: F) -> redis::RedisResult<C>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<(C, Option<ConnectionAddr>)>>,
+    {
+        if let Some((connection, at)) = self.slot().as_ref()
+            && (to.is_none() || *at == to)
+        {
             return Ok(connection.clone());
         }
-        let connection = tokio::time::timeout(COMMAND_WAIT, self.client.get_async_connection())
-            .await
-            .map_err(|_| {
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connecting to the Redis Cluster timed out",
-                ))
-            })??;
-        *self.slot() = Some(connection.clone());
+        let (connection, at) = connect().await?;
+        *self.slot() = Some((connection.clone(), at));
         Ok(connection)
     }
 
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ClusterConnection>> {
-        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(C, Option<ConnectionAddr>)>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// After a connection's failure the next command connects anew, reading the
-    /// cluster's topology again (a failover may have promoted a replica the old connection
-    /// does not know), as after a redirection or a cluster-down answer the client's own
-    /// retries did not get past. A command's own error (a script's) leaves the connection
-    /// as it is.
+    /// After a connection's failure the next command connects anew: on a cluster that
+    /// reads its topology again (a failover may have promoted a replica the old
+    /// connection does not know), as after a redirection or a cluster-down answer the
+    /// client's own retries did not get past; with Sentinel it asks the sentinels for the
+    /// master again (a replica refusing writes is an old master). A command's own error
+    /// (a script's) leaves the connection as it is.
     fn failed(&self, error: &redis::RedisError) {
         use redis::{ErrorKind, ServerErrorKind};
         let topology = matches!(
@@ -303,6 +514,21 @@ impl ClusterCommands {
     }
 }
 
+impl<C: Clone> Kept<C> {
+    /// `answer`, as text when it failed, after which the connection is dropped if the
+    /// failure was the connection's.
+    fn checked<T>(&self, answer: redis::RedisResult<T>) -> Result<T, CommandError> {
+        answer.map_err(|e| {
+            self.failed(&e);
+            e.to_string()
+        })
+    }
+}
+
+fn timed_out(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
 /// A command's failure, as text for logs and readiness.
 pub type CommandError = String;
 
@@ -326,57 +552,66 @@ impl Commands {
                     .await
                     .map_err(|e| e.to_string())
             }
+            Commands::Sentinel(sentinel) => {
+                let mut connection = sentinel.connection().await.map_err(|e| e.to_string())?;
+                let answer = invocation.invoke_async(&mut connection).await;
+                sentinel.connection.checked(answer)
+            }
             Commands::Cluster(cluster) => {
                 let mut connection = cluster.connection().await.map_err(|e| e.to_string())?;
-                invocation
-                    .invoke_async(&mut connection)
-                    .await
-                    .inspect_err(|e| cluster.failed(e))
-                    .map_err(|e| e.to_string())
+                let answer = invocation.invoke_async(&mut connection).await;
+                cluster.connection.checked(answer)
             }
         }
     }
 
-    /// Whether Redis answers: the server, or every master of the cluster.
+    /// Whether Redis answers: the server, the master the sentinels name, or every master
+    /// of the cluster.
     pub async fn ping(&self) -> Result<(), CommandError> {
         match self {
             Commands::Single(pool) => {
                 let mut connection = pool.get().await.map_err(|e| e.to_string())?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                ping(&mut connection).await.map_err(|e| e.to_string())
+            }
+            Commands::Sentinel(sentinel) => {
+                let mut connection = sentinel.connection().await.map_err(|e| e.to_string())?;
+                let answer = ping(&mut connection).await;
+                sentinel.connection.checked(answer)
             }
             Commands::Cluster(cluster) => {
                 let mut connection = cluster.connection().await.map_err(|e| e.to_string())?;
-                ping_masters(&mut connection)
-                    .await
-                    .inspect_err(|e| cluster.failed(e))
-                    .map_err(|e| e.to_string())
+                let answer = ping_masters(&mut connection).await;
+                cluster.connection.checked(answer)
             }
         }
     }
 
     /// Publishes each `(channel, payload)`, in order per channel: one pipeline to one
-    /// server, or one pipeline per hash slot (a pipeline to a cluster stays within one
+    /// server (or the sentinels' master), or one pipeline per hash slot (a pipeline to a cluster stays within one
     /// slot), all sent at once. Each item's own outcome, in order: on a cluster, one
     /// shard failing fails only the publications to its slots.
     pub async fn publish(&self, batch: &[(&str, &[u8])]) -> Vec<Result<(), PublishError>> {
         match self {
             Commands::Single(pool) => {
                 let sent = match pool.get().await {
-                    Ok(mut connection) => {
-                        let mut pipe = redis::pipe();
-                        for (channel, payload) in batch {
-                            pipe.cmd("PUBLISH").arg(channel).arg(payload);
-                        }
-                        pipe.query_async::<Vec<i64>>(&mut connection)
-                            .await
-                            .map(drop)
-                            .map_err(|e| PublishError::Command(Arc::new(e)))
-                    }
+                    Ok(mut connection) => publications(batch)
+                        .query_async::<Vec<i64>>(&mut connection)
+                        .await
+                        .map(drop)
+                        .map_err(|e| PublishError::Command(Arc::new(e))),
                     Err(e) => Err(PublishError::Connection(Arc::new(e))),
+                };
+                vec![sent; batch.len()]
+            }
+            Commands::Sentinel(sentinel) => {
+                let sent = match sentinel.connection().await {
+                    Ok(mut connection) => publications(batch)
+                        .query_async::<Vec<i64>>(&mut connection)
+                        .await
+                        .map(drop)
+                        .inspect_err(|e| sentinel.connection.failed(e))
+                        .map_err(|e| PublishError::Command(Arc::new(e))),
+                    Err(e) => Err(PublishError::Command(Arc::new(e))),
                 };
                 vec![sent; batch.len()]
             }
@@ -398,7 +633,7 @@ impl Commands {
                             pipe.query_async::<Vec<i64>>(&mut connection)
                                 .await
                                 .map(drop)
-                                .inspect_err(|e| cluster.failed(e))
+                                .inspect_err(|e| cluster.connection.failed(e))
                                 .map_err(|e| PublishError::Command(Arc::new(e)))
                         }
                     }))
@@ -413,6 +648,22 @@ impl Commands {
             }
         }
     }
+}
+
+/// One PUBLISH per `(channel, payload)`, in order, as one pipeline.
+fn publications(batch: &[(&str, &[u8])]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for (channel, payload) in batch {
+        pipe.cmd("PUBLISH").arg(channel).arg(payload);
+    }
+    pipe
+}
+
+async fn ping(connection: &mut impl redis::aio::ConnectionLike) -> redis::RedisResult<()> {
+    redis::cmd("PING")
+        .query_async::<String>(connection)
+        .await
+        .map(drop)
 }
 
 async fn ping_masters(connection: &mut ClusterConnection) -> redis::RedisResult<()> {
@@ -505,6 +756,16 @@ impl Asked {
 }
 
 impl Subscriber {
+    /// A subscriber connection to the one server `client` goes to.
+    async fn to(client: redis::Client) -> Result<Subscriber, CommandError> {
+        let (sink, stream) = client
+            .get_async_pubsub()
+            .await
+            .map_err(|e| e.to_string())?
+            .split();
+        Ok(Subscriber::Single { sink, stream })
+    }
+
     /// Subscribes to `channels`: one command for one server; on a cluster, one per slot
     /// (SSUBSCRIBE takes channels of one slot), sent together.
     pub async fn subscribe(&mut self, channels: &[String]) -> Result<(), CommandError> {

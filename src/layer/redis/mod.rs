@@ -37,7 +37,7 @@ const JOIN_WAIT: Duration = Duration::from_secs(3);
 /// when no messages flow.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long after reconnecting to a Redis Cluster a node subscribes once more.
 const SETTLE: Duration = Duration::from_secs(3);
 /// Why a node subscribes once more to a settled cluster.

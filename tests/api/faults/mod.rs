@@ -33,7 +33,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use crate::helpers::{
     Backend, PATIENCE, TestApp, fresh_database, fresh_prefix, message_ids, seqs, wait_for_metric,
 };
-use crate::process::{Caddy, Node, OwnCluster, OwnRedis, Process, free_port, start_node};
+use crate::process::{
+    Caddy, Node, OwnCluster, OwnRedis, OwnSentinel, Process, SENTINEL_MASTER, free_port, start_node,
+};
 
 pub(super) const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 /// How long a gap in the seqs may stay open before the client asks to catch up; the page
@@ -217,6 +219,64 @@ async fn redis_cluster_master_fails_over() {
     chat.traffic(60).await;
     chat.finish().await;
     drop(redis);
+}
+
+/// With Redis Sentinel, the master dies and the sentinels promote its replica: the nodes
+/// ask the sentinels again, subscribe on the new master and catch their sockets up, with
+/// clients that never ask to `Catch up` themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_master_fails_over() {
+    let mut redis = OwnSentinel::start().await;
+    // The sentinels take seconds to agree the master is down and promote its replica;
+    // meanwhile these senders post more than a catch-up's default 500 messages, past
+    // which a page asks to be shown the room afresh, as these clients never do.
+    let chat = on_sentinels(
+        "redis-sentinel-failover",
+        &redis,
+        &["--catch-up-limit", "5000"],
+    )
+    .await;
+    chat.traffic(60).await;
+    redis.fail_over().await;
+    every_node_resubscribed(&chat).await;
+    chat.traffic(60).await;
+    chat.finish().await;
+    drop(redis);
+}
+
+/// With Redis Sentinel, an operator moves the master to its replica while both run
+/// (`SENTINEL FAILOVER`): the sentinels close the old master's clients as they make it a
+/// replica, and the nodes follow to the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_switches_master_under_traffic() {
+    let mut redis = OwnSentinel::start().await;
+    let chat = on_sentinels("redis-sentinel-switch", &redis, &[]).await;
+    chat.traffic(60).await;
+    redis.switch().await;
+    every_node_resubscribed(&chat).await;
+    chat.traffic(60).await;
+    chat.finish().await;
+    drop(redis);
+}
+
+/// Three nodes on `redis`'s sentinels, two senders on each, whose clients never ask to
+/// catch up.
+async fn on_sentinels(name: &'static str, redis: &OwnSentinel, extra: &[&str]) -> Chat {
+    let database_url = fresh_database(Backend::Postgres).await;
+    let sentinels = redis.nodes();
+    let mut args = vec!["--redis-sentinel-master", SENTINEL_MASTER];
+    args.extend(extra);
+    let mut chat = Chat::start_on(
+        name,
+        database_url,
+        ["--redis-sentinel", &sentinels],
+        3,
+        &args,
+    )
+    .await;
+    chat.client_catch_up = false;
+    two_senders_on_each_node(&mut chat).await;
+    chat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
