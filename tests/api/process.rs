@@ -331,6 +331,11 @@ const CLUSTER_NODE_TIMEOUT_MS: &str = "1000";
 
 impl OwnCluster {
     pub async fn start() -> OwnCluster {
+        OwnCluster::start_with(CLUSTER_NODE_TIMEOUT_MS).await
+    }
+
+    /// A cluster whose replicas take over after `node_timeout_ms`.
+    pub async fn start_with(node_timeout_ms: &str) -> OwnCluster {
         let dir = std::env::temp_dir()
             .join("wirechat-tests")
             .join(format!("redis-cluster-{}", uuid::Uuid::new_v4().simple()));
@@ -352,7 +357,7 @@ impl OwnCluster {
                 "--cluster-enabled",
                 "yes",
                 "--cluster-node-timeout",
-                CLUSTER_NODE_TIMEOUT_MS,
+                node_timeout_ms,
                 // A replica syncs at once (not after the default 5 s wait for others), and
                 // may take over however long ago it last heard its master.
                 "--repl-diskless-sync-delay",
@@ -507,16 +512,31 @@ impl OwnCluster {
     /// Kills the master serving `key` and waits (bounded) until its replica serves the
     /// slot and every live node sees the cluster as whole again.
     pub async fn fail_over(&mut self, key: &str) -> u16 {
+        let doomed = self.kill_master_of(key).await;
+        self.taken_over(doomed).await;
+        doomed
+    }
+
+    /// Kills the master serving `key`; returns its port.
+    pub async fn kill_master_of(&mut self, key: &str) -> u16 {
         let doomed = self.master_of(key).await;
         if let Some((process, _)) = self.servers.iter_mut().find(|(_, p)| *p == doomed) {
             process.kill();
         }
+        doomed
+    }
+
+    /// Whether a replica has taken over from the killed master `doomed`.
+    pub async fn replaced(&mut self, doomed: u16) -> bool {
+        let masters = self.masters().await;
+        masters.len() == 3 && masters.iter().all(|(port, _)| *port != doomed)
+    }
+
+    /// Waits (bounded) until a replica has taken over from the killed master `doomed`
+    /// and the cluster is whole again.
+    pub async fn taken_over(&mut self, doomed: u16) {
         let deadline = Instant::now() + PATIENCE;
-        loop {
-            let masters = self.masters().await;
-            if masters.len() == 3 && masters.iter().all(|(port, _)| *port != doomed) {
-                break;
-            }
+        while !self.replaced(doomed).await {
             assert!(
                 Instant::now() < deadline,
                 "no replica took over from {doomed}"
@@ -524,7 +544,6 @@ impl OwnCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.wait_until_ok().await;
-        doomed
     }
 
     /// Waits (bounded) until every live node says the cluster is ok.

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use deadpool_redis::redis;
 
 use crate::cluster::receive_all;
-use crate::helpers::{Backend, PATIENCE, TestApp, fresh_database, fresh_prefix, refused_at_start};
+use crate::helpers::{
+    Backend, Client, PATIENCE, TestApp, fresh_database, fresh_prefix, refused_at_start,
+};
 use crate::process::OwnCluster;
 
 /// One chat on a cluster of its own.
@@ -19,11 +21,49 @@ struct Sharded {
 
 impl Sharded {
     async fn new() -> Sharded {
+        Sharded::on(OwnCluster::start().await).await
+    }
+
+    async fn on(redis: OwnCluster) -> Sharded {
         Sharded {
-            redis: OwnCluster::start().await,
+            redis,
             database_url: fresh_database(Backend::Postgres).await,
             prefix: fresh_prefix(),
         }
+    }
+
+    /// `client` opens groups until `count` of them live on as many masters: their names
+    /// and groups.
+    async fn rooms_on_masters(
+        &mut self,
+        client: &mut Client,
+        count: usize,
+    ) -> Vec<(String, String)> {
+        let mut rooms: Vec<(String, String)> = Vec::new();
+        for i in 0..40 {
+            let name = format!("shard-{i}");
+            client.enter_group(&name).await;
+            let group = format!("room:{}", client.room_id);
+            let by_master = self.channels_by_master().await;
+            let master_of = |group: &str| {
+                by_master
+                    .iter()
+                    .find(|(_, channels)| channels.contains(group))
+                    .map(|(port, _)| *port)
+            };
+            let holder = master_of(&group).expect("the new room's channel is on a master");
+            let held: BTreeSet<u16> = rooms
+                .iter()
+                .map(|(_, g)| master_of(g).expect("an earlier room's channel"))
+                .collect();
+            if !held.contains(&holder) {
+                rooms.push((name, group));
+            }
+            if rooms.len() == count {
+                return rooms;
+            }
+        }
+        panic!("rooms never reached {count} masters");
     }
 
     async fn node(&self) -> TestApp {
@@ -119,35 +159,7 @@ async fn three_nodes_chat_over_a_sharded_cluster() {
     }
 
     // Ann opens groups until every master holds one of them: one room per shard.
-    let mut rooms: Vec<(String, String)> = Vec::new();
-    for i in 0..40 {
-        let name = format!("shard-{i}");
-        a.enter_group(&name).await;
-        let group = format!("room:{}", a.room_id);
-        let by_master = chat.channels_by_master().await;
-        let holder = by_master
-            .iter()
-            .find(|(_, channels)| channels.contains(&group))
-            .map(|(port, _)| *port)
-            .expect("the new room's channel is on a master");
-        let held: BTreeSet<u16> = rooms
-            .iter()
-            .map(|(_, g)| {
-                by_master
-                    .iter()
-                    .find(|(_, channels)| channels.contains(g))
-                    .map(|(port, _)| *port)
-                    .expect("an earlier room's channel")
-            })
-            .collect();
-        if !held.contains(&holder) {
-            rooms.push((name, group));
-        }
-        if rooms.len() == 3 {
-            break;
-        }
-    }
-    assert_eq!(rooms.len(), 3, "rooms never reached every master");
+    let rooms = chat.rooms_on_masters(&mut a, 3).await;
 
     const EACH: usize = 10;
     for (name, group) in &rooms {
@@ -228,6 +240,61 @@ async fn three_nodes_chat_over_a_sharded_cluster() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(chat.subscribers(&rooms[0].1).await, 2);
+}
+
+/// While a master is down and before its replica takes over, rooms on the other masters
+/// keep crossing nodes; once the replica has taken over, the failed master's rooms do
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_shards_keep_crossing_nodes_while_a_master_is_down() {
+    // Long enough that the message below crosses before any replica takes over.
+    let mut chat = Sharded::on(OwnCluster::start_with("6000").await).await;
+    let nodes = [chat.node().await, chat.node().await];
+    let ann = nodes[0].signup("ann").await;
+    let bob = nodes[1].signup("bob").await;
+    let mut a = nodes[0].connect(&ann).await;
+    let mut b = nodes[1].connect(&bob).await;
+    let rooms = chat.rooms_on_masters(&mut a, 2).await;
+    let [(failing, failing_group), (healthy, _)] = &rooms[..] else {
+        unreachable!("two rooms");
+    };
+    for client in [&mut a, &mut b] {
+        client.enter_group(failing).await;
+        client.enter_group(healthy).await;
+    }
+    let doomed = chat
+        .redis
+        .kill_master_of(&format!("{}{failing_group}", chat.prefix))
+        .await;
+
+    a.say("while a master is down").await;
+    b.wait_for_message("while a master is down").await;
+    assert!(
+        !chat.redis.replaced(doomed).await,
+        "a replica took over before the message crossed: the test proves nothing"
+    );
+
+    chat.redis.taken_over(doomed).await;
+    for client in [&mut a, &mut b] {
+        client.enter_group(failing).await;
+    }
+    // Subscriptions follow the new topology within the reconnect's backoff.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let text = format!("after the takeover {n}");
+        a.say(&text).await;
+        match tokio::time::timeout(std::time::Duration::from_secs(1), b.wait_for_message(&text))
+            .await
+        {
+            Ok(_) => break,
+            Err(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the failed master's room never crossed nodes again"
+            ),
+        }
+    }
 }
 
 /// A cluster named as one server, or one server as a cluster, is refused at start with

@@ -707,8 +707,11 @@ pub enum Incoming {
     Message { channel: String, payload: Bytes },
     /// Nothing for the layer (a confirmation, a notice).
     Nothing,
-    /// The connection, or a subscription on it, is lost: events may have been missed.
+    /// A subscription on the connection, or one of a cluster's node connections, is
+    /// lost: events may have been missed.
     Lost(String),
+    /// The connection is closed: nothing more will come.
+    Closed,
 }
 
 /// A subscriber connection: to one server, or to every shard of a cluster.
@@ -829,11 +832,11 @@ impl Subscriber {
                     channel: message.get_channel_name().to_owned(),
                     payload: Bytes::copy_from_slice(message.get_payload_bytes()),
                 },
-                None => Incoming::Lost("connection closed".to_owned()),
+                None => Incoming::Closed,
             },
             Subscriber::Cluster { pushes, asked, .. } => match pushes.recv().await {
                 Some(push) => cluster_push(push, asked),
-                None => Incoming::Lost("connection closed".to_owned()),
+                None => Incoming::Closed,
             },
         }
     }

@@ -352,6 +352,15 @@ impl ChannelLayer for RedisLayer {
 }
 
 /// The node's one pub/sub connection, kept up for as long as the node runs.
+///
+/// A connection to a cluster that lost part of it (a master died) stands while a new one
+/// is made: it still brings the events of the shards it reaches, so rooms there keep
+/// crossing nodes until the cluster is whole again and a new connection has subscribed
+/// to everything (only the failed shard's rooms reach just this node's sockets
+/// meanwhile). A new connection that could not subscribe to everything is dropped and the
+/// standing one kept; one that did replaces it, and the resync follows. While the new
+/// one subscribes, an event can come over both: the socket's view shows a message once
+/// whatever way it comes (a room not on screen may count it twice among its unread).
 async fn subscriber(
     shared: Arc<Shared>,
     servers: Servers,
@@ -362,16 +371,17 @@ async fn subscriber(
     let mut ever_connected = false;
     // Whether the connection being made follows a lost one (not a settled cluster's).
     let mut after_loss = false;
+    let mut standing: Option<Connection> = None;
     loop {
         let connection = tokio::select! {
             _ = stop.cancelled() => return,
-            result = servers.subscriber() => result
+            result = meanwhile(&shared, &mut standing, servers.subscriber()) => result
                 .inspect_err(|e| tracing::warn!(error = %e, "cannot connect the Redis subscriber"))
                 .ok(),
         };
         let Some(mut connection) = connection else {
             after_loss = ever_connected;
-            if !wait_to_retry(&mut backoff, &mut commands, &stop).await {
+            if !wait_to_retry(&shared, &mut standing, &mut backoff, &mut commands, &stop).await {
                 return;
             }
             continue;
@@ -387,21 +397,23 @@ async fn subscriber(
         };
         // Checked again once subscribed: a cluster that changed meanwhile (a failover)
         // may have dropped some of the new subscriptions.
-        let subscribed = match subscribe(&shared, &mut connection, &groups).await {
-            Ok(()) => tokio::time::timeout(COMMAND_WAIT, connection.ping())
+        let subscribing = async {
+            subscribe(&shared, &mut connection, &groups).await?;
+            tokio::time::timeout(COMMAND_WAIT, connection.ping())
                 .await
-                .unwrap_or_else(|_| Err("PING unanswered".to_owned())),
-            Err(e) => Err(e),
+                .unwrap_or_else(|_| Err("PING unanswered".to_owned()))
         };
+        let subscribed = meanwhile(&shared, &mut standing, subscribing).await;
         if let Err(e) = subscribed {
             tracing::warn!(error = %e, "resubscribing failed");
             after_loss = ever_connected;
             lost(&shared);
-            if !wait_to_retry(&mut backoff, &mut commands, &stop).await {
+            if !wait_to_retry(&shared, &mut standing, &mut backoff, &mut commands, &stop).await {
                 return;
             }
             continue;
         }
+        drop(standing.take());
         shared.connected.send_replace(true);
         let metrics = shared.registry.metrics();
         if ever_connected {
@@ -439,6 +451,7 @@ async fn subscriber(
                     Incoming::Message { channel, payload } => receive(&shared, &channel, payload),
                     Incoming::Nothing => {}
                     Incoming::Lost(reason) => break reason,
+                    Incoming::Closed => break "connection closed".to_owned(),
                 },
                 command = commands.recv() => {
                     let Some(command) = command else { return };
@@ -469,7 +482,8 @@ async fn subscriber(
         }
         after_loss = reason != SETTLED;
         lost(&shared);
-        if !wait_to_retry(&mut backoff, &mut commands, &stop).await {
+        standing = servers.is_cluster().then_some(connection);
+        if !wait_to_retry(&shared, &mut standing, &mut backoff, &mut commands, &stop).await {
             return;
         }
     }
@@ -484,19 +498,48 @@ fn lost(shared: &Shared) {
 /// dropping subscription changes meanwhile: the next connection subscribes to whatever has
 /// local sockets then. False when the node is stopping.
 async fn wait_to_retry(
+    shared: &Shared,
+    standing: &mut Option<Connection>,
     backoff: &mut Duration,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     stop: &CancellationToken,
 ) -> bool {
     let jitter = rand::rng().random_range(0.5..1.0);
     let sleep = tokio::time::sleep(backoff.mul_f64(jitter));
-    tokio::pin!(sleep);
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    let waiting = async {
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = &mut sleep => return true,
+                command = commands.recv() => if command.is_none() { return false },
+            }
+        }
+    };
+    meanwhile(shared, standing, waiting).await
+}
+
+/// Waits for `until`, meanwhile passing on the events `standing` still brings; it is
+/// dropped once closed. Its losses change nothing: the connection that replaces it
+/// resyncs every socket.
+async fn meanwhile<T>(
+    shared: &Shared,
+    standing: &mut Option<Connection>,
+    until: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(until);
     loop {
+        let Some(connection) = standing.as_mut() else {
+            return until.await;
+        };
         tokio::select! {
-            _ = stop.cancelled() => return false,
-            _ = &mut sleep => return true,
-            command = commands.recv() => if command.is_none() { return false },
+            done = &mut until => return done,
+            incoming = connection.next() => match incoming {
+                Incoming::Message { channel, payload } => receive(shared, &channel, payload),
+                Incoming::Nothing | Incoming::Lost(_) => {}
+                Incoming::Closed => *standing = None,
+            },
         }
     }
 }
