@@ -181,8 +181,12 @@ impl Chat {
     /// the room's stored seqs had come by then.
     pub(super) async fn step(&self, moving: &SlotMove, what: &str) {
         let rows = stored_messages(&self.database_url, &self.room).await;
+        // The time, to read against the nodes' logs (TEST_LOG=1).
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         println!(
-            "[{}] slot {} from {} to {}: {what}, stored through seq {}",
+            "{now} [{}] slot {} from {} to {}: {what}, stored through seq {}",
             self.name,
             moving.slot,
             moving.source.0,
