@@ -663,12 +663,18 @@ impl SlotMove {
                 if owner_in(&slots, self.slot) == Some(self.target.0) {
                     break;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "{port} does not see slot {} on {}",
-                    self.slot,
-                    self.target.0
-                );
+                if Instant::now() >= deadline {
+                    // Each master's epoch and slots as this server sees them, to tell a
+                    // config-epoch conflict from gossip that is merely late.
+                    let nodes: String =
+                        OwnCluster::ask(*port, deadpool_redis::redis::cmd("CLUSTER").arg("NODES"))
+                            .await
+                            .unwrap_or_else(|e| e.to_string());
+                    panic!(
+                        "{port} does not see slot {} on {}:\n{nodes}",
+                        self.slot, self.target.0
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
