@@ -341,34 +341,7 @@ impl OwnCluster {
             .join(format!("redis-cluster-{}", uuid::Uuid::new_v4().simple()));
         let mut servers = Vec::new();
         for _ in 0..6 {
-            // A cluster node also listens on its port + 10000 (the cluster bus): both must
-            // be free, and the bus port below the kernel's ephemeral range too.
-            let port = loop {
-                let port = free_port();
-                if port < 22_700 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-                    break port;
-                }
-            };
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("cluster node dir");
-            let process = redis_server(&[
-                "--port",
-                &port.to_string(),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                node_timeout_ms,
-                // A replica syncs at once (not after the default 5 s wait for others), and
-                // may take over however long ago it last heard its master.
-                "--repl-diskless-sync-delay",
-                "0",
-                "--cluster-replica-validity-factor",
-                "0",
-                "--dir",
-                &node_dir.display().to_string(),
-            ])
-            .await;
-            servers.push((process, port));
+            servers.push(OwnCluster::server(&dir, node_timeout_ms).await);
         }
         let addresses: Vec<String> = servers
             .iter()
@@ -390,6 +363,38 @@ impl OwnCluster {
         cluster.wait_until_ok().await;
         cluster.wait_until_replicated().await;
         cluster
+    }
+
+    /// One more redis-server in cluster mode, on free ports, not yet in any cluster.
+    async fn server(dir: &std::path::Path, node_timeout_ms: &str) -> (Process, u16) {
+        // A cluster node also listens on its port + 10000 (the cluster bus): both must
+        // be free, and the bus port below the kernel's ephemeral range too.
+        let port = loop {
+            let port = free_port();
+            if port < 22_700 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                break port;
+            }
+        };
+        let node_dir = dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir).expect("cluster node dir");
+        let process = redis_server(&[
+            "--port",
+            &port.to_string(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            node_timeout_ms,
+            // A replica syncs at once (not after the default 5 s wait for others), and
+            // may take over however long ago it last heard its master.
+            "--repl-diskless-sync-delay",
+            "0",
+            "--cluster-replica-validity-factor",
+            "0",
+            "--dir",
+            &node_dir.display().to_string(),
+        ])
+        .await;
+        (process, port)
     }
 
     /// Waits (bounded) until every replica has synced with its master, so that it can
@@ -490,17 +495,22 @@ impl OwnCluster {
             .collect()
     }
 
-    /// The port of the master serving `key`.
-    pub async fn master_of(&mut self, key: &str) -> u16 {
+    /// The hash slot of `key`.
+    async fn slot_of(&mut self, key: &str) -> u16 {
         let port = self.live_ports()[0];
-        let slot: u16 = OwnCluster::ask(
+        OwnCluster::ask(
             port,
             deadpool_redis::redis::cmd("CLUSTER")
                 .arg("KEYSLOT")
                 .arg(key),
         )
         .await
-        .expect("CLUSTER KEYSLOT");
+        .expect("CLUSTER KEYSLOT")
+    }
+
+    /// The port of the master serving `key`.
+    pub async fn master_of(&mut self, key: &str) -> u16 {
+        let slot = self.slot_of(key).await;
         self.masters()
             .await
             .into_iter()
@@ -544,6 +554,35 @@ impl OwnCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.wait_until_ok().await;
+    }
+
+    /// The slot of `key` and the id and port of its master, and of another master to move
+    /// it to, for the steps of `SlotMove`.
+    pub async fn slot_move(&mut self, key: &str) -> SlotMove {
+        let slot = self.slot_of(key).await;
+        let source = self.master_of(key).await;
+        let masters: Vec<u16> = self.masters().await.into_iter().map(|(p, _)| p).collect();
+        let target = *masters
+            .iter()
+            .find(|port| **port != source)
+            .expect("another master");
+        let others = masters
+            .iter()
+            .copied()
+            .filter(|port| *port != source && *port != target)
+            .collect();
+        let id = |port| async move {
+            OwnCluster::ask::<String>(port, deadpool_redis::redis::cmd("CLUSTER").arg("MYID"))
+                .await
+                .expect("CLUSTER MYID")
+        };
+        SlotMove {
+            slot,
+            source: (source, id(source).await),
+            target: (target, id(target).await),
+            others,
+            ports: self.live_ports(),
+        }
     }
 
     /// Waits (bounded) until every live node says the cluster is ok.
@@ -779,4 +818,129 @@ impl Drop for OwnCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One slot moving from one master to another, step by step as `redis-cli --cluster
+/// reshard` moves it, so that a test can let traffic flow between the steps.
+pub struct SlotMove {
+    pub slot: u16,
+    /// Port and node id of the master the slot leaves, and of the one it moves to.
+    pub source: (u16, String),
+    pub target: (u16, String),
+    /// The remaining masters, told of the new owner last.
+    pub others: Vec<u16>,
+    /// Every live server, asked until each sees the new owner.
+    ports: Vec<u16>,
+}
+
+impl SlotMove {
+    fn setslot(&self, state: &str, node: &str) -> deadpool_redis::redis::Cmd {
+        deadpool_redis::redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(self.slot)
+            .arg(state)
+            .arg(node)
+            .clone()
+    }
+
+    async fn run(port: u16, command: &deadpool_redis::redis::Cmd, what: &str) {
+        OwnCluster::ask::<String>(port, command)
+            .await
+            .unwrap_or_else(|e| panic!("{what} on {port}: {e}"));
+    }
+
+    /// The target imports the slot, the source migrates it, and the slot's keys (if any)
+    /// go over with MIGRATE; the source still owns the slot.
+    pub async fn migrate(&self) {
+        let (source, source_id) = &self.source;
+        let (target, target_id) = &self.target;
+        SlotMove::run(*target, &self.setslot("IMPORTING", source_id), "IMPORTING").await;
+        SlotMove::run(*source, &self.setslot("MIGRATING", target_id), "MIGRATING").await;
+        loop {
+            let keys: Vec<String> = OwnCluster::ask(
+                *source,
+                deadpool_redis::redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(self.slot)
+                    .arg(100),
+            )
+            .await
+            .expect("CLUSTER GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let migrate = deadpool_redis::redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(*target)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .clone();
+            SlotMove::run(*source, &migrate, "MIGRATE").await;
+        }
+    }
+
+    /// `CLUSTER SETSLOT <slot> NODE <target>` on the master on `port`: on the target it
+    /// takes the slot over; on the source it drops every subscription to the slot's
+    /// channels and redirects them to the target from then on.
+    pub async fn assign(&self, port: u16) {
+        let node = self.setslot("NODE", &self.target.1);
+        SlotMove::run(port, &node, "SETSLOT NODE").await;
+    }
+
+    /// Waits (bounded) until every live server names the target as the slot's owner.
+    pub async fn settled(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        for port in &self.ports {
+            loop {
+                let slots: deadpool_redis::redis::Value =
+                    OwnCluster::ask(*port, deadpool_redis::redis::cmd("CLUSTER").arg("SLOTS"))
+                        .await
+                        .expect("CLUSTER SLOTS");
+                if owner_in(&slots, self.slot) == Some(self.target.0) {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    // Each master's epoch and slots as this server sees them, to tell a
+                    // config-epoch conflict from gossip that is merely late.
+                    let nodes: String =
+                        OwnCluster::ask(*port, deadpool_redis::redis::cmd("CLUSTER").arg("NODES"))
+                            .await
+                            .unwrap_or_else(|e| e.to_string());
+                    panic!(
+                        "{port} does not see slot {} on {}:\n{nodes}",
+                        self.slot, self.target.0
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The master's port serving `slot` in a `CLUSTER SLOTS` answer.
+fn owner_in(slots: &deadpool_redis::redis::Value, slot: u16) -> Option<u16> {
+    use deadpool_redis::redis::Value;
+    let Value::Array(ranges) = slots else {
+        return None;
+    };
+    ranges.iter().find_map(|range| {
+        let Value::Array(fields) = range else {
+            return None;
+        };
+        let (Some(Value::Int(from)), Some(Value::Int(to)), Some(Value::Array(master))) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            return None;
+        };
+        if !(*from..=*to).contains(&i64::from(slot)) {
+            return None;
+        }
+        match master.get(1) {
+            Some(Value::Int(port)) => u16::try_from(*port).ok(),
+            _ => None,
+        }
+    })
 }

@@ -17,6 +17,8 @@ pub(super) struct Audit {
     /// Acknowledged messages missing from the database, plus (acknowledged message,
     /// receiver) pairs the receiver never showed.
     pub(super) lost: usize,
+    /// Each (receiver, seq, tag) of an acknowledged message the receiver never showed.
+    pub(super) missed: Vec<(String, i64, String)>,
     /// (stored but unacknowledged message, receiver) pairs never shown.
     pub(super) unseen_unacknowledged: usize,
     /// Repeats on one socket, and messages stored more than once.
@@ -82,11 +84,15 @@ impl Audit {
             audit.reconnects += t.reconnects;
         }
         for t in tallies {
-            for (id, seq, _) in rows {
+            for (id, seq, body) in rows {
                 let shown = t.shown.get(seq) == Some(id);
                 match (acknowledged_ids.contains(id.as_str()), shown) {
                     (true, true) => audit.delivered += 1,
-                    (true, false) => audit.lost += 1,
+                    (true, false) => {
+                        audit.lost += 1;
+                        let tag = body.split(';').next().unwrap_or_default();
+                        audit.missed.push((t.name.clone(), *seq, tag.to_owned()));
+                    }
                     (false, false) => audit.unseen_unacknowledged += 1,
                     (false, true) => {}
                 }
@@ -114,7 +120,13 @@ impl Audit {
                 .join("\n")
         };
         assert!(self.acknowledged > 0, "[{name}] nothing was acknowledged");
-        assert_eq!(self.lost, 0, "[{name}] lost messages\n{}", detail());
+        assert_eq!(
+            self.lost,
+            0,
+            "[{name}] lost messages\n{}\nnever shown (receiver, seq, tag): {:?}",
+            detail(),
+            self.missed.iter().take(40).collect::<Vec<_>>()
+        );
         assert_eq!(self.duplicated, 0, "[{name}] duplicates\n{}", detail());
         assert_eq!(
             self.unseen_unacknowledged,

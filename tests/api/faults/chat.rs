@@ -177,6 +177,24 @@ impl Chat {
         self.actors.push((handle, stopped_rx));
     }
 
+    /// Says, for the audit's reader, which step of a slot move was just taken and how far
+    /// the room's stored seqs had come by then.
+    pub(super) async fn step(&self, moving: &SlotMove, what: &str) {
+        let rows = stored_messages(&self.database_url, &self.room).await;
+        // The time, to read against the nodes' logs (TEST_LOG=1).
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        println!(
+            "{now} [{}] slot {} from {} to {}: {what}, stored through seq {}",
+            self.name,
+            moving.slot,
+            moving.source.0,
+            moving.target.0,
+            rows.last().map_or(0, |r| r.1)
+        );
+    }
+
     pub(super) fn acked(&self) -> usize {
         Progress::now(&self.progress.acked)
     }

@@ -34,7 +34,8 @@ use crate::helpers::{
     Backend, PATIENCE, TestApp, fresh_database, fresh_prefix, message_ids, seqs, wait_for_metric,
 };
 use crate::process::{
-    Caddy, Node, OwnCluster, OwnRedis, OwnSentinel, Process, SENTINEL_MASTER, free_port, start_node,
+    Caddy, Node, OwnCluster, OwnRedis, OwnSentinel, Process, SENTINEL_MASTER, SlotMove, free_port,
+    start_node,
 };
 
 pub(super) const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
@@ -194,26 +195,27 @@ async fn redis_outage(name: &'static str, client_catch_up: bool) {
     drop(redis);
 }
 
+/// A Redis Cluster of the test's own, three nodes on it with two senders each whose
+/// clients never ask to `Catch up` themselves, 60 messages acknowledged, and the room's
+/// channel.
+async fn chat_on_own_cluster(name: &'static str) -> (OwnCluster, Chat, String) {
+    let redis = OwnCluster::start().await;
+    let database_url = fresh_database(Backend::Postgres).await;
+    let nodes = redis.nodes();
+    let mut chat = Chat::start_on(name, database_url, ["--redis-cluster", &nodes], 3, &[]).await;
+    chat.client_catch_up = false;
+    two_senders_on_each_node(&mut chat).await;
+    chat.traffic(60).await;
+    let channel = format!("{}room:{}", chat.prefix(), chat.room);
+    (redis, chat, channel)
+}
+
 /// On a Redis Cluster, the master holding the room's channel dies and its replica takes
 /// over: the nodes find the new master, subscribe again and catch their sockets up, with
 /// clients that never ask to `Catch up` themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_master_fails_over() {
-    let mut redis = OwnCluster::start().await;
-    let database_url = fresh_database(Backend::Postgres).await;
-    let nodes = redis.nodes();
-    let mut chat = Chat::start_on(
-        "redis-cluster-failover",
-        database_url,
-        ["--redis-cluster", &nodes],
-        3,
-        &[],
-    )
-    .await;
-    chat.client_catch_up = false;
-    two_senders_on_each_node(&mut chat).await;
-    chat.traffic(60).await;
-    let channel = format!("{}room:{}", chat.prefix(), chat.room);
+    let (mut redis, chat, channel) = chat_on_own_cluster("redis-cluster-failover").await;
     redis.fail_over(&channel).await;
     every_node_resubscribed(&chat).await;
     chat.traffic(60).await;
@@ -240,6 +242,53 @@ async fn redis_sentinel_master_fails_over() {
     redis.fail_over().await;
     every_node_resubscribed(&chat).await;
     chat.traffic(60).await;
+    chat.finish().await;
+    drop(redis);
+}
+
+/// On a Redis Cluster, the slot of the room's channel moves to another master and back
+/// while messages flow, with clients that never ask to `Catch up` themselves. Each move
+/// takes the steps `redis-cli --cluster reshard` takes for a slot, with traffic between
+/// them: the target imports the slot and the source migrates it (the source still serves
+/// its channels), then `CLUSTER SETSLOT <slot> NODE <target>` goes to every master. The
+/// first move tells the source first (it drops the slot's subscriptions and redirects to
+/// the target, which still redirects back until it is told: publications fail meanwhile);
+/// the second tells the target first (it takes the slot over and tells the others, and the
+/// source drops the subscriptions at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_slot_moves_under_traffic() {
+    let (mut redis, chat, channel) = chat_on_own_cluster("redis-cluster-slot-move").await;
+    for (round, source_first) in [(1.0, true), (2.0, false)] {
+        let moving = redis.slot_move(&channel).await;
+        moving.migrate().await;
+        chat.step(&moving, "importing and migrating").await;
+        chat.traffic(30).await;
+        let (source, target) = (moving.source.0, moving.target.0);
+        let order = if source_first {
+            [source, target]
+        } else {
+            [target, source]
+        };
+        for port in order.into_iter().chain(moving.others.iter().copied()) {
+            moving.assign(port).await;
+            chat.step(&moving, &format!("SETSLOT NODE on {port}")).await;
+            chat.traffic(20).await;
+        }
+        moving.settled().await;
+        assert_eq!(redis.master_of(&channel).await, target);
+        // Every node followed the slot: the source dropped its subscription, and it
+        // subscribed again on the target (no client-visible event: polls, bounded).
+        for node in &chat.nodes {
+            wait_for_metric(
+                node.addr,
+                "wirechat_redis_reconnects_total",
+                PATIENCE,
+                |v| v >= round,
+            )
+            .await;
+        }
+        chat.traffic(60).await;
+    }
     chat.finish().await;
     drop(redis);
 }
