@@ -322,7 +322,16 @@ impl Caddy {
 pub struct OwnCluster {
     /// Each server and its port; a killed one stays here, stopped.
     pub servers: Vec<(Process, u16)>,
+    /// With TLS, each server's TLS port, in the same order.
+    pub tls_ports: Vec<u16>,
     dir: PathBuf,
+}
+
+/// A TLS server's certificate, its key, and the authority clients are to trust, as files.
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
 }
 
 /// The cluster's node timeout: how long a master may be unreachable before its replica
@@ -331,17 +340,22 @@ const CLUSTER_NODE_TIMEOUT_MS: &str = "1000";
 
 impl OwnCluster {
     pub async fn start() -> OwnCluster {
-        OwnCluster::start_with(CLUSTER_NODE_TIMEOUT_MS).await
+        OwnCluster::start_with(CLUSTER_NODE_TIMEOUT_MS, None).await
     }
 
-    /// A cluster whose replicas take over after `node_timeout_ms`.
-    pub async fn start_with(node_timeout_ms: &str) -> OwnCluster {
+    /// A cluster whose replicas take over after `node_timeout_ms`; with `tls`, each
+    /// server also takes TLS clients on a port of its own, and the servers speak TLS to
+    /// each other. Plain clients (this harness) keep the plain ports.
+    pub async fn start_with(node_timeout_ms: &str, tls: Option<&TlsFiles>) -> OwnCluster {
         let dir = std::env::temp_dir()
             .join("wirechat-tests")
             .join(format!("redis-cluster-{}", uuid::Uuid::new_v4().simple()));
         let mut servers = Vec::new();
+        let mut tls_ports = Vec::new();
         for _ in 0..6 {
-            servers.push(OwnCluster::server(&dir, node_timeout_ms).await);
+            let (process, port, tls_port) = OwnCluster::server(&dir, node_timeout_ms, tls).await;
+            servers.push((process, port));
+            tls_ports.extend(tls_port);
         }
         let addresses: Vec<String> = servers
             .iter()
@@ -359,14 +373,23 @@ impl OwnCluster {
             "creating the cluster: {}",
             String::from_utf8_lossy(&created.stdout)
         );
-        let cluster = OwnCluster { servers, dir };
+        let cluster = OwnCluster {
+            servers,
+            tls_ports,
+            dir,
+        };
         cluster.wait_until_ok().await;
         cluster.wait_until_replicated().await;
         cluster
     }
 
-    /// One more redis-server in cluster mode, on free ports, not yet in any cluster.
-    async fn server(dir: &std::path::Path, node_timeout_ms: &str) -> (Process, u16) {
+    /// One more redis-server in cluster mode, on free ports, not yet in any cluster: its
+    /// process, its port, and with `tls`, its TLS port.
+    async fn server(
+        dir: &std::path::Path,
+        node_timeout_ms: &str,
+        tls: Option<&TlsFiles>,
+    ) -> (Process, u16, Option<u16>) {
         // A cluster node also listens on its port + 10000 (the cluster bus): both must
         // be free, and the bus port below the kernel's ephemeral range too.
         let port = loop {
@@ -377,9 +400,11 @@ impl OwnCluster {
         };
         let node_dir = dir.join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("cluster node dir");
-        let process = redis_server(&[
+        let port_text = port.to_string();
+        let node_dir_text = node_dir.display().to_string();
+        let mut args = vec![
             "--port",
-            &port.to_string(),
+            &port_text,
             "--cluster-enabled",
             "yes",
             "--cluster-node-timeout",
@@ -391,10 +416,30 @@ impl OwnCluster {
             "--cluster-replica-validity-factor",
             "0",
             "--dir",
-            &node_dir.display().to_string(),
-        ])
-        .await;
-        (process, port)
+            &node_dir_text,
+        ];
+        let tls_port = tls.map(|_| free_port());
+        let tls_port_text = tls_port.map(|p| p.to_string()).unwrap_or_default();
+        if let Some(files) = tls {
+            args.extend([
+                "--tls-port",
+                &tls_port_text,
+                "--tls-cert-file",
+                &files.cert,
+                "--tls-key-file",
+                &files.key,
+                "--tls-ca-cert-file",
+                &files.ca,
+                "--tls-auth-clients",
+                "no",
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+            ]);
+        }
+        let process = redis_server(&args).await;
+        (process, port, tls_port)
     }
 
     /// Waits (bounded) until every replica has synced with its master, so that it can

@@ -248,7 +248,7 @@ async fn three_nodes_chat_over_a_sharded_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_shards_keep_crossing_nodes_while_a_master_is_down() {
     // Long enough that the message below crosses before any replica takes over.
-    let mut chat = Sharded::on(OwnCluster::start_with("6000").await).await;
+    let mut chat = Sharded::on(OwnCluster::start_with("6000", None).await).await;
     let nodes = [chat.node().await, chat.node().await];
     let ann = nodes[0].signup("ann").await;
     let bob = nodes[1].signup("bob").await;

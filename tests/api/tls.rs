@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::faults::postgres::OwnPostgres;
 use crate::helpers::{TestApp, fresh_prefix};
-use crate::process::{Process, free_port, redis_server};
+use crate::process::{OwnCluster, Process, TlsFiles, free_port, redis_server};
 
 /// A private certificate authority and a certificate it signed for 127.0.0.1/localhost,
 /// in a directory of the test's own.
@@ -65,10 +65,11 @@ impl Certificates {
             "-subj",
             "/CN=localhost",
         ]);
+        // Client use too: a cluster's servers show it to each other on the cluster bus.
         std::fs::write(
             dir.join("server.ext"),
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .expect("extensions file");
         openssl(&[
@@ -134,6 +135,66 @@ async fn pings(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
     let servers =
         wirechat::layer::redis::Servers::single(url, ca_file).map_err(|e| e.to_string())?;
     servers.commands().map_err(|e| e.to_string())?.ping().await
+}
+
+/// Whether a node's Redis client gets an answer to PING from every master of the cluster
+/// reached through `nodes`.
+async fn cluster_pings(nodes: &str, ca_file: Option<&Path>) -> Result<(), String> {
+    wirechat::app::install_tls_provider();
+    let servers =
+        wirechat::layer::redis::Servers::cluster(nodes, ca_file).map_err(|e| e.to_string())?;
+    servers.commands().map_err(|e| e.to_string())?.ping().await
+}
+
+/// A Redis Cluster whose servers take TLS clients (and speak TLS to each other) with a
+/// certificate from a private authority: refused without the authority, and two nodes
+/// chat over it with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_over_tls_is_trusted_with_its_authority_only() {
+    let certificates = Certificates::make();
+    let file = |name: &str| certificates.path(name).display().to_string();
+    let files = TlsFiles {
+        cert: file("server.pem"),
+        key: file("server.key"),
+        ca: file("ca.pem"),
+    };
+    let cluster = OwnCluster::start_with("1000", Some(&files)).await;
+    let nodes = cluster
+        .tls_ports
+        .iter()
+        .map(|port| format!("rediss://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let refused = cluster_pings(&nodes, None)
+        .await
+        .expect_err("an unknown authority is refused");
+    assert!(
+        refused.to_lowercase().contains("certificate") || refused.contains("UnknownIssuer"),
+        "{refused}"
+    );
+    let ca = certificates.path("ca.pem");
+    cluster_pings(&nodes, Some(&ca))
+        .await
+        .expect("trusted with its authority");
+
+    let prefix = fresh_prefix();
+    let args = vec![
+        "--redis-cluster".to_owned(),
+        nodes.clone(),
+        "--redis-ca-file".to_owned(),
+        ca.display().to_string(),
+        "--redis-prefix".to_owned(),
+        prefix,
+    ];
+    let database_url = crate::helpers::fresh_database(crate::helpers::Backend::Postgres).await;
+    let n1 = TestApp::start(database_url.clone(), args.clone()).await;
+    let n2 = TestApp::start(database_url, args).await;
+    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
+    let mut a = n1.connect(&ann).await;
+    let mut b = n2.connect(&bob).await;
+    a.say("sent over a TLS cluster").await;
+    b.wait_for_message("sent over a TLS cluster").await;
+    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
