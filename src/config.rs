@@ -434,7 +434,8 @@ impl Config {
 }
 
 /// `url` with every password in it replaced by `***`: the one in its user information
-/// (`postgres://u:p@h/db`, `redis://:p@h`) and a `password` or `sslpassword` parameter.
+/// (`postgres://u:p@h/db`, `redis://:p@h`) and a `password`, `sslpassword` or `pass`
+/// (`redis+unix://`) parameter.
 /// Everything before the last `@` counts as user information, so a password with an
 /// unescaped `@` or `/` in it is hidden whole, if with some of the host.
 pub fn redact_url(url: &str) -> String {
@@ -457,7 +458,7 @@ pub fn redact_url(url: &str) -> String {
         let params: Vec<String> = shown[query + 1..]
             .split('&')
             .map(|param| match param.split_once('=') {
-                Some((key, _)) if ["password", "sslpassword"].contains(&key) => {
+                Some((key, _)) if ["password", "sslpassword", "pass"].contains(&key) => {
                     format!("{key}=***")
                 }
                 _ => param.to_owned(),
@@ -579,6 +580,10 @@ mod tests {
                 "postgres://u@h/db?password=***&sslmode=require",
             ),
             ("postgres://u@h/db", "postgres://u@h/db"),
+            (
+                "redis+unix:///tmp/r.sock?pass=p&db=1",
+                "redis+unix:///tmp/r.sock?pass=***&db=1",
+            ),
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
             ("sqlite://x.db?mode=rwc", "sqlite://x.db?mode=rwc"),
             ("wirechat.db", "wirechat.db"),

@@ -783,7 +783,7 @@ impl OwnSentinel {
 
     /// Waits until every sentinel names a master other than `old` that says it is the
     /// master, and `old`, if given, says it is a replica. Returns the new master's port.
-    async fn moved_from(&self, old: u16, old_now: Option<u16>) -> u16 {
+    pub async fn moved_from(&self, old: u16, old_now: Option<u16>) -> u16 {
         let role = deadpool_redis::redis::cmd("ROLE").clone();
         let says = |port: u16, role_now: &'static str| {
             let role = role.clone();
@@ -819,6 +819,14 @@ impl OwnSentinel {
     /// FAILOVER`), and waits until every sentinel names the replica and the old master
     /// says it is now a replica. Returns the new master's port.
     pub async fn switch(&mut self) -> u16 {
+        let old = self.begin_switch().await;
+        self.moved_from(old, Some(old)).await
+    }
+
+    /// Starts `SENTINEL FAILOVER` and waits until every sentinel names the replica, the
+    /// old master still running as one until the sentinels make it a replica (up to
+    /// about 10 s later). Returns the old master's port.
+    pub async fn begin_switch(&mut self) -> u16 {
         let old = self
             .master()
             .await
@@ -830,7 +838,44 @@ impl OwnSentinel {
         let _: String = OwnCluster::ask(self.sentinels[0].1, &failover)
             .await
             .expect("SENTINEL FAILOVER");
-        self.moved_from(old, Some(old)).await
+        poll("every sentinel names the replica", || async {
+            self.master().await.is_some_and(|now| now != old)
+        })
+        .await;
+        old
+    }
+
+    /// Closes one node's subscriber connection on the server at `port` (not a
+    /// sentinel's), as a network blip would.
+    pub async fn drop_a_subscriber(&self, port: u16) {
+        let list: String = OwnCluster::ask(
+            port,
+            deadpool_redis::redis::cmd("CLIENT")
+                .arg("LIST")
+                .arg("TYPE")
+                .arg("pubsub"),
+        )
+        .await
+        .expect("CLIENT LIST");
+        let id = list
+            .lines()
+            .filter(|client| !client.contains("name=sentinel"))
+            .find_map(|client| {
+                client
+                    .split(' ')
+                    .find_map(|field| field.strip_prefix("id="))
+            })
+            .expect("a node's subscriber")
+            .to_owned();
+        let _: i64 = OwnCluster::ask(
+            port,
+            deadpool_redis::redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(&id),
+        )
+        .await
+        .expect("CLIENT KILL");
     }
 }
 

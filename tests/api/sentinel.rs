@@ -2,10 +2,11 @@
 //! under traffic, is `faults::redis_sentinel_master_fails_over`.
 
 use crate::helpers::{Backend, fresh_database, refused_at_start};
-use crate::process::{OwnSentinel, SENTINEL_MASTER};
+use crate::process::{OwnSentinel, SENTINEL_MASTER, free_port, redis_server};
 
 /// Sentinels named as one server, a server named as a sentinel, a master the sentinels do
-/// not watch, and half of the two settings are each refused at start, saying what to do.
+/// not watch, half of the two settings, and a Redis that turns the password away are each
+/// refused at start, saying what to do, and no password is shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinels_given_wrongly_are_refused_saying_what_to_do() {
     let redis = OwnSentinel::start().await;
@@ -57,4 +58,33 @@ async fn sentinels_given_wrongly_are_refused_saying_what_to_do() {
         let text = refused_at_start(&database_url, redis);
         assert!(text.contains(said), "{redis:?}: {text}");
     }
+    // A server that turns the password away, whatever it is.
+    let guarded_port = free_port();
+    let _guarded = redis_server(&[
+        "--port",
+        &guarded_port.to_string(),
+        "--requirepass",
+        "the-right-one",
+    ])
+    .await;
+    for url in [
+        format!("redis://127.0.0.1:{guarded_port}"),
+        format!("redis://:a-wrong-one@127.0.0.1:{guarded_port}"),
+    ] {
+        let text = refused_at_start(&database_url, &["--redis-url", &url]);
+        assert!(text.contains("turned this node away"), "{url}: {text}");
+        assert!(!text.contains("a-wrong-one"), "{text}");
+    }
+    // A sentinel given wrongly is named, without its password.
+    let text = refused_at_start(
+        &database_url,
+        &[
+            "--redis-sentinel",
+            "redis://:hunter2@127.0.0.1:notaport",
+            "--redis-sentinel-master",
+            SENTINEL_MASTER,
+        ],
+    );
+    assert!(text.contains("127.0.0.1:notaport"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
 }

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -151,11 +151,19 @@ impl Servers {
             }
         }
         Ok(Servers::Sentinel(Arc::new(Sentinels {
-            client: tokio::sync::Mutex::new(builder.build()?),
+            asking: tokio::sync::Mutex::new((builder.build()?, None)),
             nodes,
             name,
             master: Mutex::new(None),
         })))
+    }
+
+    /// With Sentinel, the master last found (`host:port`); otherwise nothing.
+    pub fn master(&self) -> Option<String> {
+        match self {
+            Servers::Sentinel(sentinels) => sentinels.last().as_ref().map(ToString::to_string),
+            _ => None,
+        }
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -163,9 +171,9 @@ impl Servers {
     }
 
     /// Refuses, with what to do instead, a cluster given as one server, one server given
-    /// as a cluster, a server that is not a sentinel given as one, and sentinels that
-    /// watch no master of the name given; says nothing of servers that do not answer yet
-    /// (a node may start before Redis does).
+    /// as a cluster, a server that is not a sentinel given as one, sentinels that watch
+    /// no master of the name given, and a server that turns the password away; says
+    /// nothing of servers that do not answer yet (a node may start before Redis does).
     pub async fn check_mode(&self) -> anyhow::Result<()> {
         let (nodes, want) = match self {
             Servers::Single(info) => (std::slice::from_ref(info), "standalone"),
@@ -199,10 +207,19 @@ impl Servers {
                 };
                 redis::RedisResult::Ok((mode, watched))
             };
-            let Ok(Ok((mode, watched))) = tokio::time::timeout(NODE_CONNECT_WAIT, ask).await else {
-                continue;
-            };
             let addr = node.addr();
+            let (mode, watched) = match tokio::time::timeout(NODE_CONNECT_WAIT, ask).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(e))
+                    if e.kind() == redis::ErrorKind::AuthenticationFailed
+                        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) =>
+                {
+                    anyhow::bail!(
+                        "{addr} turned this node away: {e} (check the password in its URL)"
+                    )
+                }
+                _ => continue,
+            };
             let setting = |mode: &str| match mode {
                 "sentinel" => "WIRECHAT_REDIS_SENTINEL",
                 "cluster" => "WIRECHAT_REDIS_CLUSTER",
@@ -335,7 +352,7 @@ fn node_list(nodes: &str, kind: &str) -> anyhow::Result<Vec<ConnectionInfo>> {
             };
             url.as_str()
                 .into_connection_info()
-                .with_context(|| format!("{kind} {node}"))
+                .with_context(|| format!("{kind} {}", crate::config::redact_url(node)))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if nodes.is_empty() {
@@ -346,9 +363,10 @@ fn node_list(nodes: &str, kind: &str) -> anyhow::Result<Vec<ConnectionInfo>> {
 
 /// The sentinels watching one master, and the master they named last.
 pub struct Sentinels {
-    /// Asks the sentinels, one question at a time, and checks with ROLE that the server
-    /// they name says it is the master.
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// Asks the sentinels and checks with ROLE that the server they name says it is the
+    /// master; with the last answer and when it came, so that callers who waited for
+    /// one lookup share its answer rather than each ask again.
+    asking: tokio::sync::Mutex<(SentinelClient, Option<Looked>)>,
     /// The sentinels, as given.
     nodes: Vec<ConnectionInfo>,
     /// The master's name among the sentinels.
@@ -358,14 +376,37 @@ pub struct Sentinels {
     master: Mutex<Option<ConnectionAddr>>,
 }
 
+/// A lookup's answer, and when it came.
+type Looked = (Instant, Result<redis::Client, CommandError>);
+
+/// How long a lookup's answer serves the callers that come after it: a node's command
+/// connection, its subscriber and its presence may all need the master at once (an
+/// outage fails them together), and one lookup can take a second when a sentinel listed
+/// before the others does not answer.
+const SENTINEL_ANSWER_SERVES: Duration = Duration::from_secs(1);
+
 impl Sentinels {
-    /// A client for the server the sentinels name as master now.
+    /// A client for the server the sentinels name as master now. One lookup at a time,
+    /// each bounded on its own (not the wait for one's turn), and one that ended less
+    /// than `SENTINEL_ANSWER_SERVES` ago answers for them.
     async fn master(&self) -> Result<redis::Client, CommandError> {
-        let asking = async { self.client.lock().await.async_get_client().await };
-        let client = tokio::time::timeout(COMMAND_WAIT, asking)
-            .await
-            .map_err(|_| "the sentinels did not answer in time".to_owned())?
-            .map_err(|e| format!("no master named {} from the sentinels: {e}", self.name))?;
+        let mut asking = self.asking.lock().await;
+        let (client, last) = &mut *asking;
+        if let Some((at, answer)) = last
+            && at.elapsed() < SENTINEL_ANSWER_SERVES
+        {
+            return answer.clone();
+        }
+        let answer = match tokio::time::timeout(COMMAND_WAIT, client.async_get_client()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(format!(
+                "finding the master {} through the sentinels (or reaching it): {e}",
+                self.name
+            )),
+            Err(_) => Err("the sentinels did not answer in time".to_owned()),
+        };
+        *last = Some((Instant::now(), answer.clone()));
+        let client = answer?;
         *self.last() = Some(client.get_connection_info().addr().clone());
         Ok(client)
     }
@@ -451,12 +492,16 @@ impl SentinelCommands {
 struct Kept<C> {
     /// The connection, and the address of the server it goes to where that can change.
     slot: Mutex<Option<(C, Option<ConnectionAddr>)>>,
+    /// Held while connecting: callers that find no connection wait for one attempt
+    /// rather than each make their own.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl<C> Default for Kept<C> {
     fn default() -> Self {
         Kept {
             slot: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -469,10 +514,16 @@ impl<C: Clone> Kept<C> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<(C, Option<ConnectionAddr>)>>,
     {
-        if let Some((connection, at)) = self.slot().as_ref()
-            && (to.is_none() || *at == to)
-        {
-            return Ok(connection.clone());
+        let usable = |slot: &Option<(C, Option<ConnectionAddr>)>| match slot {
+            Some((connection, at)) if to.is_none() || *at == to => Some(connection.clone()),
+            _ => None,
+        };
+        if let Some(connection) = usable(&self.slot()) {
+            return Ok(connection);
+        }
+        let _turn = self.connecting.lock().await;
+        if let Some(connection) = usable(&self.slot()) {
+            return Ok(connection);
         }
         let (connection, at) = connect().await?;
         *self.slot() = Some((connection.clone(), at));

@@ -140,7 +140,13 @@ impl RedisLayer {
             subscriptions: Mutex::default(),
             connected: watch::Sender::new(false),
         });
-        tokio::spawn(subscriber(shared.clone(), servers.clone(), inbox, stop));
+        tokio::spawn(subscriber(
+            shared.clone(),
+            servers.clone(),
+            commands_out.clone(),
+            inbox,
+            stop,
+        ));
         let (publications, queue) = mpsc::channel(PUBLICATION_QUEUE);
         tokio::spawn(publisher(commands_out.clone(), origin.to_owned(), queue));
         Ok(RedisLayer {
@@ -364,10 +370,13 @@ impl ChannelLayer for RedisLayer {
 async fn subscriber(
     shared: Arc<Shared>,
     servers: Servers,
+    commands_out: Commands,
     mut commands: mpsc::UnboundedReceiver<Command>,
     stop: CancellationToken,
 ) {
     let mut backoff = BACKOFF_FIRST;
+    // With Sentinel, the master this node last subscribed on.
+    let mut subscribed_on: Option<String> = None;
     let mut ever_connected = false;
     // Whether the connection being made follows a lost one (not a settled cluster's).
     let mut after_loss = false;
@@ -433,6 +442,13 @@ async fn subscriber(
         if !groups.is_empty() {
             shared.registry.deliver_all(Arc::new(Event::Resync));
         }
+        // A node that reached the new master before this one has missed what this node
+        // published to the old one meanwhile, and no failure told anyone: tell it now.
+        let master = servers.master();
+        if subscribed_on.is_some() && master != subscribed_on {
+            resync_everywhere(&shared, &commands_out, &groups).await;
+        }
+        subscribed_on = master;
 
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -484,6 +500,28 @@ async fn subscriber(
         lost(&shared);
         standing = servers.is_cluster().then_some(connection);
         if !wait_to_retry(&shared, &mut standing, &mut backoff, &mut commands, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Publishes a resync on each of `groups`' channels: every node that follows one catches
+/// its sockets up from the store.
+async fn resync_everywhere(shared: &Shared, commands: &Commands, groups: &[String]) {
+    let resync = wire::encode(&shared.origin, &Event::Resync).unwrap_or_default();
+    let channels: Vec<String> = groups.iter().map(|g| shared.channel(g)).collect();
+    for chunk in channels.chunks(PUBLICATION_BATCH) {
+        let items: Vec<(&str, &[u8])> = chunk
+            .iter()
+            .map(|channel| (channel.as_str(), resync.as_slice()))
+            .collect();
+        if let Some(Err(e)) = commands
+            .publish(&items)
+            .await
+            .into_iter()
+            .find(Result::is_err)
+        {
+            tracing::warn!(error = %e, "could not tell the other nodes to resync");
             return;
         }
     }

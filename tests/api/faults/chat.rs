@@ -214,6 +214,11 @@ impl Chat {
         Progress::wait(&self.progress.acked, "acknowledged messages", target).await;
     }
 
+    /// Senders stop posting (everyone keeps reading) until the next `traffic`.
+    pub(super) fn pause(&self) {
+        self.phase.send_replace(Phase::Hold);
+    }
+
     pub(super) async fn reconnects(&self, at_least: usize) {
         Progress::wait(&self.progress.reconnects, "reconnects", at_least).await;
     }

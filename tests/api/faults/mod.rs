@@ -308,6 +308,28 @@ async fn redis_sentinel_switches_master_under_traffic() {
     drop(redis);
 }
 
+/// With Redis Sentinel, while an operator's switch is under way (the sentinels name the
+/// new master, the old one still runs as a master), one node's subscriber connection
+/// drops: it moves to the new master alone and misses what the others still publish to
+/// the old one, until they move too and, having moved, tell it to catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_node_that_moves_alone_catches_up() {
+    let mut redis = OwnSentinel::start().await;
+    let chat = on_sentinels("redis-sentinel-alone", &redis, &[]).await;
+    chat.traffic(60).await;
+    let old = redis.begin_switch().await;
+    redis.drop_a_subscriber(old).await;
+    chat.traffic(60).await;
+    // Quiet when the others move (seconds later): no publication of theirs fails then,
+    // so only their move itself can tell the lone node what it missed.
+    chat.pause();
+    redis.moved_from(old, Some(old)).await;
+    every_node_resubscribed(&chat).await;
+    chat.traffic(60).await;
+    chat.finish().await;
+    drop(redis);
+}
+
 /// Three nodes on `redis`'s sentinels, two senders on each, whose clients never ask to
 /// catch up.
 async fn on_sentinels(name: &'static str, redis: &OwnSentinel, extra: &[&str]) -> Chat {
