@@ -83,6 +83,10 @@ pub(super) fn weight(reply: &Reply) -> usize {
 /// is a shared frame, not a copy.
 const MIN_HELD: usize = 64;
 
+/// Frames' room the writer keeps between writes; a burst's more (a room entered is a
+/// dozen frames or so) is given back after its write rather than held for the socket's life.
+const KEEP_FRAMES: usize = 4;
+
 /// How long one write may wait for a client to read before the socket is dropped.
 const WRITE_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -178,6 +182,9 @@ pub(super) async fn write_loop(
         };
         if !written {
             return;
+        }
+        if frames.capacity() > KEEP_FRAMES {
+            frames = Vec::new();
         }
         backlog.written(replies);
         if view.ended {
