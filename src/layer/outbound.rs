@@ -35,7 +35,8 @@ pub enum Reply {
     /// The socket's unread counts, as stored when it connected, and the entries of the
     /// rooms hidden from its sidebar.
     Rooms {
-        /// By room: unread messages, and those of them that mention the user.
+        /// By room: unread messages, and those of them that mention the user; a room with
+        /// none is left out (the view counts from zero any room it does not hold).
         unread: HashMap<String, (i64, i64)>,
         hidden: HashMap<Arc<str>, Utf8Bytes>,
     },

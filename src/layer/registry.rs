@@ -26,23 +26,35 @@ impl Subscriber {
     }
 }
 
+/// A group's name, held once by the node however many of its sockets joined the group: a
+/// string of its own per socket and group would be ~0.3 KB of every idle socket.
+type GroupName = Arc<str>;
+
 #[derive(Default)]
 struct Groups {
-    members: HashMap<String, HashMap<SocketId, Subscriber>>,
+    members: HashMap<GroupName, HashMap<SocketId, Subscriber>>,
     /// socket → its groups, so a closing socket leaves them all at once.
-    joined: HashMap<SocketId, HashSet<String>>,
+    joined: HashMap<SocketId, HashSet<GroupName>>,
     /// The sockets showing each group's room: `Event::Viewers` goes to these alone. Every
     /// member of a busy room would otherwise be woken for each arrival and departure in it
     /// (everyone is a member of `#hi`, and every connect passes through it), only to drop
     /// the event: quadratic in the room's size.
-    viewers: HashMap<String, HashMap<SocketId, Subscriber>>,
+    viewers: HashMap<GroupName, HashMap<SocketId, Subscriber>>,
     /// socket → the group whose room it shows.
-    viewing: HashMap<SocketId, String>,
+    viewing: HashMap<SocketId, GroupName>,
     /// The node is shutting down: every socket is told to close, and so is any that joins.
     stopping: bool,
 }
 
 impl Groups {
+    /// The node's name for `group`: the one its members already share, or a new one.
+    fn name(&self, group: &str) -> GroupName {
+        match self.members.get_key_value(group) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(group),
+        }
+    }
+
     fn stop_viewing(&mut self, socket: SocketId) {
         if let Some(group) = self.viewing.remove(&socket)
             && let Some(sockets) = self.viewers.get_mut(&group)
@@ -74,12 +86,13 @@ impl Registry {
         if groups.stopping {
             member.outbox.stop(Stop::Shutdown);
         }
+        let name = groups.name(group);
         groups
             .joined
             .entry(member.id)
             .or_default()
-            .insert(group.to_owned());
-        let sockets = groups.members.entry(group.to_owned()).or_default();
+            .insert(name.clone());
+        let sockets = groups.members.entry(name).or_default();
         let first = sockets.is_empty();
         sockets.insert(member.id, member.clone());
         first
@@ -89,10 +102,11 @@ impl Registry {
     pub fn view(&self, group: &str, member: &Subscriber) {
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
         groups.stop_viewing(member.id);
-        groups.viewing.insert(member.id, group.to_owned());
+        let name = groups.name(group);
+        groups.viewing.insert(member.id, name.clone());
         groups
             .viewers
-            .entry(group.to_owned())
+            .entry(name)
             .or_default()
             .insert(member.id, member.clone());
     }
@@ -100,7 +114,7 @@ impl Registry {
     /// Removes the socket from `group`; true when that left the group empty on this node.
     pub fn leave(&self, group: &str, socket: SocketId) -> bool {
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
-        if groups.viewing.get(&socket).is_some_and(|g| g == group) {
+        if groups.viewing.get(&socket).is_some_and(|g| **g == *group) {
             groups.stop_viewing(socket);
         }
         if let Some(joined) = groups.joined.get_mut(&socket) {
@@ -129,7 +143,7 @@ impl Registry {
                 sockets.remove(&socket);
                 if sockets.is_empty() {
                     groups.members.remove(&group);
-                    emptied.push(group);
+                    emptied.push(group.to_string());
                 }
             }
         }
@@ -149,7 +163,7 @@ impl Registry {
     /// Groups with at least one socket on this node.
     pub fn groups(&self) -> Vec<String> {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
-        groups.members.keys().cloned().collect()
+        groups.members.keys().map(|name| name.to_string()).collect()
     }
 
     /// True when at least one socket on this node is in `group`.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::StreamExt;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::SplitStream;
 
 use crate::chat::names::InputError;
 use crate::chat::protocol::{Swap, frame};
@@ -93,8 +93,9 @@ pub mod close_code {
 
 /// Serves one chat socket until it closes.
 ///
-/// Not an `async fn`: an async fn keeps room for its arguments for as long as it runs, and
-/// the unsplit socket is large; split first, and the task holds only the two halves.
+/// Not an `async fn`, and the socket's state is made before its future: an async fn keeps
+/// room for its arguments for as long as it runs, beside the copies its body moves them
+/// into; the async block below works on what it captured in place.
 pub fn run(
     hub: Arc<Hub>,
     signed_in: SignedIn,
@@ -114,24 +115,6 @@ pub fn run(
         groups,
         resume,
     });
-    serve(hub, user, client, sink, stream, opening)
-}
-
-/// What a socket starts from: the rooms read with its session, and where it was before.
-struct Opening {
-    rooms: Vec<RoomSummary>,
-    groups: Vec<Room>,
-    resume: Resume,
-}
-
-async fn serve(
-    hub: Arc<Hub>,
-    user: User,
-    client: Client,
-    sink: SplitSink<WebSocket, Message>,
-    stream: SplitStream<WebSocket>,
-    opening: Box<Opening>,
-) {
     let member = Subscriber::new(
         hub.layer.registry().next_socket_id(),
         hub.limits.outbound_queue,
@@ -158,33 +141,44 @@ async fn serve(
         last_typing: None,
         peers: Vec::new(),
     };
-    tracing::debug!(user = %socket.user.username, socket = socket.member.id, "socket open");
-    {
-        let reader = async {
-            // Boxed, like each action below: an idle socket's task then holds only the
-            // small read loop, not the state of the largest action it might run.
-            match Box::pin(socket.start(opening)).await {
-                Ok(()) => socket.read_loop(stream).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not start the chat socket");
-                    Ended::Broken
+    async move {
+        tracing::debug!(user = %socket.user.username, socket = socket.member.id, "socket open");
+        let ended = {
+            let reader = async {
+                // Boxed, like each action below: an idle socket's task then holds only the
+                // small read loop, not the state of the largest action it might run.
+                match Box::pin(socket.start(opening)).await {
+                    Ok(()) => socket.read_loop(stream).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not start the chat socket");
+                        Ended::Broken
+                    }
                 }
+            };
+            tokio::select! {
+                _ = &mut writer => None,
+                ended = reader => Some(ended),
             }
         };
-        tokio::select! {
-            _ = &mut writer => {}
-            ended = reader => if ended == Ended::ByClient {
-                // The writer answers the client's close, as RFC 6455 asks, and ends.
-                let _ = tokio::time::timeout(GOODBYE, &mut writer).await;
-            }
+        if ended == Some(Ended::ByClient) {
+            // The writer answers the client's close, as RFC 6455 asks, and ends. Waited for
+            // once the reader is gone, so that the wait's timer takes no room beside it.
+            let _ = tokio::time::timeout(GOODBYE, &mut writer).await;
         }
+        writer.abort();
+        // Whatever the registry still queues for this socket until it leaves is dropped.
+        socket.member.outbox.close();
+        // Boxed: its store writes are large futures, and inline they would sit in every
+        // idle socket's task for the whole life of the connection.
+        Box::pin(socket.finish()).await;
     }
-    writer.abort();
-    // Whatever the registry still queues for this socket until it leaves is dropped.
-    socket.member.outbox.close();
-    // Boxed: its store writes are large futures, and inline they would sit in every idle
-    // socket's task for the whole life of the connection.
-    Box::pin(socket.finish()).await;
+}
+
+/// What a socket starts from: the rooms read with its session, and where it was before.
+struct Opening {
+    rooms: Vec<RoomSummary>,
+    groups: Vec<Room>,
+    resume: Resume,
 }
 
 struct ActiveRoom {
@@ -317,7 +311,9 @@ impl Socket {
             match message {
                 Message::Text(text) => {
                     self.backlog.wait_for_room().await;
-                    self.handle(text.as_str(), &mut posts).await
+                    // Boxed: an action's state (the parsed action, the posts it waits for)
+                    // would otherwise take its room in every idle socket's task.
+                    Box::pin(self.handle(text.as_str(), &mut posts)).await
                 }
                 Message::Binary(_) => self.send_error("Send text frames holding JSON."),
                 Message::Close(_) => {

@@ -37,6 +37,7 @@ pub(super) struct View {
     /// another's); with it, nothing is shown twice and a resync knows where the hole is.
     shown_above: BTreeSet<i64>,
     /// By room not shown: messages unread, and of those, the ones that mention the user.
+    /// Only rooms with some: a room not here has none.
     unread: HashMap<String, (i64, i64)>,
     /// How a message's frame marks a mention of the user (see `views::format`).
     mention_mark: Box<str>,
@@ -161,7 +162,11 @@ impl View {
                 catching_up,
             } => {
                 out.extend(frames);
-                self.unread.insert(room.to_string(), (0, 0));
+                self.unread.remove(&*room);
+                if self.unread.is_empty() {
+                    // Nothing unread any more: give the table back.
+                    self.unread.shrink_to_fit();
+                }
                 self.shown_through = floor;
                 self.shown_above.clear();
                 out.push(room_seq_frame(floor));
@@ -252,7 +257,6 @@ impl View {
             Event::Resync => self.resync = true,
             Event::RoomAdded { room, frame: f } => {
                 self.effects.push(Effect::Join(room.clone()));
-                self.unread.entry(room.to_string()).or_insert((0, 0));
                 self.revoked.remove(room);
                 self.hidden.remove(room);
                 out.push(f.clone());

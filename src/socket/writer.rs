@@ -2,6 +2,7 @@
 //! flush for everything taken, and closes the socket with the code its reason calls for.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
@@ -11,6 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 use super::close_code;
 use super::view::{Effect, Revoked, View};
@@ -83,6 +85,10 @@ pub(super) fn weight(reply: &Reply) -> usize {
 /// is a shared frame, not a copy.
 const MIN_HELD: usize = 64;
 
+/// Frames' room the writer keeps between writes; a burst's more (a room entered is a
+/// dozen frames or so) is given back after its write rather than held for the socket's life.
+const KEEP_FRAMES: usize = 4;
+
 /// How long one write may wait for a client to read before the socket is dropped.
 const WRITE_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -105,6 +111,7 @@ pub(super) async fn write_loop(
     let mut taken = VecDeque::new();
     let mut frames = Vec::new();
     let mut last_write: Option<Instant> = None;
+    let mut timer = Timer::default();
     loop {
         if let Err(stop) = outbox.take(&mut taken).await {
             return close_for(&mut sink, stop).await;
@@ -118,7 +125,7 @@ pub(super) async fn write_loop(
             tokio::select! {
                 biased;
                 _ = outbox.stopped() => {}
-                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = timer.at(due) => {}
             }
             // Falling behind drops what is queued; a shutdown lets it out first, and the
             // close follows at the next take.
@@ -169,7 +176,7 @@ pub(super) async fn write_loop(
                     biased;
                     written = write => written.is_ok(),
                     _ = outbox.stopped() => false,
-                    _ = tokio::time::sleep(WRITE_DEADLINE) => {
+                    _ = timer.at(Instant::now() + WRITE_DEADLINE) => {
                         tracing::debug!(socket = member.id, "a write was stuck; dropping the socket");
                         false
                     }
@@ -178,6 +185,9 @@ pub(super) async fn write_loop(
         };
         if !written {
             return;
+        }
+        if frames.capacity() > KEEP_FRAMES {
+            frames = Vec::new();
         }
         backlog.written(replies);
         if view.ended {
@@ -192,6 +202,23 @@ pub(super) async fn write_loop(
         metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
         // Only a busy node needs the time; a quiet one forgets it and reads no clock.
         last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
+    }
+}
+
+/// The writer's one timer (pacing, a stuck write's deadline), made the first time it is
+/// needed and kept: inline, each of the two would take a timer's room (~130 bytes) in every
+/// socket's writer, and a quiet socket never needs either.
+#[derive(Default)]
+struct Timer(Option<Pin<Box<Sleep>>>);
+
+impl Timer {
+    /// Resolves at `deadline`.
+    fn at(&mut self, deadline: Instant) -> Pin<&mut Sleep> {
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        sleep.as_mut().reset(deadline.into());
+        sleep.as_mut()
     }
 }
 
