@@ -352,13 +352,21 @@ fn node_list(nodes: &str, kind: &str) -> anyhow::Result<Vec<ConnectionInfo>> {
             };
             url.as_str()
                 .into_connection_info()
-                .with_context(|| format!("{kind} {}", crate::config::redact_url(node)))
+                .with_context(|| format!("{kind} {}", without_login(node)))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if nodes.is_empty() {
         anyhow::bail!("no {kind} given: name at least one host:port");
     }
     Ok(nodes)
+}
+
+/// `node` as messages may show it: without what comes before an `@` (a password).
+fn without_login(node: &str) -> &str {
+    match node.rfind('@') {
+        Some(at) => &node[at + 1..],
+        None => node,
+    }
 }
 
 /// The sentinels watching one master, and the master they named last.
