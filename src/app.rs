@@ -82,6 +82,21 @@ impl Application {
         let shutdown = CancellationToken::new();
         // Stopping drains too (readiness fails), but draining does not stop, yet.
         let draining = shutdown.child_token();
+        // An empty setting is an unset one: a compose override turns one off that way.
+        let mut config = config;
+        for setting in [
+            &mut config.redis_url,
+            &mut config.redis_cluster,
+            &mut config.redis_sentinel,
+            &mut config.redis_sentinel_master,
+        ] {
+            if setting
+                .as_deref()
+                .is_some_and(|value| value.trim().is_empty())
+            {
+                *setting = None;
+            }
+        }
         let redis_settings = [
             config.redis_url.as_ref().map(|_| "REDIS_URL"),
             config

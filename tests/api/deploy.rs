@@ -403,3 +403,87 @@ fn the_https_override_serves_a_domain_with_secure_cookies() {
         );
     }
 }
+
+/// The Sentinel override turns every node of the compose file from REDIS_URL to its
+/// sentinels, and the sentinels' configuration it writes runs: given a master on a free
+/// port in place of the `redis` service, three sentinels started from it agree which
+/// server is the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentinel_override_moves_every_node_to_sentinels_that_run() {
+    let compose = repository_file("docker-compose.yaml");
+    let sentinel = repository_file("docker-compose.sentinel.yaml");
+    assert!(sentinel.contains("  REDIS_URL: \"\"\n"));
+    assert!(
+        sentinel.contains(
+            "  WIRECHAT_REDIS_SENTINEL: sentinel1:26379,sentinel2:26379,sentinel3:26379\n"
+        )
+    );
+    assert!(sentinel.contains("  WIRECHAT_REDIS_SENTINEL_MASTER: wirechat\n"));
+    for node in ["app1", "app2", "app3"] {
+        assert!(
+            compose.contains(&format!("\n  {node}:\n")),
+            "{node} in compose"
+        );
+        assert!(
+            sentinel.contains(&format!(
+                "\n  {node}:\n    environment: *node-sentinel-env\n    depends_on: *node-sentinel-depends\n"
+            )),
+            "{node} moved to the sentinels"
+        );
+    }
+    for service in ["sentinel1", "sentinel2", "sentinel3"] {
+        assert!(
+            sentinel.contains(&format!("\n  {service}: *sentinel\n")),
+            "{service}"
+        );
+    }
+    assert!(
+        compose.contains("\n  redis:\n"),
+        "the master the sentinels watch"
+    );
+
+    // The configuration the sentinels write, with the master on a free port.
+    let start = sentinel
+        .find("<<'CONF'\n")
+        .expect("the sentinel configuration")
+        + 8;
+    let end = start + sentinel[start..].find("CONF\n").expect("its end");
+    let conf: Vec<&str> = sentinel[start..end].lines().map(str::trim).collect();
+    assert!(
+        conf.contains(&"sentinel monitor wirechat redis 6379 2"),
+        "{conf:?}"
+    );
+    let master = crate::process::OwnRedis::start(crate::process::free_port()).await;
+    let dir = std::env::temp_dir().join("wirechat-tests").join(format!(
+        "compose-sentinel-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        let port = crate::process::free_port();
+        let text: String = conf
+            .iter()
+            .map(|line| {
+                let line = line.replace("port 26379", &format!("port {port}"));
+                line.replace("redis 6379", &format!("127.0.0.1 {}", master.port)) + "\n"
+            })
+            .collect();
+        let file = dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(&file, text).expect("the configuration");
+        let process = crate::process::sentinel_server(&file).await;
+        sentinels.push((process, port));
+    }
+    let ask = deadpool_redis::redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg("wirechat")
+        .clone();
+    for (_, port) in &sentinels {
+        let (_, named): (String, u16) = crate::process::OwnCluster::ask(*port, &ask)
+            .await
+            .expect("the sentinel names the master");
+        assert_eq!(named, master.port);
+    }
+    drop(sentinels);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -213,6 +213,16 @@ pub async fn redis_server(args: &[&str]) -> Process {
     redis_server_logging(args, "Ready to accept connections").await
 }
 
+/// A Redis Sentinel started from the configuration file `config` (which it rewrites);
+/// returns once it watches its master.
+pub async fn sentinel_server(config: &std::path::Path) -> Process {
+    redis_server_logging(
+        &[&config.display().to_string(), "--sentinel"],
+        "+monitor master",
+    )
+    .await
+}
+
 /// A redis-server as `redis_server` starts it; returns once it logs `ready`.
 async fn redis_server_logging(args: &[&str], ready: &'static str) -> Process {
     let mut command = Command::new("redis-server");

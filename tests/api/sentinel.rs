@@ -13,7 +13,7 @@ async fn sentinels_given_wrongly_are_refused_saying_what_to_do() {
     let database_url = fresh_database(Backend::Sqlite).await;
     let sentinels = redis.nodes();
     let one_sentinel = sentinels.split(',').next().expect("a sentinel").to_owned();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--redis-url", &format!("redis://{one_sentinel}")],
             "is a Redis Sentinel: name the sentinels in WIRECHAT_REDIS_SENTINEL, not REDIS_URL",
@@ -38,6 +38,11 @@ async fn sentinels_given_wrongly_are_refused_saying_what_to_do() {
         ),
         (
             &["--redis-sentinel", &sentinels],
+            "WIRECHAT_REDIS_SENTINEL needs WIRECHAT_REDIS_SENTINEL_MASTER",
+        ),
+        (
+            // An empty setting counts as unset (a compose override turns REDIS_URL off).
+            &["--redis-url", "", "--redis-sentinel", &sentinels],
             "WIRECHAT_REDIS_SENTINEL needs WIRECHAT_REDIS_SENTINEL_MASTER",
         ),
         (
