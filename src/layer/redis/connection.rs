@@ -571,9 +571,7 @@ impl<C: Clone> Kept<C> {
             self.slot().take();
         }
     }
-}
 
-impl<C: Clone> Kept<C> {
     /// `answer`, as text when it failed, after which the connection is dropped if the
     /// failure was the connection's.
     fn checked<T>(&self, answer: redis::RedisResult<T>) -> Result<T, CommandError> {

@@ -140,14 +140,14 @@ impl RedisLayer {
             subscriptions: Mutex::default(),
             connected: watch::Sender::new(false),
         });
+        let (publications, queue) = mpsc::channel(PUBLICATION_QUEUE);
         tokio::spawn(subscriber(
             shared.clone(),
             servers.clone(),
-            commands_out.clone(),
+            publications.clone(),
             inbox,
             stop,
         ));
-        let (publications, queue) = mpsc::channel(PUBLICATION_QUEUE);
         tokio::spawn(publisher(commands_out.clone(), origin.to_owned(), queue));
         Ok(RedisLayer {
             shared,
@@ -370,7 +370,7 @@ impl ChannelLayer for RedisLayer {
 async fn subscriber(
     shared: Arc<Shared>,
     servers: Servers,
-    commands_out: Commands,
+    publications: mpsc::Sender<Publication>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     stop: CancellationToken,
 ) {
@@ -446,7 +446,7 @@ async fn subscriber(
         // published to the old one meanwhile, and no failure told anyone: tell it now.
         let master = servers.master();
         if subscribed_on.is_some() && master != subscribed_on {
-            resync_everywhere(&shared, &commands_out, &groups).await;
+            resync_everywhere(&shared, &publications, &groups).await;
         }
         subscribed_on = master;
 
@@ -505,23 +505,24 @@ async fn subscriber(
     }
 }
 
-/// Publishes a resync on each of `groups`' channels: every node that follows one catches
-/// its sockets up from the store.
-async fn resync_everywhere(shared: &Shared, commands: &Commands, groups: &[String]) {
+/// Has the publisher send a resync on each of `groups`' channels, in order with this
+/// node's other publications and, like any of them, again once Redis answers if it
+/// fails: every node that follows one catches its sockets up from the store.
+async fn resync_everywhere(
+    shared: &Shared,
+    publications: &mpsc::Sender<Publication>,
+    groups: &[String],
+) {
     let resync = wire::encode(&shared.origin, &Event::Resync).unwrap_or_default();
-    let channels: Vec<String> = groups.iter().map(|g| shared.channel(g)).collect();
-    for chunk in channels.chunks(PUBLICATION_BATCH) {
-        let items: Vec<(&str, &[u8])> = chunk
-            .iter()
-            .map(|channel| (channel.as_str(), resync.as_slice()))
-            .collect();
-        if let Some(Err(e)) = commands
-            .publish(&items)
-            .await
-            .into_iter()
-            .find(Result::is_err)
-        {
-            tracing::warn!(error = %e, "could not tell the other nodes to resync");
+    for group in groups {
+        // Nobody waits for the answer: a failure is the publisher's to repair.
+        let (done, _) = oneshot::channel();
+        let publication = Publication {
+            channel: shared.channel(group),
+            payload: resync.clone(),
+            done,
+        };
+        if publications.send(publication).await.is_err() {
             return;
         }
     }
