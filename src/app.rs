@@ -208,6 +208,7 @@ impl Application {
                 config.busy_frames_per_second,
             ),
             list_frames: Default::default(),
+            pages: Default::default(),
         });
         let listener =
             listen(config.addr).with_context(|| format!("listening on {}", config.addr))?;

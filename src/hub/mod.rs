@@ -1,11 +1,14 @@
 //! What every socket on this node shares: storage, the channel layer, presence, limits,
 //! and the shutdown signal; and the node's announcements of who came and went (room
-//! member lists in `room_members`, and their frames for entering sockets in `list_frames`).
+//! member lists in `room_members`, and their frames for entering sockets in `list_frames`);
+//! rooms' latest pages, shared by the sockets entering them, in `pages`.
 
 mod list_frames;
+mod pages;
 mod room_members;
 
 pub use list_frames::ListFrames;
+pub use pages::{Page, Pages};
 pub use room_members::{RoomChanges, announce_room_members};
 
 use std::sync::Arc;
@@ -78,6 +81,8 @@ pub struct Hub {
     pub pacing: WritePacing,
     /// Room member lists as last shown to an entering socket.
     pub list_frames: ListFrames,
+    /// Rooms' latest pages as last read for an entering socket.
+    pub pages: Pages,
 }
 
 /// The roster is reconciled with presence at least this often (other nodes' arrivals and

@@ -42,6 +42,8 @@ struct Groups {
     viewers: HashMap<GroupName, HashMap<SocketId, Subscriber>>,
     /// socket → the group whose room it shows.
     viewing: HashMap<SocketId, GroupName>,
+    /// Each group's stamp (see `Registry::stamp`).
+    stamps: HashMap<GroupName, AtomicU64>,
     /// The node is shutting down: every socket is told to close, and so is any that joins.
     stopping: bool,
 }
@@ -71,6 +73,7 @@ impl Groups {
 pub struct Registry {
     groups: RwLock<Groups>,
     next_id: AtomicU64,
+    next_stamp: AtomicU64,
     slow_consumers: AtomicU64,
     metrics: LayerMetrics,
 }
@@ -78,6 +81,23 @@ pub struct Registry {
 impl Registry {
     pub fn next_socket_id(&self) -> SocketId {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn next_stamp(&self) -> u64 {
+        self.next_stamp.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// `group`'s stamp while it has sockets on this node: taken afresh when the group gets
+    /// its first socket here, and whenever a change to its room (a message, an edit or
+    /// deletion, a resync) is delivered to it. The same stamp at two moments means the
+    /// node followed the group throughout and delivered no change to it in between, so
+    /// what was read of its room in the store at the first is still the room at the second.
+    pub fn stamp(&self, group: &str) -> Option<u64> {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        groups
+            .stamps
+            .get(group)
+            .map(|stamp| stamp.load(Ordering::Acquire))
     }
 
     /// Adds the socket to `group`; true when it is the group's first socket on this node.
@@ -92,9 +112,13 @@ impl Registry {
             .entry(member.id)
             .or_default()
             .insert(name.clone());
-        let sockets = groups.members.entry(name).or_default();
+        let sockets = groups.members.entry(name.clone()).or_default();
         let first = sockets.is_empty();
         sockets.insert(member.id, member.clone());
+        if first {
+            let stamp = self.next_stamp();
+            groups.stamps.insert(name, AtomicU64::new(stamp));
+        }
         first
     }
 
@@ -125,6 +149,7 @@ impl Registry {
         };
         if sockets.remove(&socket).is_some() && sockets.is_empty() {
             groups.members.remove(group);
+            groups.stamps.remove(group);
             return true;
         }
         false
@@ -143,6 +168,7 @@ impl Registry {
                 sockets.remove(&socket);
                 if sockets.is_empty() {
                     groups.members.remove(&group);
+                    groups.stamps.remove(&group);
                     emptied.push(group.to_string());
                 }
             }
@@ -205,6 +231,13 @@ impl Registry {
     /// is full is stopped as lagging, so one slow reader cannot hold up a room.
     pub fn deliver(&self, group: &str, event: Arc<Event>) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        if changes_room(&event)
+            && let Some(stamp) = groups.stamps.get(group)
+        {
+            // Before the sockets are offered it: a reader of the stamp either sees the
+            // new one or reads a store that already holds the change.
+            stamp.store(self.next_stamp(), Ordering::Release);
+        }
         let audience = match &*event {
             Event::Viewers { .. } => &groups.viewers,
             _ => &groups.members,
@@ -218,6 +251,11 @@ impl Registry {
     /// Queues `event` once for every socket on this node, whatever groups it joined.
     pub fn deliver_all(&self, event: Arc<Event>) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        if changes_room(&event) {
+            for stamp in groups.stamps.values() {
+                stamp.store(self.next_stamp(), Ordering::Release);
+            }
+        }
         let mut seen = HashSet::new();
         let everyone = groups
             .members
@@ -236,6 +274,15 @@ impl Registry {
         }
         self.metrics.frames_out.fetch_add(queued, Ordering::Relaxed);
     }
+}
+
+/// Whether `event` may change what the store holds of a room (or, a resync, whether
+/// changes may have been missed).
+fn changes_room(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Message { .. } | Event::Changed { .. } | Event::Resync
+    )
 }
 
 #[cfg(test)]
@@ -286,6 +333,48 @@ mod tests {
         let groups = registry.groups.read().unwrap();
         assert_eq!(groups.viewers["room:s"].len(), 1);
         assert!(!groups.viewers.contains_key("room:r"));
+    }
+
+    #[test]
+    fn a_groups_stamp_changes_with_its_room_and_with_each_time_it_is_followed() {
+        let registry = Registry::default();
+        let socket = member(&registry);
+        assert_eq!(registry.stamp("room:r"), None);
+        registry.join("room:r", &socket);
+        let first = registry.stamp("room:r").expect("followed");
+        let changed = |event: Event| {
+            let before = registry.stamp("room:r");
+            registry.deliver("room:r", Arc::new(event));
+            registry.stamp("room:r") != before
+        };
+        let message = Event::Message {
+            room: Arc::from("r"),
+            seq: 1,
+            frame: Default::default(),
+        };
+        let edit = Event::Changed {
+            room: Arc::from("r"),
+            seq: 2,
+            frame: Default::default(),
+        };
+        let typing = Event::Viewers {
+            room: Arc::from("r"),
+            frame: Default::default(),
+        };
+        assert!(changed(message));
+        assert!(changed(edit));
+        assert!(changed(Event::Resync));
+        assert!(!changed(typing));
+        let before = registry.stamp("room:r");
+        registry.deliver_all(Arc::new(Event::Resync));
+        assert_ne!(registry.stamp("room:r"), before);
+        // Left and followed again, the group never has an earlier stamp again.
+        let last = registry.stamp("room:r");
+        registry.leave_all(socket.id);
+        assert_eq!(registry.stamp("room:r"), None);
+        registry.join("room:r", &socket);
+        let again = registry.stamp("room:r");
+        assert!(again != last && again != Some(first));
     }
 
     #[test]

@@ -192,6 +192,11 @@ impl Socket {
         let (count, bytes) = messages
             .into_iter()
             .fold((0, 0), |(n, b), m| (n + 1, b + m.body.len()));
+        self.charge_counted(count, bytes);
+    }
+
+    /// Charges reading `count` messages of `bytes` of text in all.
+    pub(super) fn charge_counted(&self, count: usize, bytes: usize) {
         let units = (count as f64 / MESSAGES_PER_UNIT).max(bytes as f64 / BYTES_PER_UNIT);
         self.hub.budget.charge(&self.user.id, units);
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{ActionError, ActiveRoom, Entry, Named, Opening, Socket};
 use crate::chat::protocol::{Swap, frame, frame_around, json_escaped};
+use crate::hub::Page;
 use crate::layer::{LOBBY, Reply, room_group, user_group};
 use crate::model::RoomKind;
 use crate::store::StoreError;
@@ -319,24 +320,14 @@ impl Socket {
         let floor = match &missed {
             Some((after, _)) => *after,
             None => {
-                let page = self
-                    .hub
-                    .store
-                    .latest_page(&room.id, views::PAGE_SIZE)
-                    .await?;
-                let history = page.messages;
-                self.charge_read(&history);
+                let page = self.latest_page(&room.id).await?;
+                self.charge_counted(page.count, page.bytes);
                 frames.push(frame(
                     target::HISTORY_CONTROLS,
                     Swap::Inner,
-                    &views::history_controls(views::older_after_page(&history), skipped)
-                        .into_string(),
+                    &views::history_controls(page.older, skipped).into_string(),
                 ));
-                frames.push(frame(
-                    target::MESSAGES,
-                    Swap::Inner,
-                    &views::messages(&history).into_string(),
-                ));
+                frames.push(page.frame.clone());
                 page.through
             }
         };
@@ -353,6 +344,37 @@ impl Socket {
             sent?;
         }
         Ok(())
+    }
+
+    /// The room's latest page: the one the node keeps, while nothing in the room changed
+    /// since it was read (see `hub::pages`), else read now, and kept.
+    async fn latest_page(&self, room_id: &str) -> Result<Arc<Page>, StoreError> {
+        // Before the store is read: a change delivered meanwhile makes what is read stale.
+        let stamp = self.hub.layer.registry().stamp(&room_group(room_id));
+        if let Some(page) = stamp.and_then(|stamp| self.hub.pages.get(room_id, stamp)) {
+            return Ok(page);
+        }
+        let read = self
+            .hub
+            .store
+            .latest_page(room_id, views::PAGE_SIZE)
+            .await?;
+        let history = read.messages;
+        let page = Arc::new(Page {
+            through: read.through,
+            frame: frame(
+                target::MESSAGES,
+                Swap::Inner,
+                &views::messages(&history).into_string(),
+            ),
+            older: views::older_after_page(&history),
+            count: history.len(),
+            bytes: history.iter().map(|m| m.body.len()).sum(),
+        });
+        if let Some(stamp) = stamp {
+            self.hub.pages.keep(room_id, stamp, page.clone());
+        }
+        Ok(page)
     }
 
     /// Presence and read position when the socket leaves a room (or closes).

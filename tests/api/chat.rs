@@ -9,6 +9,7 @@ on_both_databases!(
     group_message_is_one_fragment_for_everyone,
     private_rooms_are_private,
     history_pages_backwards,
+    a_room_entered_again_at_once_shows_every_change_since,
     html_in_messages_is_text,
     formatting_is_rendered_once_on_the_server,
     unread_badges_follow_other_rooms,
@@ -19,6 +20,54 @@ on_both_databases!(
     slow_reader_is_cut_off,
     a_busy_node_gathers_frames_into_fewer_writes,
 );
+
+/// Sockets entering a room one after another share the page read for the first, while
+/// nothing in the room changes; a message, an edit, a reaction or a deletion in between is
+/// shown to the next one all the same.
+async fn a_room_entered_again_at_once_shows_every_change_since(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (ann, bob) = (app.signup("ann").await, app.signup("bob").await);
+    // Ann stays, so the node follows the room throughout.
+    let mut a = app.connect(&ann).await;
+    let id = a.post("first words").await;
+    let history = app.connect(&bob).await.wait_for_history().await;
+    assert!(history.contains("first words"), "{history}");
+    // The same again: the page kept is the page read.
+    assert_eq!(app.connect(&bob).await.wait_for_history().await, history);
+
+    let selector = format!("#msg-{id}");
+    a.act(
+        "Edit message",
+        json!({ "messageId": id, "message": "better words" }),
+    )
+    .await;
+    a.wait_for(|f| f.selector == selector).await;
+    let history = app.connect(&bob).await.wait_for_history().await;
+    assert!(
+        history.contains("better words") && !history.contains("first words"),
+        "{history}"
+    );
+
+    a.act("React", json!({ "messageId": id, "emoji": "👍" }))
+        .await;
+    a.wait_for(|f| f.selector == selector && f.html.contains("data-emoji"))
+        .await;
+    let history = app.connect(&bob).await.wait_for_history().await;
+    assert!(history.contains("ann reacted with 👍"), "{history}");
+
+    a.post("second words").await;
+    let history = app.connect(&bob).await.wait_for_history().await;
+    assert!(history.contains("second words"), "{history}");
+
+    a.act("Delete message", json!({ "messageId": id })).await;
+    a.wait_for(|f| f.selector == selector && f.html.contains("deleted"))
+        .await;
+    let history = app.connect(&bob).await.wait_for_history().await;
+    assert!(
+        history.contains("This message was deleted.") && !history.contains("better words"),
+        "{history}"
+    );
+}
 
 async fn group_message_is_one_fragment_for_everyone(backend: Backend) {
     let app = TestApp::spawn(backend).await;

@@ -280,6 +280,26 @@ async fn edits_reactions_and_deletions_cross_nodes_once() {
     assert!(skipped.iter().all(|f| !f.html.contains("better words")));
 }
 
+/// A node shares the page it read for one entering socket with the next, while nothing in
+/// the room changes; a message from another node in between is shown to the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_entered_again_shows_what_crossed_from_another_node_since() {
+    let cluster = Cluster::new(SHARED_REDIS, &[]).await;
+    let (n1, n2) = (cluster.node().await, cluster.node().await);
+    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
+    let mut a = n1.connect(&ann).await;
+    let mut b = n2.connect(&bob).await;
+    b.say("from the other node").await;
+    a.wait_for_message("from the other node").await;
+    let first = n1.connect(&bob).await.wait_for_history().await;
+    assert!(first.contains("from the other node"), "{first}");
+
+    b.say("and once more").await;
+    a.wait_for_message("and once more").await;
+    let again = n1.connect(&bob).await.wait_for_history().await;
+    assert!(again.contains("and once more"), "{again}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_rooms_cross_nodes_and_stay_private() {
     let cluster = Cluster::new(SHARED_REDIS, &[]).await;

@@ -83,12 +83,10 @@ async fn authors_edit_and_delete_and_everyone_sees_it_once(backend: Backend) {
     // The text is gone from the database, and from history.
     assert_eq!(stored_anywhere(&app.database_url, secret).await, 0);
     let mut again = app.connect(&bob).await;
-    let history = again
-        .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
-        .await;
-    assert!(!history.html.contains(secret));
-    assert!(history.html.contains("This message was deleted."));
-    assert!(history.html.contains("second <em>draft</em>"));
+    let history = again.wait_for_history().await;
+    assert!(!history.contains(secret));
+    assert!(history.contains("This message was deleted."));
+    assert!(history.contains("second <em>draft</em>"));
 
     // A deleted message stays deleted.
     edit(&mut a, &oops, "back again").await;
@@ -126,11 +124,9 @@ async fn only_the_author_changes_a_message_and_others_are_told_why(backend: Back
     // Nothing changed.
     let mut b2 = app.connect(&bob).await;
     b2.enter_direct("ann").await;
-    let history = b2
-        .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
-        .await;
-    assert!(history.html.contains("said to bob alone"));
-    assert!(!history.html.contains("(edited)"));
+    let history = b2.wait_for_history().await;
+    assert!(history.contains("said to bob alone"));
+    assert!(!history.contains("(edited)"));
 }
 
 async fn a_resume_replays_the_edits_and_deletions_it_missed(backend: Backend) {

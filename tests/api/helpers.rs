@@ -469,6 +469,13 @@ impl Client {
         attr(&frame.html, "data-room-id").expect("room id in #group-name")
     }
 
+    /// Waits for the history shown on entering a room, and returns it whole.
+    pub async fn wait_for_history(&mut self) -> String {
+        self.wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
+            .await
+            .html
+    }
+
     /// Waits for a new-message frame whose text contains `text`.
     pub async fn wait_for_message(&mut self, text: &str) -> Frame {
         self.wait_for(|f| {

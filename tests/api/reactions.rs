@@ -92,11 +92,9 @@ async fn members_react_and_everyone_sees_it_once(backend: Backend) {
 
     // History shows them; a reaction is no unread message.
     let mut again = app.connect(&bob).await;
-    let history = again
-        .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
-        .await;
+    let history = again.wait_for_history().await;
     assert_eq!(
-        chip(&history.html, "👍"),
+        chip(&history, "👍"),
         Some((1, "ann reacted with 👍".into()))
     );
     // Deleted, a message loses its reactions with its text.
@@ -191,10 +189,8 @@ async fn a_message_holds_a_bounded_number_of_reactions(backend: Backend) {
         c.wait_for_change(&id).await;
     }
     let mut b = app.connect(&ann).await;
-    let history = b
-        .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
-        .await;
-    let (n, title) = chip(&history.html, &first).expect("the first emoji's chip");
+    let history = b.wait_for_history().await;
+    let (n, title) = chip(&history, &first).expect("the first emoji's chip");
     assert_eq!(n, 13);
     assert_eq!(
         title,
@@ -206,7 +202,7 @@ async fn a_message_holds_a_bounded_number_of_reactions(backend: Backend) {
                 .join(", ")
         )
     );
-    assert_eq!(history.html.matches("data-emoji=").count(), 20);
+    assert_eq!(history.matches("data-emoji=").count(), 20);
 }
 
 /// Reactions cost like posts: past the posting rate they are refused, and the refusal

@@ -47,28 +47,20 @@ async fn a_reply_quotes_what_it_answers(backend: Backend) {
     }
     // History shows the quote too.
     let mut again = app.connect(&bob).await;
-    let history = again
-        .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
-        .await;
+    let history = again.wait_for_history().await;
     assert!(
-        history.html.contains(&format!("data-reply-to=\"{id}\"")),
+        history.contains(&format!("data-reply-to=\"{id}\"")),
         "{}",
-        history.html
+        history
     );
     // Deleted, the original's text leaves the quote with it.
     a.act("Delete message", json!({ "messageId": id })).await;
     a.wait_for_change(&id).await;
     let mut later = app.connect(&bob).await;
-    let history = later
-        .wait_for(|f| f.selector == "#messages-list" && f.swap == "innerHTML")
-        .await;
-    assert!(!history.html.contains("who is coming"), "{}", history.html);
-    assert!(
-        history.html.contains("a deleted message"),
-        "{}",
-        history.html
-    );
-    assert!(history.html.contains("me!"));
+    let history = later.wait_for_history().await;
+    assert!(!history.contains("who is coming"), "{}", history);
+    assert!(history.contains("a deleted message"), "{}", history);
+    assert!(history.contains("me!"));
 }
 
 async fn a_reply_answers_a_message_of_its_own_room(backend: Backend) {
