@@ -190,12 +190,34 @@ pub fn ready_address(line: &str) -> Option<SocketAddr> {
 /// it before the server binds it (a test's own PostgreSQL once failed to start so). And
 /// never the same port twice in one run.
 pub fn free_port() -> u16 {
+    reserve(20_000..32_000, &[0])
+}
+
+/// How far above the port its clients use a Redis Cluster node listens for the cluster
+/// bus, unless told otherwise.
+pub const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// A port for a Redis Cluster node: free, as `free_port` gives, with the port
+/// `CLUSTER_BUS_OFFSET` above it free too and never handed to anyone else, since the node
+/// binds it for the cluster bus (a test's own PostgreSQL once found its port taken so).
+/// Below 22,700, so that the bus port too lies below the kernel's ephemeral range.
+pub fn free_port_with_bus() -> u16 {
+    reserve(20_000..22_700, &[0, CLUSTER_BUS_OFFSET])
+}
+
+/// A port from `range` such that it and each port `offsets` above it are free now and
+/// never given before in this run; records them all as given.
+fn reserve(range: std::ops::Range<u16>, offsets: &[u16]) -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        let port = rand::random_range(20_000..32_000);
-        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.insert(port);
+        let port = rand::random_range(range.clone());
+        let ports = offsets.iter().map(|offset| port + offset);
+        if ports
+            .clone()
+            .all(|p| !given.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            given.extend(ports);
             return port;
         }
     }
@@ -400,13 +422,11 @@ impl OwnCluster {
         node_timeout_ms: &str,
         tls: Option<&TlsFiles>,
     ) -> (Process, u16, Option<u16>) {
-        // A cluster node also listens on its port + 10000 (the cluster bus): both must
-        // be free, and the bus port below the kernel's ephemeral range too.
-        let port = loop {
-            let port = free_port();
-            if port < 22_700 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-                break port;
-            }
+        // The cluster bus listens above the port the other servers connect to: the TLS
+        // port when they speak TLS to each other (`tls-cluster`), else the plain one.
+        let port = match tls {
+            Some(_) => free_port(),
+            None => free_port_with_bus(),
         };
         let node_dir = dir.join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("cluster node dir");
@@ -428,7 +448,7 @@ impl OwnCluster {
             "--dir",
             &node_dir_text,
         ];
-        let tls_port = tls.map(|_| free_port());
+        let tls_port = tls.map(|_| free_port_with_bus());
         let tls_port_text = tls_port.map(|p| p.to_string()).unwrap_or_default();
         if let Some(files) = tls {
             args.extend([
