@@ -919,7 +919,7 @@ impl Drop for OwnSentinel {
 }
 
 /// Waits (bounded) until `done` says so.
-async fn poll<F, Fut>(what: &str, done: F)
+pub async fn poll<F, Fut>(what: &str, done: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::faults::postgres::OwnPostgres;
-use crate::helpers::{TestApp, fresh_prefix};
+use crate::helpers::{TestApp, fresh_prefix, two_nodes_carry};
 use crate::process::{OwnCluster, Process, TlsFiles, free_port, redis_server};
 
 /// A private certificate authority and a certificate it signed for 127.0.0.1/localhost,
@@ -186,14 +186,7 @@ async fn redis_cluster_over_tls_is_trusted_with_its_authority_only() {
         "--redis-prefix".to_owned(),
         prefix,
     ];
-    let database_url = crate::helpers::fresh_database(crate::helpers::Backend::Postgres).await;
-    let n1 = TestApp::start(database_url.clone(), args.clone()).await;
-    let n2 = TestApp::start(database_url, args).await;
-    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
-    let mut a = n1.connect(&ann).await;
-    let mut b = n2.connect(&bob).await;
-    a.say("sent over a TLS cluster").await;
-    b.wait_for_message("sent over a TLS cluster").await;
+    two_nodes_carry(args, "sent over a TLS cluster").await;
     drop(cluster);
 }
 
@@ -229,26 +222,15 @@ async fn redis_over_tls_is_trusted_with_its_authority_only() {
     assert!(mistaken.contains("rediss://"), "{mistaken}");
 
     // Two nodes chat over it.
-    let prefix = fresh_prefix();
-    let ca = certificates.path("ca.pem").display().to_string();
-    let args = |url: &str| {
-        vec![
-            "--redis-url".to_owned(),
-            url.to_owned(),
-            "--redis-ca-file".to_owned(),
-            ca.clone(),
-            "--redis-prefix".to_owned(),
-            prefix.clone(),
-        ]
-    };
-    let database_url = crate::helpers::fresh_database(crate::helpers::Backend::Postgres).await;
-    let n1 = TestApp::start(database_url.clone(), args(&url)).await;
-    let n2 = TestApp::start(database_url, args(&url)).await;
-    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
-    let mut a = n1.connect(&ann).await;
-    let mut b = n2.connect(&bob).await;
-    a.say("sent over TLS").await;
-    b.wait_for_message("sent over TLS").await;
+    let args = vec![
+        "--redis-url".to_owned(),
+        url,
+        "--redis-ca-file".to_owned(),
+        certificates.path("ca.pem").display().to_string(),
+        "--redis-prefix".to_owned(),
+        fresh_prefix(),
+    ];
+    two_nodes_carry(args, "sent over TLS").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
