@@ -615,10 +615,8 @@ async fn the_cluster_override_moves_every_node_to_a_cluster_that_runs() {
     // succeeds.
     let script = script_after(&cluster, "\n  redis-cluster-create:\n");
     assert!(
-        script.contains(&format!(
-            "redis-cli --cluster create {} --cluster-replicas 1 --cluster-yes",
-            addresses.replace(',', " ")
-        )),
+        script.contains(&format!("for server in {};", addresses.replace(',', " ")))
+            && script.contains("redis-cli --cluster create $addresses --cluster-replicas 1"),
         "{script}"
     );
     let script = on_loopback(&script);
