@@ -2,7 +2,6 @@
 //! (chromedriver), against the real app. Each user is a separate browser with its own
 //! profile, so cookies and sockets are as independent as two people's machines.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,10 +21,7 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) async fn start() -> Driver {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = crate::process::free_port();
         let process = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

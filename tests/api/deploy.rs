@@ -404,6 +404,35 @@ fn the_https_override_serves_a_domain_with_secure_cookies() {
     }
 }
 
+/// Checks that an override gives each node of the compose file its environment and
+/// dependencies from the anchors named, on top of the base file's.
+fn assert_every_node_moved(compose: &str, override_file: &str, env: &str, depends: &str) {
+    for node in ["app1", "app2", "app3"] {
+        assert!(
+            compose.contains(&format!("\n  {node}:\n")),
+            "{node} in compose"
+        );
+        assert!(
+            override_file.contains(&format!(
+                "\n  {node}:\n    environment: *{env}\n    depends_on: *{depends}\n"
+            )),
+            "{node} takes {env} and {depends}"
+        );
+    }
+}
+
+/// The lines of the shell here-document that `opener` (`<<'CONF'`) starts in a compose
+/// file's command, up to its `CONF`, without their indentation.
+fn here_document<'a>(compose: &'a str, opener: &str) -> Vec<&'a str> {
+    let start = compose
+        .find(&format!("{opener}\n"))
+        .unwrap_or_else(|| panic!("a here-document {opener}"))
+        + opener.len()
+        + 1;
+    let end = start + compose[start..].find("CONF\n").expect("its end");
+    compose[start..end].lines().map(str::trim).collect()
+}
+
 /// The Sentinel override turns every node of the compose file from REDIS_URL to its
 /// sentinels, and the sentinels' configuration it writes runs: given a master on a free
 /// port in place of the `redis` service, three sentinels started from it agree which
@@ -419,18 +448,12 @@ async fn the_sentinel_override_moves_every_node_to_sentinels_that_run() {
         )
     );
     assert!(sentinel.contains("  WIRECHAT_REDIS_SENTINEL_MASTER: wirechat\n"));
-    for node in ["app1", "app2", "app3"] {
-        assert!(
-            compose.contains(&format!("\n  {node}:\n")),
-            "{node} in compose"
-        );
-        assert!(
-            sentinel.contains(&format!(
-                "\n  {node}:\n    environment: *node-sentinel-env\n    depends_on: *node-sentinel-depends\n"
-            )),
-            "{node} moved to the sentinels"
-        );
-    }
+    assert_every_node_moved(
+        &compose,
+        &sentinel,
+        "node-sentinel-env",
+        "node-sentinel-depends",
+    );
     for service in ["sentinel1", "sentinel2", "sentinel3"] {
         assert!(
             sentinel.contains(&format!("\n  {service}: *sentinel\n")),
@@ -443,12 +466,7 @@ async fn the_sentinel_override_moves_every_node_to_sentinels_that_run() {
     );
 
     // The configuration the sentinels write, with the master on a free port.
-    let start = sentinel
-        .find("<<'CONF'\n")
-        .expect("the sentinel configuration")
-        + 8;
-    let end = start + sentinel[start..].find("CONF\n").expect("its end");
-    let conf: Vec<&str> = sentinel[start..end].lines().map(str::trim).collect();
+    let conf = here_document(&sentinel, "<<'CONF'");
     assert!(
         conf.contains(&"sentinel monitor wirechat redis 6379 2"),
         "{conf:?}"
@@ -485,5 +503,164 @@ async fn the_sentinel_override_moves_every_node_to_sentinels_that_run() {
         assert_eq!(named, master.port);
     }
     drop(sentinels);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shell script in the first literal block (`- |`) after `from` in a compose file,
+/// without its indentation, and with `$$` read as compose reads it: one `$`.
+fn script_after(compose: &str, from: &str) -> String {
+    let after = &compose[compose.find(from).unwrap_or_else(|| panic!("{from}"))..];
+    let block = &after[after.find("- |\n").expect("a literal block") + 4..];
+    let indent = block.len() - block.trim_start_matches(' ').len();
+    block
+        .lines()
+        .take_while(|line| line.is_empty() || line.starts_with(&" ".repeat(indent)))
+        .map(|line| line.get(indent..).unwrap_or("").replace("$$", "$") + "\n")
+        .collect()
+}
+
+/// The Redis Cluster override turns every node of the compose file from REDIS_URL to six
+/// servers in cluster mode, and what it runs works: six servers started from the
+/// configuration it writes (on free loopback ports, with 127.0.0.1 for their host names)
+/// are made one cluster by its one-shot script, which run again leaves the cluster as it
+/// is and succeeds; and two nodes given its settings chat across the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_override_moves_every_node_to_a_cluster_that_runs() {
+    let compose = repository_file("docker-compose.yaml");
+    let cluster = repository_file("docker-compose.cluster.yaml");
+    let servers = [
+        "redis-1", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6",
+    ];
+    let addresses = servers.map(|server| format!("{server}:6379")).join(",");
+    assert!(cluster.contains("  REDIS_URL: \"\"\n"));
+    assert!(cluster.contains(&format!("  WIRECHAT_REDIS_CLUSTER: {addresses}\n")));
+    assert_every_node_moved(
+        &compose,
+        &cluster,
+        "node-cluster-env",
+        "node-cluster-depends",
+    );
+    assert!(
+        cluster
+            .contains("\n  redis-cluster-create:\n    condition: service_completed_successfully\n"),
+        "the nodes wait for the cluster to be made"
+    );
+    for server in servers {
+        assert!(
+            cluster.contains(&format!(
+                "\n  {server}:\n    <<: *redis-cluster-node\n    hostname: {server}\n"
+            )),
+            "{server}"
+        );
+        assert!(
+            cluster.contains(&format!(
+                "      {server}:\n        condition: service_healthy\n"
+            )),
+            "the cluster is made once {server} is healthy"
+        );
+    }
+
+    // The servers, from the configuration each writes: a free port of their own, and
+    // loopback as the host name they announce.
+    let conf = here_document(&cluster, "<<CONF");
+    for line in [
+        "cluster-enabled yes",
+        // Other containers connect without a password, and the README's failover takes
+        // about five seconds.
+        "protected-mode no",
+        "cluster-node-timeout 5000",
+        "cluster-announce-hostname $$(hostname)",
+        "cluster-preferred-endpoint-type hostname",
+    ] {
+        assert!(conf.contains(&line), "{line}: {conf:?}");
+    }
+    let dir = std::env::temp_dir()
+        .join("wirechat-tests")
+        .join(format!("compose-cluster-{}", uuid::Uuid::new_v4().simple()));
+    let mut running = Vec::new();
+    let mut ports = Vec::new();
+    for server in servers {
+        let port = crate::process::free_port_with_bus();
+        let text: String = conf
+            .iter()
+            .map(|line| {
+                let line = line.replace("port 6379", &format!("port {port}"));
+                line.replace("$$(hostname)", "127.0.0.1") + "\n"
+            })
+            .collect();
+        let server_dir = dir.join(server);
+        std::fs::create_dir_all(&server_dir).expect("a directory");
+        let file = server_dir.join("redis.conf");
+        std::fs::write(&file, text).expect("the configuration");
+        let process = crate::process::redis_server(&[
+            &file.display().to_string(),
+            "--dir",
+            &server_dir.display().to_string(),
+        ])
+        .await;
+        running.push(process);
+        ports.push(port);
+    }
+    let on_loopback = |text: &str| {
+        servers
+            .iter()
+            .zip(&ports)
+            .fold(text.to_owned(), |text, (server, port)| {
+                text.replace(&format!("{server}:6379"), &format!("127.0.0.1:{port}"))
+            })
+    };
+
+    // The one-shot service's script makes them one cluster, the first three servers its
+    // masters; run again (a later `up`), it finds the cluster made, leaves it so, and
+    // succeeds.
+    let script = script_after(&cluster, "\n  redis-cluster-create:\n");
+    assert!(
+        script.contains(&format!("for server in {};", addresses.replace(',', " ")))
+            && script.contains("redis-cli --cluster create $addresses --cluster-replicas 1"),
+        "{script}"
+    );
+    let script = on_loopback(&script);
+    let info = deadpool_redis::redis::cmd("CLUSTER").arg("INFO").clone();
+    let replication = deadpool_redis::redis::cmd("INFO")
+        .arg("replication")
+        .clone();
+    for run in ["the first run", "the second run"] {
+        let made = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("sh runs");
+        assert!(
+            made.status.success(),
+            "{run}: {}{}",
+            String::from_utf8_lossy(&made.stdout),
+            String::from_utf8_lossy(&made.stderr)
+        );
+        for (at, port) in ports.iter().enumerate() {
+            crate::process::poll("every server says the cluster is whole", || async {
+                crate::process::OwnCluster::ask::<String>(*port, &info)
+                    .await
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            })
+            .await;
+            let role: String = crate::process::OwnCluster::ask(*port, &replication)
+                .await
+                .expect("INFO replication");
+            let wanted = if at < 3 { "role:master" } else { "role:slave" };
+            assert!(role.contains(wanted), "{run}: {}: {role}", servers[at]);
+        }
+    }
+
+    // Two nodes with the override's settings chat across the cluster.
+    let args = vec![
+        "--redis-url".to_owned(),
+        String::new(),
+        "--redis-cluster".to_owned(),
+        on_loopback(&addresses),
+        "--redis-prefix".to_owned(),
+        crate::helpers::fresh_prefix(),
+    ];
+    crate::helpers::two_nodes_carry(args, "sent over the compose cluster").await;
+    drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -92,6 +92,20 @@ pub fn fresh_prefix() -> String {
     format!("wirechat-test-{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// Two nodes started with `args` on one fresh PostgreSQL database, as a test of the Redis
+/// that `args` name: returns once `text`, posted by a user of one, reached a user of the
+/// other.
+pub async fn two_nodes_carry(args: Vec<String>, text: &str) {
+    let database_url = fresh_database(Backend::Postgres).await;
+    let n1 = TestApp::start(database_url.clone(), args.clone()).await;
+    let n2 = TestApp::start(database_url, args).await;
+    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
+    let mut a = n1.connect(&ann).await;
+    let mut b = n2.connect(&bob).await;
+    a.say(text).await;
+    b.wait_for_message(text).await;
+}
+
 pub struct TestApp {
     pub addr: SocketAddr,
     /// Where `/metrics` is served, when on a listener of its own (`--metrics-addr`).

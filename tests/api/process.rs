@@ -190,12 +190,34 @@ pub fn ready_address(line: &str) -> Option<SocketAddr> {
 /// it before the server binds it (a test's own PostgreSQL once failed to start so). And
 /// never the same port twice in one run.
 pub fn free_port() -> u16 {
+    reserve(20_000..32_000, &[0])
+}
+
+/// How far above the port its clients use a Redis Cluster node listens for the cluster
+/// bus, unless told otherwise.
+pub const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// A port for a Redis Cluster node: free, as `free_port` gives, with the port
+/// `CLUSTER_BUS_OFFSET` above it free too and never handed to anyone else, since the node
+/// binds it for the cluster bus (a test's own PostgreSQL once found its port taken so).
+/// Below 22,700, so that the bus port too lies below the kernel's ephemeral range.
+pub fn free_port_with_bus() -> u16 {
+    reserve(20_000..22_700, &[0, CLUSTER_BUS_OFFSET])
+}
+
+/// A port from `range` such that it and each port `offsets` above it are free now and
+/// never given before in this run; records them all as given.
+fn reserve(range: std::ops::Range<u16>, offsets: &[u16]) -> u16 {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        let port = rand::random_range(20_000..32_000);
-        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.insert(port);
+        let port = rand::random_range(range.clone());
+        let ports = offsets.iter().map(|offset| port + offset);
+        if ports
+            .clone()
+            .all(|p| !given.contains(&p) && TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            given.extend(ports);
             return port;
         }
     }
@@ -344,6 +366,23 @@ pub struct TlsFiles {
     pub ca: String,
 }
 
+impl TlsFiles {
+    /// The server's certificate, key and authority as redis-server takes them, with
+    /// clients not asked for certificates of their own.
+    fn server_args(&self) -> [&str; 8] {
+        [
+            "--tls-cert-file",
+            &self.cert,
+            "--tls-key-file",
+            &self.key,
+            "--tls-ca-cert-file",
+            &self.ca,
+            "--tls-auth-clients",
+            "no",
+        ]
+    }
+}
+
 /// The cluster's node timeout: how long a master may be unreachable before its replica
 /// takes over.
 const CLUSTER_NODE_TIMEOUT_MS: &str = "1000";
@@ -400,13 +439,11 @@ impl OwnCluster {
         node_timeout_ms: &str,
         tls: Option<&TlsFiles>,
     ) -> (Process, u16, Option<u16>) {
-        // A cluster node also listens on its port + 10000 (the cluster bus): both must
-        // be free, and the bus port below the kernel's ephemeral range too.
-        let port = loop {
-            let port = free_port();
-            if port < 22_700 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-                break port;
-            }
+        // The cluster bus listens above the port the other servers connect to: the TLS
+        // port when they speak TLS to each other (`tls-cluster`), else the plain one.
+        let port = match tls {
+            Some(_) => free_port(),
+            None => free_port_with_bus(),
         };
         let node_dir = dir.join(port.to_string());
         std::fs::create_dir_all(&node_dir).expect("cluster node dir");
@@ -428,25 +465,12 @@ impl OwnCluster {
             "--dir",
             &node_dir_text,
         ];
-        let tls_port = tls.map(|_| free_port());
+        let tls_port = tls.map(|_| free_port_with_bus());
         let tls_port_text = tls_port.map(|p| p.to_string()).unwrap_or_default();
         if let Some(files) = tls {
-            args.extend([
-                "--tls-port",
-                &tls_port_text,
-                "--tls-cert-file",
-                &files.cert,
-                "--tls-key-file",
-                &files.key,
-                "--tls-ca-cert-file",
-                &files.ca,
-                "--tls-auth-clients",
-                "no",
-                "--tls-cluster",
-                "yes",
-                "--tls-replication",
-                "yes",
-            ]);
+            args.extend(["--tls-port", &tls_port_text]);
+            args.extend(files.server_args());
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
         }
         let process = redis_server(&args).await;
         (process, port, tls_port)
@@ -659,6 +683,9 @@ pub struct OwnSentinel {
     /// here, stopped.
     pub servers: Vec<(Process, u16)>,
     pub sentinels: Vec<(Process, u16)>,
+    /// With TLS, the authority (a PEM file) to trust for every server and sentinel, which
+    /// then take TLS clients only.
+    ca: Option<String>,
     dir: PathBuf,
 }
 
@@ -667,27 +694,56 @@ pub const SENTINEL_MASTER: &str = "chat";
 
 impl OwnSentinel {
     pub async fn start() -> OwnSentinel {
+        OwnSentinel::start_with(None).await
+    }
+
+    /// With `tls`, the servers and sentinels take TLS clients only (their plain ports
+    /// off), and the replica syncs and the sentinels watch and talk to each other over TLS.
+    pub async fn start_with(tls: Option<&TlsFiles>) -> OwnSentinel {
         let dir = std::env::temp_dir()
             .join("wirechat-tests")
             .join(format!("redis-sentinel-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("sentinel dir");
+        // How a server or sentinel takes clients on `port`.
+        let listen = |port: u16| -> Vec<String> {
+            let Some(files) = tls else {
+                return vec!["--port".to_owned(), port.to_string()];
+            };
+            ["--port", "0", "--tls-port", &port.to_string()]
+                .into_iter()
+                .chain(files.server_args())
+                .chain(["--tls-replication", "yes"])
+                .map(str::to_owned)
+                .collect()
+        };
         // A replica's sync writes a file to the server's directory: the test's own.
         let in_dir = dir.display().to_string();
         let master_port = free_port();
-        let master = redis_server(&["--port", &master_port.to_string(), "--dir", &in_dir]).await;
+        let master_args = [
+            listen(master_port),
+            vec!["--dir".to_owned(), in_dir.clone()],
+        ]
+        .concat();
+        let master =
+            redis_server(&master_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         let replica_port = free_port();
-        let replica = redis_server(&[
-            "--port",
-            &replica_port.to_string(),
-            "--dir",
-            &in_dir,
-            "--replicaof",
-            "127.0.0.1",
-            &master_port.to_string(),
-            "--repl-diskless-sync-delay",
-            "0",
-        ])
-        .await;
+        let replica_args = [
+            listen(replica_port),
+            [
+                "--dir",
+                &in_dir,
+                "--replicaof",
+                "127.0.0.1",
+                &master_port.to_string(),
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ]
+        .concat();
+        let replica =
+            redis_server(&replica_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
         let mut sentinels = Vec::new();
         for _ in 0..3 {
             let port = free_port();
@@ -702,13 +758,13 @@ impl OwnSentinel {
                 ),
             )
             .expect("sentinel config");
+            let args = [
+                vec![config.display().to_string(), "--sentinel".to_owned()],
+                listen(port),
+            ]
+            .concat();
             let process = redis_server_logging(
-                &[
-                    &config.display().to_string(),
-                    "--sentinel",
-                    "--port",
-                    &port.to_string(),
-                ],
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
                 "+monitor master",
             )
             .await;
@@ -717,6 +773,7 @@ impl OwnSentinel {
         let own = OwnSentinel {
             servers: vec![(master, master_port), (replica, replica_port)],
             sentinels,
+            ca: tls.map(|files| files.ca.clone()),
             dir,
         };
         // A failover needs the replica synced and known to every sentinel, and the
@@ -725,7 +782,7 @@ impl OwnSentinel {
             .arg("replication")
             .clone();
         poll("the replica synced", || async {
-            OwnCluster::ask::<String>(replica_port, &synced)
+            own.ask::<String>(replica_port, &synced)
                 .await
                 .is_ok_and(|info| info.contains("master_link_status:up"))
         })
@@ -738,11 +795,10 @@ impl OwnSentinel {
             poll(
                 "every sentinel knows the replica and the others",
                 || async {
-                    let state: HashMap<String, String> =
-                        match OwnCluster::ask(*port, &master_state).await {
-                            Ok(state) => state,
-                            Err(_) => return false,
-                        };
+                    let state: HashMap<String, String> = match own.ask(*port, &master_state).await {
+                        Ok(state) => state,
+                        Err(_) => return false,
+                    };
                     state.get("num-slaves").map(String::as_str) == Some("1")
                         && state.get("num-other-sentinels").map(String::as_str) == Some("2")
                 },
@@ -754,11 +810,34 @@ impl OwnSentinel {
 
     /// The sentinels as `WIRECHAT_REDIS_SENTINEL` takes them.
     pub fn nodes(&self) -> String {
+        let scheme = if self.ca.is_some() { "rediss://" } else { "" };
         self.sentinels
             .iter()
-            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .map(|(_, port)| format!("{scheme}127.0.0.1:{port}"))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// A command's answer from the server or sentinel on `port`, over TLS when they take
+    /// only that.
+    async fn ask<T: deadpool_redis::redis::FromRedisValue>(
+        &self,
+        port: u16,
+        command: &deadpool_redis::redis::Cmd,
+    ) -> deadpool_redis::redis::RedisResult<T> {
+        let Some(ca) = &self.ca else {
+            return OwnCluster::ask(port, command).await;
+        };
+        wirechat::app::install_tls_provider();
+        let client = deadpool_redis::redis::Client::build_with_tls(
+            format!("rediss://127.0.0.1:{port}"),
+            deadpool_redis::redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(ca)?),
+            },
+        )?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        command.query_async(&mut connection).await
     }
 
     /// The port of the master every sentinel names.
@@ -769,7 +848,7 @@ impl OwnSentinel {
             .clone();
         let mut named = BTreeSet::new();
         for (_, port) in &self.sentinels {
-            let (_, master): (String, u16) = OwnCluster::ask(*port, &ask).await.ok()?;
+            let (_, master): (String, u16) = self.ask(*port, &ask).await.ok()?;
             named.insert(master);
         }
         match named.len() {
@@ -798,7 +877,7 @@ impl OwnSentinel {
         let says = |port: u16, role_now: &'static str| {
             let role = role.clone();
             async move {
-                OwnCluster::ask::<deadpool_redis::redis::Value>(port, &role)
+                self.ask::<deadpool_redis::redis::Value>(port, &role)
                     .await
                     .is_ok_and(|role| format!("{role:?}").contains(role_now))
             }
@@ -845,7 +924,8 @@ impl OwnSentinel {
             .arg("FAILOVER")
             .arg(SENTINEL_MASTER)
             .clone();
-        let _: String = OwnCluster::ask(self.sentinels[0].1, &failover)
+        let _: String = self
+            .ask(self.sentinels[0].1, &failover)
             .await
             .expect("SENTINEL FAILOVER");
         poll("every sentinel names the replica", || async {
@@ -858,15 +938,16 @@ impl OwnSentinel {
     /// Closes one node's subscriber connection on the server at `port` (not a
     /// sentinel's), as a network blip would.
     pub async fn drop_a_subscriber(&self, port: u16) {
-        let list: String = OwnCluster::ask(
-            port,
-            deadpool_redis::redis::cmd("CLIENT")
-                .arg("LIST")
-                .arg("TYPE")
-                .arg("pubsub"),
-        )
-        .await
-        .expect("CLIENT LIST");
+        let list: String = self
+            .ask(
+                port,
+                deadpool_redis::redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .arg("TYPE")
+                    .arg("pubsub"),
+            )
+            .await
+            .expect("CLIENT LIST");
         let id = list
             .lines()
             .filter(|client| !client.contains("name=sentinel"))
@@ -877,15 +958,16 @@ impl OwnSentinel {
             })
             .expect("a node's subscriber")
             .to_owned();
-        let _: i64 = OwnCluster::ask(
-            port,
-            deadpool_redis::redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("ID")
-                .arg(&id),
-        )
-        .await
-        .expect("CLIENT KILL");
+        let _: i64 = self
+            .ask(
+                port,
+                deadpool_redis::redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(&id),
+            )
+            .await
+            .expect("CLIENT KILL");
     }
 }
 
@@ -899,7 +981,7 @@ impl Drop for OwnSentinel {
 }
 
 /// Waits (bounded) until `done` says so.
-async fn poll<F, Fut>(what: &str, done: F)
+pub async fn poll<F, Fut>(what: &str, done: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::faults::postgres::OwnPostgres;
-use crate::helpers::{TestApp, fresh_prefix};
-use crate::process::{OwnCluster, Process, TlsFiles, free_port, redis_server};
+use crate::helpers::{
+    Backend, TestApp, fresh_database, fresh_prefix, refused_at_start, two_nodes_carry,
+};
+use crate::process::{
+    OwnCluster, OwnSentinel, Process, SENTINEL_MASTER, TlsFiles, free_port, redis_server,
+};
 
 /// A private certificate authority and a certificate it signed for 127.0.0.1/localhost,
 /// in a directory of the test's own.
@@ -96,6 +100,16 @@ impl Certificates {
         self.dir.join(name)
     }
 
+    /// The server's certificate and key and the authority, as the test servers take them.
+    fn files(&self) -> TlsFiles {
+        let file = |name: &str| self.path(name).display().to_string();
+        TlsFiles {
+            cert: file("server.pem"),
+            key: file("server.key"),
+            ca: file("ca.pem"),
+        }
+    }
+
     fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).expect("a certificate file")
     }
@@ -129,6 +143,35 @@ async fn redis_over_tls(certificates: &Certificates) -> (Process, u16) {
     (process, port)
 }
 
+/// Checks that a node given `redis` (its Redis settings, without an authority) refuses to
+/// start, naming the server at `addr` whose certificate it does not trust and the setting
+/// that gives authorities.
+async fn refused_untrusted(redis: &[&str], addr: &str) {
+    let database_url = fresh_database(Backend::Sqlite).await;
+    let refused = refused_at_start(&database_url, redis);
+    assert!(
+        refused.contains(&format!(
+            "{addr} showed a certificate this node does not trust"
+        )),
+        "{refused}"
+    );
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+    assert!(refused.contains("WIRECHAT_REDIS_CA_FILE"), "{refused}");
+}
+
+/// A node's arguments: the Redis settings `redis`, the test's authority to trust, and a
+/// key prefix of the test's own.
+fn trusting_the_authority(redis: &[&str], certificates: &Certificates) -> Vec<String> {
+    let ca = certificates.path("ca.pem").display().to_string();
+    let prefix = fresh_prefix();
+    let rest = ["--redis-ca-file", &ca, "--redis-prefix", &prefix];
+    redis
+        .iter()
+        .chain(&rest)
+        .map(|arg| arg.to_string())
+        .collect()
+}
+
 /// Whether a node's Redis client gets an answer to PING from `url`.
 async fn pings(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
     wirechat::app::install_tls_provider();
@@ -152,13 +195,7 @@ async fn cluster_pings(nodes: &str, ca_file: Option<&Path>) -> Result<(), String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_over_tls_is_trusted_with_its_authority_only() {
     let certificates = Certificates::make();
-    let file = |name: &str| certificates.path(name).display().to_string();
-    let files = TlsFiles {
-        cert: file("server.pem"),
-        key: file("server.key"),
-        ca: file("ca.pem"),
-    };
-    let cluster = OwnCluster::start_with("1000", Some(&files)).await;
+    let cluster = OwnCluster::start_with("1000", Some(&certificates.files())).await;
     let nodes = cluster
         .tls_ports
         .iter()
@@ -172,29 +209,55 @@ async fn redis_cluster_over_tls_is_trusted_with_its_authority_only() {
         refused.to_lowercase().contains("certificate") || refused.contains("UnknownIssuer"),
         "{refused}"
     );
+    refused_untrusted(
+        &["--redis-cluster", &nodes],
+        &format!("127.0.0.1:{}", cluster.tls_ports[0]),
+    )
+    .await;
     let ca = certificates.path("ca.pem");
     cluster_pings(&nodes, Some(&ca))
         .await
         .expect("trusted with its authority");
 
-    let prefix = fresh_prefix();
-    let args = vec![
-        "--redis-cluster".to_owned(),
-        nodes.clone(),
-        "--redis-ca-file".to_owned(),
-        ca.display().to_string(),
-        "--redis-prefix".to_owned(),
-        prefix,
-    ];
-    let database_url = crate::helpers::fresh_database(crate::helpers::Backend::Postgres).await;
-    let n1 = TestApp::start(database_url.clone(), args.clone()).await;
-    let n2 = TestApp::start(database_url, args).await;
-    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
-    let mut a = n1.connect(&ann).await;
-    let mut b = n2.connect(&bob).await;
-    a.say("sent over a TLS cluster").await;
-    b.wait_for_message("sent over a TLS cluster").await;
+    let args = trusting_the_authority(&["--redis-cluster", &nodes], &certificates);
+    two_nodes_carry(args, "sent over a TLS cluster").await;
     drop(cluster);
+}
+
+/// Redis Sentinel whose master, replica and sentinels take TLS clients only (the replica
+/// syncs, and the sentinels watch and talk to each other, over TLS too), with certificates
+/// from a private authority: a node without the authority refuses to start, saying whose
+/// certificate it does not trust and where authorities are given; with it, two nodes chat
+/// through the master the sentinels name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_over_tls_is_trusted_with_its_authority_only() {
+    let certificates = Certificates::make();
+    let redis = OwnSentinel::start_with(Some(&certificates.files())).await;
+    assert_eq!(redis.master().await, Some(redis.servers[0].1));
+    let sentinels = redis.nodes();
+    let master = format!("rediss://{SENTINEL_MASTER}");
+
+    refused_untrusted(
+        &[
+            "--redis-sentinel",
+            &sentinels,
+            "--redis-sentinel-master",
+            &master,
+        ],
+        &format!("127.0.0.1:{}", redis.sentinels[0].1),
+    )
+    .await;
+
+    let args = trusting_the_authority(
+        &[
+            "--redis-sentinel",
+            &sentinels,
+            "--redis-sentinel-master",
+            &master,
+        ],
+        &certificates,
+    );
+    two_nodes_carry(args, "sent through TLS sentinels").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,6 +273,7 @@ async fn redis_over_tls_is_trusted_with_its_authority_only() {
         refused.to_lowercase().contains("certificate") || refused.contains("UnknownIssuer"),
         "{refused}"
     );
+    refused_untrusted(&["--redis-url", &url], &format!("127.0.0.1:{port}")).await;
     pings(&url, Some(&certificates.path("ca.pem")))
         .await
         .expect("trusted with its authority");
@@ -229,26 +293,8 @@ async fn redis_over_tls_is_trusted_with_its_authority_only() {
     assert!(mistaken.contains("rediss://"), "{mistaken}");
 
     // Two nodes chat over it.
-    let prefix = fresh_prefix();
-    let ca = certificates.path("ca.pem").display().to_string();
-    let args = |url: &str| {
-        vec![
-            "--redis-url".to_owned(),
-            url.to_owned(),
-            "--redis-ca-file".to_owned(),
-            ca.clone(),
-            "--redis-prefix".to_owned(),
-            prefix.clone(),
-        ]
-    };
-    let database_url = crate::helpers::fresh_database(crate::helpers::Backend::Postgres).await;
-    let n1 = TestApp::start(database_url.clone(), args(&url)).await;
-    let n2 = TestApp::start(database_url, args(&url)).await;
-    let (ann, bob) = (n1.signup("ann").await, n2.signup("bob").await);
-    let mut a = n1.connect(&ann).await;
-    let mut b = n2.connect(&bob).await;
-    a.say("sent over TLS").await;
-    b.wait_for_message("sent over TLS").await;
+    let args = trusting_the_authority(&["--redis-url", &url], &certificates);
+    two_nodes_carry(args, "sent over TLS").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,25 @@ impl Servers {
     /// (`rediss://` for TLS, trusting `ca_file` if given) are the master's.
     pub fn sentinel(nodes: &str, master: &str, ca_file: Option<&Path>) -> anyhow::Result<Servers> {
         let nodes = node_list(nodes, "sentinel")?;
+        // Sentinels that take TLS clients have certificates from the authority of the
+        // servers they watch, as a rule: one file serves for both.
+        let tls_sentinels = nodes.iter().any(is_tls);
+        let nodes = match ca_file {
+            Some(ca_file) if tls_sentinels => {
+                let root_cert = read_ca_file(ca_file)?;
+                nodes
+                    .into_iter()
+                    .map(|node| {
+                        if !is_tls(&node) {
+                            return Ok(node);
+                        }
+                        redis::Client::build_with_tls(node, trusting(root_cert.clone()))
+                            .map(|client| client.get_connection_info().clone())
+                    })
+                    .collect::<redis::RedisResult<Vec<_>>>()?
+            }
+            _ => nodes,
+        };
         let sentinel_login = nodes
             .iter()
             .map(|node| node.redis_settings().clone())
@@ -139,8 +158,8 @@ impl Servers {
                 builder =
                     builder.set_client_to_redis_certificates(trusting(read_ca_file(ca_file)?));
             }
-        } else if ca_file.is_some() {
-            anyhow::bail!("a Redis CA file needs a rediss:// master URL");
+        } else if ca_file.is_some() && !tls_sentinels {
+            anyhow::bail!("a Redis CA file needs a rediss:// master URL or rediss:// sentinels");
         }
         if let Some(login) = sentinel_login {
             if let Some(username) = login.username() {
@@ -172,8 +191,9 @@ impl Servers {
 
     /// Refuses, with what to do instead, a cluster given as one server, one server given
     /// as a cluster, a server that is not a sentinel given as one, sentinels that watch
-    /// no master of the name given, and a server that turns the password away; says
-    /// nothing of servers that do not answer yet (a node may start before Redis does).
+    /// no master of the name given, a server that turns the password away, and one whose
+    /// certificate this node does not trust; says nothing of servers that do not answer
+    /// yet (a node may start before Redis does).
     pub async fn check_mode(&self) -> anyhow::Result<()> {
         let (nodes, want) = match self {
             Servers::Single(info) => (std::slice::from_ref(info), "standalone"),
@@ -182,7 +202,15 @@ impl Servers {
         };
         for node in nodes {
             let ask = async {
-                let client = redis::Client::open(node.clone())?;
+                let client = match self {
+                    Servers::Cluster {
+                        root_cert: Some(root_cert),
+                        ..
+                    } if is_tls(node) => {
+                        redis::Client::build_with_tls(node.clone(), trusting(root_cert.clone()))?
+                    }
+                    _ => redis::Client::open(node.clone())?,
+                };
                 let mut connection = client.get_multiplexed_async_connection().await?;
                 let info = redis::cmd("INFO")
                     .arg("server")
@@ -216,6 +244,13 @@ impl Servers {
                 {
                     anyhow::bail!(
                         "{addr} turned this node away: {e} (check the password in its URL)"
+                    )
+                }
+                Ok(Err(e)) if untrusted_certificate(&e) => {
+                    anyhow::bail!(
+                        "{addr} showed a certificate this node does not trust: {e} (check \
+                         WIRECHAT_REDIS_CA_FILE, which names the authorities to trust, and \
+                         that the certificate is for this host name)"
                     )
                 }
                 _ => continue,
@@ -422,6 +457,32 @@ impl Sentinels {
     fn last(&self) -> std::sync::MutexGuard<'_, Option<ConnectionAddr>> {
         self.master.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn is_tls(node: &ConnectionInfo) -> bool {
+    matches!(node.addr(), ConnectionAddr::TcpTls { .. })
+}
+
+/// Whether `e` says a TLS server's certificate is not trusted (an unknown authority,
+/// another host name): a setting to change, not a server that may yet come up.
+fn untrusted_certificate(e: &redis::RedisError) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(error) = source {
+        // The redis crate keeps the I/O error, which holds rustls's, behind an Arc.
+        let io = error.downcast_ref::<std::io::Error>().or_else(|| {
+            error
+                .downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()?
+                .downcast_ref::<std::io::Error>()
+        });
+        if let Some(tls) = io
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return matches!(tls, rustls::Error::InvalidCertificate(_));
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// TLS that trusts the authorities in `root_cert` (PEM) instead of the system's.
