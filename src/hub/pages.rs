@@ -5,8 +5,9 @@
 //!
 //! A page is kept with the stamp its room's group had before the page was read (see
 //! `Registry::stamp`): any message, edit, deletion or resync delivered to the room since
-//! changes the stamp, and so does the node ceasing to follow the room. A page also serves
-//! for a second at most, which bounds what a change that reached the store without
+//! changes the stamp, and so do the node ceasing to follow the room and its subscription
+//! to the room's events being confirmed. A page also serves for a second at most from
+//! when its read began, which bounds what a change that reached the store without
 //! reaching this node (a node dying between its commit and its publication) can hide from
 //! sockets that enter meanwhile.
 
@@ -20,9 +21,13 @@ use axum::extract::ws::Utf8Bytes;
 const SERVES_FOR: Duration = Duration::from_secs(1);
 /// Rooms remembered at most...
 const ROOMS_KEPT: usize = 1024;
-/// ...and the bytes of their frames: past either, the memory starts over (a node's busy
-/// rooms come back at once, the others were not worth keeping).
+/// ...and the bytes of their frames: past either, pages that no longer serve are
+/// forgotten, and if that is not enough, the memory starts over (a node's busy rooms come
+/// back at once, the others were not worth keeping).
 const BYTES_KEPT: usize = 16 * 1024 * 1024;
+/// A page larger than this is not kept: a few of the largest pages (fifty of the longest
+/// messages) would otherwise push every other room out.
+const PAGE_KEPT: usize = BYTES_KEPT / 64;
 
 /// A room's latest page as shown to an entering socket.
 pub struct Page {
@@ -65,22 +70,39 @@ impl Pages {
             .map(|kept| kept.page.clone())
     }
 
-    /// Keeps `page` of `room`, read after the room's group had `stamp`.
-    pub fn keep(&self, room: &str, stamp: u64, page: Arc<Page>) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+    /// Keeps `page` of `room`, read from `since` on, after the room's group had `stamp`:
+    /// it serves for `SERVES_FOR` from the moment its read began.
+    pub fn keep(&self, room: &str, stamp: u64, since: Instant, page: Arc<Page>) {
         let size = page.frame.len();
+        if size > PAGE_KEPT {
+            return;
+        }
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = rooms.pages.remove(room) {
             rooms.bytes -= old.page.frame.len();
         }
-        if rooms.pages.len() >= ROOMS_KEPT || rooms.bytes + size > BYTES_KEPT {
-            *rooms = Rooms::default();
+        let full =
+            |rooms: &Rooms| rooms.pages.len() >= ROOMS_KEPT || rooms.bytes + size > BYTES_KEPT;
+        if full(&rooms) {
+            let mut freed = 0;
+            rooms.pages.retain(|_, kept| {
+                let serves = kept.at.elapsed() < SERVES_FOR;
+                if !serves {
+                    freed += kept.page.frame.len();
+                }
+                serves
+            });
+            rooms.bytes -= freed;
+            if full(&rooms) {
+                *rooms = Rooms::default();
+            }
         }
         rooms.bytes += size;
         rooms.pages.insert(
             room.to_owned(),
             Kept {
                 stamp,
-                at: Instant::now(),
+                at: since,
                 page,
             },
         );
@@ -101,37 +123,56 @@ mod tests {
         })
     }
 
+    fn text(pages: &Pages, room: &str, stamp: u64) -> Option<String> {
+        pages.get(room, stamp).map(|p| p.frame.to_string())
+    }
+
     #[test]
     fn a_page_serves_only_under_the_stamp_it_was_kept_with() {
         let pages = Pages::default();
         assert!(pages.get("r", 1).is_none());
-        pages.keep("r", 1, page("one"));
-        assert_eq!(
-            pages.get("r", 1).map(|p| p.frame.to_string()).as_deref(),
-            Some("one")
-        );
+        pages.keep("r", 1, Instant::now(), page("one"));
+        assert_eq!(text(&pages, "r", 1).as_deref(), Some("one"));
         assert!(pages.get("r", 2).is_none());
         assert!(pages.get("s", 1).is_none());
-        pages.keep("r", 2, page("two"));
+        pages.keep("r", 2, Instant::now(), page("two"));
         assert!(pages.get("r", 1).is_none());
-        assert_eq!(
-            pages.get("r", 2).map(|p| p.frame.to_string()).as_deref(),
-            Some("two")
-        );
+        assert_eq!(text(&pages, "r", 2).as_deref(), Some("two"));
     }
 
     #[test]
-    fn pages_past_the_bytes_kept_start_the_memory_over() {
+    fn a_page_serves_for_a_while_from_when_its_read_began() {
         let pages = Pages::default();
-        let big = "x".repeat(BYTES_KEPT / 2 + 1);
-        pages.keep("r", 1, page(&big));
-        pages.keep("r", 1, page(&big));
+        pages.keep("r", 1, Instant::now() - SERVES_FOR, page("one"));
+        assert!(pages.get("r", 1).is_none());
+    }
+
+    #[test]
+    fn a_full_memory_forgets_what_no_longer_serves_first() {
+        let pages = Pages::default();
+        let big = "x".repeat(PAGE_KEPT);
+        let fill = BYTES_KEPT / PAGE_KEPT;
+        let long_ago = Instant::now() - SERVES_FOR;
+        pages.keep("r0", 1, Instant::now(), page(&big));
+        for n in 1..fill {
+            pages.keep(&format!("r{n}"), 1, long_ago, page(&big));
+        }
+        pages.keep("r0", 1, Instant::now(), page(&big));
         assert!(
-            pages.get("r", 1).is_some(),
+            pages.get("r0", 1).is_some(),
             "a page replacing itself is not counted twice"
         );
-        pages.keep("s", 1, page(&big));
-        assert!(pages.get("r", 1).is_none());
-        assert!(pages.get("s", 1).is_some());
+        // Full: the pages that no longer serve make room; the one that does stays.
+        pages.keep("s", 1, Instant::now(), page(&big));
+        assert!(pages.get("r0", 1).is_some() && pages.get("s", 1).is_some());
+        // Full of pages that serve: the memory starts over.
+        for n in 0..fill {
+            pages.keep(&format!("t{n}"), 1, Instant::now(), page(&big));
+        }
+        assert!(pages.get("r0", 1).is_none());
+        assert!(pages.get(&format!("t{}", fill - 1), 1).is_some());
+        // A page too large is not kept at all.
+        pages.keep("u", 1, Instant::now(), page(&"x".repeat(PAGE_KEPT + 1)));
+        assert!(pages.get("u", 1).is_none());
     }
 }

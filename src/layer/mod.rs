@@ -124,8 +124,11 @@ pub trait ChannelLayer: Send + Sync {
 /// The group every socket joins: presence and new public groups.
 pub const LOBBY: &str = "lobby";
 
+/// What every room's group is named with (`room_group`).
+const ROOM_GROUP: &str = "room:";
+
 pub fn room_group(room_id: &str) -> String {
-    format!("room:{room_id}")
+    format!("{ROOM_GROUP}{room_id}")
 }
 
 pub fn user_group(user_id: &str) -> String {

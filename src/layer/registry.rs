@@ -4,10 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::Event;
 use super::metrics::LayerMetrics;
 use super::outbound::Outbound;
 use super::outbox::{Outbox, Pushed, Stop};
+use super::{Event, ROOM_GROUP};
 use crate::model::SocketId;
 
 /// A socket, as the registry sees it: a subscriber to groups, with its id and its queue.
@@ -42,7 +42,7 @@ struct Groups {
     viewers: HashMap<GroupName, HashMap<SocketId, Subscriber>>,
     /// socket → the group whose room it shows.
     viewing: HashMap<SocketId, GroupName>,
-    /// Each group's stamp (see `Registry::stamp`).
+    /// Each room's group's stamp (see `Registry::stamp`).
     stamps: HashMap<GroupName, AtomicU64>,
     /// The node is shutting down: every socket is told to close, and so is any that joins.
     stopping: bool,
@@ -87,8 +87,9 @@ impl Registry {
         self.next_stamp.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// `group`'s stamp while it has sockets on this node: taken afresh when the group gets
-    /// its first socket here, and whenever a change to its room (a message, an edit or
+    /// A room's group's stamp while it has sockets on this node: taken afresh when the
+    /// group gets its first socket here, when the layer starts receiving the group's
+    /// events (`restamp`), and whenever a change to its room (a message, an edit or
     /// deletion, a resync) is delivered to it. The same stamp at two moments means the
     /// node followed the group throughout and delivered no change to it in between, so
     /// what was read of its room in the store at the first is still the room at the second.
@@ -98,6 +99,15 @@ impl Registry {
             .stamps
             .get(group)
             .map(|stamp| stamp.load(Ordering::Acquire))
+    }
+
+    /// Gives `group` a new stamp: the layer now receives what others publish to it, which
+    /// it may not have before (a subscription that was not yet confirmed).
+    pub fn restamp(&self, group: &str) {
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(stamp) = groups.stamps.get(group) {
+            stamp.store(self.next_stamp(), Ordering::Release);
+        }
     }
 
     /// Adds the socket to `group`; true when it is the group's first socket on this node.
@@ -115,7 +125,8 @@ impl Registry {
         let sockets = groups.members.entry(name.clone()).or_default();
         let first = sockets.is_empty();
         sockets.insert(member.id, member.clone());
-        if first {
+        // Only rooms are read from the store as a page: no other group needs a stamp.
+        if first && group.starts_with(ROOM_GROUP) {
             let stamp = self.next_stamp();
             groups.stamps.insert(name, AtomicU64::new(stamp));
         }
@@ -365,6 +376,12 @@ mod tests {
         assert!(changed(edit));
         assert!(changed(Event::Resync));
         assert!(!changed(typing));
+        let before = registry.stamp("room:r");
+        registry.restamp("room:r");
+        assert_ne!(registry.stamp("room:r"), before);
+        // Only rooms are read as pages.
+        registry.join("lobby", &socket);
+        assert_eq!(registry.stamp("lobby"), None);
         let before = registry.stamp("room:r");
         registry.deliver_all(Arc::new(Event::Resync));
         assert_ne!(registry.stamp("room:r"), before);

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{ActionError, ActiveRoom, Entry, Named, Opening, Socket};
 use crate::chat::protocol::{Swap, frame, frame_around, json_escaped};
@@ -350,10 +351,13 @@ impl Socket {
     /// since it was read (see `hub::pages`), else read now, and kept.
     async fn latest_page(&self, room_id: &str) -> Result<Arc<Page>, StoreError> {
         // Before the store is read: a change delivered meanwhile makes what is read stale.
-        let stamp = self.hub.layer.registry().stamp(&room_group(room_id));
+        let group = room_group(room_id);
+        let registry = self.hub.layer.registry();
+        let stamp = registry.stamp(&group);
         if let Some(page) = stamp.and_then(|stamp| self.hub.pages.get(room_id, stamp)) {
             return Ok(page);
         }
+        let since = Instant::now();
         let read = self
             .hub
             .store
@@ -371,8 +375,9 @@ impl Socket {
             count: history.len(),
             bytes: history.iter().map(|m| m.body.len()).sum(),
         });
-        if let Some(stamp) = stamp {
-            self.hub.pages.keep(room_id, stamp, page.clone());
+        // Not when a change came meanwhile: the page kept for it, if any, is newer.
+        if let Some(stamp) = stamp.filter(|&stamp| registry.stamp(&group) == Some(stamp)) {
+            self.hub.pages.keep(room_id, stamp, since, page.clone());
         }
         Ok(page)
     }

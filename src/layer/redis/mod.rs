@@ -594,6 +594,9 @@ async fn subscribe(
             Ok(Ok(())) => {
                 let mut subs = shared.subscriptions();
                 for group in chunk {
+                    // A page of its room read before now may lack what others published
+                    // meanwhile, which this node did not receive.
+                    shared.registry.restamp(group);
                     subs.confirm(group.clone());
                 }
             }
