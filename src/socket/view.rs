@@ -41,8 +41,9 @@ pub(super) struct View {
     unread: HashMap<String, (i64, i64)>,
     /// How a message's frame marks a mention of the user (see `views::format`).
     mention_mark: Box<str>,
-    /// Set by `Event::Resync`; the writer then reads what was missed from the store.
-    pub(super) resync: bool,
+    /// Set by `Event::Resync`; the writer then reads what was missed from the store
+    /// (`take_resync`).
+    resync: bool,
     /// The room being entered and what arrived for it before its history and list did.
     entering: Option<(Arc<str>, Vec<Held>)>,
     /// Rooms hidden from the sidebar, with the entry that puts each back when a message
@@ -129,6 +130,18 @@ impl View {
     /// The room shown, and the seq through which everything in it is shown.
     pub(super) fn shown(&self) -> Option<(Arc<str>, i64)> {
         self.active.clone().map(|room| (room, self.shown_through))
+    }
+
+    /// Whether to read now what a gap in delivery hid: once after `Event::Resync`, and not
+    /// while a room is being entered. Until its history is on screen, `shown` names the
+    /// room before it, and what the gap hid in the room entered is read from where its
+    /// history ends, once it does.
+    pub(super) fn take_resync(&mut self) -> bool {
+        if self.resync && self.entering.is_none() {
+            self.resync = false;
+            return true;
+        }
+        false
     }
 
     /// The frames `outbound` puts on the wire for this socket, in order.
@@ -563,6 +576,34 @@ mod tests {
             ],
         );
         assert_eq!(shown, ["history of r", "ann is here", "r:8", "r:9"]);
+    }
+
+    #[test]
+    fn a_gap_found_while_entering_is_read_once_the_room_is_shown() {
+        let mut view = view();
+        run(&mut view, vec![enter("q", 3, false), event(Event::Resync)]);
+        assert!(view.take_resync());
+        assert!(!view.take_resync(), "once");
+        run(
+            &mut view,
+            vec![
+                reply(Reply::Entering {
+                    room: Arc::from("r"),
+                }),
+                event(Event::Resync),
+            ],
+        );
+        assert!(!view.take_resync(), "not from the room before");
+        run(&mut view, vec![enter("r", 7, true)]);
+        assert!(!view.take_resync(), "not before the catch-up is shown");
+        run(
+            &mut view,
+            vec![reply(Reply::CaughtUp {
+                room: Arc::from("r"),
+            })],
+        );
+        assert!(view.take_resync());
+        assert_eq!(view.shown(), Some((Arc::from("r"), 7)));
     }
 
     #[test]

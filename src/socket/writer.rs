@@ -152,8 +152,7 @@ pub(super) async fn write_loop(
             // After a burst: let the memory go rather than hold it for the socket's life.
             taken = VecDeque::new();
         }
-        if view.resync {
-            view.resync = false;
+        if view.take_resync() {
             Box::pin(missed_frames(&hub, &mut view, &mut frames)).await;
         }
         // One flush for everything taken: one system call for many frames.
