@@ -83,8 +83,13 @@ impl Registry {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// A stamp no group had before.
     fn next_stamp(&self) -> u64 {
         self.next_stamp.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn renew(&self, stamp: &AtomicU64) {
+        stamp.store(self.next_stamp(), Ordering::Release);
     }
 
     /// A room's group's stamp while it has sockets on this node: taken afresh when the
@@ -106,7 +111,7 @@ impl Registry {
     pub fn restamp(&self, group: &str) {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         if let Some(stamp) = groups.stamps.get(group) {
-            stamp.store(self.next_stamp(), Ordering::Release);
+            self.renew(stamp);
         }
     }
 
@@ -247,7 +252,7 @@ impl Registry {
         {
             // Before the sockets are offered it: a reader of the stamp either sees the
             // new one or reads a store that already holds the change.
-            stamp.store(self.next_stamp(), Ordering::Release);
+            self.renew(stamp);
         }
         let audience = match &*event {
             Event::Viewers { .. } => &groups.viewers,
@@ -264,7 +269,7 @@ impl Registry {
         let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
         if changes_room(&event) {
             for stamp in groups.stamps.values() {
-                stamp.store(self.next_stamp(), Ordering::Release);
+                self.renew(stamp);
             }
         }
         let mut seen = HashSet::new();
