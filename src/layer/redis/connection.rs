@@ -77,9 +77,9 @@ impl Servers {
         let Some(ca_file) = ca_file else {
             return Ok(Servers::Single(url.into_connection_info()?));
         };
-        let client = redis::Client::build_with_tls(url, trusting(read_ca_file(ca_file)?))
+        let info = trusting_in(url, read_ca_file(ca_file)?)
             .context("a Redis CA file needs a rediss:// URL")?;
-        Ok(Servers::Single(client.get_connection_info().clone()))
+        Ok(Servers::Single(info))
     }
 
     /// A cluster reached through `nodes` (`host:port` or URLs, comma-separated).
@@ -98,27 +98,6 @@ impl Servers {
         // Sentinels that take TLS clients have certificates from the authority of the
         // servers they watch, as a rule: one file serves for both.
         let tls_sentinels = nodes.iter().any(is_tls);
-        let nodes = match ca_file {
-            Some(ca_file) if tls_sentinels => {
-                let root_cert = read_ca_file(ca_file)?;
-                nodes
-                    .into_iter()
-                    .map(|node| {
-                        if !is_tls(&node) {
-                            return Ok(node);
-                        }
-                        redis::Client::build_with_tls(node, trusting(root_cert.clone()))
-                            .map(|client| client.get_connection_info().clone())
-                    })
-                    .collect::<redis::RedisResult<Vec<_>>>()?
-            }
-            _ => nodes,
-        };
-        let sentinel_login = nodes
-            .iter()
-            .map(|node| node.redis_settings().clone())
-            .find(|login| login.password().is_some());
-        let addresses = nodes.iter().map(|node| node.addr().clone());
         let (name, login, tls) = if master.contains("://") {
             let info = master
                 .into_connection_info()
@@ -144,6 +123,28 @@ impl Servers {
                 "WIRECHAT_REDIS_SENTINEL_MASTER is empty: name the master the sentinels watch"
             );
         }
+        if ca_file.is_some() && tls.is_none() && !tls_sentinels {
+            anyhow::bail!("a Redis CA file needs a rediss:// master URL or rediss:// sentinels");
+        }
+        let root_cert = ca_file.map(read_ca_file).transpose()?;
+        let nodes = match &root_cert {
+            Some(root_cert) if tls_sentinels => nodes
+                .into_iter()
+                .map(|node| {
+                    if is_tls(&node) {
+                        trusting_in(node, root_cert.clone())
+                    } else {
+                        Ok(node)
+                    }
+                })
+                .collect::<redis::RedisResult<Vec<_>>>()?,
+            _ => nodes,
+        };
+        let sentinel_login = nodes
+            .iter()
+            .map(|node| node.redis_settings().clone())
+            .find(|login| login.password().is_some());
+        let addresses = nodes.iter().map(|node| node.addr().clone());
         let mut builder = SentinelClientBuilder::new(addresses, &name, SentinelServerType::Master)?
             .set_client_to_redis_db(login.db());
         if let Some(username) = login.username() {
@@ -154,12 +155,9 @@ impl Servers {
         }
         if let Some(tls) = tls {
             builder = builder.set_client_to_redis_tls_mode(tls);
-            if let Some(ca_file) = ca_file {
-                builder =
-                    builder.set_client_to_redis_certificates(trusting(read_ca_file(ca_file)?));
+            if let Some(root_cert) = root_cert {
+                builder = builder.set_client_to_redis_certificates(trusting(root_cert));
             }
-        } else if ca_file.is_some() && !tls_sentinels {
-            anyhow::bail!("a Redis CA file needs a rediss:// master URL or rediss:// sentinels");
         }
         if let Some(login) = sentinel_login {
             if let Some(username) = login.username() {
@@ -207,7 +205,7 @@ impl Servers {
                         root_cert: Some(root_cert),
                         ..
                     } if is_tls(node) => {
-                        redis::Client::build_with_tls(node.clone(), trusting(root_cert.clone()))?
+                        redis::Client::open(trusting_in(node.clone(), root_cert.clone())?)?
                     }
                     _ => redis::Client::open(node.clone())?,
                 };
@@ -491,6 +489,16 @@ fn trusting(root_cert: Vec<u8>) -> redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(root_cert),
     }
+}
+
+/// `server`'s connection, its TLS trusting the authorities in `root_cert` (PEM); an error
+/// for a server not reached over TLS.
+fn trusting_in(
+    server: impl IntoConnectionInfo,
+    root_cert: Vec<u8>,
+) -> redis::RedisResult<ConnectionInfo> {
+    redis::Client::build_with_tls(server, trusting(root_cert))
+        .map(|client| client.get_connection_info().clone())
 }
 
 fn read_ca_file(ca_file: &Path) -> anyhow::Result<Vec<u8>> {
