@@ -33,7 +33,8 @@
 //!   `redis::connection`), each
 //!   socket's queue (its outbox) and what goes in it, and the counters behind `/metrics`.
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
-//!   log-ins, rooms, memberships, blocks, messages; posts are stored in batches by per-node
+//!   log-ins, rooms, memberships, blocks, messages; on SQLite the session a connect reads
+//!   is read on the calling thread (`inline`); posts are stored in batches by per-node
 //!   writers (group commit), once per client id; every change to a room (a post, an edit,
 //!   a deletion, a reaction) takes its next seq; message text is searched on a trigram
 //!   index; what nobody can use any more is purged.

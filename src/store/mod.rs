@@ -4,9 +4,13 @@
 //! Every statement here is written once, in the SQL both dialects share (`$1` placeholders,
 //! `ON CONFLICT`, `RETURNING`); only the migrations are kept per dialect. Ids are stored as
 //! text and times as milliseconds since the epoch, the types the Any driver carries faithfully.
+//! One statement also runs outside the pool: on SQLite, the session every connect reads is
+//! read on the calling thread (`inline`).
 
 mod batch;
+mod columns;
 mod health;
+mod inline;
 #[macro_use]
 mod messages;
 mod purge;
@@ -84,6 +88,8 @@ pub struct Store {
     health: Arc<Health>,
     /// Searches running on this node, at most (see `search`).
     searches: Arc<tokio::sync::Semaphore>,
+    /// SQLite's reads on the calling thread, for what every connect reads (see `inline`).
+    inline: Option<Arc<inline::InlineReads>>,
 }
 
 /// Connections a node's pool may hold when not told otherwise. A SQLite connection is a
@@ -176,6 +182,10 @@ impl Store {
             batcher,
             health,
             searches: Arc::new(tokio::sync::Semaphore::new(search::AT_ONCE)),
+            inline: match dialect {
+                Dialect::Sqlite => inline::InlineReads::new(&url).map(Arc::new),
+                Dialect::Postgres => None,
+            },
         };
         store.migrate().await?;
         let keyed = store.backfill_name_keys().await?;
@@ -244,6 +254,11 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        // First: SQLite's last connection to close folds the write-ahead log into the
+        // database file, and the pool's would not be the last while these are open.
+        if let Some(inline) = &self.inline {
+            inline.close();
+        }
         self.pool.close().await;
     }
 

@@ -1,8 +1,8 @@
 //! Rooms (public groups and direct conversations) and who belongs to them.
 
 use sqlx::Row;
-use sqlx::any::AnyRow;
 
+use super::columns::Columns;
 use super::{Store, StoreError, StoreResult, now_ms};
 use crate::model::{GroupListing, Room, RoomKind, RoomSummary, User};
 
@@ -16,16 +16,16 @@ pub struct SignedIn {
     pub groups: Vec<Room>,
 }
 
-fn room_from_row(row: &AnyRow) -> Result<Room, sqlx::Error> {
-    let kind: String = row.try_get("kind")?;
+fn room_from_row<R: Columns>(row: &R) -> Result<Room, R::Error> {
+    let kind = row.text("kind")?;
     Ok(Room {
-        id: row.try_get("id")?,
+        id: row.text("id")?,
         kind: if kind == "direct" {
             RoomKind::Direct
         } else {
             RoomKind::Group
         },
-        name: row.try_get("name")?,
+        name: row.maybe_text("name")?,
     })
 }
 
@@ -77,19 +77,87 @@ macro_rules! memberships_sql {
     };
 }
 
-fn summary_from_row(row: &AnyRow) -> Result<RoomSummary, sqlx::Error> {
-    let peer_id: Option<String> = row.try_get("peer_id")?;
-    let peer_name: Option<String> = row.try_get("peer_name")?;
+fn summary_from_row<R: Columns>(row: &R) -> Result<RoomSummary, R::Error> {
+    let peer_id = row.maybe_text("peer_id")?;
+    let peer_name = row.maybe_text("peer_name")?;
     Ok(RoomSummary {
         room: room_from_row(row)?,
         peer: peer_id
             .zip(peer_name)
             .map(|(id, username)| User { id, username }),
-        unread: row.try_get("unread")?,
-        mentioned: row.try_get("mentioned")?,
-        hidden: row.try_get::<i64, _>("hidden")? != 0,
-        blocked_by_peer: row.try_get::<i64, _>("blocked_by_peer")? != 0,
-        blocking_peer: row.try_get::<i64, _>("blocking_peer")? != 0,
+        unread: row.int("unread")?,
+        mentioned: row.int("mentioned")?,
+        hidden: row.int("hidden")? != 0,
+        blocked_by_peer: row.int("blocked_by_peer")? != 0,
+        blocking_peer: row.int("blocking_peer")? != 0,
+    })
+}
+
+/// The session's user and their sidebar's rooms, the user first (`part` 'u', the name in
+/// `name`); nothing when the session is unknown or expired. `$1`: the session, `$2`: now.
+const SIGNED_IN_SQL: &str = concat!(
+    "WITH me AS (SELECT u.id, u.username FROM sessions s JOIN users u ON u.id = s.user_id \
+     WHERE s.id = $1 AND s.expires_at > $2) \
+     SELECT 'u' AS part, id, 'user' AS kind, username AS name, 0 AS unread, \
+     0 AS mentioned, NULL AS peer_id, NULL AS peer_name, 0 AS hidden, 0 AS blocked_by_peer, \
+     0 AS blocking_peer FROM me \
+     UNION ALL SELECT 'a', mine.* FROM (",
+    memberships_sql!("(SELECT id FROM me)"),
+    ") mine ORDER BY part DESC, kind, name, peer_name"
+);
+
+/// One row of `SIGNED_IN_SQL`.
+enum Part {
+    Me(User),
+    Room(RoomSummary),
+}
+
+fn part_from_row<R: Columns>(row: &R) -> Result<Part, R::Error> {
+    if row.text("part")? == "u" {
+        Ok(Part::Me(User {
+            id: row.text("id")?,
+            username: row.text("name")?,
+        }))
+    } else {
+        summary_from_row(row).map(Part::Room)
+    }
+}
+
+/// `SIGNED_IN_SQL`'s rows, read on the calling thread.
+fn signed_in_inline(
+    conn: &rusqlite::Connection,
+    session_id: &str,
+    now: i64,
+) -> rusqlite::Result<Vec<Part>> {
+    let mut statement = conn.prepare_cached(SIGNED_IN_SQL)?;
+    let parts = statement.query_map(
+        rusqlite::named_params! { "$1": session_id, "$2": now },
+        |row| part_from_row(row),
+    )?;
+    parts.collect()
+}
+
+/// `SIGNED_IN_SQL`'s rows as a `SignedIn`: none without the user's row first.
+fn signed_in_from(parts: Vec<Part>) -> Option<SignedIn> {
+    let mut parts = parts.into_iter();
+    let Some(Part::Me(user)) = parts.next() else {
+        return None;
+    };
+    let rooms: Vec<RoomSummary> = parts
+        .filter_map(|part| match part {
+            Part::Room(summary) => Some(summary),
+            Part::Me(_) => None,
+        })
+        .collect();
+    let groups = rooms
+        .iter()
+        .filter(|s| s.room.kind == RoomKind::Group)
+        .map(|s| s.room.clone())
+        .collect();
+    Some(SignedIn {
+        user,
+        rooms,
+        groups,
     })
 }
 
@@ -433,51 +501,35 @@ impl Store {
 
     /// The signed-in user behind a session (`None` when it is unknown or expired), with
     /// `rooms_of` and `groups`: everything a page or a connecting socket needs for its
-    /// sidebar, in one trip to the database instead of two. The user comes back as a row
-    /// of its own (`part` 'u', the name in `name`), ahead of the rooms.
+    /// sidebar, in one trip to the database instead of two. On SQLite it is read on the
+    /// calling thread when it can be (`inline`), as every connect reads it.
     pub async fn signed_in(&self, session_id: &str) -> StoreResult<Option<SignedIn>> {
-        let sql = concat!(
-            "WITH me AS (SELECT u.id, u.username FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.id = $1 AND s.expires_at > $2) \
-             SELECT 'u' AS part, id, 'user' AS kind, username AS name, 0 AS unread, \
-             0 AS mentioned, NULL AS peer_id, NULL AS peer_name, 0 AS hidden, 0 AS blocked_by_peer, \
-             0 AS blocking_peer FROM me \
-             UNION ALL SELECT 'a', mine.* FROM (",
-            memberships_sql!("(SELECT id FROM me)"),
-            ") mine ORDER BY part DESC, kind, name, peer_name"
-        );
-        let rows = sqlx::query(sql)
+        let now = now_ms();
+        if let Some(inline) = &self.inline
+            && let Some(parts) = inline.read(|conn| signed_in_inline(conn, session_id, now))
+        {
+            return Ok(signed_in_from(parts));
+        }
+        self.signed_in_through_pool(session_id, now).await
+    }
+
+    async fn signed_in_through_pool(
+        &self,
+        session_id: &str,
+        now: i64,
+    ) -> StoreResult<Option<SignedIn>> {
+        let rows = sqlx::query(SIGNED_IN_SQL)
             .bind(session_id)
-            .bind(now_ms())
+            .bind(now)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.failed(e))?;
-        let mut rows = rows.iter();
-        let Some(me) = rows.next() else {
-            return Ok(None);
-        };
-        let part: String = me.try_get("part").map_err(|e| self.failed(e))?;
-        if part != "u" {
-            return Ok(None);
-        }
-        let user = User {
-            id: me.try_get("id").map_err(|e| self.failed(e))?,
-            username: me.try_get("name").map_err(|e| self.failed(e))?,
-        };
-        let rooms = rows
-            .map(summary_from_row)
+        let parts = rows
+            .iter()
+            .map(part_from_row)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.failed(e))?;
-        let groups = rooms
-            .iter()
-            .filter(|s| s.room.kind == RoomKind::Group)
-            .map(|s| s.room.clone())
-            .collect();
-        Ok(Some(SignedIn {
-            user,
-            rooms,
-            groups,
-        }))
+        Ok(signed_in_from(parts))
     }
 
     /// Marks everything in the room as read by the user, up to the newest message now.
@@ -501,8 +553,206 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::super::inline::InlineReads;
+    use super::super::{Draft, Store, now_ms};
+    use crate::chat::names::Username;
+    use crate::model::User;
+
     #[test]
     fn pair_key_ignores_who_starts() {
         assert_eq!(super::pair_key("a", "b"), super::pair_key("b", "a"));
+    }
+
+    /// A SQLite file of its own, removed with its WAL when dropped.
+    struct TempDb(std::path::PathBuf);
+
+    impl TempDb {
+        fn new() -> TempDb {
+            let name = format!("wirechat-rooms-{}.db", uuid::Uuid::new_v4());
+            TempDb(std::env::temp_dir().join(name))
+        }
+        fn url(&self) -> &str {
+            self.0.to_str().expect("a UTF-8 temp path")
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+            }
+        }
+    }
+
+    async fn user(store: &Store, name: &str) -> User {
+        let name = Username::parse(name).expect("a valid name");
+        store
+            .create_user(&name, None, None)
+            .await
+            .expect("a new user")
+    }
+
+    async fn post(store: &Store, room_id: &str, author: &User, mentions: &[User]) {
+        let draft = Draft {
+            room_id,
+            author,
+            body: "hello",
+            client_id: None,
+            replying_to: None,
+            mentions,
+        };
+        let queued = store.batcher.queue(draft, None).await.expect("queued");
+        queued.await.expect("stored");
+    }
+
+    /// Ann, in a group and two direct conversations, with something in every column her
+    /// sidebar shows: unread messages, a mention, a peer, a hidden room, a block each way.
+    async fn ann_with_a_full_sidebar(store: &Store) -> String {
+        let ann = user(store, "ann").await;
+        let bob = user(store, "bob").await;
+        let cy = user(store, "cyd").await;
+        let (group, _) = store
+            .find_or_create_group("busy", &bob)
+            .await
+            .expect("a group");
+        store.join_group(&group.id, &ann.id).await.expect("joined");
+        post(store, &group.id, &bob, std::slice::from_ref(&ann)).await;
+        let (with_bob, _) = store
+            .find_or_create_direct(&ann, &bob)
+            .await
+            .expect("a pair");
+        post(store, &with_bob.id, &bob, &[]).await;
+        let (with_cy, _) = store
+            .find_or_create_direct(&ann, &cy)
+            .await
+            .expect("a pair");
+        post(store, &with_cy.id, &cy, &[]).await;
+        store.hide_room(&with_cy.id, &ann.id).await.expect("hidden");
+        store.block(&bob.id, &ann.id).await.expect("blocked");
+        store.block(&ann.id, &cy.id).await.expect("blocked");
+        store
+            .create_session(&ann.id, 60_000)
+            .await
+            .expect("a session")
+    }
+
+    /// Ann's sidebar read on the calling thread, as `signed_in` returns it.
+    fn read_inline(
+        inline: &InlineReads,
+        session: &str,
+    ) -> rusqlite::Result<Option<super::SignedIn>> {
+        inline
+            .try_read(|conn| super::signed_in_inline(conn, session, now_ms()))
+            .map(super::signed_in_from)
+    }
+
+    /// A store on `db` with Ann's full sidebar: her session, and what `signed_in` reads.
+    async fn ann_signed_in(db: &TempDb) -> (Store, String, Option<super::SignedIn>) {
+        let store = Store::connect(db.url()).await.expect("a fresh store");
+        let session = ann_with_a_full_sidebar(&store).await;
+        let read = store.signed_in(&session).await.expect("read");
+        (store, session, read)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_read_on_the_calling_thread_is_what_the_pool_reads() {
+        let db = TempDb::new();
+        let store = Store::connect(db.url()).await.expect("a fresh store");
+        let inline = store.inline.clone().expect("a SQLite file is read inline");
+        let session = ann_with_a_full_sidebar(&store).await;
+
+        let read = read_inline(&inline, &session).expect("read on the calling thread");
+        let pooled = store
+            .signed_in_through_pool(&session, now_ms())
+            .await
+            .expect("read");
+        assert_eq!(format!("{read:?}"), format!("{pooled:?}"));
+        let signed_in = read.expect("a live session");
+        assert_eq!(signed_in.user.username, "ann");
+        let rooms = &signed_in.rooms;
+        assert_eq!(rooms.len(), signed_in.groups.len() + 2, "{rooms:?}");
+        assert!(rooms.iter().any(|r| r.mentioned == 1 && r.unread == 1));
+        assert!(rooms.iter().any(|r| r.blocked_by_peer && r.peer.is_some()));
+        assert!(rooms.iter().any(|r| r.blocking_peer && r.hidden));
+
+        let unknown = read_inline(&inline, "unknown").expect("read on the calling thread");
+        assert!(unknown.is_none());
+        store.close().await;
+    }
+
+    /// A read that runs too long on the calling thread stops, and the pool reads instead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_read_too_long_for_the_calling_thread_is_read_through_the_pool() {
+        let db = TempDb::new();
+        let (mut store, session, expected) = ann_signed_in(&db).await;
+        // No time at all, looked at after every step.
+        let hasty = InlineReads::new(db.url())
+            .expect("a file")
+            .bounded(std::time::Duration::ZERO, 1);
+        match read_inline(&hasty, &session) {
+            Err(rusqlite::Error::SqliteFailure(e, _)) => {
+                assert_eq!(e.code, rusqlite::ErrorCode::OperationInterrupted)
+            }
+            other => panic!("the read should stop at its first step: {other:?}"),
+        }
+        store.inline = Some(Arc::new(hasty));
+
+        let read = store
+            .signed_in(&session)
+            .await
+            .expect("read through the pool");
+        assert_eq!(format!("{read:?}"), format!("{expected:?}"));
+        assert!(read.is_some());
+        assert!(
+            store.inline.as_ref().is_some_and(|i| i.is_on()),
+            "stopping is no failure"
+        );
+        store.close().await;
+    }
+
+    /// Reads on the calling thread that keep failing (here: the file is no database) fall
+    /// back to the pool each time, and after a few are given up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_the_calling_thread_cannot_read_is_read_through_the_pool() {
+        let db = TempDb::new();
+        let (mut store, session, expected) = ann_signed_in(&db).await;
+        let other = TempDb::new();
+        std::fs::write(&other.0, vec![b'x'; 4096]).expect("a file that is no database");
+        store.inline = InlineReads::new(other.url()).map(Arc::new);
+        assert!(store.inline.as_ref().is_some_and(|i| i.is_on()));
+
+        for _ in 0..super::super::inline::GIVE_UP_AFTER {
+            let read = store
+                .signed_in(&session)
+                .await
+                .expect("read through the pool");
+            assert_eq!(format!("{read:?}"), format!("{expected:?}"));
+        }
+        assert!(
+            store.inline.as_ref().is_some_and(|i| !i.is_on()),
+            "given up"
+        );
+        store.close().await;
+    }
+
+    /// Closing the store closes the connections that read on the calling thread first, so
+    /// that the pool's last connection folds the write-ahead log into the file: a copy of
+    /// the file alone, once the node has stopped, holds everything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_store_leaves_everything_in_the_database_file() {
+        let db = TempDb::new();
+        let store = Store::connect(db.url()).await.expect("a fresh store");
+        let session = ann_with_a_full_sidebar(&store).await;
+        let inline = store.inline.clone().expect("a SQLite file is read inline");
+        read_inline(&inline, &session).expect("a connection kept");
+        store.close().await;
+
+        let wal = std::fs::metadata(format!("{}-wal", db.0.display()));
+        assert!(
+            wal.as_ref().map_or(true, |m| m.len() == 0),
+            "the write-ahead log is left: {wal:?}"
+        );
     }
 }

@@ -1,0 +1,195 @@
+//! SQLite reads made on the calling thread, for the statement every connect runs.
+//!
+//! sqlx runs each SQLite connection on a thread of its own: a statement is handed to it,
+//! and its rows are handed back one by one, each hand-off a wake-up across threads. For
+//! the session a connecting socket reads (a user and a few rooms), the hand-offs and the
+//! scheduling they cause cost about what the read itself does (loadtest round 14). Here
+//! the same statement runs on a read-only connection of this process's own, on the thread
+//! that asks, in tens of microseconds.
+//!
+//! The thread that asks runs other sockets' tasks too, so a read here does not wait and
+//! does not run long: when SQLite is busy, when a read runs past `LONGEST` (a user in
+//! hundreds of rooms), or when anything else fails, it stops and the caller reads through
+//! sqlx. What SQLite does not time — opening a connection (once per thread that reads),
+//! reading from disk what the operating system does not hold in memory, a short sleep when
+//! a read meets the write-ahead log being reset — is the rest of the worst case.
+//!
+//! The connections are closed before the pool (`close`): while any is open, SQLite's last
+//! connection cannot fold the write-ahead log into the database file on its way out.
+
+use std::os::raw::c_int;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use sqlx::sqlite::SqliteConnectOptions;
+
+/// The longest a read may hold the thread that asks.
+const LONGEST: Duration = Duration::from_millis(1);
+/// SQLite's steps between looks at the clock.
+const STEPS_PER_LOOK: c_int = 100;
+/// Failures in a row, other than a read stopped or turned away, after which inline reads
+/// are given up: the file cannot be opened, or holds something else than the pool's.
+pub(super) const GIVE_UP_AFTER: u32 = 8;
+
+pub(super) struct InlineReads {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// Connections kept between reads: one for each thread that may read at once.
+    kept: usize,
+    longest: Duration,
+    steps_per_look: c_int,
+    on: AtomicBool,
+    failures: AtomicU32,
+}
+
+impl InlineReads {
+    /// Reads of the SQLite file `url` names, which the pool has opened; `None` where
+    /// another connection could not open the same database the same way: one in memory,
+    /// a URI file name, a VFS or immutable file of its own.
+    pub(super) fn new(url: &str) -> Option<InlineReads> {
+        let (_, query) = url.split_once('?').unwrap_or((url, ""));
+        if url.contains(":memory:")
+            || query
+                .split('&')
+                .any(|p| p == "mode=memory" || p.starts_with("vfs=") || p.starts_with("immutable="))
+        {
+            return None;
+        }
+        let options = SqliteConnectOptions::from_str(url).ok()?;
+        let name = options.get_filename();
+        if name.as_os_str().is_empty() || name.to_string_lossy().starts_with("file:") {
+            return None;
+        }
+        // Absolute, so that the file stays the pool's whatever the working directory.
+        let path = std::fs::canonicalize(name).ok()?;
+        let kept = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Some(InlineReads {
+            path,
+            idle: Mutex::new(Vec::with_capacity(kept)),
+            kept,
+            longest: LONGEST,
+            steps_per_look: STEPS_PER_LOOK,
+            on: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+        })
+    }
+
+    /// Reads that stop after `steps_per_look` steps once `longest` has passed.
+    #[cfg(test)]
+    pub(super) fn bounded(self, longest: Duration, steps_per_look: c_int) -> InlineReads {
+        InlineReads {
+            longest,
+            steps_per_look,
+            ..self
+        }
+    }
+
+    /// Whether reads are made here, or given up.
+    #[cfg(test)]
+    pub(super) fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// What `read` finds on a connection of these, or `None` when it failed or ran too
+    /// long, or inline reads are off (the caller then reads through the pool).
+    pub(super) fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Option<T> {
+        if !self.on.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self.try_read(read) {
+            Ok(found) => {
+                self.failures.store(0, Ordering::Relaxed);
+                Some(found)
+            }
+            Err(e) if stopped_or_turned_away(&e) => {
+                tracing::debug!(error = %e, "an inline read stopped; reading through the pool");
+                None
+            }
+            Err(e) => {
+                if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= GIVE_UP_AFTER
+                    && self.on.swap(false, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        error = %e,
+                        file = %self.path.display(),
+                        "reading sessions on the runtime's threads keeps failing; \
+                         reading them through the pool from now on"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    pub(super) fn try_read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let taken = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => self.open()?,
+        };
+        let started = Instant::now();
+        let longest = self.longest;
+        conn.progress_handler(
+            self.steps_per_look,
+            Some(move || started.elapsed() >= longest),
+        );
+        let found = read(&conn);
+        let keep = match &found {
+            Ok(_) => true,
+            Err(e) => stopped_or_turned_away(e),
+        };
+        if keep && self.on.load(Ordering::Relaxed) {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < self.kept {
+                idle.push(conn);
+            }
+        }
+        found
+    }
+
+    /// Turns inline reads off and closes every connection kept.
+    pub(super) fn close(&self) {
+        self.on.store(false, Ordering::Relaxed);
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // rusqlite waits 5 s by default; here a busy database is the pool's to wait for,
+        // off the runtime's thread.
+        conn.busy_timeout(Duration::ZERO)?;
+        Ok(conn)
+    }
+}
+
+/// A read stopped for running long, or turned away while the database was busy: the
+/// connection is fine, and the next read may well succeed.
+fn stopped_or_turned_away(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if matches!(
+            f.code,
+            ErrorCode::OperationInterrupted | ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked
+        )
+    )
+}
