@@ -34,7 +34,8 @@
 //!   socket's queue (its outbox) and what goes in it, and the counters behind `/metrics`.
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
 //!   log-ins, rooms, memberships, blocks, messages; on SQLite the session a connect reads
-//!   is read on the calling thread (`inline`); posts are stored in batches by per-node
+//!   is read on the calling thread (`inline`), and the write-ahead log is folded into the
+//!   database file by a task of its own (`checkpoint`); posts are stored in batches by per-node
 //!   writers (group commit), once per client id; every change to a room (a post, an edit,
 //!   a deletion, a reaction) takes its next seq; message text is searched on a trigram
 //!   index; what nobody can use any more is purged.

@@ -161,6 +161,11 @@ impl InlineReads {
         found
     }
 
+    /// The database file read.
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Turns inline reads off and closes every connection kept.
     pub(super) fn close(&self) {
         self.on.store(false, Ordering::Relaxed);

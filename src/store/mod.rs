@@ -8,6 +8,7 @@
 //! read on the calling thread (`inline`).
 
 mod batch;
+mod checkpoint;
 mod columns;
 mod health;
 mod inline;
@@ -90,6 +91,9 @@ pub struct Store {
     searches: Arc<tokio::sync::Semaphore>,
     /// SQLite's reads on the calling thread, for what every connect reads (see `inline`).
     inline: Option<Arc<inline::InlineReads>>,
+    /// SQLite's write-ahead log's pages folded into the database file (see `checkpoint`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    log_folded: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Connections a node's pool may hold when not told otherwise. A SQLite connection is a
@@ -136,10 +140,12 @@ impl Store {
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL lets readers proceed while one writer commits; the busy
-                            // timeout turns writer contention into a short wait, not an error.
+                            // timeout turns writer contention into a short wait, not an error;
+                            // the log is folded in by a task of its own (`checkpoint`).
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                                 PRAGMA wal_autocheckpoint = 0;",
                             )
                             .await?;
                             Ok(())
@@ -176,12 +182,17 @@ impl Store {
             }
         };
         let batcher = batch::Batcher::start(&pool, dialect, health.clone());
+        let (folded, log_folded) = tokio::sync::watch::channel(0);
+        if dialect == Dialect::Sqlite {
+            tokio::spawn(checkpoint::fold_log_until_closed(pool.clone(), folded));
+        }
         let store = Store {
             pool,
             dialect,
             batcher,
             health,
             searches: Arc::new(tokio::sync::Semaphore::new(search::AT_ONCE)),
+            log_folded,
             inline: match dialect {
                 Dialect::Sqlite => inline::InlineReads::new(&url).map(Arc::new),
                 Dialect::Postgres => None,
@@ -254,12 +265,20 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        // First: SQLite's last connection to close folds the write-ahead log into the
-        // database file, and the pool's would not be the last while these are open.
+        // SQLite's write-ahead log is folded into the database file by the last connection
+        // to close: not the pool's while these are open, and when several of the pool's
+        // close at once each may find another still open, so one of its own ends it.
         if let Some(inline) = &self.inline {
             inline.close();
         }
         self.pool.close().await;
+        if let Some(inline) = &self.inline {
+            let path = inline.path().to_path_buf();
+            let folded = tokio::task::spawn_blocking(move || checkpoint::fold_all(&path)).await;
+            if let Ok(Err(e)) = folded {
+                tracing::warn!(error = %e, "folding SQLite's write-ahead log in at shutdown");
+            }
+        }
     }
 
     /// The cookie-signing secret shared by every node on this database: the first node to
