@@ -32,8 +32,10 @@ async fn main() -> anyhow::Result<()> {
         Command::SeedUsers { count, password } => {
             let store =
                 Store::connect_with(&cli.config.database_url, cli.config.db_pool_size).await?;
-            let created = wirechat::accounts::seed_users(&store, count, &password).await?;
-            println!("created {created} users with password {password:?}");
+            let created = wirechat::accounts::seed_users(&store, count, &password).await;
+            // Closed either way: on SQLite that folds what was written into the file.
+            store.close().await;
+            println!("created {} users with password {password:?}", created?);
             Ok(())
         }
     }

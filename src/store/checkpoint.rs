@@ -13,10 +13,10 @@
 //!
 //! Under writes without a pause, a checkpoint that waits for nobody may never catch up at
 //! the moment a writer begins, and the log would grow for as long as the writes last (by
-//! the megabyte a second). Past `RESTART_AT` pages the fold waits instead: for the readers
-//! of the log to finish, holding writers back meanwhile, so that the next writer starts
-//! the log over. One short stall then, where SQLite alone would stall a commit every
-//! thousand pages.
+//! the megabyte a second). Past `RESTART_AT` pages the fold also tries to start the log
+//! over, which takes a moment when no one writes and every reader sees the newest data. It
+//! does not wait for that moment (a writer would wait behind it, and a backup reading for
+//! minutes would hold every write), so it tries again at each fold until it finds one.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,6 +24,9 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use sqlx::Row;
 use tokio::sync::watch;
+
+/// The busy wait every connection of the pool has (`Store::connect_with`).
+pub(super) const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
 
 /// How often the log is folded in: often enough that it holds a fraction of a second of
 /// writes, each fold a short one.
@@ -57,9 +60,20 @@ async fn fold(pool: &AnyPool, restart_at: i64) -> Result<Fold, sqlx::Error> {
             restarted: false,
         });
     }
-    let row = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-        .fetch_one(pool)
+    // Without the busy wait the pool's connections have: the moment is there or it is not.
+    let mut conn = pool.acquire().await?;
+    sqlx::query("PRAGMA busy_timeout = 0")
+        .execute(&mut *conn)
         .await?;
+    let restart = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+        .fetch_one(&mut *conn)
+        .await;
+    let waits = sqlx::query(BUSY_TIMEOUT).execute(&mut *conn).await;
+    if waits.is_err() {
+        // A connection that would not wait would turn writers away: not back to the pool.
+        conn.detach();
+    }
+    let row = restart?;
     Ok(Fold {
         copied: row.try_get(2).unwrap_or(copied),
         restarted: row.try_get::<i64, _>(0).is_ok_and(|busy| busy == 0),
@@ -73,16 +87,26 @@ pub(super) async fn fold_log_until_closed(pool: AnyPool, folded: watch::Sender<u
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    // SQLite counts the pages copied since the log last started over.
+    let mut copied_before = 0;
     loop {
         tokio::select! {
             _ = &mut closed => return,
+            // The store is gone without being closed.
+            _ = folded.closed() => return,
             _ = ticks.tick() => {}
         }
         match fold(&pool, RESTART_AT).await {
-            Ok(Fold { copied, .. }) => {
+            Ok(Fold { copied, restarted }) => {
                 failing = false;
-                if copied > 0 {
-                    folded.send_modify(|n| *n += copied as u64);
+                let new = if copied >= copied_before {
+                    copied - copied_before
+                } else {
+                    copied
+                };
+                copied_before = if restarted { 0 } else { copied };
+                if new > 0 {
+                    folded.send_modify(|n| *n += new as u64);
                 }
             }
             // Closing: `Store::close` folds the rest in once the pool has closed.
@@ -100,10 +124,17 @@ pub(super) async fn fold_log_until_closed(pool: AnyPool, folded: watch::Sender<u
 /// Folds all of the log at `path` into the database file and empties it, on a connection
 /// of its own, once the pool has closed. The pool's last connection to close would do it,
 /// but when several close at once on their own threads, each may find another still open.
-pub(super) fn fold_all(path: &Path) -> rusqlite::Result<()> {
-    let conn = rusqlite::Connection::open(path)?;
+/// Whether the log was emptied: not when something else still reads or writes it.
+pub(super) fn fold_all(path: &Path) -> rusqlite::Result<bool> {
+    // Not created: a file moved away meanwhile is not replaced by an empty one.
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        row.get::<_, i64>(0).map(|busy| busy == 0)
+    })
 }
 
 #[cfg(test)]
@@ -172,17 +203,10 @@ mod tests {
                 "a commit on this connection would fold the log in"
             );
         }
-        // Everything so far folded in and the log started over, so that what the task
-        // folds from here on is the message's.
-        let (busy,): (i64,) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&store.pool)
-            .await
-            .expect("folded");
-        assert_eq!(busy, 0);
+        let (ann, room) = db.ann_and_room().await;
+        // What the task folds from here on is the message's, or what it had not folded.
         let mut folded = store.log_folded.clone();
         let before = *folded.borrow_and_update();
-
-        let (ann, room) = db.ann_and_room().await;
         store
             .post_message(&room.id, &ann, "hello")
             .await
@@ -195,7 +219,7 @@ mod tests {
         db.close().await;
     }
 
-    /// A log past the length it may reach is started over; a shorter one is only folded in.
+    /// A log past the length it may reach is started over.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_log_is_started_over() {
         let db = OnFile::new().await;
@@ -206,15 +230,32 @@ mod tests {
             .await
             .expect("stored");
 
-        let short = super::fold(&store.pool, i64::MAX).await.expect("folded");
-        assert!(!short.restarted);
+        // The task folds at times of its own, and one fold turns another away at once:
+        // the test's is tried until it is the only one.
+        let mut long = super::fold(&store.pool, 1).await.expect("folded");
+        for _ in 0..1000 {
+            if long.restarted {
+                break;
+            }
+            tokio::task::yield_now().await;
+            long = super::fold(&store.pool, 1).await.expect("folded");
+        }
+        assert!(long.restarted, "{long:?}");
+        assert!(long.copied > 0, "{long:?}");
+        // The log starts over: the next message's pages are the whole of it.
         store
             .post_message(&room.id, &ann, "again")
             .await
             .expect("stored");
-        let long = super::fold(&store.pool, 1).await.expect("folded");
-        assert!(long.restarted, "{long:?}");
-        assert!(long.copied > 0, "{long:?}");
+        let (_, log, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&store.pool)
+            .await
+            .expect("read");
+        assert!(
+            log < long.copied,
+            "the log went on from {} to {log}",
+            long.copied
+        );
 
         db.close().await;
     }

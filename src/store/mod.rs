@@ -274,9 +274,15 @@ impl Store {
         self.pool.close().await;
         if let Some(inline) = &self.inline {
             let path = inline.path().to_path_buf();
-            let folded = tokio::task::spawn_blocking(move || checkpoint::fold_all(&path)).await;
-            if let Ok(Err(e)) = folded {
-                tracing::warn!(error = %e, "folding SQLite's write-ahead log in at shutdown");
+            match tokio::task::spawn_blocking(move || checkpoint::fold_all(&path)).await {
+                Ok(Ok(true)) | Err(_) => {}
+                Ok(Ok(false)) => tracing::warn!(
+                    "SQLite's write-ahead log is left beside the database file: something \
+                     else still reads or writes it"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "folding SQLite's write-ahead log in at shutdown")
+                }
             }
         }
     }
