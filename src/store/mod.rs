@@ -91,9 +91,18 @@ pub struct Store {
     searches: Arc<tokio::sync::Semaphore>,
     /// SQLite's reads on the calling thread, for what every connect reads (see `inline`).
     inline: Option<Arc<inline::InlineReads>>,
+    /// Sessions read on the calling thread, and through the pool (for `/metrics`).
+    session_reads: Arc<SessionReads>,
     /// SQLite's write-ahead log's pages folded into the database file (see `checkpoint`).
     #[cfg_attr(not(test), allow(dead_code))]
     log_folded: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Where the sessions connects and pages read were read, so far.
+#[derive(Default)]
+struct SessionReads {
+    inline: std::sync::atomic::AtomicU64,
+    pooled: std::sync::atomic::AtomicU64,
 }
 
 /// Connections a node's pool may hold when not told otherwise. A SQLite connection is a
@@ -193,6 +202,7 @@ impl Store {
             health,
             searches: Arc::new(tokio::sync::Semaphore::new(search::AT_ONCE)),
             log_folded,
+            session_reads: Arc::default(),
             inline: match dialect {
                 Dialect::Sqlite => inline::InlineReads::new(&url).map(Arc::new),
                 Dialect::Postgres => None,
@@ -238,6 +248,16 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Sessions read so far on the calling thread (SQLite, see `inline`) and through the
+    /// pool (PostgreSQL, and SQLite's reads that stopped or failed there).
+    pub fn session_reads(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.session_reads.inline.load(Relaxed),
+            self.session_reads.pooled.load(Relaxed),
+        )
     }
 
     /// The most connections this store's pool may hold.

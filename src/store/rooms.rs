@@ -1,5 +1,7 @@
 //! Rooms (public groups and direct conversations) and who belongs to them.
 
+use std::sync::atomic::Ordering;
+
 use sqlx::Row;
 
 use super::columns::Columns;
@@ -508,8 +510,10 @@ impl Store {
         if let Some(inline) = &self.inline
             && let Some(parts) = inline.read(|conn| signed_in_inline(conn, session_id, now))
         {
+            self.session_reads.inline.fetch_add(1, Ordering::Relaxed);
             return Ok(signed_in_from(parts));
         }
+        self.session_reads.pooled.fetch_add(1, Ordering::Relaxed);
         self.signed_in_through_pool(session_id, now).await
     }
 

@@ -94,6 +94,15 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
         );
     }
+    let (inline, pooled) = store.session_reads();
+    let _ = writeln!(
+        body,
+        "# HELP wirechat_session_reads_total Sessions read for connects and pages, by where: \
+         on the runtime's thread (SQLite), or through the pool.\n\
+         # TYPE wirechat_session_reads_total counter\n\
+         wirechat_session_reads_total{{on=\"runtime_thread\"}} {inline}\n\
+         wirechat_session_reads_total{{on=\"pool\"}} {pooled}"
+    );
     let _ = writeln!(
         body,
         "# HELP wirechat_build_info The running version (the value is always 1).\n\

@@ -1,5 +1,6 @@
 //! What `/metrics` tells operators: the process's memory, descriptors and CPU, the
-//! version, the database pool, HTTP responses and socket handshakes (refusals by reason),
+//! version, the database pool and where sessions are read, HTTP responses and socket
+//! handshakes (refusals by reason),
 //! on the public address or on a listener of its own.
 
 use std::net::SocketAddr;
@@ -95,6 +96,24 @@ async fn the_pool_and_responses_are_counted(backend: Backend) {
     // A scrape is a 2xx too, counted once answered: the two above, and the page.
     assert_eq!(metric(app.addr, &class("2xx")).await, ok + 3.0);
     assert_eq!(metric(app.addr, &class("4xx")).await, missing + 1.0);
+
+    // A page read on SQLite reads its session on the runtime's thread; on PostgreSQL,
+    // through the pool.
+    let on = |place: &'static str| format!("wirechat_session_reads_total{{on=\"{place}\"}}");
+    let ann = app.signup("ann").await;
+    let (inline, pooled) = (
+        metric(app.addr, &on("runtime_thread")).await,
+        metric(app.addr, &on("pool")).await,
+    );
+    app.page(&ann.cookie).await;
+    let (inline_after, pooled_after) = (
+        metric(app.addr, &on("runtime_thread")).await,
+        metric(app.addr, &on("pool")).await,
+    );
+    match backend {
+        Backend::Sqlite => assert_eq!((inline_after, pooled_after), (inline + 1.0, pooled)),
+        Backend::Postgres => assert_eq!((inline_after, pooled_after), (0.0, pooled + 1.0)),
+    }
 }
 
 /// Every refused handshake counts under its reason, and an accepted one as accepted.
