@@ -1,7 +1,6 @@
 //! What `/metrics` tells operators: the process's memory, descriptors and CPU, the
 //! version, the database pool and where sessions are read, HTTP responses and socket
-//! handshakes (refusals by reason),
-//! on the public address or on a listener of its own.
+//! handshakes (refusals by reason), on the public address or on a listener of its own.
 
 use std::net::SocketAddr;
 
