@@ -8,7 +8,7 @@
 //! that asks, in tens of microseconds.
 //!
 //! The thread that asks runs other sockets' tasks too, so a read here does not wait and
-//! does not run long: when SQLite is busy, when a read runs past `LONGEST` (a user in
+//! does not run long: when SQLite is busy, when a read runs past `MOST_STEPS` (a user in
 //! hundreds of rooms), or when anything else fails, it stops and the caller reads through
 //! sqlx. What SQLite does not time — opening a connection (once per thread that reads),
 //! reading from disk what the operating system does not hold in memory, a short sleep when
@@ -22,15 +22,17 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use sqlx::sqlite::SqliteConnectOptions;
 
-/// The longest a read may hold the thread that asks.
-const LONGEST: Duration = Duration::from_millis(1);
+/// The most of SQLite's steps a read may take on the thread that asks, about a millisecond
+/// of its work. Counted in steps, not time: a thread that loses its core for a moment under
+/// load has not worked longer, and its read should not be done again through the pool.
+const MOST_STEPS: u32 = 100_000;
 /// SQLite's steps between looks at the clock.
-const STEPS_PER_LOOK: c_int = 100;
+const STEPS_PER_LOOK: c_int = 1000;
 /// Failures in a row, other than a read stopped or turned away, after which inline reads
 /// are given up: the file cannot be opened, or holds something else than the pool's.
 pub(super) const GIVE_UP_AFTER: u32 = 8;
@@ -40,7 +42,7 @@ pub(super) struct InlineReads {
     idle: Mutex<Vec<Connection>>,
     /// Connections kept between reads: one for each thread that may read at once.
     kept: usize,
-    longest: Duration,
+    most_steps: u32,
     steps_per_look: c_int,
     on: AtomicBool,
     failures: AtomicU32,
@@ -71,18 +73,18 @@ impl InlineReads {
             path,
             idle: Mutex::new(Vec::with_capacity(kept)),
             kept,
-            longest: LONGEST,
+            most_steps: MOST_STEPS,
             steps_per_look: STEPS_PER_LOOK,
             on: AtomicBool::new(true),
             failures: AtomicU32::new(0),
         })
     }
 
-    /// Reads that stop after `steps_per_look` steps once `longest` has passed.
+    /// Reads that stop past `most_steps`, looked at every `steps_per_look`.
     #[cfg(test)]
-    pub(super) fn bounded(self, longest: Duration, steps_per_look: c_int) -> InlineReads {
+    pub(super) fn bounded(self, most_steps: u32, steps_per_look: c_int) -> InlineReads {
         InlineReads {
-            longest,
+            most_steps,
             steps_per_look,
             ..self
         }
@@ -141,11 +143,14 @@ impl InlineReads {
             Some(conn) => conn,
             None => self.open()?,
         };
-        let started = Instant::now();
-        let longest = self.longest;
+        let looks = self.most_steps / self.steps_per_look.max(1) as u32;
+        let mut looked = 0;
         conn.progress_handler(
             self.steps_per_look,
-            Some(move || started.elapsed() >= longest),
+            Some(move || {
+                looked += 1;
+                looked > looks
+            }),
         );
         let found = read(&conn);
         let keep = match &found {

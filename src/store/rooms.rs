@@ -691,10 +691,8 @@ mod tests {
     async fn a_session_read_too_long_for_the_calling_thread_is_read_through_the_pool() {
         let db = TempDb::new();
         let (mut store, session, expected) = ann_signed_in(&db).await;
-        // No time at all, looked at after every step.
-        let hasty = InlineReads::new(db.url())
-            .expect("a file")
-            .bounded(std::time::Duration::ZERO, 1);
+        // No step at all, looked at after every one.
+        let hasty = InlineReads::new(db.url()).expect("a file").bounded(0, 1);
         match read_inline(&hasty, &session) {
             Err(rusqlite::Error::SqliteFailure(e, _)) => {
                 assert_eq!(e.code, rusqlite::ErrorCode::OperationInterrupted)
