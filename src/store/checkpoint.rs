@@ -25,9 +25,6 @@ use sqlx::AnyPool;
 use sqlx::Row;
 use tokio::sync::watch;
 
-/// The busy wait every connection of the pool has (`Store::connect_with`).
-pub(super) const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
-
 /// How often the log is folded in: often enough that it holds a fraction of a second of
 /// writes, each fold a short one.
 const EVERY: Duration = Duration::from_millis(250);
@@ -45,7 +42,7 @@ struct Fold {
     restarted: bool,
 }
 
-/// Folds the log in once; past `restart_at` pages, waits so that it starts over.
+/// Folds the log in once; past `restart_at` pages, also tries to start it over.
 async fn fold(pool: &AnyPool, restart_at: i64) -> Result<Fold, sqlx::Error> {
     // One row: whether a writer held it up, the log's pages, and how many of them are in
     // the database file now.
@@ -68,7 +65,7 @@ async fn fold(pool: &AnyPool, restart_at: i64) -> Result<Fold, sqlx::Error> {
     let restart = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
         .fetch_one(&mut *conn)
         .await;
-    let waits = sqlx::query(BUSY_TIMEOUT).execute(&mut *conn).await;
+    let waits = sqlx::query(super::BUSY_TIMEOUT).execute(&mut *conn).await;
     if waits.is_err() {
         // A connection that would not wait would turn writers away: not back to the pool.
         conn.detach();
@@ -144,21 +141,19 @@ mod tests {
     use crate::chat::names::Username;
     use crate::model::{Room, User};
     use crate::store::Store;
+    use crate::store::test_db::TempDb;
 
-    /// A store on a SQLite file of its own, removed with its log when dropped.
+    /// A store on a SQLite file of its own.
     struct OnFile {
         store: Store,
-        path: std::path::PathBuf,
+        file: TempDb,
     }
 
     impl OnFile {
         async fn new() -> OnFile {
-            let name = format!("wirechat-ckpt-{}.db", uuid::Uuid::new_v4());
-            let path = std::env::temp_dir().join(name);
-            let store = Store::connect(path.to_str().expect("a UTF-8 temp path"))
-                .await
-                .expect("a fresh store");
-            OnFile { store, path }
+            let file = TempDb::new();
+            let store = Store::connect(file.url()).await.expect("a fresh store");
+            OnFile { store, file }
         }
 
         /// Ann, and a room of hers to post to.
@@ -177,11 +172,10 @@ mod tests {
             (ann, room)
         }
 
+        /// Closes the store, then removes its file.
         async fn close(self) {
             self.store.close().await;
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
-            }
+            drop(self.file);
         }
     }
 

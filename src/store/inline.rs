@@ -31,7 +31,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 /// of its work. Counted in steps, not time: a thread that loses its core for a moment under
 /// load has not worked longer, and its read should not be done again through the pool.
 const MOST_STEPS: u32 = 100_000;
-/// SQLite's steps between looks at the clock.
+/// SQLite's steps between two counts of them.
 const STEPS_PER_LOOK: c_int = 1000;
 /// Failures in a row, other than a read stopped or turned away, after which inline reads
 /// are given up: the file cannot be opened, or holds something else than the pool's.

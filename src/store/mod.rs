@@ -76,6 +76,9 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// How long a SQLite connection of the pool waits for another's write to end.
+const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
+
 /// A pooled PostgreSQL connection idle this long is pinged before use...
 const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
 
@@ -151,12 +154,12 @@ impl Store {
                             // WAL lets readers proceed while one writer commits; the busy
                             // timeout turns writer contention into a short wait, not an error;
                             // the log is folded in by a task of its own (`checkpoint`).
-                            conn.execute(
+                            let pragmas = format!(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                                 PRAGMA wal_autocheckpoint = 0;",
-                            )
-                            .await?;
+                                 {BUSY_TIMEOUT}; PRAGMA foreign_keys = ON; \
+                                 PRAGMA wal_autocheckpoint = 0;"
+                            );
+                            conn.execute(pragmas.as_str()).await?;
                             Ok(())
                         })
                     })
@@ -389,6 +392,31 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A SQLite file of a test's own, removed with its log when dropped.
+#[cfg(test)]
+mod test_db {
+    pub(super) struct TempDb(pub(super) std::path::PathBuf);
+
+    impl TempDb {
+        pub(super) fn new() -> TempDb {
+            let name = format!("wirechat-store-{}.db", uuid::Uuid::new_v4());
+            TempDb(std::env::temp_dir().join(name))
+        }
+
+        pub(super) fn url(&self) -> &str {
+            self.0.to_str().expect("a UTF-8 temp path")
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -560,6 +560,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::super::inline::InlineReads;
+    use super::super::test_db::TempDb;
     use super::super::{Draft, Store, now_ms};
     use crate::chat::names::Username;
     use crate::model::User;
@@ -567,27 +568,6 @@ mod tests {
     #[test]
     fn pair_key_ignores_who_starts() {
         assert_eq!(super::pair_key("a", "b"), super::pair_key("b", "a"));
-    }
-
-    /// A SQLite file of its own, removed with its WAL when dropped.
-    struct TempDb(std::path::PathBuf);
-
-    impl TempDb {
-        fn new() -> TempDb {
-            let name = format!("wirechat-rooms-{}.db", uuid::Uuid::new_v4());
-            TempDb(std::env::temp_dir().join(name))
-        }
-        fn url(&self) -> &str {
-            self.0.to_str().expect("a UTF-8 temp path")
-        }
-    }
-
-    impl Drop for TempDb {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
-            }
-        }
     }
 
     async fn user(store: &Store, name: &str) -> User {

@@ -601,11 +601,8 @@ mod tests {
     /// consecutive seqs per room, each published once, in seq order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_posts_get_consecutive_seqs_published_in_order() {
-        let path = std::env::temp_dir().join(format!("wirechat-batch-{}.db", uuid::Uuid::new_v4()));
-        racing_posts(path.to_str().expect("a UTF-8 temp path")).await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        let file = crate::store::test_db::TempDb::new();
+        racing_posts(file.url()).await;
     }
 
     /// The same on PostgreSQL, where a batch is one statement.
