@@ -80,9 +80,10 @@ impl Store {
         if !taken_back {
             // A new emoji must find room among the message's kinds; one already there
             // always may.
-            let (kinds, known): (i64, i64) = sqlx::query_as(
+            let (kinds, known, latest): (i64, i64, i64) = sqlx::query_as(
                 "SELECT COUNT(DISTINCT emoji), \
-                 COALESCE(SUM(CASE WHEN emoji = $2 THEN 1 ELSE 0 END), 0) \
+                 COALESCE(SUM(CASE WHEN emoji = $2 THEN 1 ELSE 0 END), 0), \
+                 COALESCE(MAX(created_at), 0) \
                  FROM reactions WHERE message_id = $1",
             )
             .bind(message_id)
@@ -100,7 +101,10 @@ impl Store {
             .bind(message_id)
             .bind(emoji)
             .bind(user_id)
-            .bind(super::now_ms())
+            // The people are named in the order they reacted, by this time: two reactions
+            // in one millisecond are still one after the other (the room's next seq above
+            // lets one toggle at a time through).
+            .bind(super::now_ms().max(latest + 1))
             .execute(&mut *tx)
             .await
             .map_err(|e| self.failed(e))?;
@@ -153,5 +157,49 @@ impl Store {
             }
         }
         Ok(reactions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::names::Username;
+    use crate::store::test_db::TempDb;
+
+    /// People reacting one right after another, within a millisecond, are named in the
+    /// order they reacted, not by their ids.
+    #[tokio::test]
+    async fn people_are_named_in_the_order_they_reacted() {
+        let db = TempDb::new();
+        let store = Store::connect(db.url()).await.expect("a fresh store");
+        let mut people = Vec::new();
+        for name in ["ann", "bob", "cyd"] {
+            let name = Username::parse(name).unwrap();
+            people.push(store.create_user(&name, None, None).await.expect("a user"));
+        }
+        let (room, _) = store
+            .find_or_create_group("lunch", &people[0])
+            .await
+            .expect("a room");
+        let message = store
+            .post_message(&room.id, &people[0], "noon?")
+            .await
+            .expect("posted");
+        // Later accounts have larger ids: reacting in the opposite order shows the order.
+        for person in people.iter().rev() {
+            let reacted = store
+                .toggle_reaction(&room.id, &message.id, &person.id, "👍")
+                .await
+                .expect("reacted");
+            assert!(matches!(reacted, Reacted::Changed(_)), "{reacted:?}");
+        }
+        let page = store.latest_page(&room.id, 1).await.expect("a page");
+        let named: Vec<&str> = page.messages[0].reactions[0]
+            .named
+            .iter()
+            .map(|u| u.username.as_str())
+            .collect();
+        assert_eq!(named, ["cyd", "bob", "ann"]);
+        store.close().await;
     }
 }
