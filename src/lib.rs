@@ -36,7 +36,8 @@
 //!   log-ins, rooms, memberships, blocks, messages; on SQLite the session a connect reads
 //!   is read on the calling thread (`inline`), and the write-ahead log is folded into the
 //!   database file by a task of its own (`checkpoint`); posts are stored in batches by per-node
-//!   writers (group commit), once per client id; every change to a room (a post, an edit,
+//!   writers (group commit; on a SQLite file, each batch in one hand-off to a thread and
+//!   connection of the writer's own, through rusqlite), once per client id; every change to a room (a post, an edit,
 //!   a deletion, a reaction) takes its next seq; message text is searched on a trigram
 //!   index; what nobody can use any more is purged.
 //! - [`model`]: the domain types (people, rooms, messages) that storage, views, presence

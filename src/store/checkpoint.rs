@@ -6,10 +6,10 @@
 //! milliseconds. The message writer's commits took that turn about once a hundred
 //! messages, and each of those messages reached its room that much later: wirechat's p99
 //! in a light fan-out was ~7 ms where the bare server's was 2 ms, and 2.6 ms with no
-//! checkpoints at all (loadtest round 15). The pool's connections therefore never
-//! checkpoint on commit, and this task folds the log in every `EVERY`, in the way that
-//! waits for nobody (`PASSIVE`): writers go on appending meanwhile, and the log starts
-//! over once a checkpoint has caught up with it.
+//! checkpoints at all (loadtest round 15). The pool's connections and the message writer's
+//! (`batch::sqlite`) therefore never checkpoint on commit, and this task folds the log in
+//! every `EVERY`, in the way that waits for nobody (`PASSIVE`): writers go on appending
+//! meanwhile, and the log starts over once a checkpoint has caught up with it.
 //!
 //! Under writes without a pause, a checkpoint that waits for nobody may never catch up at
 //! the moment a writer begins, and the log would grow for as long as the writes last (by

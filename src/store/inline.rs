@@ -19,13 +19,11 @@
 
 use std::os::raw::c_int;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
-use sqlx::sqlite::SqliteConnectOptions;
 
 /// The most of SQLite's steps a read may take on the thread that asks, about a millisecond
 /// of its work. Counted in steps, not time: a thread that loses its core for a moment under
@@ -49,25 +47,9 @@ pub(super) struct InlineReads {
 }
 
 impl InlineReads {
-    /// Reads of the SQLite file `url` names, which the pool has opened; `None` where
-    /// another connection could not open the same database the same way: one in memory,
-    /// a URI file name, a VFS or immutable file of its own.
+    /// Reads of the SQLite file `url` names (see `sqlite_file`).
     pub(super) fn new(url: &str) -> Option<InlineReads> {
-        let (_, query) = url.split_once('?').unwrap_or((url, ""));
-        if url.contains(":memory:")
-            || query
-                .split('&')
-                .any(|p| p == "mode=memory" || p.starts_with("vfs=") || p.starts_with("immutable="))
-        {
-            return None;
-        }
-        let options = SqliteConnectOptions::from_str(url).ok()?;
-        let name = options.get_filename();
-        if name.as_os_str().is_empty() || name.to_string_lossy().starts_with("file:") {
-            return None;
-        }
-        // Absolute, so that the file stays the pool's whatever the working directory.
-        let path = std::fs::canonicalize(name).ok()?;
+        let path = super::sqlite_file(url)?;
         let kept = std::thread::available_parallelism().map_or(2, |n| n.get());
         Some(InlineReads {
             path,
@@ -164,11 +146,6 @@ impl InlineReads {
             }
         }
         found
-    }
-
-    /// The database file read.
-    pub(super) fn path(&self) -> &std::path::Path {
-        &self.path
     }
 
     /// Turns inline reads off and closes every connection kept.

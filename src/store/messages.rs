@@ -4,6 +4,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::columns::Columns;
 use super::{AfterCommit, Queued, Store, StoreResult};
 use crate::chat::mentions::MAX_MENTIONED;
 use crate::chat::names::name_key;
@@ -32,24 +33,24 @@ pub struct Posted {
     pub repeat: bool,
 }
 
-pub(super) fn message_from_row(row: &AnyRow) -> Result<StoredMessage, sqlx::Error> {
+pub(super) fn message_from_row<R: Columns>(row: &R) -> Result<StoredMessage, R::Error> {
     Ok(StoredMessage {
-        id: row.try_get("id")?,
-        room_id: row.try_get("room_id")?,
-        seq: row.try_get("seq")?,
+        id: row.text("id")?,
+        room_id: row.text("room_id")?,
+        seq: row.int("seq")?,
         author: User {
-            id: row.try_get("author_id")?,
-            username: row.try_get("username")?,
+            id: row.text("author_id")?,
+            username: row.text("username")?,
         },
-        body: row.try_get("body")?,
-        created_at_ms: row.try_get("created_at")?,
-        client_id: row.try_get("client_id")?,
-        rev: row.try_get("rev")?,
-        edited_at_ms: row.try_get("edited_at")?,
-        deleted: row.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
-        reactions: super::reactions::from_column(row.try_get("reactions")?),
+        body: row.text("body")?,
+        created_at_ms: row.int("created_at")?,
+        client_id: row.maybe_text("client_id")?,
+        rev: row.int("rev")?,
+        edited_at_ms: row.maybe_int("edited_at")?,
+        deleted: row.maybe_int("deleted_at")?.is_some(),
+        reactions: super::reactions::from_column(row.maybe_text("reactions")?),
         replying_to: quoted_from_row(row)?,
-        mentions: from_json_column(row.try_get("mentions")?)
+        mentions: from_json_column(row.maybe_text("mentions")?)
             .into_iter()
             .map(Person::user)
             .collect(),
@@ -95,20 +96,18 @@ impl Person {
 
 /// The quote of the message a reply answers; `None` for a message that is no reply, or
 /// whose original is gone (its room purged with it, so never in practice).
-fn quoted_from_row(row: &AnyRow) -> Result<Option<Box<Quoted>>, sqlx::Error> {
-    let Some(id) = row.try_get::<Option<String>, _>("reply_to")? else {
+fn quoted_from_row<R: Columns>(row: &R) -> Result<Option<Box<Quoted>>, R::Error> {
+    let Some(id) = row.maybe_text("reply_to")? else {
         return Ok(None);
     };
-    let Some(author) = row.try_get::<Option<String>, _>("quoted_author")? else {
+    let Some(author) = row.maybe_text("quoted_author")? else {
         return Ok(None);
     };
     Ok(Some(Box::new(Quoted {
         id,
         author,
-        snippet: row
-            .try_get::<Option<String>, _>("quoted_body")?
-            .unwrap_or_default(),
-        deleted: row.try_get::<Option<i64>, _>("quoted_deleted")?.is_some(),
+        snippet: row.maybe_text("quoted_body")?.unwrap_or_default(),
+        deleted: row.maybe_int("quoted_deleted")?.is_some(),
     })))
 }
 

@@ -4,8 +4,9 @@
 //! Every statement here is written once, in the SQL both dialects share (`$1` placeholders,
 //! `ON CONFLICT`, `RETURNING`); only the migrations are kept per dialect. Ids are stored as
 //! text and times as milliseconds since the epoch, the types the Any driver carries faithfully.
-//! One statement also runs outside the pool: on SQLite, the session every connect reads is
-//! read on the calling thread (`inline`).
+//! On SQLite, two things also run outside the pool, through rusqlite on the same library:
+//! the session every connect reads is read on the calling thread (`inline`), and each batch
+//! of new messages is stored in one hand-off (`batch::sqlite`).
 
 mod batch;
 mod checkpoint;
@@ -60,7 +61,7 @@ pub enum StoreError {
     /// A pool too small for the store's own writers and anything else besides.
     #[error(
         "a database pool of {size} connections is too small: the node's message writers \
-         keep {writers} of them, so it needs at least {}", writers + 1
+         may keep {writers} of them, so it needs at least {}", writers + 1
     )]
     PoolTooSmall { size: u32, writers: u32 },
     /// The database server could not be reached at all; says where, and why.
@@ -76,7 +77,8 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// How long a SQLite connection of the pool waits for another's write to end.
+/// How long a SQLite connection that writes (the pool's, and the message writer's of
+/// `batch::sqlite`) waits for another's write to end.
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
 
 /// A pooled PostgreSQL connection idle this long is pinged before use...
@@ -94,6 +96,8 @@ pub struct Store {
     searches: Arc<tokio::sync::Semaphore>,
     /// SQLite's reads on the calling thread, for what every connect reads (see `inline`).
     inline: Option<Arc<inline::InlineReads>>,
+    /// SQLite's connection of its own for batches of messages (see `batch::sqlite`).
+    sqlite_writer: Option<Arc<batch::SqliteWriter>>,
     /// Sessions read on the calling thread, and through the pool (for `/metrics`).
     session_reads: Arc<SessionReads>,
     /// SQLite's write-ahead log's pages folded into the database file (see `checkpoint`).
@@ -106,6 +110,27 @@ pub struct Store {
 struct SessionReads {
     inline: std::sync::atomic::AtomicU64,
     pooled: std::sync::atomic::AtomicU64,
+}
+
+/// The SQLite file `url` names, which the pool has opened, for connections of the store's
+/// own (`inline`, `batch::sqlite`); `None` where another connection could not open the same
+/// database the same way: one in memory, a URI file name, a VFS or immutable file of its own.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let (_, query) = url.split_once('?').unwrap_or((url, ""));
+    if url.contains(":memory:")
+        || query
+            .split('&')
+            .any(|p| p == "mode=memory" || p.starts_with("vfs=") || p.starts_with("immutable="))
+    {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let name = options.get_filename();
+    if name.as_os_str().is_empty() || name.to_string_lossy().starts_with("file:") {
+        return None;
+    }
+    // Absolute, so that the file stays the pool's whatever the working directory.
+    std::fs::canonicalize(name).ok()
 }
 
 /// Connections a node's pool may hold when not told otherwise. A SQLite connection is a
@@ -193,7 +218,14 @@ impl Store {
                     .map_err(StoreError::Database)?
             }
         };
-        let batcher = batch::Batcher::start(&pool, dialect, health.clone());
+        // On SQLite, batches are stored beside the pool where the file can be opened again.
+        let sqlite_writer = match dialect.eq(&Dialect::Sqlite).then(|| sqlite_file(&url)) {
+            Some(Some(file)) => Some(Arc::new(
+                batch::SqliteWriter::start(file).map_err(StoreError::Database)?,
+            )),
+            _ => None,
+        };
+        let batcher = batch::Batcher::start(&pool, dialect, sqlite_writer.clone(), health.clone());
         let (folded, log_folded) = tokio::sync::watch::channel(0);
         if dialect == Dialect::Sqlite {
             tokio::spawn(checkpoint::fold_log_until_closed(pool.clone(), folded));
@@ -205,6 +237,7 @@ impl Store {
             health,
             searches: Arc::new(tokio::sync::Semaphore::new(search::AT_ONCE)),
             log_folded,
+            sqlite_writer,
             session_reads: Arc::default(),
             inline: match dialect {
                 Dialect::Sqlite => inline::InlineReads::new(&url).map(Arc::new),
@@ -289,14 +322,16 @@ impl Store {
 
     pub async fn close(&self) {
         // SQLite's write-ahead log is folded into the database file by the last connection
-        // to close: not the pool's while these are open, and when several of the pool's
-        // close at once each may find another still open, so one of its own ends it.
+        // to close: not the pool's while the inline reads' or the writer's are open, and
+        // when several of the pool's close at once each may find another still open, so
+        // one of its own ends it.
         if let Some(inline) = &self.inline {
             inline.close();
         }
         self.pool.close().await;
-        if let Some(inline) = &self.inline {
-            let path = inline.path().to_path_buf();
+        if let Some(writer) = &self.sqlite_writer {
+            writer.close().await;
+            let path = writer.path().to_path_buf();
             match tokio::task::spawn_blocking(move || checkpoint::fold_all(&path)).await {
                 Ok(Ok(true)) | Err(_) => {}
                 Ok(Ok(false)) => tracing::warn!(

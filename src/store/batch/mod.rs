@@ -6,7 +6,9 @@
 //! pool's writers would meet in the busy handler. A writer instead takes up to `MAX_BATCH` queued
 //! posts (never waiting for more: a lone message is stored at once), and per room bumps
 //! `last_seq` by the number of its posts, then inserts every row with one statement; on
-//! PostgreSQL both are one statement, committed on its own.
+//! PostgreSQL both are one statement, committed on its own. On a SQLite file the whole
+//! transaction is handed at once to a thread that writes on a connection of its own
+//! (`sqlite`), not statement by statement to the pool's.
 //!
 //! Store before send still holds: a poster's answer (and the after-commit step that
 //! publishes the message) comes only once the batch has committed, and when the batch fails
@@ -20,6 +22,7 @@
 //! batch that loses is stored again, and finds it.
 
 mod sql;
+mod sqlite;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -32,9 +35,10 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use self::sql::{bump_and_insert_sql, bump_sql, insert_sql, mentions_sql};
+use self::sql::{bump_and_insert_sql, bump_sql, insert_sql, mentions_sql, repeats_sql};
+pub(super) use self::sqlite::SqliteWriter;
 use super::health::Health;
-use super::messages::{Draft, Person, Posted, SELECT_MESSAGES, message_from_row, to_json_column};
+use super::messages::{Draft, Person, Posted, message_from_row, to_json_column};
 use super::{Dialect, StoreError, StoreResult, now_ms};
 use crate::model::{Quoted, StoredMessage, User};
 
@@ -109,8 +113,9 @@ pub(super) struct Batcher {
 }
 
 /// How many writers a node runs, each keeping a pooled connection of its own once it has
-/// stored something: exactly one on SQLite, which admits one writer at a time anyway;
-/// several on PostgreSQL, so that one batch's commit overlaps the next one's statements.
+/// stored something (on a SQLite file, a connection beside the pool instead, `sqlite`):
+/// exactly one on SQLite, which admits one writer at a time anyway; several on PostgreSQL,
+/// so that one batch's commit overlaps the next one's statements.
 pub(super) fn writers(dialect: Dialect) -> u32 {
     match dialect {
         Dialect::Sqlite => 1,
@@ -119,13 +124,25 @@ pub(super) fn writers(dialect: Dialect) -> u32 {
 }
 
 impl Batcher {
-    /// Starts the writers (see `writers`).
-    pub(super) fn start(pool: &AnyPool, dialect: Dialect, health: Arc<Health>) -> Batcher {
+    /// Starts the writers (see `writers`); on SQLite, they store through `sqlite` when it is
+    /// given.
+    pub(super) fn start(
+        pool: &AnyPool,
+        dialect: Dialect,
+        sqlite: Option<Arc<SqliteWriter>>,
+        health: Arc<Health>,
+    ) -> Batcher {
         let writers = (0..writers(dialect))
             .map(|_| {
                 let (posts, inbox) = mpsc::channel(QUEUE);
                 let (committed, outbox) = mpsc::channel(PUBLISH_QUEUE);
-                tokio::spawn(write_loop(pool.clone(), dialect, inbox, committed));
+                let writer = Writer {
+                    pool: pool.clone(),
+                    dialect,
+                    conn: None,
+                    sqlite: sqlite.clone(),
+                };
+                tokio::spawn(write_loop(writer, inbox, committed));
                 tokio::spawn(publish_loop(outbox, health.clone()));
                 posts
             })
@@ -191,27 +208,55 @@ impl Future for Queued {
     }
 }
 
-/// Takes what is queued, stores it, hands it on; until every `Store` is gone.
-async fn write_loop(
+/// Where a writer stores its batches: through the pool on a connection it keeps, or on
+/// SQLite's writer of the store's own (`sqlite`).
+struct Writer {
     pool: AnyPool,
     dialect: Dialect,
+    /// A connection of its own saves a pool round trip (and its liveness ping) per batch.
+    conn: Option<PoolConnection<Any>>,
+    sqlite: Option<Arc<SqliteWriter>>,
+}
+
+impl Writer {
+    /// Stores `posts`, and hands them back with what became of each.
+    async fn store(&mut self, posts: Vec<Post>) -> (Vec<Post>, Result<Vec<Outcome>, sqlx::Error>) {
+        if let Some(sqlite) = &self.sqlite {
+            return sqlite.store(posts).await;
+        }
+        let stored = match &mut self.conn {
+            Some(c) => store(c, self.dialect, &posts).await,
+            None => match self.pool.acquire().await {
+                Ok(c) => store(self.conn.insert(c), self.dialect, &posts).await,
+                Err(e) => Err(e),
+            },
+        };
+        if stored.is_err() {
+            // The connection may be what failed; the next batch starts on a fresh one.
+            self.conn = None;
+        }
+        (posts, stored)
+    }
+}
+
+/// Takes what is queued, stores it, hands it on; until every `Store` is gone.
+async fn write_loop(
+    mut writer: Writer,
     mut inbox: mpsc::Receiver<Post>,
     committed: mpsc::Sender<Committed>,
 ) {
-    // A connection of its own saves a pool round trip (and its liveness ping) per batch.
-    let mut conn: Option<PoolConnection<Any>> = None;
-    let mut pool_closed = pool.close_event();
+    let mut pool_closed = writer.pool.close_event();
     let mut posts = Vec::with_capacity(MAX_BATCH);
     loop {
         tokio::select! {
             // Closing the pool waits for every connection to come back, this one included.
-            _ = &mut pool_closed, if conn.is_some() => {
-                conn = None;
+            _ = &mut pool_closed, if writer.conn.is_some() => {
+                writer.conn = None;
                 continue;
             }
             taken = inbox.recv_many(&mut posts, MAX_BATCH) => if taken == 0 { return },
         }
-        let mut stored = store_on(&mut conn, &pool, dialect, &posts).await;
+        let (mut posts_back, mut stored) = writer.store(std::mem::take(&mut posts)).await;
         for attempt in 1..ATTEMPTS {
             match &stored {
                 // Another writer stored one of these client ids meanwhile (or the two met
@@ -224,17 +269,13 @@ async fn write_loop(
                 {
                     let jitter = rand::random_range(0..RETRY_JITTER_MS * attempt as u64);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
-                    stored = store_on(&mut conn, &pool, dialect, &posts).await;
+                    (posts_back, stored) = writer.store(posts_back).await;
                 }
                 _ => break,
             }
         }
-        if stored.is_err() {
-            // The connection may be what failed; the next batch starts on a fresh one.
-            conn = None;
-        }
         let batch = Committed {
-            posts: std::mem::take(&mut posts),
+            posts: posts_back,
             stored: stored.map_err(Arc::new),
         };
         if committed.send(batch).await.is_err() {
@@ -244,23 +285,8 @@ async fn write_loop(
     }
 }
 
-/// `store` on the writer's connection, taking one from the pool when it has none.
-async fn store_on(
-    conn: &mut Option<PoolConnection<Any>>,
-    pool: &AnyPool,
-    dialect: Dialect,
-    posts: &[Post],
-) -> Result<Vec<Outcome>, sqlx::Error> {
-    match conn {
-        Some(c) => store(c, dialect, posts).await,
-        None => {
-            let c = pool.acquire().await?;
-            store(conn.insert(c), dialect, posts).await
-        }
-    }
-}
-
-/// Stores `posts` in one transaction; the result lines up with `posts`.
+/// Stores `posts` in one transaction through a pooled connection (PostgreSQL's, or that of a
+/// SQLite database in memory or named by URI); the result lines up with `posts`.
 async fn store(
     conn: &mut AnyConnection,
     dialect: Dialect,
@@ -313,14 +339,7 @@ async fn store(
                 ));
         }
         insert.execute(&mut *tx).await?;
-        let mentions: Vec<(&str, &str, i64)> = rows
-            .iter()
-            .flat_map(|m| {
-                m.mentions
-                    .iter()
-                    .map(|u| (u.id.as_str(), m.room_id.as_str(), m.seq))
-            })
-            .collect();
+        let mentions = mentions_of(&rows);
         if !mentions.is_empty() {
             let sql = mentions_sql(mentions.len());
             let mut insert = sqlx::query(&sql);
@@ -332,6 +351,17 @@ async fn store(
     }
     tx.commit().await?;
     Ok(outcomes(stored, repeats))
+}
+
+/// The (user, room, seq) of each mention in `rows`.
+fn mentions_of<'a>(rows: &[&'a StoredMessage]) -> Vec<(&'a str, &'a str, i64)> {
+    rows.iter()
+        .flat_map(|m| {
+            m.mentions
+                .iter()
+                .map(|u| (u.id.as_str(), m.room_id.as_str(), m.seq))
+        })
+        .collect()
 }
 
 /// Where a post stands before storing: new, a repeat of a message stored before, or a
@@ -348,37 +378,37 @@ async fn find_repeats(
     conn: &mut AnyConnection,
     posts: &[Post],
 ) -> Result<HashMap<(String, String), StoredMessage>, sqlx::Error> {
-    let keyed: Vec<(&str, &str)> = posts
-        .iter()
-        .filter_map(|p| Some((p.author.id.as_str(), p.client_id.as_deref()?)))
-        .collect();
+    let keyed = keyed(posts);
     if keyed.is_empty() {
         return Ok(HashMap::new());
     }
-    let mut sql = format!("{SELECT_MESSAGES} WHERE ");
-    for k in 0..keyed.len() {
-        if k > 0 {
-            sql.push_str(" OR ");
-        }
-        sql.push_str(&format!(
-            "(m.author_id = ${} AND m.client_id = ${})",
-            2 * k + 1,
-            2 * k + 2
-        ));
-    }
+    let sql = repeats_sql(keyed.len());
     let mut query = sqlx::query(&sql);
     for (author, client_id) in &keyed {
         query = query.bind(*author).bind(*client_id);
     }
     let rows = query.fetch_all(conn).await?;
-    let mut found = HashMap::new();
-    for row in &rows {
-        let message = message_from_row(row)?;
-        if let Some(client_id) = message.client_id.clone() {
-            found.insert((message.author.id.clone(), client_id), message);
-        }
-    }
-    Ok(found)
+    let found = rows
+        .iter()
+        .map(message_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(by_key(found))
+}
+
+/// The (author, client id) of each post that carries a client id.
+fn keyed(posts: &[Post]) -> Vec<(&str, &str)> {
+    posts
+        .iter()
+        .filter_map(|p| Some((p.author.id.as_str(), p.client_id.as_deref()?)))
+        .collect()
+}
+
+/// Messages found by `repeats_sql`, by (author, client id).
+fn by_key(found: Vec<StoredMessage>) -> HashMap<(String, String), StoredMessage> {
+    found
+        .into_iter()
+        .filter_map(|m| Some(((m.author.id.clone(), m.client_id.clone()?), m)))
+        .collect()
 }
 
 /// Each post's `Repeat`, and the indices of the posts to store.

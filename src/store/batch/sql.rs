@@ -1,6 +1,8 @@
 //! The text of a batch's statements, built for its number of rooms and rows: numbered
 //! placeholders, which both dialects take.
 
+use crate::store::messages::SELECT_MESSAGES;
+
 /// One PostgreSQL statement for a batch: `$1` is the creation time, then (room, count)
 /// pairs for `rooms` rooms, then (id, room, k, author, body, client id, reply to) for `rows` posts,
 /// `k` counting from 1 within each room. Posts to a room that does not exist match no bumped row and are
@@ -68,6 +70,24 @@ pub(super) fn mentions_sql(rows: usize) -> String {
     sql.push_str("INSERT INTO mentions (user_id, room_id, seq) VALUES ");
     push_tuples(&mut sql, rows, 3, 1, "");
     sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// The messages stored under `keys` (author, client id) pairs, bound in that order.
+pub(super) fn repeats_sql(keys: usize) -> String {
+    let mut sql = String::with_capacity(SELECT_MESSAGES.len() + 8 + keys * 44);
+    sql.push_str(SELECT_MESSAGES);
+    sql.push_str(" WHERE ");
+    for k in 0..keys {
+        if k > 0 {
+            sql.push_str(" OR ");
+        }
+        sql.push_str(&format!(
+            "(m.author_id = ${} AND m.client_id = ${})",
+            2 * k + 1,
+            2 * k + 2
+        ));
+    }
     sql
 }
 
