@@ -159,6 +159,9 @@ if (( baseline )) || [[ -n "$versus" || -n "$versus_nodes" || -n "$runs" ]]; the
         done
     done
     echo "Reports in $out; medians of $runs run(s), each target over the first:"
+    # Ratios move with the host's CPU (a connect's system calls and wake-ups most), so
+    # each table says which it was measured on.
+    echo "Host: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores, Linux $(uname -r)"
     files=()
     for target in "${targets[@]}"; do
         for round in $(seq 1 "$runs"); do

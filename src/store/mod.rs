@@ -114,13 +114,17 @@ struct SessionReads {
 
 /// The SQLite file `url` names, which the pool has opened, for connections of the store's
 /// own (`inline`, `batch::sqlite`); `None` where another connection could not open the same
-/// database the same way: one in memory, a URI file name, a VFS or immutable file of its own.
+/// database the same way: one in memory, a URI file name, a VFS or immutable file of its
+/// own, or one the pool opens read-only.
 fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     let (_, query) = url.split_once('?').unwrap_or((url, ""));
     if url.contains(":memory:")
-        || query
-            .split('&')
-            .any(|p| p == "mode=memory" || p.starts_with("vfs=") || p.starts_with("immutable="))
+        || query.split('&').any(|p| {
+            p == "mode=memory"
+                || p == "mode=ro"
+                || p.starts_with("vfs=")
+                || p.starts_with("immutable=")
+        })
     {
         return None;
     }
@@ -328,9 +332,12 @@ impl Store {
         if let Some(inline) = &self.inline {
             inline.close();
         }
-        self.pool.close().await;
+        // Messages are not stored once the pool they are published with has closed.
         if let Some(writer) = &self.sqlite_writer {
             writer.close().await;
+        }
+        self.pool.close().await;
+        if let Some(writer) = &self.sqlite_writer {
             let path = writer.path().to_path_buf();
             match tokio::task::spawn_blocking(move || checkpoint::fold_all(&path)).await {
                 Ok(Ok(true)) | Err(_) => {}

@@ -104,7 +104,7 @@ impl Store {
             // The people are named in the order they reacted, by this time: two reactions
             // in one millisecond are still one after the other (the room's next seq above
             // lets one toggle at a time through).
-            .bind(super::now_ms().max(latest + 1))
+            .bind(super::now_ms().max(latest.saturating_add(1)))
             .execute(&mut *tx)
             .await
             .map_err(|e| self.failed(e))?;
@@ -166,8 +166,8 @@ mod tests {
     use crate::chat::names::Username;
     use crate::store::test_db::TempDb;
 
-    /// People reacting one right after another, within a millisecond, are named in the
-    /// order they reacted, not by their ids.
+    /// People are named in the order they reacted: after a reaction stamped ahead of this
+    /// node's clock (another node's clock runs fast), and within one millisecond.
     #[tokio::test]
     async fn people_are_named_in_the_order_they_reacted() {
         let db = TempDb::new();
@@ -185,8 +185,18 @@ mod tests {
             .post_message(&room.id, &people[0], "noon?")
             .await
             .expect("posted");
+        sqlx::query(
+            "INSERT INTO reactions (message_id, emoji, user_id, created_at) \
+             VALUES ($1, '👍', $2, $3)",
+        )
+        .bind(&message.id)
+        .bind(&people[2].id)
+        .bind(super::super::now_ms() + 60_000)
+        .execute(&store.pool)
+        .await
+        .expect("cyd reacted, a minute ahead");
         // Later accounts have larger ids: reacting in the opposite order shows the order.
-        for person in people.iter().rev() {
+        for person in [&people[1], &people[0]] {
             let reacted = store
                 .toggle_reaction(&room.id, &message.id, &person.id, "👍")
                 .await

@@ -128,8 +128,13 @@ impl SqliteWriter {
 /// The writer's thread: one job at a time, until the store closes it or is gone.
 fn serve(path: &Path, conn: Connection, inbox: mpsc::Receiver<Job>) {
     let mut conn = Some(conn);
+    let mut closed = false;
     while let Ok(job) = inbox.recv() {
         match job {
+            // Batches handed over after the close are answered, not dropped unanswered.
+            Job::Store { posts, done } if closed => {
+                let _ = done.send((posts, Err(sqlx::Error::PoolClosed)));
+            }
             Job::Store { posts, done } => {
                 let stored = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     store_on(&mut conn, path, &posts)
@@ -143,12 +148,15 @@ fn serve(path: &Path, conn: Connection, inbox: mpsc::Receiver<Job>) {
                 let _ = done.send((posts, stored));
             }
             Job::Close { done } => {
+                closed = true;
                 drop(conn.take());
                 let _ = done.send(());
-                return;
             }
             #[cfg(test)]
-            Job::Inspect(look) => look(conn.as_ref()),
+            Job::Inspect(look) => {
+                // A test's failed assertion is reported by the test; the writer goes on.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| look(conn.as_ref())));
+            }
         }
     }
 }
@@ -165,22 +173,27 @@ fn store_on(
     };
     let stored = write(c, posts);
     if let Err(e) = &stored
-        && connection_failed(e)
+        && (connection_failed(e) || !c.is_autocommit())
     {
-        // The next batch opens the file again.
+        // The next batch opens the file again. A transaction left open (its rollback
+        // failed) would hold SQLite's write lock for as long as the connection lives.
         *conn = None;
     }
     stored.map_err(failure)
 }
 
-/// An error that says the connection, or the file under it, failed: not a constraint or a
-/// wait that ran out, after which the same connection serves the next batch as well.
+/// An error that says the connection, or the file under it, failed (or cannot be written,
+/// perhaps only until its permissions are mended, or a restore put another file in its
+/// place): not a constraint or a wait that ran out, after which the same connection serves
+/// the next batch as well.
 fn connection_failed(e: &rusqlite::Error) -> bool {
     matches!(
         e,
         rusqlite::Error::SqliteFailure(f, _) if matches!(
             f.code,
             ErrorCode::SystemIoFailure
+                | ErrorCode::ReadOnly
+                | ErrorCode::FileLockingProtocolFailed
                 | ErrorCode::CannotOpen
                 | ErrorCode::NotADatabase
                 | ErrorCode::DatabaseCorrupt
@@ -196,6 +209,13 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    // SQLite opens a file it may not write read-only rather than fail.
+    if conn.is_readonly(rusqlite::DatabaseName::Main)? {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            Some(format!("{} cannot be written", path.display())),
+        ));
+    }
     conn.execute_batch(&format!(
         "PRAGMA synchronous = NORMAL; {BUSY_TIMEOUT}; PRAGMA foreign_keys = ON; \
          PRAGMA wal_autocheckpoint = 0;"
@@ -490,13 +510,25 @@ mod tests {
                 })
             })
             .await;
-        let busy_ms = BUSY_TIMEOUT
-            .rsplit(' ')
-            .next()
-            .and_then(|ms| ms.parse::<i64>().ok())
-            .expect("the pool's wait in milliseconds");
+        let mut pooled = store.pool.acquire().await.unwrap();
+        let mut pool_settings = Vec::new();
+        for pragma in [
+            "busy_timeout",
+            "foreign_keys",
+            "wal_autocheckpoint",
+            "synchronous",
+        ] {
+            let (value,): (i64,) = sqlx::query_as(&format!("PRAGMA {pragma}"))
+                .fetch_one(&mut *pooled)
+                .await
+                .expect("a setting");
+            pool_settings.push(value);
+        }
+        drop(pooled);
+        assert_eq!(settings.as_slice(), pool_settings.as_slice());
         // synchronous = NORMAL is 1.
-        assert_eq!(settings, [busy_ms, 1, 0, 1]);
+        assert_eq!(pool_settings[1..], [1, 0, 1]);
+        assert!(pool_settings[0] >= 1000, "{pool_settings:?}");
         store.close().await;
     }
 
