@@ -81,6 +81,19 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// `batch::sqlite`) waits for another's write to end.
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
 
+/// The settings of every SQLite connection that writes: the pool's, and the message
+/// writer's (`batch::sqlite`). The busy timeout turns writer contention into a short wait,
+/// not an error; the log is folded in by a task of its own (`checkpoint`), never by a
+/// commit; and once the log starts over, its file is cut back to 32 MiB, so that a burst
+/// that grew it gives the disk back (twice what a steady stream lets it reach before the
+/// task starts it over, so a steady stream never cuts it).
+fn writing_pragmas() -> String {
+    format!(
+        "PRAGMA synchronous = NORMAL; {BUSY_TIMEOUT}; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 33554432;"
+    )
+}
+
 /// A pooled PostgreSQL connection idle this long is pinged before use...
 const PING_WHEN_IDLE: Duration = Duration::from_secs(1);
 
@@ -180,14 +193,9 @@ impl Store {
                     .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            // WAL lets readers proceed while one writer commits; the busy
-                            // timeout turns writer contention into a short wait, not an error;
-                            // the log is folded in by a task of its own (`checkpoint`).
-                            let pragmas = format!(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 {BUSY_TIMEOUT}; PRAGMA foreign_keys = ON; \
-                                 PRAGMA wal_autocheckpoint = 0;"
-                            );
+                            // WAL lets readers proceed while one writer commits.
+                            let pragmas =
+                                format!("PRAGMA journal_mode = WAL; {}", writing_pragmas());
                             conn.execute(pragmas.as_str()).await?;
                             Ok(())
                         })

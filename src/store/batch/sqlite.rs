@@ -13,7 +13,7 @@
 //! The transaction starts `IMMEDIATE`: it holds SQLite's write lock from its first statement,
 //! so no other writer can store a client id between the read of repeats and the commit, and
 //! no commit in between can turn that read stale. The connection waits for another's write
-//! as the pool's do (`BUSY_TIMEOUT`), on the writer's thread, not the runtime's.
+//! as the pool's do (`writing_pragmas`), on the writer's thread, not the runtime's.
 //!
 //! The connection is closed before the store's last fold of the log (`Store::close`), as the
 //! inline reads' are: while it is open, the write-ahead log cannot be removed.
@@ -34,7 +34,7 @@ use super::{
 };
 use crate::model::StoredMessage;
 use crate::store::messages::{Person, message_from_row, to_json_column};
-use crate::store::{BUSY_TIMEOUT, now_ms};
+use crate::store::{now_ms, writing_pragmas};
 
 /// Statements kept prepared. A batch's text depends on its numbers of rooms, rows and
 /// mentions; a steady stream of messages comes in a few sizes, a burst in many.
@@ -216,10 +216,7 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
             Some(format!("{} cannot be written", path.display())),
         ));
     }
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = NORMAL; {BUSY_TIMEOUT}; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = 0;"
-    ))?;
+    conn.execute_batch(&writing_pragmas())?;
     conn.set_prepared_statement_cache_capacity(PREPARED);
     Ok(conn)
 }
@@ -490,21 +487,23 @@ mod tests {
     }
 
     /// The writer's connection is set up as the pool's: it waits as long for another's
-    /// write, checks references, and leaves folding the log to the store's task.
+    /// write, checks references, leaves folding the log to the store's task, and cuts the
+    /// log's file back once the log starts over.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writers_connection_is_set_up_as_the_pools() {
+        const SETTINGS: [&str; 5] = [
+            "busy_timeout",
+            "foreign_keys",
+            "wal_autocheckpoint",
+            "synchronous",
+            "journal_size_limit",
+        ];
         let (_db, store, _, _) = ann_in_general().await;
         let writer = store.sqlite_writer.clone().expect("a writer");
         let settings = writer
             .inspect(|conn| {
                 let conn = conn.expect("an open connection");
-                [
-                    "busy_timeout",
-                    "foreign_keys",
-                    "wal_autocheckpoint",
-                    "synchronous",
-                ]
-                .map(|pragma| {
+                SETTINGS.map(|pragma| {
                     conn.query_row(&format!("PRAGMA {pragma}"), [], |row| row.get::<_, i64>(0))
                         .expect("a setting")
                 })
@@ -512,12 +511,7 @@ mod tests {
             .await;
         let mut pooled = store.pool.acquire().await.unwrap();
         let mut pool_settings = Vec::new();
-        for pragma in [
-            "busy_timeout",
-            "foreign_keys",
-            "wal_autocheckpoint",
-            "synchronous",
-        ] {
+        for pragma in SETTINGS {
             let (value,): (i64,) = sqlx::query_as(&format!("PRAGMA {pragma}"))
                 .fetch_one(&mut *pooled)
                 .await
@@ -526,8 +520,8 @@ mod tests {
         }
         drop(pooled);
         assert_eq!(settings.as_slice(), pool_settings.as_slice());
-        // synchronous = NORMAL is 1.
-        assert_eq!(pool_settings[1..], [1, 0, 1]);
+        // synchronous = NORMAL is 1; the log's file is cut back to 32 MiB.
+        assert_eq!(pool_settings[1..], [1, 0, 1, 32 << 20]);
         assert!(pool_settings[0] >= 1000, "{pool_settings:?}");
         store.close().await;
     }
