@@ -47,11 +47,10 @@ pub(super) struct InlineReads {
 }
 
 impl InlineReads {
-    /// Reads of the SQLite file `url` names (see `sqlite_file`).
-    pub(super) fn new(url: &str) -> Option<InlineReads> {
-        let path = super::sqlite_file(url)?;
+    /// Reads of the SQLite file at `path` (see `sqlite_file`).
+    pub(super) fn new(path: PathBuf) -> InlineReads {
         let kept = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Some(InlineReads {
+        InlineReads {
             path,
             idle: Mutex::new(Vec::with_capacity(kept)),
             kept,
@@ -59,7 +58,7 @@ impl InlineReads {
             steps_per_look: STEPS_PER_LOOK,
             on: AtomicBool::new(true),
             failures: AtomicU32::new(0),
-        })
+        }
     }
 
     /// Reads that stop past `most_steps`, looked at every `steps_per_look`.

@@ -230,12 +230,17 @@ impl Store {
                     .map_err(StoreError::Database)?
             }
         };
-        // On SQLite, batches are stored beside the pool where the file can be opened again.
-        let sqlite_writer = match dialect.eq(&Dialect::Sqlite).then(|| sqlite_file(&url)) {
-            Some(Some(file)) => Some(Arc::new(
-                batch::SqliteWriter::start(file).map_err(StoreError::Database)?,
+        // On SQLite, sessions are read and batches stored beside the pool where the file can
+        // be opened again.
+        let file = match dialect {
+            Dialect::Sqlite => sqlite_file(&url),
+            Dialect::Postgres => None,
+        };
+        let sqlite_writer = match &file {
+            Some(file) => Some(Arc::new(
+                batch::SqliteWriter::start(file.clone()).map_err(StoreError::Database)?,
             )),
-            _ => None,
+            None => None,
         };
         let batcher = batch::Batcher::start(&pool, dialect, sqlite_writer.clone(), health.clone());
         let (folded, log_folded) = tokio::sync::watch::channel(0);
@@ -251,10 +256,7 @@ impl Store {
             log_folded,
             sqlite_writer,
             session_reads: Arc::default(),
-            inline: match dialect {
-                Dialect::Sqlite => inline::InlineReads::new(&url).map(Arc::new),
-                Dialect::Postgres => None,
-            },
+            inline: file.map(|file| Arc::new(inline::InlineReads::new(file))),
         };
         store.migrate().await?;
         let keyed = store.backfill_name_keys().await?;

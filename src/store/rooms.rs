@@ -561,7 +561,7 @@ mod tests {
 
     use super::super::inline::InlineReads;
     use super::super::test_db::TempDb;
-    use super::super::{Draft, Store, now_ms};
+    use super::super::{Draft, Store, now_ms, sqlite_file};
     use crate::chat::names::Username;
     use crate::model::User;
 
@@ -672,7 +672,7 @@ mod tests {
         let db = TempDb::new();
         let (mut store, session, expected) = ann_signed_in(&db).await;
         // No step at all, looked at after every one.
-        let hasty = InlineReads::new(db.url()).expect("a file").bounded(0, 1);
+        let hasty = InlineReads::new(sqlite_file(db.url()).expect("a file")).bounded(0, 1);
         match read_inline(&hasty, &session) {
             Err(rusqlite::Error::SqliteFailure(e, _)) => {
                 assert_eq!(e.code, rusqlite::ErrorCode::OperationInterrupted)
@@ -702,7 +702,7 @@ mod tests {
         let (mut store, session, expected) = ann_signed_in(&db).await;
         let other = TempDb::new();
         std::fs::write(&other.0, vec![b'x'; 4096]).expect("a file that is no database");
-        store.inline = InlineReads::new(other.url()).map(Arc::new);
+        store.inline = sqlite_file(other.url()).map(|f| Arc::new(InlineReads::new(f)));
         assert!(store.inline.as_ref().is_some_and(|i| i.is_on()));
 
         for _ in 0..super::super::inline::GIVE_UP_AFTER {
