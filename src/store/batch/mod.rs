@@ -334,9 +334,7 @@ async fn store(
                 .bind(&m.body)
                 .bind(&m.client_id)
                 .bind(m.replying_to.as_ref().map(|q| q.id.as_str()))
-                .bind(to_json_column(
-                    &m.mentions.iter().map(Person::of).collect::<Vec<_>>(),
-                ));
+                .bind(mentions_column(m));
         }
         insert.execute(&mut *tx).await?;
         let mentions = mentions_of(&rows);
@@ -351,6 +349,11 @@ async fn store(
     }
     tx.commit().await?;
     Ok(outcomes(stored, repeats))
+}
+
+/// The people a new message mentions, as its `mentions` column keeps them.
+fn mentions_column(m: &StoredMessage) -> Option<String> {
+    to_json_column(&m.mentions.iter().map(Person::of).collect::<Vec<_>>())
 }
 
 /// The (user, room, seq) of each mention in `rows`.

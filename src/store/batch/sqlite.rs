@@ -30,10 +30,11 @@ use tokio::sync::oneshot;
 
 use super::sql::{bump_sql, insert_sql, mentions_sql, repeats_sql};
 use super::{
-    Outcome, Post, by_key, by_room, keyed, mentions_of, new_ids, numbered, outcomes, sort_repeats,
+    Outcome, Post, by_key, by_room, keyed, mentions_column, mentions_of, new_ids, numbered,
+    outcomes, sort_repeats,
 };
 use crate::model::StoredMessage;
-use crate::store::messages::{Person, message_from_row, to_json_column};
+use crate::store::messages::message_from_row;
 use crate::store::{now_ms, writing_pragmas};
 
 /// Statements kept prepared. A batch's text depends on its numbers of rooms, rows and
@@ -252,10 +253,9 @@ fn write(conn: &mut Connection, posts: &[Post]) -> rusqlite::Result<Vec<Outcome>
         let columns: Vec<(Option<&str>, Option<String>)> = rows
             .iter()
             .map(|m| {
-                let mentioned: Vec<Person> = m.mentions.iter().map(Person::of).collect();
                 (
                     m.replying_to.as_ref().map(|q| q.id.as_str()),
-                    to_json_column(&mentioned),
+                    mentions_column(m),
                 )
             })
             .collect();
