@@ -39,7 +39,9 @@ pub(super) struct Pending {
 
 /// A post's outcome, ready to be answered.
 pub(super) struct Answered {
-    outcome: StoreResult<Posted>,
+    /// Boxed: the read loop's wait keeps room for what it may return, in every idle
+    /// socket's task, and a stored message is a quarter of a kilobyte.
+    outcome: StoreResult<Box<Posted>>,
     client_id: Option<String>,
     elsewhere: bool,
 }
@@ -69,7 +71,7 @@ impl InFlight {
                 return Poll::Pending;
             };
             Poll::Ready(Answered {
-                outcome,
+                outcome: outcome.map(Box::new),
                 client_id: done.client_id,
                 elsewhere: done.elsewhere,
             })
@@ -210,7 +212,7 @@ impl Socket {
             elsewhere,
         } = answered;
         let posted = match outcome {
-            Ok(posted) => posted,
+            Ok(posted) => *posted,
             Err(e) => return self.report(refused(not_stored(e), client_id)),
         };
         if let (true, Some(client_id)) = (elsewhere, &client_id) {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -92,116 +92,140 @@ const KEEP_FRAMES: usize = 4;
 /// How long one write may wait for a client to read before the socket is dropped.
 const WRITE_DEADLINE: Duration = Duration::from_secs(20);
 
-pub(super) async fn write_loop(
+/// Drains the socket's queue onto the wire until the socket closes.
+///
+/// Not an `async fn`, and the view is made before the future, as for the socket's own task
+/// (see `super::run`): what an async fn is given, and what its body moves elsewhere, keeps
+/// its room in the future for as long as it runs.
+pub(super) fn write_loop(
     hub: Arc<Hub>,
     member: Subscriber,
     backlog: Arc<Backlog>,
     revoked: Arc<Revoked>,
     session: Arc<str>,
-    user_id: String,
+    user_id: &str,
     mut sink: SplitSink<WebSocket, Message>,
-) {
-    let outbox = &member.outbox;
+) -> impl Future<Output = ()> + Send + 'static {
     let mut view = View::new(
         revoked,
         session,
-        &user_id,
+        user_id,
         hub.limits.outbound_queue.max(MIN_HELD),
     );
-    let mut taken = VecDeque::new();
-    let mut frames = Vec::new();
-    let mut last_write: Option<Instant> = None;
-    let mut timer = Timer::default();
-    loop {
-        if let Err(stop) = outbox.take(&mut taken).await {
-            return close_for(&mut sink, stop).await;
-        }
-        // A socket that wrote moments ago is busy: gather what arrives until its gap is
-        // over and send it in one write. Loopback or not, each write is a system call and a
-        // TCP segment; a busy room otherwise costs one of each per message per socket.
-        if let Some(due) = last_write.map(|at| at + hub.pacing.gap())
-            && Instant::now() < due
-        {
-            tokio::select! {
-                biased;
-                _ = outbox.stopped() => {}
-                _ = timer.at(due) => {}
+    async move {
+        let outbox = &member.outbox;
+        let mut taken = VecDeque::new();
+        let mut frames = Vec::new();
+        let mut last_write: Option<Instant> = None;
+        let mut timer = Timer::default();
+        loop {
+            if let Err(stop) = outbox.take(&mut taken).await {
+                return close_for(&mut sink, stop).await;
             }
-            // Falling behind drops what is queued; a shutdown lets it out first, and the
-            // close follows at the next take.
-            if let Err(Stop::Lagging) = outbox.take_queued(&mut taken) {
-                return close_for(&mut sink, Stop::Lagging).await;
-            }
-        }
-        let mut replies = 0;
-        for outbound in taken.drain(..) {
-            if let Outbound::Reply(reply) = &outbound {
-                replies += weight(reply);
-            }
-            view.frames(outbound, &mut frames);
-        }
-        for effect in view.take_effects() {
-            match effect {
-                // Registered now; confirmation is not awaited, as the room is new.
-                Effect::Join(room) => drop(hub.layer.join(&room_group(&room), &member)),
-                Effect::Leave(room) => hub.layer.leave(&room_group(&room), member.id),
-                Effect::Lagging => member.outbox.stop(Stop::Lagging),
-            }
-        }
-        if taken.capacity() > KEEP_SLOTS {
-            // After a burst: let the memory go rather than hold it for the socket's life.
-            taken = VecDeque::new();
-        }
-        if view.take_resync() {
-            Box::pin(missed_frames(&hub, &mut view, &mut frames)).await;
-        }
-        // One flush for everything taken: one system call for many frames.
-        let write = async {
-            for f in frames.drain(..) {
-                sink.feed(Message::Text(f)).await?;
-            }
-            sink.flush().await
-        };
-        // A client that stops reading blocks the write; if it is meanwhile stopped as
-        // lagging (or the node stops), or the write is still blocked at its deadline (a
-        // quiet room overflows no queue), the connection is dropped, as no close frame
-        // could reach it. Nearly every write finishes at its first poll, and only one that
-        // does not arms the deadline: a timer per write is a cost per write.
-        let written = {
-            let mut write = std::pin::pin!(write);
-            match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-                Poll::Ready(written) => written.is_ok(),
-                Poll::Pending => tokio::select! {
+            // A socket that wrote moments ago is busy: gather what arrives until its gap is
+            // over and send it in one write. Loopback or not, each write is a system call and a
+            // TCP segment; a busy room otherwise costs one of each per message per socket.
+            if let Some(due) = last_write.map(|at| at + hub.pacing.gap())
+                && Instant::now() < due
+            {
+                tokio::select! {
                     biased;
-                    written = write => written.is_ok(),
-                    _ = outbox.stopped() => false,
-                    _ = timer.at(Instant::now() + WRITE_DEADLINE) => {
-                        tracing::debug!(socket = member.id, "a write was stuck; dropping the socket");
-                        false
-                    }
-                },
+                    _ = outbox.stopped() => {}
+                    _ = timer.at(due) => {}
+                }
+                // Falling behind drops what is queued; a shutdown lets it out first, and the
+                // close follows at the next take.
+                if let Err(Stop::Lagging) = outbox.take_queued(&mut taken) {
+                    return close_for(&mut sink, Stop::Lagging).await;
+                }
             }
-        };
-        if !written {
-            return;
+            let mut replies = 0;
+            for outbound in taken.drain(..) {
+                if let Outbound::Reply(reply) = &outbound {
+                    replies += weight(reply);
+                }
+                view.frames(outbound, &mut frames);
+            }
+            for effect in view.take_effects() {
+                match effect {
+                    // Registered now; confirmation is not awaited, as the room is new.
+                    Effect::Join(room) => drop(hub.layer.join(&room_group(&room), &member)),
+                    Effect::Leave(room) => hub.layer.leave(&room_group(&room), member.id),
+                    Effect::Lagging => member.outbox.stop(Stop::Lagging),
+                }
+            }
+            if taken.capacity() > KEEP_SLOTS {
+                // After a burst: let the memory go rather than hold it for the socket's life.
+                taken = VecDeque::new();
+            }
+            if view.take_resync() {
+                Box::pin(missed_frames(&hub, &mut view, &mut frames)).await;
+            }
+            // One flush for everything taken: one system call for many frames. Driven by hand
+            // rather than as a future per frame: what an await holds stays in the writer's
+            // future for the socket's life, idle or not.
+            let mut unsent = frames.drain(..);
+            let mut write = std::future::poll_fn(|cx| poll_write(&mut sink, &mut unsent, cx));
+            // A client that stops reading blocks the write; if it is meanwhile stopped as
+            // lagging (or the node stops), or the write is still blocked at its deadline (a
+            // quiet room overflows no queue), the connection is dropped, as no close frame
+            // could reach it. Nearly every write finishes at its first poll, and only one that
+            // does not arms the deadline: a timer per write is a cost per write.
+            let written =
+                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut write).poll(cx))).await {
+                    Poll::Ready(written) => written.is_ok(),
+                    Poll::Pending => tokio::select! {
+                        biased;
+                        written = &mut write => written.is_ok(),
+                        _ = outbox.stopped() => false,
+                        _ = timer.at(Instant::now() + WRITE_DEADLINE) => {
+                            tracing::debug!(
+                                socket = member.id,
+                                "a write was stuck; dropping the socket"
+                            );
+                            false
+                        }
+                    },
+                };
+            drop(write);
+            drop(unsent);
+            if !written {
+                return;
+            }
+            if frames.capacity() > KEEP_FRAMES {
+                frames = Vec::new();
+            }
+            backlog.written(replies);
+            if view.ended {
+                return close(&mut sink, close_code::LOGGED_OUT, "Logged out.").await;
+            }
+            if view.goodbye {
+                // The socket answers the client's close frame on its own; this sends it.
+                let _ = sink.close().await;
+                return;
+            }
+            let metrics = hub.layer.registry().metrics();
+            metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
+            // Only a busy node needs the time; a quiet one forgets it and reads no clock.
+            last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
         }
-        if frames.capacity() > KEEP_FRAMES {
-            frames = Vec::new();
-        }
-        backlog.written(replies);
-        if view.ended {
-            return close(&mut sink, close_code::LOGGED_OUT, "Logged out.").await;
-        }
-        if view.goodbye {
-            // The socket answers the client's close frame on its own; this sends it.
-            let _ = sink.close().await;
-            return;
-        }
-        let metrics = hub.layer.registry().metrics();
-        metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
-        // Only a busy node needs the time; a quiet one forgets it and reads no clock.
-        last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
     }
+}
+
+/// Writes `frames` into the socket and flushes them: the socket's own `feed` for each,
+/// then `flush`, without a future for each.
+fn poll_write(
+    sink: &mut SplitSink<WebSocket, Message>,
+    frames: &mut std::vec::Drain<'_, Utf8Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), axum::Error>> {
+    while frames.len() > 0 {
+        ready!(sink.poll_ready_unpin(cx))?;
+        if let Some(frame) = frames.next() {
+            sink.start_send_unpin(Message::Text(frame))?;
+        }
+    }
+    sink.poll_flush_unpin(cx)
 }
 
 /// The writer's one timer (pacing, a stuck write's deadline), made the first time it is
