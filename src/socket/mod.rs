@@ -373,9 +373,11 @@ mod tests {
     }
 
     /// An idle socket holds its two tasks' futures for its whole life, each the size of its
-    /// largest state, in tokio task cells of the future and ~100 bytes, in steps of 128.
+    /// largest state, in tokio task cells of the future and 104 bytes, in steps of 128;
+    /// the socket's own is wrapped in 40 bytes more (its slot and the tracker's token).
     /// A value held across an await (a large result, a future moved into another) grows
-    /// them by hundreds of bytes a socket without changing what the code does.
+    /// them by hundreds of bytes a socket without changing what the code does. The bounds
+    /// are the largest futures that keep the cells at 896 and 768 bytes.
     #[test]
     fn an_idle_sockets_tasks_stay_small() {
         let socket = returned_size(
@@ -401,7 +403,7 @@ mod tests {
             },
         );
         println!("socket's future {socket} bytes, writer's {writer}");
-        assert!(socket <= 760, "the socket's future grew to {socket} bytes");
+        assert!(socket <= 752, "the socket's future grew to {socket} bytes");
         assert!(writer <= 664, "the writer's future grew to {writer} bytes");
     }
 
