@@ -106,7 +106,18 @@ async fn rate_limit_refuses_bursts(backend: Backend) {
     for i in 1..=4 {
         a.say(&format!("burst {i}")).await;
     }
-    let error = a.wait_for_error().await;
+    // The fourth is refused at once, while the first three may still be being stored:
+    // wait for both the refusal and the third's article, in whichever order they come.
+    let (mut refusal, mut third) = (None, false);
+    while refusal.is_none() || !third {
+        let f = a.next_frame().await;
+        if f.selector == "#errors" && f.html.contains("class=\"error\"") {
+            refusal = Some(f.html);
+        } else if f.selector == "#messages-list" && f.html.contains("burst 3") {
+            third = true;
+        }
+    }
+    let error = refusal.unwrap_or_default();
     assert!(error.contains("too fast"), "{error}");
     // Exactly three went through.
     let mut again = app.connect(&ann).await;
