@@ -147,18 +147,20 @@ impl<T> Outbox<T> {
     /// Waits until something is queued, then moves all of it to the back of `into`; or
     /// returns why the socket must stop, which comes before anything still queued.
     pub async fn take(&self, into: &mut VecDeque<T>) -> Result<(), Stop> {
-        poll_fn(|cx| {
-            let mut state = self.lock();
-            match Self::take_locked(&mut state, into) {
-                Err(stop) => Poll::Ready(Err(stop)),
-                Ok(true) => Poll::Ready(Ok(())),
-                Ok(false) => {
-                    state.wait(cx, true);
-                    Poll::Pending
-                }
+        poll_fn(|cx| self.poll_take(into, cx)).await
+    }
+
+    /// `take`, polled by hand: a wait that holds nothing of its own.
+    pub fn poll_take(&self, into: &mut VecDeque<T>, cx: &Context<'_>) -> Poll<Result<(), Stop>> {
+        let mut state = self.lock();
+        match Self::take_locked(&mut state, into) {
+            Err(stop) => Poll::Ready(Err(stop)),
+            Ok(true) => Poll::Ready(Ok(())),
+            Ok(false) => {
+                state.wait(cx, true);
+                Poll::Pending
             }
-        })
-        .await
+        }
     }
 
     /// Like `take`, without waiting: moves whatever is queued now (perhaps nothing).
@@ -189,17 +191,19 @@ impl<T> Outbox<T> {
     /// Resolves once the socket must stop. Pushes do not wake a writer waiting here, so a
     /// writer blocked on a slow client, or pacing its writes, sleeps until it is done.
     pub async fn stopped(&self) -> Stop {
-        poll_fn(|cx| {
-            let mut state = self.lock();
-            match state.stop {
-                Some(stop) => Poll::Ready(stop),
-                None => {
-                    state.wait(cx, false);
-                    Poll::Pending
-                }
+        poll_fn(|cx| self.poll_stopped(cx)).await
+    }
+
+    /// `stopped`, polled by hand.
+    pub fn poll_stopped(&self, cx: &Context<'_>) -> Poll<Stop> {
+        let mut state = self.lock();
+        match state.stop {
+            Some(stop) => Poll::Ready(stop),
+            None => {
+                state.wait(cx, false);
+                Poll::Pending
             }
-        })
-        .await
+        }
     }
 }
 

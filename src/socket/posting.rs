@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use super::{ActionError, Socket, messages_frame, refuse};
 use crate::chat::mentions;
@@ -39,9 +39,7 @@ pub(super) struct Pending {
 
 /// A post's outcome, ready to be answered.
 pub(super) struct Answered {
-    /// Boxed: the read loop's wait keeps room for what it may return, in every idle
-    /// socket's task, and a stored message is a quarter of a kilobyte.
-    outcome: StoreResult<Box<Posted>>,
+    outcome: StoreResult<Posted>,
     client_id: Option<String>,
     elsewhere: bool,
 }
@@ -62,21 +60,24 @@ impl InFlight {
     /// The oldest post's outcome, once it has one; never, while there is none in flight.
     /// Cancel-safe: a post leaves only with the outcome returned.
     pub(super) async fn next(&mut self) -> Answered {
-        poll_fn(|cx| {
-            let Some(oldest) = self.0.front_mut() else {
-                return Poll::Pending;
-            };
-            let outcome = std::task::ready!(Pin::new(&mut oldest.queued).poll(cx));
-            let Some(done) = self.0.pop_front() else {
-                return Poll::Pending;
-            };
-            Poll::Ready(Answered {
-                outcome: outcome.map(Box::new),
-                client_id: done.client_id,
-                elsewhere: done.elsewhere,
-            })
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// `next`, polled by hand. Pending with no waker kept while nothing is in flight: the
+    /// caller waits on something else too.
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Answered> {
+        let Some(oldest) = self.0.front_mut() else {
+            return Poll::Pending;
+        };
+        let outcome = std::task::ready!(Pin::new(&mut oldest.queued).poll(cx));
+        let Some(done) = self.0.pop_front() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(Answered {
+            outcome,
+            client_id: done.client_id,
+            elsewhere: done.elsewhere,
         })
-        .await
     }
 }
 
@@ -212,7 +213,7 @@ impl Socket {
             elsewhere,
         } = answered;
         let posted = match outcome {
-            Ok(posted) => *posted,
+            Ok(posted) => posted,
             Err(e) => return self.report(refused(not_stored(e), client_id)),
         };
         if let (true, Some(client_id)) = (elsewhere, &client_id) {

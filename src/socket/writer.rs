@@ -2,6 +2,7 @@
 //! flush for everything taken, and closes the socket with the code its reason calls for.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use tokio::time::Sleep;
 
 use super::close_code;
@@ -30,7 +31,8 @@ use crate::views;
 #[derive(Default)]
 pub(super) struct Backlog {
     bytes: AtomicUsize,
-    drained: Notify,
+    /// The reader, while it waits for room (see `poll_room`).
+    reader: AtomicWaker,
 }
 
 /// See `Backlog`.
@@ -44,21 +46,28 @@ impl Backlog {
     fn written(&self, bytes: usize) {
         if bytes > 0 {
             self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.drained.notify_waiters();
+            self.reader.wake();
         }
+    }
+
+    /// Ready while fewer than `MAX_REPLY_BACKLOG` bytes of replies wait to be written.
+    /// Polled by hand, so that the reader's wait holds nothing of its own (a `Notify`'s
+    /// wait is 80 bytes in every socket's task).
+    pub(super) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.bytes.load(Ordering::Acquire) < MAX_REPLY_BACKLOG {
+            return Poll::Ready(());
+        }
+        self.reader.register(cx.waker());
+        // Written between the look above and the registration: no one was woken.
+        if self.bytes.load(Ordering::Acquire) < MAX_REPLY_BACKLOG {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 
     /// Waits until fewer than `MAX_REPLY_BACKLOG` bytes of replies wait to be written.
     pub(super) async fn wait_for_room(&self) {
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if self.bytes.load(Ordering::Relaxed) < MAX_REPLY_BACKLOG {
-                return;
-            }
-            drained.await;
-        }
+        poll_fn(|cx| self.poll_room(cx)).await
     }
 }
 
@@ -119,8 +128,10 @@ pub(super) fn write_loop(
         let mut last_write: Option<Instant> = None;
         let mut timer = Timer::default();
         loop {
-            if let Err(stop) = outbox.take(&mut taken).await {
-                return close_for(&mut sink, stop).await;
+            // Polled by hand, like the pacing's and the write's waits below: what an await
+            // holds stays in the writer's future for the socket's life, idle or not.
+            if let Err(stop) = poll_fn(|cx| outbox.poll_take(&mut taken, cx)).await {
+                return Box::pin(close_for(&mut sink, stop)).await;
             }
             // A socket that wrote moments ago is busy: gather what arrives until its gap is
             // over and send it in one write. Loopback or not, each write is a system call and a
@@ -128,15 +139,17 @@ pub(super) fn write_loop(
             if let Some(due) = last_write.map(|at| at + hub.pacing.gap())
                 && Instant::now() < due
             {
-                tokio::select! {
-                    biased;
-                    _ = outbox.stopped() => {}
-                    _ = timer.at(due) => {}
-                }
+                poll_fn(|cx| {
+                    if outbox.poll_stopped(cx).is_ready() {
+                        return Poll::Ready(());
+                    }
+                    timer.at(due).poll(cx)
+                })
+                .await;
                 // Falling behind drops what is queued; a shutdown lets it out first, and the
                 // close follows at the next take.
                 if let Err(Stop::Lagging) = outbox.take_queued(&mut taken) {
-                    return close_for(&mut sink, Stop::Lagging).await;
+                    return Box::pin(close_for(&mut sink, Stop::Lagging)).await;
                 }
             }
             let mut replies = 0;
@@ -161,34 +174,36 @@ pub(super) fn write_loop(
             if view.take_resync() {
                 Box::pin(missed_frames(&hub, &mut view, &mut frames)).await;
             }
-            // One flush for everything taken: one system call for many frames. Driven by hand
-            // rather than as a future per frame: what an await holds stays in the writer's
-            // future for the socket's life, idle or not.
-            let mut unsent = frames.drain(..);
-            let mut write = std::future::poll_fn(|cx| poll_write(&mut sink, &mut unsent, cx));
-            // A client that stops reading blocks the write; if it is meanwhile stopped as
-            // lagging (or the node stops), or the write is still blocked at its deadline (a
-            // quiet room overflows no queue), the connection is dropped, as no close frame
-            // could reach it. Nearly every write finishes at its first poll, and only one that
-            // does not arms the deadline: a timer per write is a cost per write.
-            let written =
-                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut write).poll(cx))).await {
-                    Poll::Ready(written) => written.is_ok(),
-                    Poll::Pending => tokio::select! {
-                        biased;
-                        written = &mut write => written.is_ok(),
-                        _ = outbox.stopped() => false,
-                        _ = timer.at(Instant::now() + WRITE_DEADLINE) => {
-                            tracing::debug!(
-                                socket = member.id,
-                                "a write was stuck; dropping the socket"
-                            );
-                            false
-                        }
-                    },
-                };
-            drop(write);
-            drop(unsent);
+            // One flush for everything taken: one system call for many frames. A client that
+            // stops reading blocks the write; if it is meanwhile stopped as lagging (or the
+            // node stops), or the write is still blocked at its deadline (a quiet room
+            // overflows no queue), the connection is dropped, as no close frame could reach
+            // it. Nearly every write finishes at its first poll, and only one that does not
+            // arms the deadline: a timer per write is a cost per write.
+            let written = {
+                // Moved into the wait, not kept beside it.
+                let (mut sent, mut deadline) = (0, None);
+                let (sink, frames, timer, member) = (&mut sink, &mut frames, &mut timer, &member);
+                poll_fn(move |cx| {
+                    if let Poll::Ready(written) = poll_write(sink, frames, &mut sent, cx) {
+                        return Poll::Ready(written.is_ok());
+                    }
+                    if member.outbox.poll_stopped(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    let at = *deadline.get_or_insert_with(|| Instant::now() + WRITE_DEADLINE);
+                    if timer.at(at).poll(cx).is_ready() {
+                        tracing::debug!(
+                            socket = member.id,
+                            "a write was stuck; dropping the socket"
+                        );
+                        return Poll::Ready(false);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            frames.clear();
             if !written {
                 return;
             }
@@ -197,7 +212,7 @@ pub(super) fn write_loop(
             }
             backlog.written(replies);
             if view.ended {
-                return close(&mut sink, close_code::LOGGED_OUT, "Logged out.").await;
+                return Box::pin(close(&mut sink, close_code::LOGGED_OUT, "Logged out.")).await;
             }
             if view.goodbye {
                 // The socket answers the client's close frame on its own; this sends it.
@@ -212,18 +227,19 @@ pub(super) fn write_loop(
     }
 }
 
-/// Writes `frames` into the socket and flushes them: the socket's own `feed` for each,
-/// then `flush`, without a future for each.
+/// Writes `frames` from `sent` on into the socket and flushes them: the socket's own
+/// `feed` for each, then `flush`, without a future for each. `sent` counts the frames
+/// handed over, across polls.
 fn poll_write(
     sink: &mut SplitSink<WebSocket, Message>,
-    frames: &mut std::vec::Drain<'_, Utf8Bytes>,
+    frames: &mut [Utf8Bytes],
+    sent: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), axum::Error>> {
-    while frames.len() > 0 {
+    while let Some(frame) = frames.get_mut(*sent) {
         ready!(sink.poll_ready_unpin(cx))?;
-        if let Some(frame) = frames.next() {
-            sink.start_send_unpin(Message::Text(frame))?;
-        }
+        sink.start_send_unpin(Message::Text(std::mem::take(frame)))?;
+        *sent += 1;
     }
     sink.poll_flush_unpin(cx)
 }
@@ -235,12 +251,17 @@ fn poll_write(
 struct Timer(Option<Pin<Box<Sleep>>>);
 
 impl Timer {
-    /// Resolves at `deadline`.
+    /// Resolves at `deadline`. Polled again for the same deadline, it is not set again: a
+    /// timer set anew takes the runtime's timer lock, and one that already fired always
+    /// is set anew.
     fn at(&mut self, deadline: Instant) -> Pin<&mut Sleep> {
+        let deadline = tokio::time::Instant::from(deadline);
         let sleep = self
             .0
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
-        sleep.as_mut().reset(deadline.into());
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
         sleep.as_mut()
     }
 }
