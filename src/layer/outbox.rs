@@ -11,7 +11,6 @@
 //! shutting down), so the writer waits on one thing, not on a queue and a token.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -144,13 +143,9 @@ impl<T> Outbox<T> {
         drop((dropped, waker));
     }
 
-    /// Waits until something is queued, then moves all of it to the back of `into`; or
-    /// returns why the socket must stop, which comes before anything still queued.
-    pub async fn take(&self, into: &mut VecDeque<T>) -> Result<(), Stop> {
-        poll_fn(|cx| self.poll_take(into, cx)).await
-    }
-
-    /// `take`, polled by hand: a wait that holds nothing of its own.
+    /// Ready once something is queued, having moved all of it to the back of `into`; or with
+    /// why the socket must stop, which comes before anything still queued. A poll function,
+    /// not a future: the writer's wait then holds nothing of its own.
     pub fn poll_take(&self, into: &mut VecDeque<T>, cx: &Context<'_>) -> Poll<Result<(), Stop>> {
         let mut state = self.lock();
         match Self::take_locked(&mut state, into) {
@@ -163,7 +158,7 @@ impl<T> Outbox<T> {
         }
     }
 
-    /// Like `take`, without waiting: moves whatever is queued now (perhaps nothing).
+    /// Like `poll_take`, without waiting: moves whatever is queued now (perhaps nothing).
     pub fn take_queued(&self, into: &mut VecDeque<T>) -> Result<(), Stop> {
         Self::take_locked(&mut self.lock(), into).map(|_| ())
     }
@@ -188,13 +183,8 @@ impl<T> Outbox<T> {
         Ok(true)
     }
 
-    /// Resolves once the socket must stop. Pushes do not wake a writer waiting here, so a
+    /// Ready once the socket must stop. Pushes do not wake a writer waiting here, so a
     /// writer blocked on a slow client, or pacing its writes, sleeps until it is done.
-    pub async fn stopped(&self) -> Stop {
-        poll_fn(|cx| self.poll_stopped(cx)).await
-    }
-
-    /// `stopped`, polled by hand.
     pub fn poll_stopped(&self, cx: &Context<'_>) -> Poll<Stop> {
         let mut state = self.lock();
         match state.stop {
@@ -224,9 +214,9 @@ mod tests {
         }
     }
 
-    fn poll<F: Future>(future: F, count: &Arc<Count>) -> Poll<F::Output> {
+    fn poll<R>(wait: impl FnOnce(&Context<'_>) -> Poll<R>, count: &Arc<Count>) -> Poll<R> {
         let waker = Waker::from(count.clone());
-        std::pin::pin!(future).poll(&mut Context::from_waker(&waker))
+        wait(&Context::from_waker(&waker))
     }
 
     #[test]
@@ -234,12 +224,15 @@ mod tests {
         let outbox = Outbox::new(8);
         let wakes = Arc::new(Count::default());
         let mut taken = VecDeque::new();
-        assert!(poll(outbox.take(&mut taken), &wakes).is_pending());
+        assert!(poll(|cx| outbox.poll_take(&mut taken, cx), &wakes).is_pending());
         assert_eq!(outbox.push(1), Pushed::Queued);
         assert_eq!(outbox.push(2), Pushed::Queued);
         // One wake-up for the first push; the writer is already due for the second.
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert_eq!(poll(outbox.take(&mut taken), &wakes), Poll::Ready(Ok(())));
+        assert_eq!(
+            poll(|cx| outbox.poll_take(&mut taken, cx), &wakes),
+            Poll::Ready(Ok(()))
+        );
         assert_eq!(outbox.push(3), Pushed::Queued);
         assert_eq!(outbox.take_queued(&mut taken), Ok(()));
         assert_eq!(taken, [1, 2, 3]);
@@ -250,8 +243,8 @@ mod tests {
         let outbox = Outbox::new(8);
         let wakes = Arc::new(Count::default());
         let mut taken = VecDeque::new();
-        assert!(poll(outbox.stopped(), &wakes).is_pending());
-        assert!(poll(outbox.take(&mut taken), &wakes).is_pending());
+        assert!(poll(|cx| outbox.poll_stopped(cx), &wakes).is_pending());
+        assert!(poll(|cx| outbox.poll_take(&mut taken, cx), &wakes).is_pending());
         outbox.push(1);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
@@ -260,12 +253,15 @@ mod tests {
     fn a_writer_waiting_for_a_stop_sleeps_through_pushes() {
         let outbox = Outbox::new(8);
         let wakes = Arc::new(Count::default());
-        assert!(poll(outbox.stopped(), &wakes).is_pending());
+        assert!(poll(|cx| outbox.poll_stopped(cx), &wakes).is_pending());
         outbox.push(1);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
         outbox.stop(Stop::Shutdown);
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
-        assert_eq!(poll(outbox.stopped(), &wakes), Poll::Ready(Stop::Shutdown));
+        assert_eq!(
+            poll(|cx| outbox.poll_stopped(cx), &wakes),
+            Poll::Ready(Stop::Shutdown)
+        );
     }
 
     #[test]
