@@ -4,7 +4,8 @@
 //!
 //! Layout: `main.rs` plans a run (accounts, rooms, which client sends), starts worker
 //! processes, steps them through the run and adds up their reports; `worker.rs` holds the
-//! sockets; `frames.rs` reads server frames; `http.rs` creates accounts; `compare.rs` puts
+//! sockets over `ws.rs`'s WebSocket client; `frames.rs` reads server frames; `http.rs`
+//! creates accounts; `compare.rs` puts
 //! several runs' reports side by side (`wirechat-load compare`). The bare server the runs
 //! are measured against is another binary, `baseline.rs`.
 //!
@@ -16,6 +17,7 @@ mod compare;
 mod frames;
 mod http;
 mod worker;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};

@@ -12,23 +12,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::LocalSet;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
 use crate::frames::{self, Frame};
+use crate::ws::{Incoming, Ws};
 use crate::{SESSION_COOKIE, new_histogram};
 
-type Socket = WebSocketStream<TcpStream>;
+/// Where a chat socket is opened.
+const WS_PATH: &str = "/ws/chat/";
 
 /// No frame for this long after sending stopped means delivery has finished.
 const QUIET: Duration = Duration::from_secs(1);
@@ -82,13 +78,13 @@ impl ClientSpec {
 struct Ctx {
     run: String,
     addr: SocketAddr,
-    ws_url: String,
-    origin: HeaderValue,
+    host: String,
     connect_timeout: Duration,
     storm_jitter: Duration,
     /// Before reporting, wait until no frame arrived for `QUIET`, but at most this long.
     drain_max: Duration,
-    last_frame: Cell<Instant>,
+    /// When the last frame arrived, in µs since the epoch.
+    last_frame_us: Cell<u64>,
     gate: Semaphore,
     total: usize,
     ready: Cell<usize>,
@@ -210,7 +206,9 @@ impl Track {
     }
 
     fn on_frame(&mut self, ctx: &Ctx, spec: &ClientSpec, text: &str) {
-        ctx.last_frame.set(Instant::now());
+        // One clock read a frame: the generator's time per frame is taken from the server's.
+        let now = now_us();
+        ctx.last_frame_us.set(now);
         match frames::parse(text) {
             Frame::RoomTitle { room_id, title } => {
                 self.in_room = title == spec.title;
@@ -233,7 +231,6 @@ impl Track {
                     }
                     return;
                 }
-                let now = now_us();
                 let mut stats = ctx.stats.borrow_mut();
                 for article in frames::articles(html) {
                     if article.seq <= self.floor.unwrap_or(0) {
@@ -271,7 +268,7 @@ impl Track {
 }
 
 /// Opens a socket from `spec.source`, with the session cookie and the same-origin header.
-async fn open(ctx: &Ctx, spec: &ClientSpec, resume: Option<(&str, i64)>) -> Result<Socket, String> {
+async fn open(ctx: &Ctx, spec: &ClientSpec, resume: Option<(&str, i64)>) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     // Lets a source port left in TIME_WAIT by an earlier run be bound again.
     socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
@@ -284,26 +281,13 @@ async fn open(ctx: &Ctx, spec: &ClientSpec, resume: Option<(&str, i64)>) -> Resu
         .await
         .map_err(|e| format!("connect: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let url = match resume {
-        Some((room, after)) => format!("{}?room={room}&after={after}", ctx.ws_url),
-        None => ctx.ws_url.clone(),
+    let target = match resume {
+        Some((room, after)) => format!("{WS_PATH}?room={room}&after={after}"),
+        None => WS_PATH.to_owned(),
     };
-    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    let headers = request.headers_mut();
-    headers.insert("Origin", ctx.origin.clone());
-    headers.insert(
-        "Cookie",
-        HeaderValue::from_str(&format!("{SESSION_COOKIE}={}", spec.cookie))
-            .map_err(|e| e.to_string())?,
-    );
-    // Small buffers: tens of thousands of these share one process.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0);
-    let (socket, _) = client_async_with_config(request, stream, Some(config))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    Ok(socket)
+    let origin = format!("Origin: http://{}", ctx.host);
+    let cookie = format!("Cookie: {SESSION_COOKIE}={}", spec.cookie);
+    Ws::upgrade(stream, &ctx.host, &target, &[&origin, &cookie]).await
 }
 
 /// Defers choosing the source port from `bind` to `connect`. Without it, `bind` to port 0
@@ -333,29 +317,23 @@ fn bind_address_no_port(socket: &TcpSocket) -> Result<(), String> {
     }
 }
 
-fn enter_action(spec: &ClientSpec) -> Option<Message> {
-    spec.enter.as_ref().map(|a| Message::text(a.clone()))
-}
-
 /// Connects and waits until the client's room is shown with its history.
-async fn connect_and_enter(
-    ctx: &Ctx,
-    spec: &ClientSpec,
-    track: &mut Track,
-) -> Result<Socket, String> {
+async fn connect_and_enter(ctx: &Ctx, spec: &ClientSpec, track: &mut Track) -> Result<Ws, String> {
     let mut ws = open(ctx, spec, None).await?;
-    if let Some(enter) = enter_action(spec) {
-        ws.send(enter).await.map_err(|e| format!("send: {e}"))?;
+    if let Some(enter) = spec.enter.as_deref() {
+        ws.send_texts([enter])
+            .await
+            .map_err(|e| format!("send: {e}"))?;
     }
     while track.floor.is_none() {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) => track.on_frame(ctx, spec, text.as_str()),
-            Some(Ok(Message::Close(frame))) => {
-                return Err(format!("closed while entering: {frame:?}"));
+            Ok(Some(Incoming::Text(text))) => track.on_frame(ctx, spec, text),
+            Ok(Some(Incoming::Close(code))) => {
+                return Err(format!("closed while entering: {code}"));
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("read: {e}")),
-            None => return Err("closed while entering".into()),
+            Ok(Some(Incoming::Other)) => {}
+            Err(e) => return Err(format!("read: {e}")),
+            Ok(None) => return Err("closed while entering".into()),
         }
         if let Some(error) = ctx.stats.borrow().first_error.as_ref()
             && track.floor.is_none()
@@ -371,7 +349,7 @@ async fn connect_and_enter(
 
 /// Comes back after a drop: resumes the room after the last contiguous seq, as the browser
 /// client does. Bounded: a few attempts with a growing pause.
-async fn reconnect(ctx: &Ctx, spec: &ClientSpec, track: &mut Track) -> Option<Socket> {
+async fn reconnect(ctx: &Ctx, spec: &ClientSpec, track: &mut Track) -> Option<Ws> {
     for attempt in 0..8u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
@@ -429,7 +407,18 @@ impl Pacer {
     }
 }
 
-async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, mut phase: watch::Receiver<Phase>) -> Value {
+/// The next phase after the one `phase` has seen, or None once the coordinator is gone.
+/// The receiver comes back with it, so a socket's wait is made once per change, not once
+/// per frame.
+async fn next_phase(mut phase: watch::Receiver<Phase>) -> (watch::Receiver<Phase>, Option<Phase>) {
+    let next = match phase.changed().await {
+        Ok(()) => Some(*phase.borrow_and_update()),
+        Err(_) => None,
+    };
+    (phase, next)
+}
+
+async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, phase: watch::Receiver<Phase>) -> Value {
     let mut track = Track::default();
     let connected = {
         let _permit = ctx.gate.acquire().await;
@@ -450,35 +439,22 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, mut phase: watch::Receiver<P
             None
         }
     };
+    let mut now = *phase.borrow();
+    let mut phase_change = Box::pin(next_phase(phase));
     let mut pacer: Option<Pacer> = None;
     let mut n = 0u64;
     let mut storms_seen = 0u32;
+    let mut out = Vec::new();
     while let Some(socket) = ws.as_mut() {
         let mut lost = false;
         tokio::select! {
-            message = socket.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    track.on_frame(&ctx, &spec, text.as_str());
-                    if track.needs_enter {
-                        track.needs_enter = false;
-                        if let Some(enter) = enter_action(&spec) {
-                            lost = socket.send(enter).await.is_err();
-                        }
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let code = frame.map_or(1005, |f| u16::from(f.code));
-                    *ctx.stats.borrow_mut().close_codes.entry(code).or_default() += 1;
-                    lost = true;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => lost = true,
-            },
-            changed = phase.changed() => {
-                if changed.is_err() {
+            biased;
+            (receiver, next) = &mut phase_change => {
+                phase_change = Box::pin(next_phase(receiver));
+                let Some(next) = next else {
                     break;
-                }
-                let now = *phase.borrow_and_update();
+                };
+                now = next;
                 match now {
                     Phase::Go if spec.rate > 0.0 && pacer.is_none() => {
                         pacer = Some(Pacer::new(spec.rate, spec.idx));
@@ -505,26 +481,38 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, mut phase: watch::Receiver<P
             _ = async { pacer.as_mut().expect("guarded").interval.tick().await }, if pacer.is_some() => {
                 let p = pacer.as_mut().expect("guarded");
                 let owed = p.owed();
+                out.clear();
                 for _ in 0..owed {
                     let body = frames::message_body(&ctx.run, spec.idx, n, now_us());
-                    let text = format!(r#"{{"action":"New message","data":{{"message":"{body}"}}}}"#);
+                    out.push(format!(r#"{{"action":"New message","data":{{"message":"{body}"}}}}"#));
                     n += 1;
-                    if socket.feed(Message::text(text)).await.is_err() {
-                        lost = true;
-                        break;
-                    }
                 }
+                lost = socket.send_texts(out.iter().map(String::as_str)).await.is_err();
                 p.sent += owed;
                 ctx.stats.borrow_mut().sent += owed;
-                if !lost && socket.flush().await.is_err() {
+            },
+            message = socket.next() => match message {
+                Ok(Some(Incoming::Text(text))) => {
+                    track.on_frame(&ctx, &spec, text);
+                    if track.needs_enter {
+                        track.needs_enter = false;
+                        if let Some(enter) = spec.enter.as_deref() {
+                            lost = socket.send_texts([enter]).await.is_err();
+                        }
+                    }
+                }
+                Ok(Some(Incoming::Close(code))) => {
+                    *ctx.stats.borrow_mut().close_codes.entry(code).or_default() += 1;
                     lost = true;
                 }
+                Ok(Some(Incoming::Other)) => {}
+                Err(_) | Ok(None) => lost = true,
             },
         }
         if lost {
             ctx.stats.borrow_mut().drops += 1;
             ws = None;
-            if *phase.borrow() != Phase::Report {
+            if now != Phase::Report {
                 ws = reconnect(&ctx, &spec, &mut track).await;
                 if let Some(p) = pacer.as_mut() {
                     p.restart();
@@ -583,14 +571,13 @@ async fn work() -> Result<(), String> {
             .as_str()
             .and_then(|a| a.parse().ok())
             .ok_or("plan has no addr")?,
-        ws_url: format!("ws://{host}/ws/chat/"),
-        origin: HeaderValue::from_str(&format!("http://{host}")).map_err(|e| e.to_string())?,
+        host: host.to_owned(),
         connect_timeout: Duration::from_millis(
             plan["connect_timeout_ms"].as_u64().unwrap_or(60_000),
         ),
         storm_jitter: Duration::from_millis(plan["storm_jitter_ms"].as_u64().unwrap_or(1000)),
         drain_max: Duration::from_millis(plan["drain_ms"].as_u64().unwrap_or(10_000)),
-        last_frame: Cell::new(Instant::now()),
+        last_frame_us: Cell::new(now_us()),
         gate: Semaphore::new(plan["connect_concurrency"].as_u64().unwrap_or(64).max(1) as usize),
         total: clients.len(),
         ready: Cell::new(0),
@@ -630,7 +617,10 @@ async fn work() -> Result<(), String> {
             "report" => {
                 // Messages still in flight would otherwise count as missing.
                 let waiting = Instant::now();
-                while ctx.last_frame.get().elapsed() < QUIET && waiting.elapsed() < ctx.drain_max {
+                let quiet = QUIET.as_micros() as u64;
+                while now_us().saturating_sub(ctx.last_frame_us.get()) < quiet
+                    && waiting.elapsed() < ctx.drain_max
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Phase::Report

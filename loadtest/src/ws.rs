@@ -1,0 +1,444 @@
+//! The client side of a WebSocket, as far as the load generator uses it: the upgrade with
+//! the session cookie, text frames out (masked, as a client must), and frames in, read
+//! from one buffer per socket and lent out as `&str` without a copy.
+//!
+//! The generator shares two cores with the server it measures: what it spends per frame
+//! received is taken from the server, and a run whose generator is busy past 90 % is not
+//! valid. So per frame this does only what a frame needs, where a general client
+//! (tokio-tungstenite) registers a waker per poll, allocates a message and zeroes its read
+//! buffer; the kernel's receive path is most of what is left.
+
+use std::io;
+
+use memchr::memmem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a read buffer starts at, and returns to once a large frame has been read.
+const BUFFER: usize = 4 * 1024;
+/// The most an upgrade response's head may take.
+const MAX_HEAD: usize = 16 * 1024;
+/// The largest frame accepted; the server's own limit on what it sends is far below.
+const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// A frame received.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    Text(&'a str),
+    /// The close code the server gave (1005: none).
+    Close(u16),
+    /// Binary, pong, or a ping (answered already).
+    Other,
+}
+
+/// A frame's header as read from the start of `bytes`.
+#[derive(Debug, PartialEq, Eq)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    /// Where the payload starts.
+    at: usize,
+    len: usize,
+}
+
+/// The header at the start of `bytes`, or None while it is incomplete.
+fn header(bytes: &[u8]) -> io::Result<Option<Header>> {
+    let [first, second, ..] = *bytes else {
+        return Ok(None);
+    };
+    if second & 0x80 != 0 {
+        return Err(invalid("the server masked a frame"));
+    }
+    let (len, at) = match second & 0x7F {
+        126 => match bytes.get(2..4) {
+            Some(b) => (u16::from_be_bytes([b[0], b[1]]) as u64, 4),
+            None => return Ok(None),
+        },
+        127 => match bytes.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => (u64::from_be_bytes(b), 10),
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 2),
+    };
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&len| len <= MAX_FRAME)
+        .ok_or_else(|| invalid("a frame larger than 64 MiB"))?;
+    Ok(Some(Header {
+        fin: first & 0x80 != 0,
+        opcode: first & 0x0F,
+        at,
+        len,
+    }))
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+/// Appends one masked client frame.
+fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => out.push(0x80 | len as u8),
+        len @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+}
+
+/// What `next` found, by position, so the buffer is borrowed only once the loop is done.
+enum Found {
+    Text(usize, usize),
+    Fragmented,
+    Close(u16),
+    Other,
+}
+
+pub struct Ws {
+    stream: TcpStream,
+    /// Bytes read and not yet taken are `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// A text message arriving in fragments, and whether it was handed out last time.
+    fragments: Vec<u8>,
+    in_fragments: bool,
+    fragments_taken: bool,
+    /// A xorshift state for the masks: a load generator needs them varied, not secret.
+    mask_state: u32,
+    out: Vec<u8>,
+}
+
+impl Ws {
+    /// Upgrades `stream` with a GET of `target` (path and query) carrying `headers` (each
+    /// line without its CRLF). The response's head must say 101; bytes after it are frames.
+    pub async fn upgrade(
+        mut stream: TcpStream,
+        host: &str,
+        target: &str,
+        headers: &[&str],
+    ) -> Result<Ws, String> {
+        let mut request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        );
+        for line in headers {
+            request.push_str(line);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let mut buf = vec![0; BUFFER];
+        let mut end = 0;
+        let head_end = loop {
+            if let Some(at) = memmem::find(&buf[..end], b"\r\n\r\n") {
+                break at + 4;
+            }
+            if end == buf.len() {
+                if buf.len() >= MAX_HEAD {
+                    return Err("handshake: the response's head is over 16 KiB".into());
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+            match stream.read(&mut buf[end..]).await {
+                Ok(0) => return Err("handshake: closed before the response".into()),
+                Ok(n) => end += n,
+                Err(e) => return Err(format!("handshake: {e}")),
+            }
+        };
+        let status = buf[..head_end]
+            .split(|&b| b == b'\r')
+            .next()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        if status.split(' ').nth(1) != Some("101") {
+            return Err(format!("handshake: {status}"));
+        }
+        Ok(Ws {
+            stream,
+            buf,
+            start: head_end,
+            end,
+            fragments: Vec::new(),
+            in_fragments: false,
+            fragments_taken: false,
+            mask_state: 0x9E37_79B9 ^ (target.len() as u32),
+            out: Vec::new(),
+        })
+    }
+
+    fn mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask_state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_state = x;
+        x.to_ne_bytes()
+    }
+
+    /// Sends each text as a frame of its own, in one write.
+    pub async fn send_texts<'a>(
+        &mut self,
+        texts: impl IntoIterator<Item = &'a str>,
+    ) -> io::Result<()> {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        for text in texts {
+            let mask = self.mask();
+            encode(&mut out, TEXT, text.as_bytes(), mask);
+        }
+        let written = self.stream.write_all(&out).await;
+        self.out = out;
+        written
+    }
+
+    /// The next frame, or None once the server closed the connection without a close frame.
+    pub async fn next(&mut self) -> io::Result<Option<Incoming<'_>>> {
+        if self.fragments_taken {
+            self.fragments_taken = false;
+            self.fragments.clear();
+        }
+        // A buffer grown for a large frame goes back to its first size once what is left
+        // fits, as thousands of sockets share the process.
+        if self.buf.len() > BUFFER && self.end - self.start <= BUFFER {
+            let mut small = vec![0; BUFFER];
+            small[..self.end - self.start].copy_from_slice(&self.buf[self.start..self.end]);
+            self.buf = small;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let found = loop {
+            let Some(frame) = header(&self.buf[self.start..self.end])? else {
+                if !self.read(0).await? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let from = self.start + frame.at;
+            let to = from + frame.len;
+            if to > self.end {
+                if !self.read(frame.at + frame.len).await? {
+                    return Ok(None);
+                }
+                continue;
+            }
+            self.start = to;
+            match frame.opcode {
+                TEXT if !self.in_fragments && frame.fin => break Found::Text(from, to),
+                TEXT if !self.in_fragments => {
+                    self.in_fragments = true;
+                    self.fragments.extend_from_slice(&self.buf[from..to]);
+                }
+                CONTINUATION if self.in_fragments => {
+                    self.fragments.extend_from_slice(&self.buf[from..to]);
+                    if frame.fin {
+                        self.in_fragments = false;
+                        break Found::Fragmented;
+                    }
+                }
+                TEXT | CONTINUATION => return Err(invalid("a message's fragments out of order")),
+                CLOSE => {
+                    let code = match self.buf[from..to] {
+                        [high, low, ..] => u16::from_be_bytes([high, low]),
+                        _ => 1005,
+                    };
+                    break Found::Close(code);
+                }
+                PING => {
+                    let payload = self.buf[from..to].to_vec();
+                    let mask = self.mask();
+                    let mut pong = Vec::with_capacity(payload.len() + 6);
+                    encode(&mut pong, PONG, &payload, mask);
+                    self.stream.write_all(&pong).await?;
+                }
+                _ => break Found::Other,
+            }
+        };
+        let text =
+            |bytes| std::str::from_utf8(bytes).map_err(|_| invalid("text that is not UTF-8"));
+        Ok(Some(match found {
+            Found::Text(from, to) => Incoming::Text(text(&self.buf[from..to])?),
+            Found::Fragmented => {
+                self.fragments_taken = true;
+                Incoming::Text(text(&self.fragments)?)
+            }
+            Found::Close(code) => Incoming::Close(code),
+            Found::Other => Incoming::Other,
+        }))
+    }
+
+    /// Reads more, with room for at least `need` bytes from `start`; false at the end of the
+    /// stream. Consumed bytes are dropped first.
+    async fn read(&mut self, need: usize) -> io::Result<bool> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0
+            && (self.end == self.buf.len() || need > self.buf.len() - self.start)
+        {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if need > self.buf.len() - self.start {
+            self.buf.resize(self.start + need, 0);
+        } else if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server frame: unmasked.
+    fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            len @ 0..=125 => out.push(len as u8),
+            len @ 126..=0xFFFF => {
+                out.push(126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                out.push(127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn headers_are_read_at_each_length_form() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let frame = server_frame(true, TEXT, &vec![b'a'; len]);
+            let h = header(&frame).unwrap().unwrap();
+            assert_eq!((h.fin, h.opcode, h.len), (true, TEXT, len));
+            assert_eq!(h.at + h.len, frame.len());
+            assert_eq!(header(&frame[..h.at - 1]).unwrap(), None);
+        }
+        assert!(header(&[0x81, 0x85]).is_err(), "a masked server frame");
+    }
+
+    #[test]
+    fn client_frames_are_masked() {
+        let mut out = Vec::new();
+        encode(&mut out, TEXT, b"hello", [1, 2, 3, 4]);
+        assert_eq!(&out[..2], &[0x81, 0x85]);
+        assert_eq!(&out[2..6], &[1, 2, 3, 4]);
+        let unmasked: Vec<u8> = out[6..]
+            .iter()
+            .zip([1u8, 2, 3, 4].iter().cycle())
+            .map(|(b, m)| b ^ m)
+            .collect();
+        assert_eq!(unmasked, b"hello");
+        let mut long = Vec::new();
+        encode(&mut long, TEXT, &[0; 300], [0; 4]);
+        assert_eq!(&long[..4], &[0x81, 0x80 | 126, 1, 44]);
+    }
+
+    /// A socket pair on loopback: the client's upgrade answered by `respond`, which then
+    /// writes `then` in pieces of `piece` bytes.
+    async fn pair(then: Vec<u8>, piece: usize) -> (Ws, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            let mut response = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+            response.extend_from_slice(&then);
+            for chunk in response.chunks(piece) {
+                s.write_all(chunk).await.unwrap();
+                s.flush().await.unwrap();
+            }
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+            [head, rest].concat()
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let ws = Ws::upgrade(stream, "h", "/ws/chat/", &["Cookie: a=b"])
+            .await
+            .unwrap();
+        (ws, server)
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_whole_however_the_bytes_are_split() {
+        let big = "x".repeat(70_000);
+        let mut bytes = server_frame(true, TEXT, b"one");
+        bytes.extend(server_frame(false, TEXT, b"fr"));
+        bytes.extend(server_frame(true, PING, b"p"));
+        bytes.extend(server_frame(true, CONTINUATION, b"agment"));
+        bytes.extend(server_frame(true, TEXT, big.as_bytes()));
+        bytes.extend(server_frame(true, TEXT, b"after"));
+        bytes.extend(server_frame(true, CLOSE, &1001u16.to_be_bytes()));
+        for piece in [1, 7, 100_000] {
+            let (mut ws, server) = pair(bytes.clone(), piece).await;
+            assert_eq!(ws.next().await.unwrap(), Some(Incoming::Text("one")));
+            assert_eq!(ws.next().await.unwrap(), Some(Incoming::Text("fragment")));
+            assert_eq!(ws.next().await.unwrap(), Some(Incoming::Text(big.as_str())));
+            assert_eq!(ws.next().await.unwrap(), Some(Incoming::Text("after")));
+            assert_eq!(ws.next().await.unwrap(), Some(Incoming::Close(1001)));
+            assert_eq!(
+                ws.buf.len(),
+                BUFFER,
+                "the buffer shrank once the large frame was read"
+            );
+            ws.send_texts(["hi"]).await.unwrap();
+            drop(ws);
+            let seen = server.await.unwrap();
+            let head = String::from_utf8_lossy(&seen);
+            assert!(head.starts_with("GET /ws/chat/ HTTP/1.1\r\nHost: h\r\n"));
+            assert!(head.contains("\r\nCookie: a=b\r\n"));
+            let after_head = memmem::find(&seen, b"\r\n\r\n").unwrap() + 4;
+            let (pong, text) = seen[after_head..].split_at(7);
+            assert_eq!(pong[0], 0x80 | PONG, "the ping was answered");
+            assert_eq!(pong[6] ^ pong[2], b'p');
+            assert_eq!(text.len(), 8);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_says_its_status() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let error = Ws::upgrade(stream, "h", "/", &[]).await.err().unwrap();
+        assert_eq!(error, "handshake: HTTP/1.1 403 Forbidden");
+    }
+}
