@@ -1,9 +1,11 @@
 //! Reading server frames without a full JSON parse.
 //!
 //! A load generator on the same two cores as the server must not spend more per frame than
-//! the server does, so frames are scanned as text. The server serialises
-//! `{"selector":…,"html":…,"swap":…}` with serde_json, which escapes every `"` inside the
-//! HTML as `\"`; an unescaped `"swap":"` can therefore only be the field itself.
+//! the server does, so frames are scanned as text. wirechat serialises
+//! `{"selector":…,"html":…,"swap":…}` with serde_json, and the bare server the same fields
+//! in another order (`html`, `selector`, `swap`). Either escapes every `"` inside the HTML
+//! as `\"`, so an unescaped `"swap":"` can only be the field itself, and `swap` comes last
+//! in both.
 
 use std::sync::LazyLock;
 

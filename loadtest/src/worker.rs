@@ -207,6 +207,8 @@ impl Track {
 
     fn on_frame(&mut self, ctx: &Ctx, spec: &ClientSpec, text: &str) {
         // One clock read a frame: the generator's time per frame is taken from the server's.
+        // The wall clock, as latency is measured against the sender's: a step in it can
+        // end the drain early or hold it to its limit, never lose a delivery.
         let now = now_us();
         ctx.last_frame_us.set(now);
         match frames::parse(text) {
@@ -439,7 +441,8 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, phase: watch::Receiver<Phase
             None
         }
     };
-    let mut now = *phase.borrow();
+    // What the coordinator says now, which a handler's await may have let change unseen.
+    let latest = phase.clone();
     let mut phase_change = Box::pin(next_phase(phase));
     let mut pacer: Option<Pacer> = None;
     let mut n = 0u64;
@@ -454,8 +457,7 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, phase: watch::Receiver<Phase
                 let Some(next) = next else {
                     break;
                 };
-                now = next;
-                match now {
+                match next {
                     Phase::Go if spec.rate > 0.0 && pacer.is_none() => {
                         pacer = Some(Pacer::new(spec.rate, spec.idx));
                     }
@@ -488,6 +490,10 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, phase: watch::Receiver<Phase
                     n += 1;
                 }
                 lost = socket.send_texts(out.iter().map(String::as_str)).await.is_err();
+                if out.capacity() > 64 {
+                    // After catching up on a stall: not kept for the run.
+                    out = Vec::new();
+                }
                 p.sent += owed;
                 ctx.stats.borrow_mut().sent += owed;
             },
@@ -512,7 +518,7 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, phase: watch::Receiver<Phase
         if lost {
             ctx.stats.borrow_mut().drops += 1;
             ws = None;
-            if now != Phase::Report {
+            if *latest.borrow() != Phase::Report {
                 ws = reconnect(&ctx, &spec, &mut track).await;
                 if let Some(p) = pacer.as_mut() {
                     p.restart();
