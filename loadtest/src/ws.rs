@@ -236,7 +236,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
             self.fragments_taken = false;
             self.fragments.clear();
         }
-        self.write_pending().await?;
+        if !self.pending.is_empty() {
+            self.write_pending().await?;
+        }
         // A buffer grown for a large frame goes back to its first size once what is left
         // fits, as thousands of sockets share the process.
         if self.buf.len() > BUFFER && self.end - self.start <= BUFFER {
