@@ -390,6 +390,8 @@ mod tests {
         at: usize,
         piece: usize,
         written: Vec<u8>,
+        /// Bytes writes may take before they wait (never woken), as a full send buffer.
+        write_budget: usize,
     }
 
     impl AsyncRead for Trickle {
@@ -415,7 +417,11 @@ mod tests {
             _: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<io::Result<usize>> {
-            let n = self.piece.min(buf.len());
+            let n = self.piece.min(buf.len()).min(self.write_budget);
+            if n == 0 {
+                return std::task::Poll::Pending;
+            }
+            self.write_budget -= n;
             self.written.extend_from_slice(&buf[..n]);
             std::task::Poll::Ready(Ok(n))
         }
@@ -441,6 +447,7 @@ mod tests {
             at: 0,
             piece,
             written: Vec::new(),
+            write_budget: usize::MAX,
         }
     }
 
@@ -502,6 +509,33 @@ mod tests {
                 "the ping answered, then the texts, each frame whole (piece {piece})"
             );
         }
+    }
+
+    /// `select!` drops a socket's read whenever another branch wins: a pong cut short there
+    /// goes out whole with the next write, not as half a frame before it.
+    #[tokio::test]
+    async fn a_pong_cut_short_by_a_dropped_read_goes_out_whole() {
+        use futures_util::FutureExt;
+        let mut bytes = server_frame(true, PING, b"ping!");
+        bytes.extend(server_frame(true, TEXT, b"after"));
+        let mut ws = Ws::upgrade(trickle(SWITCHING, &bytes, 100), "h", "/", &[])
+            .await
+            .unwrap();
+        let head = ws.stream.written.len();
+        ws.stream.write_budget = 4;
+        assert!(ws.next().now_or_never().is_none(), "the pong's write waits");
+        assert_eq!(
+            ws.stream.written.len(),
+            head + 4,
+            "a part of the pong went out"
+        );
+        ws.stream.write_budget = usize::MAX;
+        ws.send_texts(["hi"]).await.unwrap();
+        assert_eq!(
+            client_frames(&ws.stream.written[head..]),
+            [(PONG, b"ping!".to_vec()), (TEXT, b"hi".to_vec())]
+        );
+        assert_eq!(ws.next().await.unwrap(), Some(Incoming::Text("after")));
     }
 
     #[tokio::test]
