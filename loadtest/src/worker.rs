@@ -447,7 +447,6 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, phase: watch::Receiver<Phase
     let mut pacer: Option<Pacer> = None;
     let mut n = 0u64;
     let mut storms_seen = 0u32;
-    let mut out = Vec::new();
     while let Some(socket) = ws.as_mut() {
         let mut lost = false;
         tokio::select! {
@@ -483,17 +482,12 @@ async fn run_client(ctx: Rc<Ctx>, spec: ClientSpec, phase: watch::Receiver<Phase
             _ = async { pacer.as_mut().expect("guarded").interval.tick().await }, if pacer.is_some() => {
                 let p = pacer.as_mut().expect("guarded");
                 let owed = p.owed();
-                out.clear();
-                for _ in 0..owed {
+                let posts = (0..owed).map(|_| {
                     let body = frames::message_body(&ctx.run, spec.idx, n, now_us());
-                    out.push(format!(r#"{{"action":"New message","data":{{"message":"{body}"}}}}"#));
                     n += 1;
-                }
-                lost = socket.send_texts(out.iter().map(String::as_str)).await.is_err();
-                if out.capacity() > 64 {
-                    // After catching up on a stall: not kept for the run.
-                    out = Vec::new();
-                }
+                    format!(r#"{{"action":"New message","data":{{"message":"{body}"}}}}"#)
+                });
+                lost = socket.send_texts(posts).await.is_err();
                 p.sent += owed;
                 ctx.stats.borrow_mut().sent += owed;
             },

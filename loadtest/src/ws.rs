@@ -203,13 +203,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Ws<S> {
     }
 
     /// Sends each text as a frame of its own, in one write.
-    pub async fn send_texts<'a>(
+    pub async fn send_texts(
         &mut self,
-        texts: impl IntoIterator<Item = &'a str>,
+        texts: impl IntoIterator<Item = impl AsRef<str>>,
     ) -> io::Result<()> {
         for text in texts {
             let mask = self.mask();
-            encode(&mut self.pending, TEXT, text.as_bytes(), mask);
+            encode(&mut self.pending, TEXT, text.as_ref().as_bytes(), mask);
         }
         self.write_pending().await
     }
