@@ -18,7 +18,9 @@
 //!   (posts queued while the ones before are stored, in `posting`; edits, deletions and
 //!   reactions in `changes`; the rooms a person chooses: joining, leaving, hiding,
 //!   blocking, browsing, in `membership`; searching, in `search`), a writer draining a bounded queue onto the wire through the
-//!   socket's view (`view`: which room is shown, what of it is on screen, what waits).
+//!   socket's view (`view`: which room is shown, what of it is on screen, what waits), and
+//!   the connection under both (`connection`: frames read through tungstenite, written
+//!   straight onto the TCP stream).
 //! - [`hub`]: what every socket on a node shares (store, layer, presence, limits, room
 //!   member lists already rendered), and the node's announcements of who came and went.
 //! - [`chat`]: the rules, free of I/O: valid names (and when two are the same),

@@ -13,7 +13,7 @@
 //! are in `actions`, its posts (queued while the ones before are stored) in `posting`,
 //! edits and deletions in `changes`, the rooms it shows (entering, leaving, catching up)
 //! in `rooms`, the rooms a person chooses in `membership`; the writer is `writer`, its
-//! state `view`.
+//! state `view`; the connection both halves use is `connection`.
 
 use std::future::poll_fn;
 use std::net::IpAddr;
@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::chat::names::InputError;
 use crate::chat::protocol::{Swap, frame};
@@ -35,6 +35,7 @@ use crate::views::{self, target};
 
 mod actions;
 mod changes;
+mod connection;
 mod membership;
 mod posting;
 mod rooms;
@@ -42,6 +43,8 @@ mod search;
 mod view;
 mod writer;
 
+pub use connection::Connection;
+use connection::Incoming;
 use posting::InFlight;
 use view::Revoked;
 use writer::{Backlog, write_loop};
@@ -85,6 +88,8 @@ const GOODBYE: Duration = Duration::from_secs(2);
 
 /// WebSocket close codes the client acts on.
 pub mod close_code {
+    /// The client closed the socket, and this is the answer.
+    pub const NORMAL: u16 = 1000;
     /// The server is going away; reconnect (to another node) and catch up.
     pub const RESTARTING: u16 = 1012;
     /// The socket fell behind its queue; reconnect and catch up.
@@ -102,10 +107,10 @@ pub fn run(
     hub: Arc<Hub>,
     signed_in: SignedIn,
     client: Client,
-    socket: WebSocket,
+    connection: Connection,
     resume: Resume,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let (sink, stream) = socket.split();
+    let (stream, sink) = connection.split(hub.limits.max_frame_bytes);
     let SignedIn {
         user,
         rooms,
@@ -302,7 +307,7 @@ impl Socket {
         )));
     }
 
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> Ended {
+    async fn read_loop(&mut self, mut stream: Box<Incoming>) -> Ended {
         let mut posts = InFlight::default();
         loop {
             // Polled by hand rather than with `select!`, and what comes read by reference
@@ -349,7 +354,8 @@ impl Socket {
                     self.send(Reply::Goodbye);
                     return Ended::ByClient;
                 }
-                Next::Read(Some(Message::Ping(_) | Message::Pong(_))) => {}
+                // Pings are answered by tungstenite; a raw frame is never read.
+                Next::Read(Some(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             }
         }
     }
@@ -407,7 +413,7 @@ mod tests {
                 Arc<Hub>,
                 SignedIn,
                 Client,
-                WebSocket,
+                Connection,
                 Resume,
             )| run(hub, signed_in, client, socket, resume),
         );
@@ -417,7 +423,7 @@ mod tests {
             Arc<Backlog>,
             Arc<Revoked>,
             Arc<str>,
-            futures_util::stream::SplitSink<WebSocket, Message>,
+            connection::Outgoing,
         );
         let writer = returned_size(
             |(hub, member, backlog, revoked, session, sink): WriterParts| {

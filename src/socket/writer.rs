@@ -6,16 +6,15 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
+use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::time::Sleep;
 
 use super::close_code;
+use super::connection::Outgoing;
 use super::view::{Effect, Revoked, View};
 use crate::hub::Hub;
 use crate::layer::Subscriber;
@@ -113,7 +112,7 @@ pub(super) fn write_loop(
     revoked: Arc<Revoked>,
     session: Arc<str>,
     user_id: &str,
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: Outgoing,
 ) -> impl Future<Output = ()> + Send + 'static {
     let mut view = View::new(
         revoked,
@@ -129,8 +128,15 @@ pub(super) fn write_loop(
         let mut timer = Timer::default();
         loop {
             // Polled by hand, like the pacing's and the write's waits below: what an await
-            // holds stays in the writer's future for the socket's life, idle or not.
-            if let Err(stop) = poll_fn(|cx| outbox.poll_take(&mut taken, cx)).await {
+            // holds stays in the writer's future for the socket's life, idle or not. An
+            // answer to a ping wakes it too, and goes out with the next write.
+            let take = poll_fn(|cx| {
+                if sink.poll_controls(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+                outbox.poll_take(&mut taken, cx)
+            });
+            if let Err(stop) = take.await {
                 return Box::pin(close_for(&mut sink, stop)).await;
             }
             // A socket that wrote moments ago is busy: gather what arrives until its gap is
@@ -182,10 +188,13 @@ pub(super) fn write_loop(
             // arms the deadline: a timer per write is a cost per write.
             let written = {
                 // Moved into the wait, not kept beside it.
-                let (mut sent, mut deadline) = (0, None);
-                let (sink, frames, timer, member) = (&mut sink, &mut frames, &mut timer, &member);
+                let mut deadline = None;
+                for frame in frames.drain(..) {
+                    sink.text(frame.as_str());
+                }
+                let (sink, timer, member) = (&mut sink, &mut timer, &member);
                 poll_fn(move |cx| {
-                    if let Poll::Ready(written) = poll_write(sink, frames, &mut sent, cx) {
+                    if let Poll::Ready(written) = sink.poll_write(cx) {
                         return Poll::Ready(written.is_ok());
                     }
                     if member.outbox.poll_stopped(cx).is_ready() {
@@ -203,7 +212,6 @@ pub(super) fn write_loop(
                 })
                 .await
             };
-            frames.clear();
             if !written {
                 return;
             }
@@ -215,9 +223,8 @@ pub(super) fn write_loop(
                 return Box::pin(close(&mut sink, close_code::LOGGED_OUT, "Logged out.")).await;
             }
             if view.goodbye {
-                // The socket answers the client's close frame on its own; this sends it.
-                let _ = sink.close().await;
-                return;
+                // The answer to the client's close, as RFC 6455 asks.
+                return Box::pin(close(&mut sink, close_code::NORMAL, "")).await;
             }
             let metrics = hub.layer.registry().metrics();
             metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
@@ -225,23 +232,6 @@ pub(super) fn write_loop(
             last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
         }
     }
-}
-
-/// Writes `frames` from `sent` on into the socket and flushes them: the socket's own
-/// `feed` for each, then `flush`, without a future for each. `sent` counts the frames
-/// handed over, across polls.
-fn poll_write(
-    sink: &mut SplitSink<WebSocket, Message>,
-    frames: &mut [Utf8Bytes],
-    sent: &mut usize,
-    cx: &mut Context<'_>,
-) -> Poll<Result<(), axum::Error>> {
-    while let Some(frame) = frames.get_mut(*sent) {
-        ready!(sink.poll_ready_unpin(cx))?;
-        sink.start_send_unpin(Message::Text(std::mem::take(frame)))?;
-        *sent += 1;
-    }
-    sink.poll_flush_unpin(cx)
 }
 
 /// The writer's one timer (pacing, a stuck write's deadline), made the first time it is
@@ -280,7 +270,7 @@ async fn missed_frames(hub: &Hub, view: &mut View, out: &mut Vec<Utf8Bytes>) {
     }
 }
 
-async fn close_for(sink: &mut SplitSink<WebSocket, Message>, stop: Stop) {
+async fn close_for(sink: &mut Outgoing, stop: Stop) {
     let (code, reason) = match stop {
         Stop::Shutdown => (close_code::RESTARTING, "Server restarting; reconnect."),
         Stop::Lagging => (
@@ -291,11 +281,8 @@ async fn close_for(sink: &mut SplitSink<WebSocket, Message>, stop: Stop) {
     close(sink, code, reason).await;
 }
 
-async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
+/// Sends the socket's last frame; the connection closes once the writer returns.
+async fn close(sink: &mut Outgoing, code: u16, reason: &'static str) {
+    sink.close(code, reason);
+    let _ = sink.write().await;
 }

@@ -155,7 +155,7 @@ impl OpenConnections {
 
 /// One connection's place, given back when the connection's stream is dropped: for a
 /// WebSocket, when the socket closes, not when its handshake is done.
-struct Slot {
+pub(super) struct Slot {
     open: OpenConnections,
     address: IpAddr,
 }
@@ -176,6 +176,28 @@ impl Drop for Slot {
 struct Counted {
     stream: TcpStream,
     _slot: Option<Slot>,
+}
+
+/// An upgraded connection taken apart: its TCP stream, what the HTTP server had read past
+/// the request, and its address's slot (to be held until the stream closes).
+pub(super) struct Unwrapped {
+    pub(super) stream: TcpStream,
+    pub(super) read_ahead: bytes::Bytes,
+    pub(super) slot: Option<Slot>,
+}
+
+/// Takes apart a connection `serve` accepted and hyper has upgraded; gives it back
+/// unchanged when it is something else.
+pub(super) fn unwrap_upgraded(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<Unwrapped, hyper::upgrade::Upgraded> {
+    let parts = upgraded.downcast::<TokioIo<Counted>>()?;
+    let Counted { stream, _slot } = parts.io.into_inner();
+    Ok(Unwrapped {
+        stream,
+        read_ahead: parts.read_buf,
+        slot: _slot,
+    })
 }
 
 impl AsyncRead for Counted {

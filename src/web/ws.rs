@@ -1,24 +1,27 @@
 //! The chat socket's handshake: a live session and a same-origin page, or no upgrade.
 
-use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::HeaderMap;
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::FutureExt;
+use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::AppState;
 use super::auth::session_digest;
 use super::client::origin_is_this_site;
 use super::counters::Handshake;
 use super::identity::SessionId;
+use super::listener::{Slot, Unwrapped, unwrap_upgraded};
 use crate::error::AppError;
-use crate::socket::{self, Client, Named, Resume};
+use crate::socket::{self, Client, Connection, Named, Resume};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws/chat/", get(upgrade))
@@ -34,15 +37,92 @@ struct ResumeQuery {
     with: Option<String>,
 }
 
-/// Read buffer per socket. Client frames are small actions; the default (128 KiB) would
-/// dominate the memory of an idle connection, and a rare long message just takes more reads.
-const READ_BUFFER: usize = 2 * 1024;
-/// Frames are gathered up to this size before a write; it costs nothing while idle.
-const WRITE_BUFFER: usize = 32 * 1024;
 /// What opening a socket costs from the user's action budget.
 const CONNECT_COST: f64 = 1.0;
-/// A socket whose unsent data passes this is broken or hostile.
-const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A WebSocket handshake's request (RFC 6455, 4.2.1), checked before anything else is read:
+/// the key to answer, and the connection hyper hands over once the answer is sent.
+struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = (StatusCode, &'static str);
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let refuse = |reason| Err((StatusCode::BAD_REQUEST, reason));
+        if parts.method != Method::GET {
+            return Err((
+                StatusCode::METHOD_NOT_ALLOWED,
+                "A WebSocket handshake is a GET.",
+            ));
+        }
+        let has = |name, token: &str| {
+            parts.headers.get_all(name).iter().any(|value| {
+                value.to_str().is_ok_and(|value| {
+                    value
+                        .split(',')
+                        .any(|part| part.trim().eq_ignore_ascii_case(token))
+                })
+            })
+        };
+        if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
+            return Err((
+                StatusCode::UPGRADE_REQUIRED,
+                "This address takes WebSocket connections only.",
+            ));
+        }
+        if parts.headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13"))
+        {
+            return refuse("Only WebSocket version 13 is spoken here.");
+        }
+        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return refuse("The Sec-WebSocket-Key header is missing.");
+        };
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return refuse("This connection cannot be upgraded.");
+        };
+        Ok(Upgrade { key, on_upgrade })
+    }
+}
+
+impl Upgrade {
+    /// Answers the handshake, and once hyper hands the connection over runs `serve` on it.
+    fn accept(self, serve: impl FnOnce(Connection, Option<Slot>) + Send + 'static) -> Response {
+        let Upgrade { key, on_upgrade } = self;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the upgrade did not complete");
+                    return;
+                }
+            };
+            match unwrap_upgraded(upgraded) {
+                Ok(Unwrapped {
+                    stream,
+                    read_ahead,
+                    slot,
+                }) => serve(Connection::new(stream, read_ahead.to_vec()), slot),
+                Err(_) => {
+                    tracing::error!("an upgraded connection was not one this server accepted")
+                }
+            }
+        });
+        let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+                (header::SEC_WEBSOCKET_ACCEPT, accept),
+            ],
+        )
+            .into_response()
+    }
+}
 
 async fn upgrade(
     State(state): State<AppState>,
@@ -50,7 +130,7 @@ async fn upgrade(
     SessionId(session): SessionId,
     headers: HeaderMap,
     Query(resume): Query<ResumeQuery>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Result<Response, AppError> {
     let refuse = |outcome: Handshake, error: AppError| {
         state.counters.handshake(outcome);
@@ -92,7 +172,6 @@ async fn upgrade(
         );
     };
     state.counters.handshake(Handshake::Accepted);
-    let limit = state.hub.limits.max_frame_bytes;
     let hub = state.hub.clone();
     let tracker = state.sockets.clone();
     let named = match (resume.group, resume.with) {
@@ -109,22 +188,16 @@ async fn upgrade(
         address: state.access.client_ip(peer, &headers),
         session: Arc::from(session_digest(&session)),
     };
-    Ok(ws
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            // A task of the socket's own rather than axum's upgrade task: that one keeps room
-            // for everything its callback captured and for the handshake's state for as long
-            // as the callback's future runs (1.9 KB an idle socket, measured), and it ends
-            // here instead. No async block around the session: it would keep its own copy of
-            // the socket.
-            tracker.spawn(
-                socket::run(hub, signed_in, client, socket, resume).map(move |()| drop(slot)),
-            );
-            std::future::ready(())
-        })
-        .into_response())
+    Ok(ws.accept(move |connection, address_slot| {
+        // A task of the socket's own rather than the upgrade's: that one keeps room for
+        // everything this closure captured and for the upgrade's state, and it ends here
+        // instead. No async block around the session: it would keep its own copy of the
+        // connection.
+        tracker.spawn(
+            socket::run(hub, signed_in, client, connection, resume).map(move |()| {
+                drop(slot);
+                drop(address_slot);
+            }),
+        );
+    }))
 }
