@@ -10,8 +10,12 @@
 //!
 //! Tungstenite still reads, on the read half: it unmasks, joins fragments, checks UTF-8 and
 //! the size limits, and answers pings. What it writes (those answers) goes into `Controls`,
-//! which the writer puts on the wire between its own frames. The answer to a client's close
-//! is the writer's own (`Outgoing::close`), so it can follow every frame queued before it.
+//! which the writer puts on the wire between its own frames. It writes an answer at its
+//! next read, so a pong waits while the reader does (an action, a full backlog); browsers
+//! do not ping, and a proxy's keep-alive ping is answered within its action. The answer to
+//! a client's close is the writer's own (`Outgoing::close`), so it can follow every frame
+//! queued before it: the reader reads nothing after a close, and tungstenite's own answer,
+//! which it would write at that next read, is never written.
 
 use std::io;
 use std::pin::Pin;
@@ -187,7 +191,18 @@ impl Outgoing {
 
     /// Appends a close frame with `code` and `reason`: the socket's last.
     pub(super) fn close(&mut self, code: u16, reason: &str) {
+        // A control frame's payload is at most 125 bytes, two of them the code.
+        debug_assert!(
+            reason.len() <= 123,
+            "a close reason of {} bytes",
+            reason.len()
+        );
         self.frame(CLOSE, &[&code.to_be_bytes(), reason.as_bytes()]);
+    }
+
+    /// Bytes appended and not yet written.
+    pub(super) fn buffered(&self) -> usize {
+        self.out.len() - self.written
     }
 
     /// Ready once tungstenite has left an answer to a ping for the writer.

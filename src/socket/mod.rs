@@ -349,12 +349,15 @@ impl Socket {
                 Next::Read(Some(Message::Binary(_))) => {
                     self.send_error("Send text frames holding JSON.")
                 }
+                // The last read: the writer answers the close after what is queued (see
+                // `connection`).
                 Next::Read(Some(Message::Close(_))) => {
                     self.settle(&mut posts).await;
                     self.send(Reply::Goodbye);
                     return Ended::ByClient;
                 }
-                // Pings are answered by tungstenite; a raw frame is never read.
+                // Tungstenite queues the answer to a ping for the writer; a raw frame is never
+                // read.
                 Next::Read(Some(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             }
         }

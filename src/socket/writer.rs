@@ -6,7 +6,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
@@ -129,12 +129,11 @@ pub(super) fn write_loop(
         loop {
             // Polled by hand, like the pacing's and the write's waits below: what an await
             // holds stays in the writer's future for the socket's life, idle or not. An
-            // answer to a ping wakes it too, and goes out with the next write.
-            let take = poll_fn(|cx| {
-                if sink.poll_controls(cx).is_ready() {
-                    return Poll::Ready(Ok(()));
-                }
-                outbox.poll_take(&mut taken, cx)
+            // answer to a ping wakes it too, and goes out with the next write; the queue is
+            // looked at first, so that pings however many never hold up a delivery or a stop.
+            let take = poll_fn(|cx| match outbox.poll_take(&mut taken, cx) {
+                Poll::Pending => sink.poll_controls(cx).map(Ok),
+                taken => taken,
             });
             if let Err(stop) = take.await {
                 return Box::pin(close_for(&mut sink, stop)).await;
@@ -188,13 +187,10 @@ pub(super) fn write_loop(
             // arms the deadline: a timer per write is a cost per write.
             let written = {
                 // Moved into the wait, not kept beside it.
-                let mut deadline = None;
-                for frame in frames.drain(..) {
-                    sink.text(frame.as_str());
-                }
-                let (sink, timer, member) = (&mut sink, &mut timer, &member);
+                let (mut copied, mut deadline) = (0, None);
+                let (sink, frames, timer, member) = (&mut sink, &mut frames, &mut timer, &member);
                 poll_fn(move |cx| {
-                    if let Poll::Ready(written) = sink.poll_write(cx) {
+                    if let Poll::Ready(written) = poll_write(sink, frames, &mut copied, cx) {
                         return Poll::Ready(written.is_ok());
                     }
                     if member.outbox.poll_stopped(cx).is_ready() {
@@ -212,6 +208,7 @@ pub(super) fn write_loop(
                 })
                 .await
             };
+            frames.clear();
             if !written {
                 return;
             }
@@ -230,6 +227,32 @@ pub(super) fn write_loop(
             metrics.socket_writes.fetch_add(1, Ordering::Relaxed);
             // Only a busy node needs the time; a quiet one forgets it and reads no clock.
             last_write = (!hub.pacing.gap().is_zero()).then(Instant::now);
+        }
+    }
+}
+
+/// Frames are copied into the connection's buffer up to this much at a time, then written:
+/// a client that reads slowly has the node hold a chunk of copies, not a whole queue's.
+const WRITE_CHUNK: usize = 32 * 1024;
+
+/// Writes `frames` from `copied` on, a chunk at a time; each frame's shared text is let go
+/// once copied. `copied` counts the frames copied, across polls.
+fn poll_write(
+    sink: &mut Outgoing,
+    frames: &mut [Utf8Bytes],
+    copied: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    loop {
+        while let Some(frame) = frames.get_mut(*copied)
+            && sink.buffered() < WRITE_CHUNK
+        {
+            sink.text(std::mem::take(frame).as_str());
+            *copied += 1;
+        }
+        ready!(sink.poll_write(cx))?;
+        if *copied == frames.len() {
+            return Poll::Ready(Ok(()));
         }
     }
 }
@@ -281,8 +304,50 @@ async fn close_for(sink: &mut Outgoing, stop: Stop) {
     close(sink, code, reason).await;
 }
 
-/// Sends the socket's last frame; the connection closes once the writer returns.
+/// How long the socket's last frame may wait for the client to read.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Sends the socket's last frame; the connection closes once the writer returns, or when
+/// the client does not read it in time.
 async fn close(sink: &mut Outgoing, code: u16, reason: &'static str) {
     sink.close(code, reason);
-    let _ = sink.write().await;
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, sink.write()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::super::Connection;
+    use super::*;
+
+    /// A client that stops reading has the node hold a chunk of copied frames at most: the
+    /// rest of what is queued stays the shared frames it was.
+    #[tokio::test]
+    async fn a_client_that_does_not_read_holds_a_chunk_of_copies_at_most() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        let _client = client.expect("connect");
+        let (_incoming, mut sink) =
+            Connection::new(accepted.expect("accept").0, Vec::new()).split(1024);
+        // Far more than loopback's buffers take in: 16 MiB of one shared 4 KiB frame.
+        let frame = Utf8Bytes::from("x".repeat(4096));
+        let mut frames = vec![frame; 4096];
+        let mut copied = 0;
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = poll_write(&mut sink, &mut frames, &mut copied, &mut cx);
+        assert!(
+            polled.is_pending(),
+            "16 MiB went out without the client reading"
+        );
+        assert!(copied < frames.len());
+        assert!(
+            sink.buffered() <= WRITE_CHUNK + 4096 + 4,
+            "{} bytes held",
+            sink.buffered()
+        );
+    }
 }

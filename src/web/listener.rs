@@ -76,10 +76,7 @@ pub async fn serve(
         }
         cap_send_buffer(&stream);
         let Ok(service) = make_service.call(peer).await;
-        let io = TokioIo::new(Counted {
-            stream,
-            _slot: slot,
-        });
+        let io = TokioIo::new(Counted { stream, slot });
         let connection = http
             .serve_connection(io, TowerToHyperService::new(service))
             .with_upgrades();
@@ -175,7 +172,7 @@ impl Drop for Slot {
 /// A TCP stream that holds its address's slot for as long as it lives.
 struct Counted {
     stream: TcpStream,
-    _slot: Option<Slot>,
+    slot: Option<Slot>,
 }
 
 /// An upgraded connection taken apart: its TCP stream, what the HTTP server had read past
@@ -192,11 +189,11 @@ pub(super) fn unwrap_upgraded(
     upgraded: hyper::upgrade::Upgraded,
 ) -> Result<Unwrapped, hyper::upgrade::Upgraded> {
     let parts = upgraded.downcast::<TokioIo<Counted>>()?;
-    let Counted { stream, _slot } = parts.io.into_inner();
+    let Counted { stream, slot } = parts.io.into_inner();
     Ok(Unwrapped {
         stream,
         read_ahead: parts.read_buf,
-        slot: _slot,
+        slot,
     })
 }
 

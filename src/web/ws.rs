@@ -47,16 +47,52 @@ struct Upgrade {
     on_upgrade: OnUpgrade,
 }
 
+/// Why a request is not a WebSocket handshake this server takes.
+enum NotAHandshake {
+    NotGet,
+    NotAnUpgrade,
+    /// RFC 6455, 4.2.2: refused with the version this server speaks.
+    WrongVersion,
+    NoKey,
+    NotUpgradable,
+}
+
+impl IntoResponse for NotAHandshake {
+    fn into_response(self) -> Response {
+        let reason = match self {
+            NotAHandshake::NotGet => {
+                return (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "A WebSocket handshake is a GET.",
+                )
+                    .into_response();
+            }
+            NotAHandshake::WrongVersion => {
+                return (
+                    StatusCode::UPGRADE_REQUIRED,
+                    [
+                        (header::SEC_WEBSOCKET_VERSION, "13"),
+                        (header::UPGRADE, "websocket"),
+                        (header::CONNECTION, "Upgrade"),
+                    ],
+                    "Only WebSocket version 13 is spoken here.",
+                )
+                    .into_response();
+            }
+            NotAHandshake::NotAnUpgrade => "This address takes WebSocket connections only.",
+            NotAHandshake::NoKey => "The Sec-WebSocket-Key header is missing.",
+            NotAHandshake::NotUpgradable => "This connection cannot be upgraded.",
+        };
+        (StatusCode::BAD_REQUEST, reason).into_response()
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
-    type Rejection = (StatusCode, &'static str);
+    type Rejection = NotAHandshake;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let refuse = |reason| Err((StatusCode::BAD_REQUEST, reason));
         if parts.method != Method::GET {
-            return Err((
-                StatusCode::METHOD_NOT_ALLOWED,
-                "A WebSocket handshake is a GET.",
-            ));
+            return Err(NotAHandshake::NotGet);
         }
         let has = |name, token: &str| {
             parts.headers.get_all(name).iter().any(|value| {
@@ -68,21 +104,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             })
         };
         if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
-            return Err((
-                StatusCode::UPGRADE_REQUIRED,
-                "This address takes WebSocket connections only.",
-            ));
+            return Err(NotAHandshake::NotAnUpgrade);
         }
         if parts.headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13"))
         {
-            return refuse("Only WebSocket version 13 is spoken here.");
+            return Err(NotAHandshake::WrongVersion);
         }
-        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-            return refuse("The Sec-WebSocket-Key header is missing.");
-        };
-        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            return refuse("This connection cannot be upgraded.");
-        };
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(NotAHandshake::NoKey)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(NotAHandshake::NotUpgradable)?;
         Ok(Upgrade { key, on_upgrade })
     }
 }
@@ -104,7 +140,7 @@ impl Upgrade {
                     stream,
                     read_ahead,
                     slot,
-                }) => serve(Connection::new(stream, read_ahead.to_vec()), slot),
+                }) => serve(Connection::new(stream, Vec::from(read_ahead)), slot),
                 Err(_) => {
                     tracing::error!("an upgraded connection was not one this server accepted")
                 }

@@ -269,3 +269,41 @@ async fn a_rotated_secret_signs_nobody_out(backend: Backend) {
     assert_eq!(app.get_as("/", &renewed).await.status(), 200);
     assert_eq!(app.get_as("/", &ann.cookie).await.status(), 303);
 }
+
+/// What is not a WebSocket handshake, or not one in the version spoken here, is refused
+/// with a reason, before the session is read.
+#[tokio::test]
+async fn a_handshake_that_is_not_one_is_refused_with_a_reason() {
+    use tokio_tungstenite::tungstenite::Error;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let ann = app.signup("ann").await;
+
+    let plain = app.get_as("/ws/chat/", &ann.cookie).await;
+    assert_eq!(plain.status(), 400);
+    assert_eq!(
+        plain.text().await.unwrap(),
+        "This address takes WebSocket connections only."
+    );
+
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/ws/chat/",
+            app.addr
+        ))
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("cookie", ann.cookie.parse().unwrap());
+    headers.insert("origin", app.origin().parse().unwrap());
+    headers.insert("sec-websocket-version", "8".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(Error::Http(response)) => {
+            assert_eq!(response.status(), 426);
+            assert_eq!(response.headers()["sec-websocket-version"], "13");
+        }
+        other => panic!("expected 426, got {:?}", other.map(|_| ())),
+    }
+
+    // The same request in version 13 opens.
+    let mut client = app.open_socket(&ann, "/ws/chat/").await.unwrap();
+    client.wait_for(|f| f.selector == "#logged-user").await;
+}
