@@ -2,11 +2,11 @@
 //! tungstenite, and written by hand straight onto the TCP stream.
 //!
 //! A delivery is one small text frame, and a busy node writes hundreds of thousands a
-//! second. Through tungstenite's sink every frame passed the split socket's lock, the
+//! second. Through tungstenite's sink each frame would take the split socket's lock, the
 //! sink's readiness check, a conversion of the message and a copy into tungstenite's
-//! buffer, and every write the upgraded connection's layers. Here the writer holds the
-//! stream's write half, lock-free: a frame is a header and its text appended to one
-//! buffer, and a write is one system call.
+//! buffer, and each write the upgraded connection's layers (loadtest round 19). Here the
+//! writer holds the stream's write half, lock-free: a frame is a header and its text
+//! appended to one buffer, and a write is one system call.
 //!
 //! Tungstenite still reads, on the read half: it unmasks, joins fragments, checks UTF-8 and
 //! the size limits, and answers pings. What it writes (those answers) goes into `Controls`,
@@ -36,7 +36,7 @@ const READ_BUFFER: usize = 2 * 1024;
 /// Answers to pings waiting for the writer, at most: a client that pings and pings but never
 /// reads would otherwise have the node hold every pong.
 const MAX_CONTROLS: usize = 16 * 1024;
-/// The writer's buffer is given back after a write that grew it past this (a room entered,
+/// The writer's buffer is given back after a batch that grew it past this (a room entered,
 /// a history page) rather than held for the socket's life.
 const KEEP_OUT: usize = 4 * 1024;
 
@@ -200,9 +200,16 @@ impl Outgoing {
         self.frame(CLOSE, &[&code.to_be_bytes(), reason.as_bytes()]);
     }
 
-    /// Bytes appended and not yet written.
-    pub(super) fn buffered(&self) -> usize {
-        self.out.len() - self.written
+    /// Bytes held: appended, and not yet all written.
+    pub(super) fn held(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Gives back the buffer's room after a burst rather than hold it for the socket's life.
+    pub(super) fn release_spare(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > KEEP_OUT {
+            self.out = Vec::new();
+        }
     }
 
     /// Ready once tungstenite has left an answer to a ping for the writer.
@@ -250,9 +257,6 @@ impl Outgoing {
         }
         self.written = 0;
         self.out.clear();
-        if self.out.capacity() > KEEP_OUT {
-            self.out = Vec::new();
-        }
         Poll::Ready(Ok(()))
     }
 

@@ -1,5 +1,6 @@
 //! The socket's writer: drains the socket's queue through its view onto the wire, one
-//! flush for everything taken, and closes the socket with the code its reason calls for.
+//! write for everything taken (a chunk at a time), and closes the socket with the code its
+//! reason calls for.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -179,7 +180,7 @@ pub(super) fn write_loop(
             if view.take_resync() {
                 Box::pin(missed_frames(&hub, &mut view, &mut frames)).await;
             }
-            // One flush for everything taken: one system call for many frames. A client that
+            // One write for everything taken: one system call for many frames. A client that
             // stops reading blocks the write; if it is meanwhile stopped as lagging (or the
             // node stops), or the write is still blocked at its deadline (a quiet room
             // overflows no queue), the connection is dropped, as no close frame could reach
@@ -215,6 +216,7 @@ pub(super) fn write_loop(
             if frames.capacity() > KEEP_FRAMES {
                 frames = Vec::new();
             }
+            sink.release_spare();
             backlog.written(replies);
             if view.ended {
                 return Box::pin(close(&mut sink, close_code::LOGGED_OUT, "Logged out.")).await;
@@ -236,7 +238,9 @@ pub(super) fn write_loop(
 const WRITE_CHUNK: usize = 32 * 1024;
 
 /// Writes `frames` from `copied` on, a chunk at a time; each frame's shared text is let go
-/// once copied. `copied` counts the frames copied, across polls.
+/// once copied. `copied` counts the frames copied, across polls. The next chunk is copied
+/// only once the last is all written: a client that reads a little at a time would
+/// otherwise have the written front of the buffer kept with a new chunk behind it.
 fn poll_write(
     sink: &mut Outgoing,
     frames: &mut [Utf8Bytes],
@@ -244,11 +248,13 @@ fn poll_write(
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<()>> {
     loop {
-        while let Some(frame) = frames.get_mut(*copied)
-            && sink.buffered() < WRITE_CHUNK
-        {
-            sink.text(std::mem::take(frame).as_str());
-            *copied += 1;
+        if sink.held() == 0 {
+            while let Some(frame) = frames.get_mut(*copied)
+                && sink.held() < WRITE_CHUNK
+            {
+                sink.text(std::mem::take(frame).as_str());
+                *copied += 1;
+            }
         }
         ready!(sink.poll_write(cx))?;
         if *copied == frames.len() {
@@ -316,38 +322,65 @@ async fn close(sink: &mut Outgoing, code: u16, reason: &'static str) {
 
 #[cfg(test)]
 mod tests {
-    use std::task::Waker;
-
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::{TcpSocket, TcpStream};
 
     use super::super::Connection;
     use super::*;
 
-    /// A client that stops reading has the node hold a chunk of copied frames at most: the
-    /// rest of what is queued stays the shared frames it was.
+    /// A client that reads a little at a time has the node hold a chunk of copied frames
+    /// at most: the rest of what is queued stays the shared frames it was.
     #[tokio::test]
-    async fn a_client_that_does_not_read_holds_a_chunk_of_copies_at_most() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    async fn a_slow_reader_has_a_chunk_of_copies_held_at_most() {
+        // Small kernel buffers, so that 1 MiB cannot go out before the client reads.
+        let listener = TcpSocket::new_v4().expect("socket");
+        listener
+            .set_send_buffer_size(16 * 1024)
+            .expect("send buffer");
+        listener
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
         let address = listener.local_addr().expect("address");
-        let (client, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
-        let _client = client.expect("connect");
+        let listener = listener.listen(1).expect("listen");
+        let client = TcpSocket::new_v4().expect("socket");
+        client
+            .set_recv_buffer_size(16 * 1024)
+            .expect("receive buffer");
+        let (client, accepted) = tokio::join!(client.connect(address), listener.accept());
+        let client: TcpStream = client.expect("connect");
         let (_incoming, mut sink) =
             Connection::new(accepted.expect("accept").0, Vec::new()).split(1024);
-        // Far more than loopback's buffers take in: 16 MiB of one shared 4 KiB frame.
         let frame = Utf8Bytes::from("x".repeat(4096));
-        let mut frames = vec![frame; 4096];
-        let mut copied = 0;
-        let mut cx = Context::from_waker(Waker::noop());
-        let polled = poll_write(&mut sink, &mut frames, &mut copied, &mut cx);
-        assert!(
-            polled.is_pending(),
-            "16 MiB went out without the client reading"
-        );
-        assert!(copied < frames.len());
-        assert!(
-            sink.buffered() <= WRITE_CHUNK + 4096 + 4,
-            "{} bytes held",
-            sink.buffered()
-        );
+        let mut frames = vec![frame; 256];
+        let expected = frames.len() * (4096 + 4);
+        let (mut copied, mut read, mut buffer) = (0, 0, vec![0; 8 * 1024]);
+        let mut stalled = 0;
+        loop {
+            let polled =
+                poll_fn(|cx| Poll::Ready(poll_write(&mut sink, &mut frames, &mut copied, cx)))
+                    .await;
+            assert!(
+                sink.held() <= WRITE_CHUNK + 4096 + 4,
+                "{} bytes held",
+                sink.held()
+            );
+            if polled.is_ready() {
+                break;
+            }
+            stalled += 1;
+            // A little at a time; the yield lets the runtime see the socket writable again.
+            if let Ok(n) = client.try_read(&mut buffer) {
+                read += n;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(stalled > 0, "1 MiB went out without the client reading");
+        while read < expected {
+            client.readable().await.expect("readable");
+            if let Ok(n) = client.try_read(&mut buffer) {
+                assert!(n > 0, "the connection ended early");
+                read += n;
+            }
+        }
+        assert_eq!(read, expected);
     }
 }
