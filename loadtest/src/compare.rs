@@ -27,6 +27,10 @@ const METRICS: &[(&str, &[&str])] = &[
         &["server", "cpu_connect_pct"],
     ),
     (
+        "server CPU a connect, until settled, µs",
+        &["server", "cpu_per_connect_us"],
+    ),
+    (
         "server CPU sending and draining, % of a core",
         &["server", "cpu_run_pct"],
     ),

@@ -821,6 +821,11 @@ fn summarise(s: &Summary<'_>) -> Value {
             "rss_per_socket_kb": if connected > 0 { rss_delta / connected as f64 } else { 0.0 },
             "cpu_connect_s": at_ready.cpu_s - b.cpu_s,
             "cpu_connect_pct": 100.0 * (at_ready.cpu_s - b.cpu_s) / s.connect_s.max(1e-9),
+            // Steadier than the rate, which also depends on what else the cores did. Until
+            // the sockets settled, so that work a server puts off until after the last
+            // connect (announcements gathered for a while) is counted too.
+            "cpu_per_connect_us": (connected > 0)
+                .then(|| 1e6 * (settled.cpu_s - b.cpu_s) / connected as f64),
             "cpu_run_s": after.cpu_s - settled.cpu_s,
             "cpu_run_pct": 100.0 * (after.cpu_s - settled.cpu_s) / (s.sending_s + s.drained_s).max(1e-9),
         })
@@ -989,9 +994,10 @@ fn print_table(r: &Value) {
         row(
             "server CPU connect / run",
             format!(
-                "{} % / {} %  (of one core)",
+                "{} % / {} %  (of one core); {} µs a connect, until settled",
                 f(&srv["cpu_connect_pct"]),
-                f(&srv["cpu_run_pct"])
+                f(&srv["cpu_run_pct"]),
+                f(&srv["cpu_per_connect_us"])
             ),
         );
     }
