@@ -1,7 +1,7 @@
 //! Room member lists as viewers see them: what changed when someone came or went, the
-//! "and N more" count announced a few times a second at most, and a second look a round
-//! later at what this node announced, since nodes' announcements reach Redis in an order
-//! of their own.
+//! "and N more" count announced by each node once a second at most, and a second look a
+//! round later at what this node announced, since nodes' announcements reach Redis in an
+//! order of their own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -127,8 +127,10 @@ fn member_removed(user: &User) -> Utf8Bytes {
     frame(&target::member(&user.id), Swap::Remove, "")
 }
 
-/// Rooms whose count changed are announced together, at most this often...
-const ROOM_COUNTS_COALESCE: Duration = Duration::from_millis(250);
+/// Rooms whose count changed are announced together, at most this often (a crowded room's
+/// count goes to every socket showing it, as the Online list's goes to all: see
+/// `ROSTER_COALESCE`)...
+const ROOM_COUNTS_COALESCE: Duration = Duration::from_secs(1);
 /// ...and read once more this much later: another node may have announced an older count
 /// after this one's, and the second look puts the right one back.
 const ROOM_COUNTS_SETTLE: Duration = Duration::from_secs(1);
@@ -141,12 +143,14 @@ const ROOM_COUNTS_SETTLE: Duration = Duration::from_secs(1);
 /// the node corrects its own announcement (and looks once more after that).
 pub async fn announce_room_members(hub: Arc<Hub>) {
     let mut rounds = RoomRounds::default();
+    let mut last = tokio::time::Instant::now();
     loop {
+        // From the last round, not from the end of the pause after it.
         let settle = async {
             if rounds.is_settled() {
                 std::future::pending().await
             } else {
-                tokio::time::sleep(ROOM_COUNTS_SETTLE).await
+                tokio::time::sleep_until(last + ROOM_COUNTS_SETTLE).await
             }
         };
         tokio::select! {
@@ -154,6 +158,7 @@ pub async fn announce_room_members(hub: Arc<Hub>) {
             _ = hub.room_changes.wake.notified() => {}
             _ = settle => {}
         }
+        last = tokio::time::Instant::now();
         rounds.next(&hub).await;
         tokio::select! {
             _ = hub.shutdown.cancelled() => return,

@@ -3,7 +3,7 @@
 //! Listing everyone would make presence quadratic: every connect rendering every online
 //! user, every arrival pushed to every socket. While everyone fits, each arrival and
 //! departure is announced to every socket at once; past that, an arrival only changes the
-//! count, which a node announces at most a few times a second.
+//! count, which a node announces once a second at most.
 //!
 //! Each node keeps its own copy of the list (the one its new sockets are shown) and
 //! reconciles it now and then with presence, which for several nodes is shared. Presence
