@@ -37,7 +37,8 @@ const READ_BUFFER: usize = 2 * 1024;
 /// reads would otherwise have the node hold every pong.
 const MAX_CONTROLS: usize = 16 * 1024;
 /// The writer's buffer is given back after a batch that grew it past this (a room entered,
-/// a history page) rather than held for the socket's life.
+/// a history page) rather than held for the socket's life; all of it on a quiet node once
+/// nothing is queued (`release_all`).
 const KEEP_OUT: usize = 4 * 1024;
 
 /// An upgraded connection: its TCP stream, and whatever the client sent after its
@@ -208,6 +209,14 @@ impl Outgoing {
     /// Gives back the buffer's room after a burst rather than hold it for the socket's life.
     pub(super) fn release_spare(&mut self) {
         if self.out.is_empty() && self.out.capacity() > KEEP_OUT {
+            self.out = Vec::new();
+        }
+    }
+
+    /// Gives back all of the buffer's room once everything in it is written: for a socket
+    /// with nothing more to send for now.
+    pub(super) fn release_all(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
             self.out = Vec::new();
         }
     }

@@ -94,7 +94,8 @@ pub(super) fn weight(reply: &Reply) -> usize {
 /// is a shared frame, not a copy.
 const MIN_HELD: usize = 64;
 
-/// Frames' room the writer keeps between writes; a burst's more (a room entered is a
+/// Frames' room the writer keeps between writes while the node paces (a quiet node's
+/// writer gives it all back once nothing is queued); a burst's more (a room entered is a
 /// dozen frames or so) is given back after its write rather than held for the socket's life.
 const KEEP_FRAMES: usize = 4;
 
@@ -132,8 +133,20 @@ pub(super) fn write_loop(
             // holds stays in the writer's future for the socket's life, idle or not. An
             // answer to a ping wakes it too, and goes out with the next write; the queue is
             // looked at first, so that pings however many never hold up a delivery or a stop.
+            // On a node not busy enough to pace, a socket with nothing queued may stay idle
+            // for hours: what its last write needed (up to `KEEP_FRAMES` and `KEEP_OUT`) is
+            // given back rather than held beside every idle socket. A pacing node's sockets
+            // keep them: they write again within a gap, and would allocate both afresh for
+            // every write.
+            let quiet = last_write.is_none();
             let take = poll_fn(|cx| match outbox.poll_take(&mut taken, cx) {
-                Poll::Pending => sink.poll_controls(cx).map(Ok),
+                Poll::Pending => {
+                    if quiet {
+                        frames = Vec::new();
+                        sink.release_all();
+                    }
+                    sink.poll_controls(cx).map(Ok)
+                }
                 taken => taken,
             });
             if let Err(stop) = take.await {
