@@ -36,10 +36,6 @@ const READ_BUFFER: usize = 2 * 1024;
 /// Answers to pings waiting for the writer, at most: a client that pings and pings but never
 /// reads would otherwise have the node hold every pong.
 const MAX_CONTROLS: usize = 16 * 1024;
-/// The writer's buffer is given back after a batch that grew it past this (a room entered,
-/// a history page) rather than held for the socket's life; all of it on a quiet node once
-/// nothing is queued (`release_all`).
-const KEEP_OUT: usize = 4 * 1024;
 
 /// An upgraded connection: its TCP stream, and whatever the client sent after its
 /// handshake that the HTTP server had already read.
@@ -206,17 +202,10 @@ impl Outgoing {
         self.out.len()
     }
 
-    /// Gives back the buffer's room after a burst rather than hold it for the socket's life.
-    pub(super) fn release_spare(&mut self) {
-        if self.out.is_empty() && self.out.capacity() > KEEP_OUT {
-            self.out = Vec::new();
-        }
-    }
-
-    /// Gives back all of the buffer's room once everything in it is written: for a socket
-    /// with nothing more to send for now.
-    pub(super) fn release_all(&mut self) {
-        if self.out.is_empty() && self.out.capacity() > 0 {
+    /// Gives back the buffer's room, once everything in it is written, when it is more than
+    /// `keep` bytes (the writer says how much an idle or a busy socket keeps).
+    pub(super) fn release_beyond(&mut self, keep: usize) {
+        if self.out.is_empty() && self.out.capacity() > keep {
             self.out = Vec::new();
         }
     }

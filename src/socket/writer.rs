@@ -98,6 +98,9 @@ const MIN_HELD: usize = 64;
 /// writer gives it all back once nothing is queued); a burst's more (a room entered is a
 /// dozen frames or so) is given back after its write rather than held for the socket's life.
 const KEEP_FRAMES: usize = 4;
+/// The same for the connection's buffer, in bytes: a batch that grew it past this (a room
+/// entered, a history page) gives it back after its write.
+const KEEP_OUT: usize = 4 * 1024;
 
 /// How long one write may wait for a client to read before the socket is dropped.
 const WRITE_DEADLINE: Duration = Duration::from_secs(20);
@@ -143,7 +146,7 @@ pub(super) fn write_loop(
                 Poll::Pending => {
                     if quiet {
                         frames = Vec::new();
-                        sink.release_all();
+                        sink.release_beyond(0);
                     }
                     sink.poll_controls(cx).map(Ok)
                 }
@@ -229,7 +232,7 @@ pub(super) fn write_loop(
             if frames.capacity() > KEEP_FRAMES {
                 frames = Vec::new();
             }
-            sink.release_spare();
+            sink.release_beyond(KEEP_OUT);
             backlog.written(replies);
             if view.ended {
                 return Box::pin(close(&mut sink, close_code::LOGGED_OUT, "Logged out.")).await;
