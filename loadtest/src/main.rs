@@ -597,9 +597,12 @@ async fn run(args: Args) -> Result<(), String> {
     let loadgen_stopped = worker_cpu(&worker_pids);
     send_all(&mut workers, "stop").await?;
     send_all(&mut workers, "report").await?;
-    let reports = gather(&mut events, count, "report").await?;
+    // Sampled once every worker has drained and before any closes its sockets: a node's
+    // work on a storm of departures (15,000 people leaving) is not the run's.
+    gather(&mut events, count, "drained").await?;
     let after_run = sample_servers(&args.server_pids);
     let drained_s = go.elapsed().as_secs_f64() - sending_s;
+    let reports = gather(&mut events, count, "report").await?;
     for w in &mut workers {
         let _ = w.child.wait().await;
     }

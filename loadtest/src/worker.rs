@@ -623,6 +623,9 @@ async fn work() -> Result<(), String> {
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+                // Before the sockets close: the coordinator samples the server here, so
+                // that what it reports of the run leaves out the node's work on departures.
+                emit(&json!({ "event": "drained" }));
                 Phase::Report
             }
             other => return Err(format!("unknown command {other:?}")),
