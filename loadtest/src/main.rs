@@ -468,7 +468,10 @@ async fn send_all(workers: &mut [Worker], command: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits for one `event` line from every worker.
+/// What a worker's reader says once the worker's output ends.
+const EXITED: &str = "exited";
+
+/// Waits for one `event` line from every worker; an error when one ends before its line.
 async fn gather(
     events: &mut mpsc::UnboundedReceiver<(usize, Value)>,
     count: usize,
@@ -482,6 +485,8 @@ async fn gather(
             .ok_or_else(|| format!("a worker exited before its {event} line"))?;
         if line["event"] == event {
             out[w] = Some(line);
+        } else if line["event"] == EXITED && out[w].is_none() {
+            return Err(format!("worker {w} exited before its {event} line"));
         }
     }
     Ok(out.into_iter().flatten().collect())
@@ -564,6 +569,9 @@ async fn run(args: Args) -> Result<(), String> {
                     Err(_) => eprintln!("worker {w}: {line}"),
                 }
             }
+            // The others wait for the next command meanwhile: without this, a worker that
+            // died would leave the coordinator waiting for its line for ever.
+            let _ = tx.send((w, json!({ "event": EXITED })));
         });
         workers.push(Worker { child, stdin });
     }
@@ -596,12 +604,13 @@ async fn run(args: Args) -> Result<(), String> {
     let sending_s = go.elapsed().as_secs_f64();
     let loadgen_stopped = worker_cpu(&worker_pids);
     send_all(&mut workers, "stop").await?;
-    send_all(&mut workers, "report").await?;
     // Sampled once every worker has drained and before any closes its sockets: a node's
     // work on a storm of departures (15,000 people leaving) is not the run's.
+    send_all(&mut workers, "drain").await?;
     gather(&mut events, count, "drained").await?;
     let after_run = sample_servers(&args.server_pids);
     let drained_s = go.elapsed().as_secs_f64() - sending_s;
+    send_all(&mut workers, "report").await?;
     let reports = gather(&mut events, count, "report").await?;
     for w in &mut workers {
         let _ = w.child.wait().await;

@@ -4,7 +4,7 @@
 //! Each worker runs one single-threaded runtime, so the per-socket tasks share counters and
 //! one latency histogram without locks; parallelism comes from running several workers.
 //! The coordinator talks to a worker over stdin (one plan line, then `go`, `storm`, `stop`,
-//! `report`) and reads JSON lines back from its stdout.
+//! `drain`, `report`) and reads JSON lines back from its stdout.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -614,7 +614,7 @@ async fn work() -> Result<(), String> {
                 Phase::Storm(storms)
             }
             "stop" => Phase::Stop,
-            "report" => {
+            "drain" => {
                 // Messages still in flight would otherwise count as missing.
                 let waiting = Instant::now();
                 let quiet = QUIET.as_micros() as u64;
@@ -623,11 +623,12 @@ async fn work() -> Result<(), String> {
                 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                // Before the sockets close: the coordinator samples the server here, so
-                // that what it reports of the run leaves out the node's work on departures.
+                // The sockets stay open until every worker has drained and the coordinator
+                // has sampled the server: the node's work on departures is not the run's.
                 emit(&json!({ "event": "drained" }));
-                Phase::Report
+                continue;
             }
+            "report" => Phase::Report,
             other => return Err(format!("unknown command {other:?}")),
         };
         let _ = phase_tx.send(next);
