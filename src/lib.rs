@@ -35,8 +35,9 @@
 //!   `redis::connection`), each
 //!   socket's queue (its outbox) and what goes in it, and the counters behind `/metrics`.
 //! - [`store`]: sqlx over SQLite (embedded default) or PostgreSQL: users, sessions, failed
-//!   log-ins, rooms, memberships, blocks, messages; on SQLite the session a connect reads
-//!   is read on the calling thread (`inline`), and the write-ahead log is folded into the
+//!   log-ins, rooms, memberships, blocks, messages; on SQLite the session a connect reads,
+//!   and whether a socket leaving a room has anything to mark read, are read on the
+//!   calling thread (`inline`), and the write-ahead log is folded into the
 //!   database file by a task of its own (`checkpoint`); posts are stored in batches by per-node
 //!   writers (group commit; on a SQLite file, each batch in one hand-off to a thread and
 //!   connection of the writer's own, through rusqlite), once per client id; every change to a room (a post, an edit,

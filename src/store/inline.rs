@@ -1,11 +1,13 @@
-//! SQLite reads made on the calling thread, for the statement every connect runs.
+//! SQLite reads made on the calling thread, for the statements every connect and every
+//! socket leaving its room run.
 //!
 //! sqlx runs each SQLite connection on a thread of its own: a statement is handed to it,
 //! and its rows are handed back one by one, each hand-off a wake-up across threads. For
 //! the session a connecting socket reads (a user and a few rooms), the hand-offs and the
-//! scheduling they cause cost about what the read itself does (loadtest round 14). Here
-//! the same statement runs on a read-only connection of this process's own, on the thread
-//! that asks, in tens of microseconds.
+//! scheduling they cause cost about what the read itself does (loadtest round 14); a
+//! socket leaving a room asks whether it has anything to mark read. Here each statement
+//! runs on a read-only connection of this process's own, on the thread that asks, in tens
+//! of microseconds.
 //!
 //! The thread that asks runs other sockets' tasks too, so a read here does not wait and
 //! does not run long: when SQLite is busy, when a read runs past `MOST_STEPS` (a user in
@@ -102,8 +104,8 @@ impl InlineReads {
                     tracing::warn!(
                         error = %e,
                         file = %self.path.display(),
-                        "reading sessions on the runtime's threads keeps failing; \
-                         reading them through the pool from now on"
+                        "reading SQLite on the runtime's threads keeps failing; \
+                         reading through the pool from now on"
                     );
                 }
                 None

@@ -5,8 +5,9 @@
 //! `ON CONFLICT`, `RETURNING`); only the migrations are kept per dialect. Ids are stored as
 //! text and times as milliseconds since the epoch, the types the Any driver carries faithfully.
 //! On SQLite, two things also run outside the pool, through rusqlite on the same library:
-//! the session every connect reads is read on the calling thread (`inline`), and each batch
-//! of new messages is stored in one hand-off (`batch::sqlite`).
+//! the session every connect reads, and whether a socket leaving a room has anything to
+//! mark read, are read on the calling thread (`inline`), and each batch of new messages is
+//! stored in one hand-off (`batch::sqlite`).
 
 mod batch;
 mod checkpoint;
@@ -107,7 +108,8 @@ pub struct Store {
     health: Arc<Health>,
     /// Searches running on this node, at most (see `search`).
     searches: Arc<tokio::sync::Semaphore>,
-    /// SQLite's reads on the calling thread, for what every connect reads (see `inline`).
+    /// SQLite's reads on the calling thread, for what every connect and every departure
+    /// from a room read (see `inline`).
     inline: Option<Arc<inline::InlineReads>>,
     /// SQLite's connection of its own for batches of messages (see `batch::sqlite`).
     sqlite_writer: Option<Arc<batch::SqliteWriter>>,

@@ -139,6 +139,23 @@ fn signed_in_inline(
     parts.collect()
 }
 
+/// Whether the user's membership of the room has anything unread. `$1`: the room, `$2`:
+/// the user.
+const UNREAD_SQL: &str = "SELECT EXISTS (SELECT 1 FROM memberships m JOIN rooms r \
+     ON r.id = m.room_id WHERE r.id = $1 AND m.user_id = $2 AND m.last_read_seq < r.last_seq)";
+
+/// `UNREAD_SQL`, read on the calling thread.
+fn unread_inline(
+    conn: &rusqlite::Connection,
+    room_id: &str,
+    user_id: &str,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(UNREAD_SQL)?.query_row(
+        rusqlite::named_params! { "$1": room_id, "$2": user_id },
+        |row| row.get(0),
+    )
+}
+
 /// `SIGNED_IN_SQL`'s rows as a `SignedIn`: none without the user's row first.
 fn signed_in_from(parts: Vec<Part>) -> Option<SignedIn> {
     let mut parts = parts.into_iter();
@@ -538,8 +555,16 @@ impl Store {
 
     /// Marks everything in the room as read by the user, up to the newest message now.
     pub async fn mark_read(&self, room_id: &str, user_id: &str) -> StoreResult<()> {
-        // Every socket that leaves a room marks it read; most have nothing new, and a row
-        // rewritten with its own value is still a row version and WAL on PostgreSQL.
+        // Every socket that leaves a room marks it read, and most have nothing new. On
+        // SQLite that is looked at first on the calling thread: the update would be a write
+        // transaction on sqlx's thread, waiting its turn behind every other writer, for no
+        // change; a storm of departures is one per socket.
+        if let Some(inline) = &self.inline
+            && inline.read(|conn| unread_inline(conn, room_id, user_id)) == Some(false)
+        {
+            return Ok(());
+        }
+        // A row rewritten with its own value is still a row version and WAL on PostgreSQL.
         sqlx::query(
             "UPDATE memberships SET last_read_seq = r.last_seq, read_posted = r.posted \
              FROM rooms r \
@@ -716,6 +741,52 @@ mod tests {
             store.inline.as_ref().is_some_and(|i| !i.is_on()),
             "given up"
         );
+        store.close().await;
+    }
+
+    /// A socket leaving a room with nothing new in it writes nothing: it does not wait for
+    /// the database's write lock, held here by another connection; one leaving with
+    /// something unread still marks it read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leaving_a_room_with_nothing_new_writes_nothing() {
+        let db = TempDb::new();
+        let store = Store::connect(db.url()).await.expect("a fresh store");
+        let ann = user(&store, "ann").await;
+        let bob = user(&store, "bob").await;
+        let (group, _) = store
+            .find_or_create_group("busy", &bob)
+            .await
+            .expect("a group");
+        store.join_group(&group.id, &ann.id).await.expect("joined");
+        post(&store, &group.id, &bob, &[]).await;
+        let inline = store.inline.clone().expect("a SQLite file is read inline");
+        let unread = || {
+            inline
+                .try_read(|conn| super::unread_inline(conn, &group.id, &ann.id))
+                .expect("read on the calling thread")
+        };
+        assert!(unread());
+        store.mark_read(&group.id, &ann.id).await.expect("marked");
+        assert!(!unread());
+
+        let writer = rusqlite::Connection::open(&db.0).expect("another connection");
+        writer
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("the write lock");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            store.mark_read(&group.id, &ann.id),
+        )
+        .await
+        .expect("left without waiting for the write lock")
+        .expect("nothing to mark");
+        writer.execute_batch("ROLLBACK").expect("the lock let go");
+        drop(writer);
+
+        post(&store, &group.id, &bob, &[]).await;
+        assert!(unread());
+        store.mark_read(&group.id, &ann.id).await.expect("marked");
+        assert!(!unread());
         store.close().await;
     }
 
