@@ -388,7 +388,7 @@ impl Socket {
         if let Err(e) = self
             .hub
             .store
-            .mark_read(&previous.room.id, &self.user.id)
+            .mark_left_read(&previous.room.id, &self.user.id)
             .await
         {
             tracing::warn!(error = %e, "could not record read position");

@@ -140,9 +140,11 @@ impl InlineReads {
             Ok(_) => true,
             Err(e) => stopped_or_turned_away(e),
         };
-        if keep && self.on.load(Ordering::Relaxed) {
+        if keep {
+            // Looked at under the lock `close` takes: a connection put back after it would
+            // stay open, and keep the write-ahead log beside the file once the node stops.
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < self.kept {
+            if self.on.load(Ordering::Relaxed) && idle.len() < self.kept {
                 idle.push(conn);
             }
         }
@@ -151,11 +153,9 @@ impl InlineReads {
 
     /// Turns inline reads off and closes every connection kept.
     pub(super) fn close(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         self.on.store(false, Ordering::Relaxed);
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        idle.clear();
     }
 
     fn open(&self) -> rusqlite::Result<Connection> {
