@@ -35,6 +35,10 @@ const METRICS: &[(&str, &[&str])] = &[
         &["server", "cpu_run_pct"],
     ),
     (
+        "server CPU a close, until idle, µs",
+        &["server", "cpu_per_close_us"],
+    ),
+    (
         "generator busy connecting, %",
         &["loadgen", "busy_connect_pct"],
     ),

@@ -420,6 +420,38 @@ fn sample_servers(pids: &[u32]) -> Option<ServerSample> {
     total
 }
 
+/// The servers count as idle once they used at most 2 % of a core each over the last
+/// second (a node's own upkeep runs every second), and are given at most 30 s.
+const IDLE_FOR: Duration = Duration::from_secs(1);
+const IDLE_SHARE: f64 = 0.02;
+const IDLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// The servers as they were when they became idle again, from which they stayed idle for
+/// `IDLE_FOR`: what everyone leaving cost them, which happens after the run. None when
+/// they did not become idle within `IDLE_WITHIN`, or could not be read.
+async fn sample_servers_idle(pids: &[u32]) -> Option<ServerSample> {
+    let step = Duration::from_millis(100);
+    let window = (IDLE_FOR.as_millis() / step.as_millis()) as usize;
+    let most = IDLE_SHARE * IDLE_FOR.as_secs_f64() * pids.len() as f64;
+    let deadline = Instant::now() + IDLE_WITHIN;
+    let mut samples = std::collections::VecDeque::from([sample_servers(pids)?]);
+    loop {
+        tokio::time::sleep(step).await;
+        let now = sample_servers(pids)?;
+        samples.push_back(now);
+        if samples.len() > window + 1 {
+            samples.pop_front();
+        }
+        let oldest = *samples.front()?;
+        if samples.len() > window && now.cpu_s - oldest.cpu_s <= most {
+            return Some(oldest);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
 fn sample_server(pid: u32) -> Option<ServerSample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb = status
@@ -615,6 +647,7 @@ async fn run(args: Args) -> Result<(), String> {
     for w in &mut workers {
         let _ = w.child.wait().await;
     }
+    let closed = sample_servers_idle(&args.server_pids).await;
     let report = summarise(&Summary {
         args: &args,
         run: &run,
@@ -627,7 +660,7 @@ async fn run(args: Args) -> Result<(), String> {
         go_us,
         ready: &ready,
         reports: &reports,
-        server: [before, at_ready, settled, after_run],
+        server: [before, at_ready, settled, after_run, closed],
         loadgen_cpu_s: children_cpu_s(),
         loadgen: [loadgen_at_ready, loadgen_settled, loadgen_stopped],
     });
@@ -654,8 +687,9 @@ struct Summary<'a> {
     go_us: u64,
     ready: &'a [Value],
     reports: &'a [Value],
-    /// Before connecting, when all were connected, after settling, after the run.
-    server: [Option<ServerSample>; 4],
+    /// Before connecting, when all were connected, after settling, after the run, and
+    /// idle again after every socket closed.
+    server: [Option<ServerSample>; 5],
     /// All the workers' CPU, once they have exited.
     loadgen_cpu_s: f64,
     /// Each worker's CPU (ns) when all were connected, after settling, and when sending
@@ -819,11 +853,12 @@ fn summarise(s: &Summary<'_>) -> Value {
             close_codes.insert(code.clone(), json!(total + n.as_u64().unwrap_or(0)));
         }
     }
-    let [before, at_ready, settled, after_run] = s.server;
+    let [before, at_ready, settled, after_run, closed] = s.server;
     let server = before.map(|b| {
         let settled = settled.unwrap_or(b);
         let at_ready = at_ready.unwrap_or(b);
         let after = after_run.unwrap_or(settled);
+
         let rss_delta = settled.rss_kb.saturating_sub(b.rss_kb) as f64;
         json!({
             "pids": s.args.server_pids,
@@ -840,6 +875,10 @@ fn summarise(s: &Summary<'_>) -> Value {
                 .then(|| 1e6 * (settled.cpu_s - b.cpu_s) / connected as f64),
             "cpu_run_s": after.cpu_s - settled.cpu_s,
             "cpu_run_pct": 100.0 * (after.cpu_s - settled.cpu_s) / (s.sending_s + s.drained_s).max(1e-9),
+            "rss_closed_kb": closed.map(|c| c.rss_kb),
+            "cpu_per_close_us": closed
+                .filter(|_| connected > 0)
+                .map(|c| 1e6 * (c.cpu_s - after.cpu_s) / connected as f64),
         })
     });
     let first_error = s
@@ -995,8 +1034,11 @@ fn print_table(r: &Value) {
         row(
             "server RSS kB",
             format!(
-                "{} before, {} connected, {} after run",
-                srv["rss_before_kb"], srv["rss_connected_kb"], srv["rss_after_run_kb"]
+                "{} before, {} connected, {} after run, {} all closed",
+                srv["rss_before_kb"],
+                srv["rss_connected_kb"],
+                srv["rss_after_run_kb"],
+                srv["rss_closed_kb"]
             ),
         );
         row(
@@ -1011,6 +1053,10 @@ fn print_table(r: &Value) {
                 f(&srv["cpu_run_pct"]),
                 f(&srv["cpu_per_connect_us"])
             ),
+        );
+        row(
+            "server CPU a close",
+            format!("{} µs, until idle", f(&srv["cpu_per_close_us"])),
         );
     }
     let g = &r["loadgen"];
