@@ -373,6 +373,7 @@ impl Application {
         {
             tracing::warn!(open = sockets.len(), "sockets still open at shutdown");
         }
+        crate::hub::announce_what_waits(&hub).await;
         hub.store.close().await;
         tracing::info!(node = %self.node_id, "stopped");
         Ok(())

@@ -9,11 +9,13 @@ mod room_members;
 
 pub use list_frames::ListFrames;
 pub use pages::{Page, Pages};
-pub use room_members::{RoomChanges, announce_room_members};
+pub use room_members::{RoomChanges, announce_room_members, announce_what_waits};
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
+use futures_util::future::join_all;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -132,12 +134,25 @@ impl Hub {
             let frame = contact.clone();
             events.push((user_group(peer), Event::All { frame }));
         }
-        for (group, event) in events {
-            if let Err(e) = self.layer.publish(&group, event).await {
-                tracing::warn!(error = %e, group, "presence change not published");
+        self.publish_all(events, "presence change").await;
+        self.roster_changed.notify_one();
+    }
+
+    /// Publishes each event to its group; failures are logged as `what` not published.
+    /// Each event reaches this node's sockets as it is published, in order, and Redis's
+    /// answers are awaited together: a slow Redis holds no event back behind another.
+    async fn publish_all(&self, events: Vec<(String, Event)>, what: &str) {
+        let (groups, events): (Vec<String>, Vec<Event>) = events.into_iter().unzip();
+        let sent: Vec<_> = groups
+            .iter()
+            .zip(events)
+            .map(|(group, event)| self.layer.publish(group, event))
+            .collect();
+        for (group, result) in groups.iter().zip(join_all(sent).await) {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, group, "{what} not published");
             }
         }
-        self.roster_changed.notify_one();
     }
 }
 
@@ -170,6 +185,14 @@ async fn reconcile_roster(hub: &Hub) {
         hub.presence.online_members().await,
         hub.presence.online_among(&asked).await,
     ) else {
+        let gone = hub
+            .roster
+            .take_unannounced()
+            .iter()
+            .map(|u| frame(&target::person(&u.id), Swap::Remove, ""))
+            .collect();
+        publish_to_all(hub, gone).await;
+        hub.roster.announced();
         return;
     };
     let changes = hub.roster.reconcile(&now, &asked, &online);
@@ -188,11 +211,17 @@ async fn reconcile_roster(hub: &Hub) {
             &views::people_more(more),
         ));
     }
-    for frame in frames {
-        if let Err(e) = hub.layer.publish(LOBBY, Event::All { frame }).await {
-            tracing::warn!(error = %e, "roster change not published");
-        }
-    }
+    publish_to_all(hub, frames).await;
+    hub.roster.announced();
+}
+
+/// Publishes the roster's changes to every socket.
+async fn publish_to_all(hub: &Hub, frames: Vec<Utf8Bytes>) {
+    let events = frames
+        .into_iter()
+        .map(|frame| (LOBBY.to_owned(), Event::All { frame }))
+        .collect();
+    hub.publish_all(events, "roster change").await;
 }
 
 /// Runs presence upkeep every `every` until the node shuts down, announcing what it finds:

@@ -1,7 +1,9 @@
 //! Room member lists as viewers see them: what changed when someone came or went, the
 //! "and N more" count announced by each node once a second at most, and a second look a
 //! round later at what this node announced, since nodes' announcements reach Redis in an
-//! order of their own.
+//! order of their own. A listed person leaving a crowded room, and whoever takes the
+//! place, are announced with the round too: in a storm of departures each viewer is told
+//! how the list changed once a round, not twice per departure.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,14 @@ struct Announced {
     /// Per room, the people this node added to (true) or removed from (false) its list,
     /// by id: to look at again once other nodes' announcements have landed.
     listed: HashMap<String, HashMap<String, (User, bool)>>,
+    /// Per room, the changes to its list that wait for the round to reach viewers: by id,
+    /// each person's last (listed or not). The last, even for someone who came and went
+    /// between rounds: a socket that entered meanwhile was shown them.
+    unannounced: HashMap<String, HashMap<String, (User, bool)>>,
+    /// Rooms whose waiting changes a round has taken and is still publishing. While a room
+    /// has changes waiting or being published, its other changes wait for the next round:
+    /// published at once, they could be overtaken by older ones about the same person.
+    publishing: HashSet<String>,
 }
 
 impl RoomChanges {
@@ -51,15 +61,44 @@ impl RoomChanges {
         });
     }
 
-    fn list_changed(&self, room: &str, user: &User, shown: bool) {
+    /// Records changes to `room`'s list (each user, and whether now listed) for the second
+    /// look, and says which frames tell viewers now; none when the changes wait for the
+    /// round (`wait`, or others in the room already wait).
+    fn list_changed(&self, room: &str, changes: &[(&User, bool)], wait: bool) -> Vec<Utf8Bytes> {
+        let mut now = Vec::new();
         self.record(|c| {
-            let room = c.listed.entry(room.to_owned()).or_default();
-            room.insert(user.id.clone(), (user.clone(), shown));
+            let checks = c.listed.entry(room.to_owned()).or_default();
+            for (user, shown) in changes {
+                checks.insert(user.id.clone(), ((*user).clone(), *shown));
+            }
+            if !(wait || c.unannounced.contains_key(room) || c.publishing.contains(room)) {
+                now = changes
+                    .iter()
+                    .map(|&(user, shown)| member_frame(user, shown))
+                    .collect();
+                return;
+            }
+            let waiting = c.unannounced.entry(room.to_owned()).or_default();
+            for &(user, shown) in changes {
+                waiting.insert(user.id.clone(), (user.clone(), shown));
+            }
         });
+        now
     }
 
+    /// What changed since the last round. The rooms whose changes waited count as being
+    /// published until `published`.
     fn take(&self) -> Announced {
-        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = std::mem::take(&mut *changed);
+        changed.publishing = taken.unannounced.keys().cloned().collect();
+        taken
+    }
+
+    /// The changes to `room`'s list that waited have been published.
+    fn published(&self, room: &str) {
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        changed.publishing.remove(room);
     }
 }
 
@@ -69,19 +108,17 @@ impl Hub {
     pub async fn announce_listing(&self, room: &str, user: &User, listing: &Listing) {
         let frames = match listing {
             Listing::Unchanged | Listing::Counted => Vec::new(),
-            Listing::Listed => {
-                self.room_changes.list_changed(room, user, true);
-                vec![member_added(user)]
+            Listing::Listed => self.room_changes.list_changed(room, &[(user, true)], false),
+            Listing::Unlisted { promoted: None } => {
+                self.room_changes
+                    .list_changed(room, &[(user, false)], false)
             }
-            Listing::Unlisted { promoted } => {
-                self.room_changes.list_changed(room, user, false);
-                let mut frames = vec![member_removed(user)];
-                if let Some(promoted) = promoted {
-                    self.room_changes.list_changed(room, promoted, true);
-                    frames.push(member_added(promoted));
-                }
-                frames
-            }
+            // Someone waited for the place: both go with the round.
+            Listing::Unlisted {
+                promoted: Some(promoted),
+            } => self
+                .room_changes
+                .list_changed(room, &[(user, false), (promoted, true)], true),
         };
         self.tell_viewers(room, frames).await;
         if listing.moves_count() {
@@ -94,37 +131,41 @@ impl Hub {
     /// may now only be counted: they are told to drop that name.
     pub async fn announce_restored(&self, room: &str, user: &User, listing: &Listing) {
         if *listing == Listing::Counted {
-            self.room_changes.list_changed(room, user, false);
-            self.tell_viewers(room, vec![member_removed(user)]).await;
+            let frames = self
+                .room_changes
+                .list_changed(room, &[(user, false)], false);
+            self.tell_viewers(room, frames).await;
         }
         self.announce_listing(room, user, listing).await;
     }
 
     /// Publishes `frames` to the sockets showing `room`.
     async fn tell_viewers(&self, room: &str, frames: Vec<Utf8Bytes>) {
-        let group = room_group(room);
-        for frame in frames {
-            let event = Event::Viewers {
-                room: Arc::from(room),
-                frame,
-            };
-            if let Err(e) = self.layer.publish(&group, event).await {
-                tracing::warn!(error = %e, group, "room presence change not published");
-            }
-        }
+        self.publish_all(viewers_events(room, frames), "room presence change")
+            .await;
     }
 }
 
-fn member_added(user: &User) -> Utf8Bytes {
-    frame(
-        target::ROOM_MEMBERS,
-        Swap::BeforeEnd,
-        &views::member(user).into_string(),
-    )
+/// `frames` as events for the sockets showing `room`.
+fn viewers_events(room: &str, frames: Vec<Utf8Bytes>) -> Vec<(String, Event)> {
+    let (group, room): (String, Arc<str>) = (room_group(room), Arc::from(room));
+    frames
+        .into_iter()
+        .map(|frame| {
+            let room = room.clone();
+            (group.clone(), Event::Viewers { room, frame })
+        })
+        .collect()
 }
 
-fn member_removed(user: &User) -> Utf8Bytes {
-    frame(&target::member(&user.id), Swap::Remove, "")
+/// The frame that adds `user` to a room's list (`shown`) or takes them off it.
+fn member_frame(user: &User, shown: bool) -> Utf8Bytes {
+    if shown {
+        let html = views::member(user).into_string();
+        frame(target::ROOM_MEMBERS, Swap::BeforeEnd, &html)
+    } else {
+        frame(&target::member(&user.id), Swap::Remove, "")
+    }
 }
 
 /// Rooms whose count changed are announced together, at most this often (a crowded room's
@@ -167,6 +208,16 @@ pub async fn announce_room_members(hub: Arc<Hub>) {
     }
 }
 
+/// Publishes what waits for a round: the changes to rooms' member lists, and the counts
+/// that changed with them; then looks once more, as the next round would, at what it
+/// published. Once a stopping node's sockets have closed no round follows, and other
+/// nodes' viewers would keep the names of people who left.
+pub async fn announce_what_waits(hub: &Hub) {
+    let mut rounds = RoomRounds::default();
+    rounds.next(hub).await;
+    rounds.next(hub).await;
+}
+
 /// What `announce_room_members` carries from one round to the next.
 #[derive(Default)]
 struct RoomRounds {
@@ -184,10 +235,22 @@ impl RoomRounds {
         self.announced.is_empty() && self.to_check.is_empty() && self.unread.is_empty()
     }
 
-    /// Announces the counts that changed, looks again at last round's, and checks last
-    /// round's list changes against the lists now.
+    /// Announces the list changes that waited and the counts that changed, looks again at
+    /// last round's counts, and checks last round's list changes against the lists now.
     async fn next(&mut self, hub: &Hub) {
         let changed = hub.room_changes.take();
+        let mut waited = Vec::new();
+        for (room, waiting) in &changed.unannounced {
+            let frames = waiting
+                .values()
+                .map(|(user, shown)| member_frame(user, *shown))
+                .collect();
+            waited.extend(viewers_events(room, frames));
+        }
+        hub.publish_all(waited, "room presence change").await;
+        for room in changed.unannounced.keys() {
+            hub.room_changes.published(room);
+        }
         let previous = std::mem::take(&mut self.announced);
         let checking = std::mem::replace(&mut self.to_check, changed.listed);
         let mut fresh = changed.counts;
@@ -230,11 +293,7 @@ impl RoomRounds {
                 }
                 let listed = members.listed.iter().any(|u| u.id == user.id);
                 if listed != *shown {
-                    frames.push(if listed {
-                        member_added(user)
-                    } else {
-                        member_removed(user)
-                    });
+                    frames.push(member_frame(user, listed));
                     let pending = self.to_check.entry(room.clone()).or_default();
                     pending.insert(user.id.clone(), (user.clone(), listed));
                 }
@@ -252,5 +311,88 @@ impl RoomRounds {
             }
             hub.tell_viewers(room, frames).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(n: usize) -> User {
+        User {
+            id: format!("id-{n}"),
+            username: format!("user{n}"),
+        }
+    }
+
+    /// What `frames` tell viewers, as "+id" for an addition and "-id" for a removal.
+    fn told(frames: impl IntoIterator<Item = Utf8Bytes>) -> Vec<String> {
+        let mut told: Vec<String> = frames
+            .into_iter()
+            .map(|f| {
+                let f: serde_json::Value = serde_json::from_str(f.as_str()).expect("json");
+                let html = f["html"].as_str().unwrap_or_default();
+                match f["selector"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .strip_prefix("#member-")
+                {
+                    Some(id) => format!("-{id}"),
+                    None => format!("+{}", attr_id(html)),
+                }
+            })
+            .collect();
+        told.sort();
+        told
+    }
+
+    fn attr_id(html: &str) -> &str {
+        let rest = html.split("id=\"member-").nth(1).unwrap_or_default();
+        rest.split('"').next().unwrap_or_default()
+    }
+
+    #[test]
+    fn changes_that_wait_reach_viewers_once_a_round() {
+        let changes = RoomChanges::default();
+        // An arrival with room to spare is told at once.
+        let now = changes.list_changed("r", &[(&user(1), true)], false);
+        assert_eq!(told(now), ["+id-1"]);
+        // A listed person leaves a crowded room: the removal and the promotion wait.
+        let now = changes.list_changed("r", &[(&user(1), false), (&user(2), true)], true);
+        assert!(now.is_empty());
+        // Whatever else changes in that room waits behind them; other rooms are told at
+        // once.
+        assert!(
+            changes
+                .list_changed("r", &[(&user(3), true)], false)
+                .is_empty()
+        );
+        let now = changes.list_changed("s", &[(&user(4), true)], false);
+        assert_eq!(told(now), ["+id-4"]);
+        // The promoted one leaves before the round: viewers are told only that, each
+        // person's last change (a socket entering meanwhile was shown them).
+        let now = changes.list_changed("r", &[(&user(2), false), (&user(5), true)], true);
+        assert!(now.is_empty());
+
+        let round = changes.take();
+        let waited = round.unannounced.get("r").expect("r waited");
+        let frames = waited.values().map(|(u, shown)| member_frame(u, *shown));
+        assert_eq!(told(frames), ["+id-3", "+id-5", "-id-1", "-id-2"]);
+        assert!(!round.unannounced.contains_key("s"));
+        assert!(!round.listed["r"]["id-2"].1);
+        // Until the round has published them, the room's next changes wait for the next
+        // round: told now, they could reach viewers before the older ones.
+        assert!(
+            changes
+                .list_changed("r", &[(&user(5), false)], false)
+                .is_empty()
+        );
+        changes.published("r");
+        let round = changes.take();
+        assert!(!round.unannounced["r"]["id-5"].1);
+        changes.published("r");
+        // After that, the room's changes are told at once again.
+        let now = changes.list_changed("r", &[(&user(6), true)], false);
+        assert_eq!(told(now), ["+id-6"]);
     }
 }

@@ -3,7 +3,10 @@
 //! Listing everyone would make presence quadratic: every connect rendering every online
 //! user, every arrival pushed to every socket. While everyone fits, each arrival and
 //! departure is announced to every socket at once; past that, an arrival only changes the
-//! count, which a node announces once a second at most.
+//! count, which a node announces once a second at most, and a listed person's departure
+//! goes out with that round, beside whoever takes the place. Until such a round's changes
+//! are published, arrivals and departures go with the next round too, so that none
+//! overtakes an older change about the same person.
 //!
 //! Each node keeps its own copy of the list (the one its new sockets are shown) and
 //! reconciles it now and then with presence, which for several nodes is shared. Presence
@@ -29,6 +32,21 @@ struct State {
     online: usize,
     /// The "and N more" last announced.
     announced_more: usize,
+    /// People taken off the list here while others waited to take their places: their
+    /// removal goes out with the next reconcile, beside whoever takes the places, so that a
+    /// storm of departures reaches each socket as one burst a round.
+    unannounced: Vec<User>,
+    /// A reconcile's changes are being published. Until they are, and while removals
+    /// wait, arrivals and departures wait for the next reconcile too: one published at
+    /// once could be overtaken by an older one about the same person.
+    announcing: bool,
+    /// Someone left the list, or arrived while changes waited, since the last reconcile
+    /// began reading presence: whoever is listed then may be known to nobody yet, so is
+    /// announced.
+    vacated: bool,
+    /// `vacated` as it was when the reconcile under way began reading presence; what is
+    /// set after that is for the next one, whose reading will show it.
+    vacated_when_asked: bool,
     /// The listed people, rendered for the first socket that connects after the list
     /// changed and shared by every socket after it: fifty entries, escaped into HTML and
     /// then into JSON for each connect, would be a seventh of its CPU.
@@ -42,6 +60,11 @@ impl State {
 
     fn is_listed(&self, user: &User) -> bool {
         self.listed.iter().any(|u| u.id == user.id)
+    }
+
+    /// Changes wait for the next reconcile.
+    fn waiting(&self) -> bool {
+        self.announcing || !self.unannounced.is_empty()
     }
 
     fn list(&mut self, user: &User) {
@@ -76,13 +99,20 @@ impl Roster {
             if s.listed.len() >= SHOWN || s.is_listed(user) {
                 return false;
             }
+            if s.waiting() {
+                // The reconcile lists them if presence does.
+                s.vacated = true;
+                return false;
+            }
             s.list(user);
             true
         })
     }
 
     /// A user went offline: true when their entry should be removed from every socket's
-    /// list. While everyone fits that is always (another node may have listed them).
+    /// list now. While everyone fits and nothing waits, that is always (another node may
+    /// have listed them); otherwise the removal waits for the next reconcile, which names
+    /// who takes the place.
     pub fn departed(&self, user: &User) -> bool {
         self.with(|s| {
             s.online = s.online.saturating_sub(1);
@@ -90,8 +120,16 @@ impl Roster {
             if was_listed {
                 s.listed.retain(|u| u.id != user.id);
                 s.listed_html = None;
+                s.vacated = true;
             }
-            was_listed || s.online < SHOWN
+            let fits = s.online < SHOWN;
+            if fits && !s.waiting() {
+                return true;
+            }
+            if (was_listed || fits) && !s.unannounced.iter().any(|u| u.id == user.id) {
+                s.unannounced.push(user.clone());
+            }
+            false
         })
     }
 
@@ -112,17 +150,38 @@ impl Roster {
         })
     }
 
-    /// The ids of the people listed, to ask presence which are still online.
+    /// The removals waiting for a reconcile, taken to announce now: when presence cannot
+    /// be asked, the list waits, but the people who left need not stay on it meanwhile.
+    /// Other changes wait until `announced`.
+    pub fn take_unannounced(&self) -> Vec<User> {
+        self.with(|s| {
+            let gone = std::mem::take(&mut s.unannounced);
+            s.announcing = !gone.is_empty();
+            gone
+        })
+    }
+
+    /// What the last `reconcile` or `take_unannounced` said has been published.
+    pub fn announced(&self) {
+        self.with(|s| s.announcing = false);
+    }
+
+    /// The ids of the people listed, to ask presence which are still online: the start
+    /// of a reconcile.
     pub fn listed_ids(&self) -> Vec<String> {
-        self.with(|s| s.listed.iter().map(|u| u.id.clone()).collect())
+        self.with(|s| {
+            s.vacated_when_asked |= std::mem::take(&mut s.vacated);
+            s.listed.iter().map(|u| u.id.clone()).collect()
+        })
     }
 
     /// Brings the list in line with presence: of the ids in `asked` (from `listed_ids`),
     /// those not in `online` have left; free places go to people presence lists (`now`);
     /// the count comes from `now`. Says what changed that no one has announced: people who
-    /// left without this node hearing of it, and, past the cap, people listed in the place
-    /// of those who left. While everyone fits, the node that saw an arrival announced it,
-    /// so it is listed silently here.
+    /// left without this node hearing of it or whose removal waited for this, and people
+    /// listed in the place of those who left. Otherwise, while everyone fits, the node that
+    /// saw an arrival announced it, so it is listed silently here. When the list changed,
+    /// other changes wait until `announced`.
     pub fn reconcile(&self, now: &Members, asked: &[String], online: &[String]) -> Reconciled {
         self.with(|s| {
             s.online = now.listed.len() + now.more;
@@ -134,15 +193,20 @@ impl Roster {
             if !gone.is_empty() {
                 s.listed_html = None;
             }
-            changes.unlisted = gone;
-            let crowded = s.online > SHOWN;
+            let vacated = std::mem::take(&mut s.vacated_when_asked) || !gone.is_empty();
+            changes.unlisted = std::mem::take(&mut s.unannounced);
+            // Someone whose removal waited and whom presence lists again (back on another
+            // node meanwhile) is announced after the removal, whoever announced them.
+            let back: Vec<String> = changes.unlisted.iter().map(|u| u.id.clone()).collect();
+            changes.unlisted.extend(gone);
+            let announce = vacated || s.online > SHOWN;
             for user in now.listed.iter() {
                 if s.listed.len() >= SHOWN {
                     break;
                 }
                 if !s.is_listed(user) {
                     s.list(user);
-                    if crowded {
+                    if announce || back.contains(&user.id) {
                         changes.listed.push(user.clone());
                     }
                 }
@@ -152,6 +216,8 @@ impl Roster {
                 s.announced_more = more;
                 changes.more = Some(more);
             }
+            // Only changes to the list could be overtaken.
+            s.announcing = !(changes.listed.is_empty() && changes.unlisted.is_empty());
             changes
         })
     }
@@ -221,11 +287,76 @@ mod tests {
         assert!(!roster.arrived(&user(SHOWN)));
         let (listed, more) = roster.snapshot();
         assert_eq!((listed.len(), more), (SHOWN, 1));
-        // A listed person leaving is announced, and the next arrival takes the place; an
-        // unlisted one leaving is not announced, past the cap.
-        assert!(roster.departed(&user(3)));
-        assert!(roster.arrived(&user(SHOWN + 1)));
+        // Past the cap, a listed person's leaving waits for the reconcile that names who
+        // takes the place; an unlisted one's is never announced.
+        assert!(!roster.arrived(&user(SHOWN + 1)));
+        assert!(!roster.departed(&user(3)));
         assert!(!roster.departed(&user(SHOWN)));
+        let now = members((0..SHOWN).filter(|&n| n != 3).chain([SHOWN + 1]), 0);
+        let asked = roster.listed_ids();
+        let changes = roster.reconcile(&now, &asked, &asked);
+        assert_eq!(changes.unlisted, vec![user(3)]);
+        assert_eq!(changes.listed, vec![user(SHOWN + 1)]);
+        // Until the reconcile's changes are out, the next ones wait for another.
+        assert!(!roster.departed(&user(4)));
+        roster.announced();
+        let asked = roster.listed_ids();
+        let changes = roster.reconcile(&now, &asked, &asked);
+        assert_eq!(changes.unlisted, vec![user(4)]);
+        roster.announced();
+        // Once everyone fits and nothing waits, a departure is announced at once.
+        assert!(roster.departed(&user(5)));
+    }
+
+    #[test]
+    fn a_storm_of_departures_is_announced_once_a_reconcile() {
+        let roster = Roster::default();
+        for n in 0..SHOWN + 10 {
+            roster.arrived(&user(n));
+        }
+        // Ten listed people leave before the next reconcile: none is announced alone.
+        for n in 0..10 {
+            assert!(!roster.departed(&user(n)));
+        }
+        // One comes back before it. The list has room, but a removal of theirs waits, so
+        // their entry waits too: published now, it could be overtaken by that removal.
+        assert!(!roster.arrived(&user(0)));
+        let now = members((0..1).chain(10..SHOWN + 9), 0);
+        let asked = roster.listed_ids();
+        let changes = roster.reconcile(&now, &asked, &asked);
+        roster.announced();
+        // Published in this order, the removals first: the one who came back is listed.
+        assert_eq!(changes.unlisted, (0..10).map(user).collect::<Vec<_>>());
+        assert_eq!(
+            changes.listed,
+            [0].into_iter()
+                .chain(SHOWN..SHOWN + 9)
+                .map(user)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(roster.snapshot(), (now.listed.to_vec(), 0));
+        // Nothing is announced twice.
+        let asked = roster.listed_ids();
+        assert_eq!(
+            roster.reconcile(&now, &asked, &asked),
+            Reconciled::default()
+        );
+    }
+
+    #[test]
+    fn whoever_takes_a_place_someone_left_is_announced() {
+        let roster = Roster::default();
+        for n in 0..=SHOWN {
+            roster.arrived(&user(n));
+        }
+        // With one more than fit, a listed person leaves: everyone fits now, and the one
+        // only counted until now takes the place, announced with the removal.
+        assert!(!roster.departed(&user(0)));
+        let now = members(1..=SHOWN, 0);
+        let asked = roster.listed_ids();
+        let changes = roster.reconcile(&now, &asked, &asked);
+        assert_eq!(changes.unlisted, vec![user(0)]);
+        assert_eq!(changes.listed, vec![user(SHOWN)]);
     }
 
     /// Presence's list: the users numbered `ns` and a count of `more`.

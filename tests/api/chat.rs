@@ -2,7 +2,9 @@
 
 use serde_json::json;
 
-use crate::helpers::{Backend, Received, TestApp, attr, message_ids, metric, seqs};
+use crate::helpers::{
+    Backend, Client, ListedSeen, Received, TestApp, attr, message_ids, metric, seqs,
+};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -15,6 +17,7 @@ on_both_databases!(
     unread_badges_follow_other_rooms,
     presence_is_live_and_counts_users_not_tabs,
     a_crowded_room_lists_some_and_counts_the_rest,
+    lists_are_right_after_a_storm_of_departures,
     reconnect_catches_up_without_duplicates,
     new_groups_appear_for_their_members,
     slow_reader_is_cut_off,
@@ -379,6 +382,83 @@ async fn a_crowded_room_lists_some_and_counts_the_rest(backend: Backend) {
         .count();
     assert_eq!(promoted, 1, "{skipped:?}");
     drop(guests);
+}
+
+/// Many listed people leave a crowded room at once: the node tells viewers what changed
+/// with its next round rather than per departure, and a viewer, or a socket that opened
+/// meanwhile, ends with the same lists, by name and count, as a newcomer is shown.
+async fn lists_are_right_after_a_storm_of_departures(backend: Backend) {
+    use wirechat::presence::SHOWN;
+    let app = TestApp::spawn_with(backend, &["--auth-rate-limit", "1000"]).await;
+    let ann = app.signup("ann").await;
+    let mut a = app
+        .open_socket(&ann, "/ws/chat/")
+        .await
+        .expect("socket opens");
+    let (mut members, mut online) = (ListedSeen::room_members(), ListedSeen::online());
+
+    // Ann and SHOWN + 10 guests: the lists are full and eleven more are counted.
+    let mut guests = Vec::new();
+    for _ in 0..SHOWN + 10 {
+        guests.push(app.connect(&app.guest().await).await);
+    }
+    let full = |m: &ListedSeen, o: &ListedSeen| {
+        [m, o]
+            .iter()
+            .all(|l| l.ids.len() == SHOWN && l.more == "and 11 more")
+    };
+    follow(&mut a, &mut members, &mut online, full).await;
+
+    // Thirty of the listed guests go at once; the eleven counted take places. Ann opens
+    // a second tab meanwhile, shown the lists as they are then.
+    let gone: Vec<_> = guests.drain(..30).collect();
+    for guest in gone {
+        guest.abandon();
+    }
+    let mut tab = app
+        .open_socket(&ann, "/ws/chat/")
+        .await
+        .expect("socket opens");
+    let (mut tab_members, mut tab_online) = (ListedSeen::room_members(), ListedSeen::online());
+    // Once everyone waiting is listed, the count is gone and only removals could follow,
+    // so a list of the final length is the final list.
+    let settled = |m: &ListedSeen, o: &ListedSeen| {
+        [m, o]
+            .iter()
+            .all(|l| l.ids.len() == SHOWN - 19 && l.more.is_empty())
+    };
+    follow(&mut a, &mut members, &mut online, settled).await;
+    follow(&mut tab, &mut tab_members, &mut tab_online, settled).await;
+
+    // Both show what a third tab is shown now.
+    let mut third = app
+        .open_socket(&ann, "/ws/chat/")
+        .await
+        .expect("socket opens");
+    let (mut third_members, mut third_online) = (ListedSeen::room_members(), ListedSeen::online());
+    let shown =
+        |m: &ListedSeen, o: &ListedSeen| m.ids.len() == SHOWN - 19 && o.ids.len() == SHOWN - 19;
+    follow(&mut third, &mut third_members, &mut third_online, shown).await;
+    for (m, o) in [(&members, &online), (&tab_members, &tab_online)] {
+        assert_eq!(m.ids, third_members.ids);
+        assert_eq!(o.ids, third_online.ids);
+    }
+    assert!(third_members.more.is_empty() && third_online.more.is_empty());
+    drop(guests);
+}
+
+/// Reads `client`'s frames into both lists until `done` says they are as expected.
+async fn follow(
+    client: &mut Client,
+    members: &mut ListedSeen,
+    online: &mut ListedSeen,
+    done: impl Fn(&ListedSeen, &ListedSeen) -> bool,
+) {
+    while !done(members, online) {
+        let f = client.next_frame().await;
+        members.apply(&f);
+        online.apply(&f);
+    }
 }
 
 async fn reconnect_catches_up_without_duplicates(backend: Backend) {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use deadpool_redis::redis;
 
 use crate::helpers::{
-    Backend, Frame, PATIENCE, Received, TestApp, attr, fresh_database, fresh_prefix, message_ids,
-    metric, seqs, wait_for_metric,
+    Backend, Frame, ListedSeen, PATIENCE, Received, TestApp, attr, fresh_database, fresh_prefix,
+    message_ids, metric, seqs, wait_for_metric,
 };
 use crate::process::{Caddy, OwnRedis, Process, free_port, start_node};
 
@@ -1120,35 +1120,6 @@ async fn a_member_list_change_overtaken_by_another_node_is_corrected() {
     other.disconnect(1, &bob_user).await;
 }
 
-/// Who a viewer sees listed in the room, kept from the frames it is sent.
-#[derive(Default)]
-struct ListedSeen {
-    ids: BTreeSet<String>,
-    more: String,
-}
-
-impl ListedSeen {
-    fn apply(&mut self, f: &Frame) {
-        let ids = |html: &str| -> Vec<String> {
-            html.split("id=\"member-")
-                .skip(1)
-                .filter_map(|rest| rest.split('"').next().map(str::to_owned))
-                .collect()
-        };
-        match (f.selector.as_str(), f.swap.as_str()) {
-            ("#room-members", "innerHTML") => self.ids = ids(&f.html).into_iter().collect(),
-            ("#room-members", "beforeend") => self.ids.extend(ids(&f.html)),
-            ("#room-members-more", _) => self.more = f.html.clone(),
-            (selector, "remove") => {
-                if let Some(id) = selector.strip_prefix("#member-") {
-                    self.ids.remove(id);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 /// After Redis loses its data, the node writes its entries back in an order of its own, so
 /// the list may now name others than before: viewers end up seeing the new list, not the
 /// old one with the new names added.
@@ -1163,7 +1134,7 @@ async fn member_lists_are_right_again_after_redis_loses_its_data() {
     let node = cluster.node().await;
     let ann = node.signup("ann").await;
     let mut a = node.open_socket(&ann, "/ws/chat/").await.expect("socket");
-    let mut seen = ListedSeen::default();
+    let mut seen = ListedSeen::room_members();
     let title = a.wait_for(|f| f.selector == "#group-name").await;
     let room = attr(&title.html, "data-room-id").expect("room id");
 
@@ -1312,4 +1283,37 @@ async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
         listing: Listing::Unlisted { promoted: None },
     };
     assert_eq!(reported, vec![left]);
+}
+
+/// A node that stops closes its sockets, and the people who leave a crowded room with
+/// them leave its member list on the other nodes too: what waited for the node's next
+/// round is published before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_on_a_stopping_node_leave_the_lists_on_the_others() {
+    use wirechat::presence::SHOWN;
+
+    let cluster = Cluster::new(SHARED_REDIS, &["--auth-rate-limit", "1000"]).await;
+    let (mut stopping, staying) = (cluster.node().await, cluster.node().await);
+    let ann = staying.signup("ann").await;
+    let mut a = staying
+        .open_socket(&ann, "/ws/chat/")
+        .await
+        .expect("socket opens");
+    let mut seen = ListedSeen::room_members();
+
+    // Ann and SHOWN + 5 guests on the other node: the list is full, six more counted.
+    let mut guests = Vec::new();
+    for _ in 0..SHOWN + 5 {
+        guests.push(stopping.connect(&stopping.guest().await).await);
+    }
+    while !(seen.ids.len() == SHOWN && seen.more == "and 6 more") {
+        seen.apply(&a.next_frame().await);
+    }
+
+    // Their node stops: ann ends up alone in the list, with nobody counted.
+    stopping.stop().await;
+    while !(seen.ids.len() == 1 && seen.more.is_empty()) {
+        seen.apply(&a.next_frame().await);
+    }
+    drop(guests);
 }

@@ -1,6 +1,7 @@
 //! The real app on port 0, over a fresh database per test, and clients that talk to it the
 //! way a browser does: forms over HTTP, JSON frames over the WebSocket.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Once;
@@ -697,4 +698,77 @@ pub fn refused_at_start(database_url: &str, args: &[&str]) -> String {
         .expect("wirechat runs");
     assert!(!output.status.success(), "{args:?} was accepted");
     String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout)
+}
+
+/// Who a socket sees listed, kept from the frames it is sent: a room's "who is here"
+/// (`room_members`) or the sidebar's Online list (`online`).
+pub struct ListedSeen {
+    /// The list's element, each entry's id prefix, and the count's element.
+    list: &'static str,
+    entry: &'static str,
+    count: &'static str,
+    pub ids: BTreeSet<String>,
+    pub more: String,
+}
+
+impl ListedSeen {
+    pub fn room_members() -> ListedSeen {
+        ListedSeen {
+            list: "room-members",
+            entry: "member-",
+            count: "#room-members-more",
+            ids: BTreeSet::new(),
+            more: String::new(),
+        }
+    }
+
+    pub fn online() -> ListedSeen {
+        ListedSeen {
+            list: "people",
+            entry: "person-",
+            count: "#people-more",
+            ids: BTreeSet::new(),
+            more: String::new(),
+        }
+    }
+
+    /// The entries' ids in `html`.
+    fn ids_in(&self, html: &str) -> Vec<String> {
+        html.split(&format!("id=\"{}", self.entry))
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next().map(str::to_owned))
+            .collect()
+    }
+
+    pub fn apply(&mut self, f: &Frame) {
+        let list = format!("#{}", self.list);
+        match (f.selector.as_str(), f.swap.as_str()) {
+            // The sidebar carries the Online list whole.
+            ("#aside", "innerHTML") if self.list == "people" => {
+                let open = "<ul id=\"people\">";
+                let inner = f.html.split(open).nth(1).unwrap_or_default();
+                let inner = inner.split("</ul>").next().unwrap_or_default();
+                self.ids = self.ids_in(inner).into_iter().collect();
+                let count = f
+                    .html
+                    .split("id=\"people-more\"")
+                    .nth(1)
+                    .unwrap_or_default();
+                let count = count
+                    .split_once('>')
+                    .map(|(_, rest)| rest)
+                    .unwrap_or_default();
+                self.more = count.split('<').next().unwrap_or_default().to_owned();
+            }
+            (s, "innerHTML") if s == list => self.ids = self.ids_in(&f.html).into_iter().collect(),
+            (s, "beforeend") if s == list => self.ids.extend(self.ids_in(&f.html)),
+            (s, _) if s == self.count => self.more = f.html.clone(),
+            (s, "remove") => {
+                if let Some(id) = s.strip_prefix('#').and_then(|s| s.strip_prefix(self.entry)) {
+                    self.ids.remove(id);
+                }
+            }
+            _ => {}
+        }
+    }
 }
