@@ -9,7 +9,7 @@ mod room_members;
 
 pub use list_frames::ListFrames;
 pub use pages::{Page, Pages};
-pub use room_members::{RoomChanges, announce_room_members, announce_what_waits};
+pub use room_members::{RoomChanges, announce_room_members};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,14 +185,7 @@ async fn reconcile_roster(hub: &Hub) {
         hub.presence.online_members().await,
         hub.presence.online_among(&asked).await,
     ) else {
-        let gone = hub
-            .roster
-            .take_unannounced()
-            .iter()
-            .map(|u| frame(&target::person(&u.id), Swap::Remove, ""))
-            .collect();
-        publish_to_all(hub, gone).await;
-        hub.roster.announced();
+        announce_removals_waiting(hub).await;
         return;
     };
     let changes = hub.roster.reconcile(&now, &asked, &online);
@@ -212,6 +205,26 @@ async fn reconcile_roster(hub: &Hub) {
         ));
     }
     publish_to_all(hub, frames).await;
+    hub.roster.announced();
+}
+
+/// Publishes what waits for the roster's and the rooms' next rounds. Once a stopping
+/// node's sockets have closed no round follows, and other nodes' sockets would keep the
+/// names of people who left with it.
+pub async fn announce_what_waits(hub: &Hub) {
+    announce_removals_waiting(hub).await;
+    room_members::announce_room_changes_left(hub).await;
+}
+
+/// Publishes the Online list's removals that wait for a reconcile.
+async fn announce_removals_waiting(hub: &Hub) {
+    let gone = hub
+        .roster
+        .take_unannounced()
+        .iter()
+        .map(|u| frame(&target::person(&u.id), Swap::Remove, ""))
+        .collect();
+    publish_to_all(hub, gone).await;
     hub.roster.announced();
 }
 

@@ -16,7 +16,7 @@ use super::Hub;
 use crate::chat::protocol::{Swap, frame};
 use crate::layer::{Event, room_group};
 use crate::model::User;
-use crate::presence::Listing;
+use crate::presence::{Listing, SHOWN};
 use crate::views::{self, target};
 
 /// What this node announced about rooms' "who is here", collected between rounds of
@@ -139,6 +139,14 @@ impl Hub {
         self.announce_listing(room, user, listing).await;
     }
 
+    /// The frame showing `listed` as `room`'s list, whole: what an entering socket is shown.
+    pub fn members_frame(&self, room: &str, listed: &Arc<[User]>) -> Utf8Bytes {
+        self.list_frames.frame(room, listed, |listed| {
+            let html = views::members(listed).into_string();
+            frame(target::ROOM_MEMBERS, Swap::Inner, &html)
+        })
+    }
+
     /// Publishes `frames` to the sockets showing `room`.
     async fn tell_viewers(&self, room: &str, frames: Vec<Utf8Bytes>) {
         self.publish_all(viewers_events(room, frames), "room presence change")
@@ -210,9 +218,8 @@ pub async fn announce_room_members(hub: Arc<Hub>) {
 
 /// Publishes what waits for a round: the changes to rooms' member lists, and the counts
 /// that changed with them; then looks once more, as the next round would, at what it
-/// published. Once a stopping node's sockets have closed no round follows, and other
-/// nodes' viewers would keep the names of people who left.
-pub async fn announce_what_waits(hub: &Hub) {
+/// published.
+pub(super) async fn announce_room_changes_left(hub: &Hub) {
     let mut rounds = RoomRounds::default();
     rounds.next(hub).await;
     rounds.next(hub).await;
@@ -241,10 +248,21 @@ impl RoomRounds {
         let changed = hub.room_changes.take();
         let mut waited = Vec::new();
         for (room, waiting) in &changed.unannounced {
-            let frames = waiting
-                .values()
-                .map(|(user, shown)| member_frame(user, *shown))
-                .collect();
+            // When more people changed than the list shows (they leave in the order they
+            // came, each listed in turn), the list whole is fewer frames: a round's must
+            // fit in each viewer's queue.
+            let whole = if waiting.len() > SHOWN {
+                hub.presence.in_room_if_known(room).await
+            } else {
+                None
+            };
+            let frames = match whole {
+                Some(members) => vec![hub.members_frame(room, &members.listed)],
+                None => waiting
+                    .values()
+                    .map(|(user, shown)| member_frame(user, *shown))
+                    .collect(),
+            };
             waited.extend(viewers_events(room, frames));
         }
         hub.publish_all(waited, "room presence change").await;

@@ -40,12 +40,11 @@ struct State {
     /// wait, arrivals and departures wait for the next reconcile too: one published at
     /// once could be overtaken by an older one about the same person.
     announcing: bool,
-    /// Someone left the list, or arrived while changes waited, since the last reconcile
-    /// began reading presence: whoever is listed then may be known to nobody yet, so is
-    /// announced.
+    /// Someone left the list, or arrived while changes waited: whoever is listed next may
+    /// be known to nobody yet, so is announced. Kept until a reconcile whose reading of
+    /// presence began after it.
     vacated: bool,
-    /// `vacated` as it was when the reconcile under way began reading presence; what is
-    /// set after that is for the next one, whose reading will show it.
+    /// `vacated` as it was when the reconcile under way began reading presence.
     vacated_when_asked: bool,
     /// The listed people, rendered for the first socket that connects after the list
     /// changed and shared by every socket after it: fifty entries, escaped into HTML and
@@ -193,7 +192,8 @@ impl Roster {
             if !gone.is_empty() {
                 s.listed_html = None;
             }
-            let vacated = std::mem::take(&mut s.vacated_when_asked) || !gone.is_empty();
+            let vacated =
+                std::mem::take(&mut s.vacated_when_asked) || s.vacated || !gone.is_empty();
             changes.unlisted = std::mem::take(&mut s.unannounced);
             // Someone whose removal waited and whom presence lists again (back on another
             // node meanwhile) is announced after the removal, whoever announced them.
@@ -356,6 +356,23 @@ mod tests {
         let asked = roster.listed_ids();
         let changes = roster.reconcile(&now, &asked, &asked);
         assert_eq!(changes.unlisted, vec![user(0)]);
+        assert_eq!(changes.listed, vec![user(SHOWN)]);
+    }
+
+    #[test]
+    fn a_place_freed_while_presence_is_read_is_announced() {
+        let roster = Roster::default();
+        for n in 0..=SHOWN {
+            roster.arrived(&user(n));
+        }
+        let asked = roster.listed_ids();
+        // Two listed people leave while the reconcile reads presence, which then lists
+        // the one who waited.
+        assert!(!roster.departed(&user(0)));
+        assert!(!roster.departed(&user(1)));
+        let now = members(2..=SHOWN, 0);
+        let changes = roster.reconcile(&now, &asked, &ids(2..SHOWN));
+        assert_eq!(changes.unlisted, vec![user(0), user(1)]);
         assert_eq!(changes.listed, vec![user(SHOWN)]);
     }
 

@@ -288,15 +288,7 @@ impl Socket {
                 Swap::Inner,
                 &views::room_title_markup(&room, &title).into_string(),
             ),
-            self.hub
-                .list_frames
-                .frame(&room.id, &members.listed, |listed| {
-                    frame(
-                        target::ROOM_MEMBERS,
-                        Swap::Inner,
-                        &views::members(listed).into_string(),
-                    )
-                }),
+            self.hub.members_frame(&room.id, &members.listed),
             frame(
                 target::ROOM_MEMBERS_MORE,
                 Swap::Inner,

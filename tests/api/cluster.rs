@@ -1285,9 +1285,9 @@ async fn a_socket_closed_while_entering_a_room_leaves_no_ghost() {
     assert_eq!(reported, vec![left]);
 }
 
-/// A node that stops closes its sockets, and the people who leave a crowded room with
-/// them leave its member list on the other nodes too: what waited for the node's next
-/// round is published before it exits.
+/// A node that stops closes its sockets, and the people who leave with them leave a
+/// crowded room's list and the Online list on the other nodes too: what waited for the
+/// node's next round is published before it exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_on_a_stopping_node_leave_the_lists_on_the_others() {
     use wirechat::presence::SHOWN;
@@ -1299,21 +1299,30 @@ async fn people_on_a_stopping_node_leave_the_lists_on_the_others() {
         .open_socket(&ann, "/ws/chat/")
         .await
         .expect("socket opens");
-    let mut seen = ListedSeen::room_members();
+    let (mut seen, mut online) = (ListedSeen::room_members(), ListedSeen::online());
 
-    // Ann and SHOWN + 5 guests on the other node: the list is full, six more counted.
+    // Ann and SHOWN + 5 guests on the other node: the lists are full, six more counted.
     let mut guests = Vec::new();
     for _ in 0..SHOWN + 5 {
         guests.push(stopping.connect(&stopping.guest().await).await);
     }
-    while !(seen.ids.len() == SHOWN && seen.more == "and 6 more") {
-        seen.apply(&a.next_frame().await);
+    let as_expected = |lists: [&ListedSeen; 2], listed: usize, more: &str| {
+        lists
+            .iter()
+            .all(|l| l.ids.len() == listed && l.more == more)
+    };
+    while !as_expected([&seen, &online], SHOWN, "and 6 more") {
+        let f = a.next_frame().await;
+        seen.apply(&f);
+        online.apply(&f);
     }
 
-    // Their node stops: ann ends up alone in the list, with nobody counted.
+    // Their node stops: ann ends up alone in both lists, with nobody counted.
     stopping.stop().await;
-    while !(seen.ids.len() == 1 && seen.more.is_empty()) {
-        seen.apply(&a.next_frame().await);
+    while !as_expected([&seen, &online], 1, "") {
+        let f = a.next_frame().await;
+        seen.apply(&f);
+        online.apply(&f);
     }
     drop(guests);
 }
