@@ -95,6 +95,16 @@ impl RoomChanges {
         taken
     }
 
+    /// Puts back changes a round took but could not publish, behind any made since.
+    fn wait_again(&self, room: &str, waiting: HashMap<String, (User, bool)>) {
+        self.record(|c| {
+            let now = c.unannounced.entry(room.to_owned()).or_default();
+            for (id, change) in waiting {
+                now.entry(id).or_insert(change);
+            }
+        });
+    }
+
     /// The changes to `room`'s list that waited have been published.
     fn published(&self, room: &str) {
         let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
@@ -234,39 +244,48 @@ struct RoomRounds {
     to_check: HashMap<String, HashMap<String, (User, bool)>>,
     /// Rooms whose count changed but could not be read (Redis unreachable).
     unread: HashSet<String>,
+    /// Rooms whose list this node sent whole, and the list it sent: looked at again next
+    /// round, since another node's change may have reached viewers just before it.
+    wholes: HashMap<String, Arc<[User]>>,
 }
 
 impl RoomRounds {
     /// Nothing is left to look at again.
     fn is_settled(&self) -> bool {
-        self.announced.is_empty() && self.to_check.is_empty() && self.unread.is_empty()
+        self.announced.is_empty()
+            && self.to_check.is_empty()
+            && self.unread.is_empty()
+            && self.wholes.is_empty()
     }
 
     /// Announces the list changes that waited and the counts that changed, looks again at
     /// last round's counts, and checks last round's list changes against the lists now.
+    /// More changes to a room's list than the list shows (people leaving in the order they
+    /// came, each listed in turn) go as the list whole: a round's frames must fit in each
+    /// viewer's queue.
     async fn next(&mut self, hub: &Hub) {
-        let changed = hub.room_changes.take();
+        let mut changed = hub.room_changes.take();
+        let sent_whole = std::mem::take(&mut self.wholes);
         let mut waited = Vec::new();
-        for (room, waiting) in &changed.unannounced {
-            // When more people changed than the list shows (they leave in the order they
-            // came, each listed in turn), the list whole is fewer frames: a round's must
-            // fit in each viewer's queue.
-            let whole = if waiting.len() > SHOWN {
-                hub.presence.in_room_if_known(room).await
-            } else {
-                None
-            };
-            let frames = match whole {
-                Some(members) => vec![hub.members_frame(room, &members.listed)],
-                None => waiting
+        let rooms_waited: Vec<String> = changed.unannounced.keys().cloned().collect();
+        for (room, waiting) in std::mem::take(&mut changed.unannounced) {
+            if waiting.len() <= SHOWN {
+                let frames = waiting
                     .values()
                     .map(|(user, shown)| member_frame(user, *shown))
-                    .collect(),
-            };
-            waited.extend(viewers_events(room, frames));
+                    .collect();
+                waited.extend(viewers_events(&room, frames));
+            } else if let Some(members) = hub.presence.in_room_if_known(&room).await {
+                let frame = hub.members_frame(&room, &members.listed);
+                waited.extend(viewers_events(&room, vec![frame]));
+                self.wholes.insert(room.clone(), members.listed);
+            } else {
+                // Without the list, the changes wait for a round that can read it.
+                hub.room_changes.wait_again(&room, waiting);
+            }
         }
         hub.publish_all(waited, "room presence change").await;
-        for room in changed.unannounced.keys() {
+        for room in &rooms_waited {
             hub.room_changes.published(room);
         }
         let previous = std::mem::take(&mut self.announced);
@@ -277,6 +296,7 @@ impl RoomRounds {
             .iter()
             .chain(previous.keys())
             .chain(checking.keys())
+            .chain(sent_whole.keys())
             .collect();
         // Once a read fails, the other rooms are not tried this round: each try would
         // wait for the failure and log it.
@@ -299,6 +319,11 @@ impl RoomRounds {
                 if fresh.contains(room) || previous.contains_key(room) {
                     self.unread.insert(room.clone());
                 }
+                if let Some(sent) = sent_whole.get(room) {
+                    self.wholes
+                        .entry(room.clone())
+                        .or_insert_with(|| sent.clone());
+                }
                 continue;
             };
             let mut frames = Vec::new();
@@ -315,6 +340,15 @@ impl RoomRounds {
                     let pending = self.to_check.entry(room.clone()).or_default();
                     pending.insert(user.id.clone(), (user.clone(), listed));
                 }
+            }
+            // Too many corrections, or a list sent whole that presence no longer shows:
+            // the list whole again, and another look next round.
+            let stale = sent_whole
+                .get(room)
+                .is_some_and(|sent| **sent != *members.listed);
+            if stale || frames.len() > SHOWN {
+                frames = vec![hub.members_frame(room, &members.listed)];
+                self.wholes.insert(room.clone(), members.listed.clone());
             }
             let is_fresh = fresh.contains(room);
             if is_fresh {

@@ -14,6 +14,7 @@
 //! then whoever has waited longest): a reconcile reads those few and a count, never
 //! everyone online.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use super::{Members, SHOWN};
@@ -46,6 +47,9 @@ struct State {
     vacated: bool,
     /// `vacated` as it was when the reconcile under way began reading presence.
     vacated_when_asked: bool,
+    /// Who went offline here since the reconcile under way began reading presence: its
+    /// reading may still list them, and must not list them again.
+    left_since_asked: HashSet<String>,
     /// The listed people, rendered for the first socket that connects after the list
     /// changed and shared by every socket after it: fifty entries, escaped into HTML and
     /// then into JSON for each connect, would be a seventh of its CPU.
@@ -115,6 +119,7 @@ impl Roster {
     pub fn departed(&self, user: &User) -> bool {
         self.with(|s| {
             s.online = s.online.saturating_sub(1);
+            s.left_since_asked.insert(user.id.clone());
             let was_listed = s.is_listed(user);
             if was_listed {
                 s.listed.retain(|u| u.id != user.id);
@@ -170,6 +175,7 @@ impl Roster {
     pub fn listed_ids(&self) -> Vec<String> {
         self.with(|s| {
             s.vacated_when_asked |= std::mem::take(&mut s.vacated);
+            s.left_since_asked.clear();
             s.listed.iter().map(|u| u.id.clone()).collect()
         })
     }
@@ -200,9 +206,18 @@ impl Roster {
             let back: Vec<String> = changes.unlisted.iter().map(|u| u.id.clone()).collect();
             changes.unlisted.extend(gone);
             let announce = vacated || s.online > SHOWN;
+            // Read before `online`, `now` may still list someone found gone.
+            let left_since_asked = std::mem::take(&mut s.left_since_asked);
+            let stale = |u: &User| {
+                (asked.contains(&u.id) && !online.contains(&u.id))
+                    || left_since_asked.contains(&u.id)
+            };
             for user in now.listed.iter() {
                 if s.listed.len() >= SHOWN {
                     break;
+                }
+                if stale(user) {
+                    continue;
                 }
                 if !s.is_listed(user) {
                     s.list(user);
@@ -374,6 +389,20 @@ mod tests {
         let changes = roster.reconcile(&now, &asked, &ids(2..SHOWN));
         assert_eq!(changes.unlisted, vec![user(0), user(1)]);
         assert_eq!(changes.listed, vec![user(SHOWN)]);
+    }
+
+    #[test]
+    fn someone_who_left_while_presence_was_read_is_not_listed_again() {
+        let roster = Roster::default();
+        for n in 0..3 {
+            roster.arrived(&user(n));
+        }
+        let asked = roster.listed_ids();
+        assert!(roster.departed(&user(0)));
+        // Presence was read before the departure reached it.
+        let changes = roster.reconcile(&members(0..3, 0), &asked, &asked);
+        assert!(changes.listed.is_empty());
+        assert_eq!(roster.snapshot().0, vec![user(1), user(2)]);
     }
 
     /// Presence's list: the users numbered `ns` and a count of `more`.
