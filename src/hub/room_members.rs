@@ -244,8 +244,9 @@ struct RoomRounds {
     to_check: HashMap<String, HashMap<String, (User, bool)>>,
     /// Rooms whose count changed but could not be read (Redis unreachable).
     unread: HashSet<String>,
-    /// Rooms whose list this node sent whole, and the list it sent: looked at again next
-    /// round, since another node's change may have reached viewers just before it.
+    /// Rooms whose list this node sent whole for the changes that waited, and the list it
+    /// sent: looked at again next round, since another node's change may have reached
+    /// viewers just before it.
     wholes: HashMap<String, Arc<[User]>>,
 }
 
@@ -341,14 +342,16 @@ impl RoomRounds {
                     pending.insert(user.id.clone(), (user.clone(), listed));
                 }
             }
-            // Too many corrections, or a list sent whole that presence no longer shows:
-            // the list whole again, and another look next round.
+            // Too many corrections, or a list sent whole last round that presence no longer
+            // shows: the list whole, once (a busy room's list differs every round). Not
+            // when this round already sent it whole.
             let stale = sent_whole
                 .get(room)
                 .is_some_and(|sent| **sent != *members.listed);
-            if stale || frames.len() > SHOWN {
+            if self.wholes.contains_key(room) {
+                frames.clear();
+            } else if stale || frames.len() > SHOWN {
                 frames = vec![hub.members_frame(room, &members.listed)];
-                self.wholes.insert(room.clone(), members.listed.clone());
             }
             let is_fresh = fresh.contains(room);
             if is_fresh {

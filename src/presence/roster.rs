@@ -99,6 +99,8 @@ impl Roster {
     pub fn arrived(&self, user: &User) -> bool {
         self.with(|s| {
             s.online += 1;
+            // Back: a reading that lists them may list them again.
+            s.left_since_asked.remove(&user.id);
             if s.listed.len() >= SHOWN || s.is_listed(user) {
                 return false;
             }
@@ -403,6 +405,21 @@ mod tests {
         let changes = roster.reconcile(&members(0..3, 0), &asked, &asked);
         assert!(changes.listed.is_empty());
         assert_eq!(roster.snapshot().0, vec![user(1), user(2)]);
+    }
+
+    #[test]
+    fn someone_who_left_and_came_back_while_presence_was_read_is_listed_again() {
+        let roster = Roster::default();
+        for n in 0..=SHOWN {
+            roster.arrived(&user(n));
+        }
+        let asked = roster.listed_ids();
+        assert!(!roster.departed(&user(0)));
+        assert!(!roster.arrived(&user(0)));
+        let changes = roster.reconcile(&members(0..SHOWN, 1), &asked, &asked);
+        // Removed, then listed again, in that order.
+        assert_eq!(changes.unlisted, vec![user(0)]);
+        assert_eq!(changes.listed, vec![user(0)]);
     }
 
     /// Presence's list: the users numbered `ns` and a count of `more`.
