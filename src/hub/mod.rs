@@ -123,7 +123,7 @@ impl Hub {
             );
             (self.roster.arrived(user).then_some(add), mark)
         } else {
-            let remove = frame(&target::person(&user.id), Swap::Remove, "");
+            let remove = person_removed(user);
             let unmark = frame(&target::contact(&user.id), Swap::Remove, "");
             (self.roster.departed(user).then_some(remove), unmark)
         };
@@ -191,7 +191,7 @@ async fn reconcile_roster(hub: &Hub) {
     let changes = hub.roster.reconcile(&now, &asked, &online);
     let mut frames = Vec::new();
     for user in &changes.unlisted {
-        frames.push(frame(&target::person(&user.id), Swap::Remove, ""));
+        frames.push(person_removed(user));
     }
     for user in &changes.listed {
         let html = views::person(user).into_string();
@@ -222,10 +222,15 @@ async fn announce_removals_waiting(hub: &Hub) {
         .roster
         .take_unannounced()
         .iter()
-        .map(|u| frame(&target::person(&u.id), Swap::Remove, ""))
+        .map(person_removed)
         .collect();
     publish_to_all(hub, gone).await;
     hub.roster.announced();
+}
+
+/// The frame that takes `user` off the Online list.
+fn person_removed(user: &User) -> Utf8Bytes {
+    frame(&target::person(&user.id), Swap::Remove, "")
 }
 
 /// Publishes the roster's changes to every socket.

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::helpers::{
-    Backend, Client, ListedSeen, Received, TestApp, attr, message_ids, metric, seqs,
+    Backend, ListedSeen, Received, TestApp, attr, follow, message_ids, metric, seqs,
 };
 use crate::on_both_databases;
 
@@ -445,20 +445,6 @@ async fn lists_are_right_after_a_storm_of_departures(backend: Backend) {
     }
     assert!(third_members.more.is_empty() && third_online.more.is_empty());
     drop(guests);
-}
-
-/// Reads `client`'s frames into both lists until `done` says they are as expected.
-async fn follow(
-    client: &mut Client,
-    members: &mut ListedSeen,
-    online: &mut ListedSeen,
-    done: impl Fn(&ListedSeen, &ListedSeen) -> bool,
-) {
-    while !done(members, online) {
-        let f = client.next_frame().await;
-        members.apply(&f);
-        online.apply(&f);
-    }
 }
 
 async fn reconnect_catches_up_without_duplicates(backend: Backend) {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use deadpool_redis::redis;
 
 use crate::helpers::{
-    Backend, Frame, ListedSeen, PATIENCE, Received, TestApp, attr, fresh_database, fresh_prefix,
-    message_ids, metric, seqs, wait_for_metric,
+    Backend, Frame, ListedSeen, PATIENCE, Received, TestApp, attr, follow, fresh_database,
+    fresh_prefix, message_ids, metric, seqs, wait_for_metric,
 };
 use crate::process::{Caddy, OwnRedis, Process, free_port, start_node};
 
@@ -1308,24 +1308,24 @@ async fn people_on_a_stopping_node_leave_the_lists_on_the_others() {
     for _ in 0..2 * SHOWN {
         guests.push(stopping.connect(&stopping.guest().await).await);
     }
-    let as_expected = |lists: [&ListedSeen; 2], listed: usize, more: &str| {
-        lists
-            .iter()
-            .all(|l| l.ids.len() == listed && l.more == more)
+    let as_expected = |listed: usize, more: String| {
+        move |m: &ListedSeen, o: &ListedSeen| {
+            [m, o]
+                .iter()
+                .all(|l| l.ids.len() == listed && l.more == more)
+        }
     };
     let more = format!("and {} more", SHOWN + 1);
-    while !as_expected([&seen, &online], SHOWN, &more) {
-        let f = a.next_frame().await;
-        seen.apply(&f);
-        online.apply(&f);
-    }
+    follow(&mut a, &mut seen, &mut online, as_expected(SHOWN, more)).await;
 
     // Their node stops: ann ends up alone in both lists, with nobody counted.
     stopping.stop().await;
-    while !as_expected([&seen, &online], 1, "") {
-        let f = a.next_frame().await;
-        seen.apply(&f);
-        online.apply(&f);
-    }
+    follow(
+        &mut a,
+        &mut seen,
+        &mut online,
+        as_expected(1, String::new()),
+    )
+    .await;
     drop(guests);
 }

@@ -772,3 +772,17 @@ impl ListedSeen {
         }
     }
 }
+
+/// Reads `client`'s frames into both lists until `done` says they are as expected.
+pub async fn follow(
+    client: &mut Client,
+    members: &mut ListedSeen,
+    online: &mut ListedSeen,
+    done: impl Fn(&ListedSeen, &ListedSeen) -> bool,
+) {
+    while !done(members, online) {
+        let f = client.next_frame().await;
+        members.apply(&f);
+        online.apply(&f);
+    }
+}
